@@ -1,0 +1,239 @@
+//! On-disk stores: subnet leases and pod addresses, one file per claim.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipnet::Ipv4Net;
+
+use crate::subnets::first_free;
+
+/// What went wrong with a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file system refused.
+    #[error("{action} {path}")]
+    Io {
+        /// What we were doing.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Every subnet or address is taken.
+    #[error("no free {what} left in {range}")]
+    Exhausted {
+        /// `subnet` or `address`.
+        what: &'static str,
+        /// The range searched.
+        range: Ipv4Net,
+    },
+    /// The subnet is leased to another node.
+    #[error("{subnet} is leased to node `{owner}`")]
+    Taken {
+        /// The subnet.
+        subnet: Ipv4Net,
+        /// Who holds it.
+        owner: String,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io { action, path, source }
+}
+
+/// Atomically creates `dir/name` holding `content`. `Ok(false)` when it already exists.
+fn create_exclusive(dir: &Path, name: &str, content: &str) -> Result<bool, StoreError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let write = || -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(io_err("writing", &tmp))?;
+    let target = dir.join(name);
+    let linked = fs::hard_link(&tmp, &target);
+    // The temporary name is ours alone; failing to remove it leaves litter, not a wrong claim.
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_err("claiming", &target)(e)),
+    }
+}
+
+fn read_dir_files(dir: &Path) -> Result<Vec<(String, String)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let entry = entry.map_err(io_err("listing", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        match fs::read_to_string(entry.path()) {
+            Ok(content) => out.push((name, content)),
+            // Released between listing and reading.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("reading", &entry.path())(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Subnet leases: `<dir>/10.244.3.0-24` holds the owning node's name.
+#[derive(Debug, Clone)]
+pub struct LeaseDir {
+    dir: PathBuf,
+}
+
+impl LeaseDir {
+    /// Opens (creating if needed) a lease directory.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        Ok(LeaseDir { dir })
+    }
+
+    fn file_name(subnet: Ipv4Net) -> String {
+        format!("{}-{}", subnet.network(), subnet.prefix_len())
+    }
+
+    /// Every lease: subnet and owner. Files that are not leases are skipped.
+    pub fn leases(&self) -> Result<Vec<(Ipv4Net, String)>, StoreError> {
+        Ok(read_dir_files(&self.dir)?
+            .into_iter()
+            .filter_map(|(name, owner)| {
+                let (addr, len) = name.split_once('-')?;
+                let subnet = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+                Some((subnet, owner.trim().to_owned()))
+            })
+            .collect())
+    }
+
+    /// Claims `subnet` for `owner`; succeeds when it is free or already theirs.
+    pub fn claim(&self, subnet: Ipv4Net, owner: &str) -> Result<(), StoreError> {
+        let name = Self::file_name(subnet);
+        if create_exclusive(&self.dir, &name, &format!("{owner}\n"))? {
+            return Ok(());
+        }
+        let path = self.dir.join(&name);
+        let holder = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+        if holder.trim() == owner {
+            Ok(())
+        } else {
+            Err(StoreError::Taken { subnet, owner: holder.trim().to_owned() })
+        }
+    }
+
+    /// Returns `owner`'s lease in `network`, or claims the first free subnet
+    /// of length `len` that overlaps no lease and none of `also_taken`.
+    pub fn allocate(
+        &self,
+        network: Ipv4Net,
+        len: u8,
+        owner: &str,
+        also_taken: &[Ipv4Net],
+    ) -> Result<Ipv4Net, StoreError> {
+        loop {
+            let leases = self.leases()?;
+            if let Some((s, _)) = leases.iter().find(|(s, o)| o == owner && network.contains(s)) {
+                return Ok(*s);
+            }
+            let mut taken: Vec<Ipv4Net> = leases.iter().map(|(s, _)| *s).collect();
+            taken.extend_from_slice(also_taken);
+            let candidate = first_free(network, len, &taken)
+                .ok_or(StoreError::Exhausted { what: "subnet", range: network })?;
+            match self.claim(candidate, owner) {
+                Ok(()) => return Ok(candidate),
+                // Another agent won the race for this one: look again.
+                Err(StoreError::Taken { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Drops `owner`'s lease on `subnet`; a lease held by someone else is left alone.
+    pub fn release(&self, subnet: Ipv4Net, owner: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(Self::file_name(subnet));
+        match fs::read_to_string(&path) {
+            Ok(holder) if holder.trim() == owner => fs::remove_file(&path).map_err(io_err("removing", &path)),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+}
+
+/// Pod addresses on one node: `<dir>/10.244.3.7` holds `<container id>\n<ifname>\n`.
+#[derive(Debug, Clone)]
+pub struct PodAddressStore {
+    dir: PathBuf,
+}
+
+impl PodAddressStore {
+    /// Opens (creating if needed) a store.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        Ok(PodAddressStore { dir })
+    }
+
+    fn owner(container_id: &str, ifname: &str) -> String {
+        format!("{container_id}\n{ifname}\n")
+    }
+
+    /// The address held by this container interface, if any.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+        let want = Self::owner(container_id, ifname);
+        Ok(read_dir_files(&self.dir)?.into_iter().find(|(_, c)| *c == want).and_then(|(n, _)| n.parse().ok()))
+    }
+
+    /// An address in `subnet` for this container interface: the one it holds,
+    /// or the lowest free host address that is not `reserved` (the gateway).
+    pub fn allocate(
+        &self,
+        subnet: Ipv4Net,
+        reserved: Ipv4Addr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Ipv4Addr, StoreError> {
+        if let Some(ip) = self.find(container_id, ifname)? {
+            return Ok(ip);
+        }
+        let owner = Self::owner(container_id, ifname);
+        for ip in subnet.hosts().filter(|ip| *ip != reserved) {
+            if create_exclusive(&self.dir, &ip.to_string(), &owner)? {
+                return Ok(ip);
+            }
+        }
+        Err(StoreError::Exhausted { what: "address", range: subnet })
+    }
+
+    /// Frees every address this container interface holds; freeing nothing is fine.
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, StoreError> {
+        let want = Self::owner(container_id, ifname);
+        let mut freed = Vec::new();
+        for (name, content) in read_dir_files(&self.dir)? {
+            if content == want {
+                let path = self.dir.join(&name);
+                fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                freed.extend(name.parse::<Ipv4Addr>().ok());
+            }
+        }
+        Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

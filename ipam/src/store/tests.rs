@@ -1,0 +1,92 @@
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier};
+
+use super::*;
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+#[test]
+fn lease_allocate_is_sticky_and_exclusive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leases = LeaseDir::open(tmp.path()).unwrap();
+    let n = net("10.244.0.0/16");
+    let a = leases.allocate(n, 24, "a", &[]).unwrap();
+    let b = leases.allocate(n, 24, "b", &[]).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(leases.allocate(n, 24, "a", &[]).unwrap(), a, "an owner keeps its lease");
+    assert!(matches!(leases.claim(a, "b"), Err(StoreError::Taken { .. })));
+    leases.release(a, "b").unwrap();
+    assert_eq!(leases.leases().unwrap().len(), 2, "release by a non-owner is a no-op");
+    leases.release(a, "a").unwrap();
+    assert_eq!(leases.leases().unwrap(), vec![(b, "b".to_owned())]);
+}
+
+#[test]
+fn lease_allocate_respects_foreign_cidrs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leases = LeaseDir::open(tmp.path()).unwrap();
+    let got = leases.allocate(net("10.244.0.0/16"), 24, "a", &[net("10.244.0.0/23")]).unwrap();
+    assert_eq!(got, net("10.244.2.0/24"));
+}
+
+#[test]
+fn lease_exhaustion_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leases = LeaseDir::open(tmp.path()).unwrap();
+    let n = net("10.0.0.0/23");
+    leases.allocate(n, 24, "a", &[]).unwrap();
+    leases.allocate(n, 24, "b", &[]).unwrap();
+    assert!(matches!(leases.allocate(n, 24, "c", &[]), Err(StoreError::Exhausted { .. })));
+}
+
+#[test]
+fn concurrent_allocators_never_share_a_subnet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let n = 32;
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (dir, barrier) = (dir.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                // Each thread opens its own handle, as separate agents would.
+                let leases = LeaseDir::open(dir).unwrap();
+                barrier.wait();
+                leases.allocate(net("10.244.0.0/16"), 24, &format!("node-{i}"), &[]).unwrap()
+            })
+        })
+        .collect();
+    let got: Vec<Ipv4Net> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let unique: HashSet<_> = got.iter().collect();
+    assert_eq!(unique.len(), n, "{got:?}");
+    let on_disk = LeaseDir::open(&dir).unwrap().leases().unwrap();
+    assert_eq!(on_disk.len(), n);
+}
+
+#[test]
+fn pod_addresses_skip_gateway_and_are_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = PodAddressStore::open(tmp.path()).unwrap();
+    let subnet = net("10.244.3.0/24");
+    let gw: Ipv4Addr = "10.244.3.1".parse().unwrap();
+    let a = store.allocate(subnet, gw, "c1", "eth0").unwrap();
+    assert_eq!(a, "10.244.3.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(store.allocate(subnet, gw, "c1", "eth0").unwrap(), a, "ADD twice gives the same address");
+    let b = store.allocate(subnet, gw, "c2", "eth0").unwrap();
+    assert_ne!(a, b);
+    assert_eq!(store.release("c1", "eth0").unwrap(), vec![a]);
+    assert!(store.release("c1", "eth0").unwrap().is_empty(), "DEL twice is fine");
+    assert_eq!(store.allocate(subnet, gw, "c3", "eth0").unwrap(), a, "freed addresses are reused");
+}
+
+#[test]
+fn pod_addresses_exhaust() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = PodAddressStore::open(tmp.path()).unwrap();
+    let subnet = net("10.0.0.0/30");
+    let gw: Ipv4Addr = "10.0.0.1".parse().unwrap();
+    store.allocate(subnet, gw, "c1", "eth0").unwrap();
+    assert!(matches!(store.allocate(subnet, gw, "c2", "eth0"), Err(StoreError::Exhausted { .. })));
+}
