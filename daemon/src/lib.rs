@@ -1,1 +1,13 @@
-//! placeholder
+//! felt: a VXLAN overlay network agent for Kubernetes.
+//!
+//! The binary's commands live here as a library so the end-to-end tests can
+//! drive the same code: [`agent`] (the node agent), [`registry`], [`cni`]
+//! (the CNI plugin), [`lab`] (the whole fabric on one machine) and
+//! [`netns`] (running code inside a network namespace).
+
+pub mod agent;
+pub mod cni;
+pub mod lab;
+pub mod netns;
+pub mod registry;
+pub mod util;

@@ -1,1 +1,354 @@
-fn main() {}
+//! The `felt` binary: the node agent, the CNI plugin and the lab.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use felt::agent::{self, AgentConfig};
+use felt::lab::{self, Lab, Mode, UpOptions};
+use felt_overlay::kernel::UnderlayChoice;
+use felt_proto::NetConfig;
+
+/// felt: a VXLAN overlay network for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "felt", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent: lease a pod subnet, publish this node, program every peer.
+    Daemon(DaemonArgs),
+    /// The CNI plugin (also runs when invoked as /opt/cni/bin/felt with CNI_COMMAND set).
+    Cni,
+    /// The whole fabric on one machine, in network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RegistryKind {
+    /// A directory with one JSON document per node (see --registry-dir).
+    File,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendKind {
+    /// The kernel's VXLAN device, programmed over netlink.
+    Kernel,
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    /// This node's name in the registry.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where nodes are registered.
+    #[arg(long, env = "FELT_REGISTRY", value_enum, default_value = "file")]
+    registry: RegistryKind,
+    /// The file registry's directory, shared by every agent of the cluster.
+    #[arg(long, env = "FELT_REGISTRY_DIR", default_value = "/var/lib/felt/registry")]
+    registry_dir: PathBuf,
+    /// The underlay interface; its first IPv4 address is the node's public IP.
+    /// Default: the interface of the default route.
+    #[arg(long, env = "FELT_UNDERLAY_IFACE", conflicts_with = "underlay_ip")]
+    underlay_iface: Option<String>,
+    /// The underlay address; the interface holding it is the underlay.
+    #[arg(long, env = "FELT_UNDERLAY_IP")]
+    underlay_ip: Option<Ipv4Addr>,
+    /// The data plane.
+    #[arg(long, env = "FELT_BACKEND", value_enum, default_value = "kernel")]
+    backend: BackendKind,
+    /// The network config JSON ({"network":"10.244.0.0/16","subnetLen":24,"backend":{…}}).
+    /// Default: 10.244.0.0/16, /24 per node, VXLAN VNI 1 on UDP 8472.
+    #[arg(long, env = "FELT_NET_CONF")]
+    net_conf: Option<PathBuf>,
+    /// Where to write the subnet file the CNI plugin reads.
+    #[arg(long, env = "FELT_SUBNET_FILE", default_value = "/run/felt/subnet.env")]
+    subnet_file: PathBuf,
+    /// Full resync period when nothing changes (e.g. 30s, 500ms, 2m).
+    #[arg(long, env = "FELT_RESYNC_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    resync_period: Duration,
+    /// The VXLAN device name. Default: felt.<VNI>.
+    #[arg(long, env = "FELT_DEVICE")]
+    device: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct LabName {
+    /// Lab name: prefixes every namespace (1-8 of [a-z0-9]).
+    #[arg(long, default_value = "felt")]
+    name: String,
+    /// Where labs keep their state.
+    #[arg(long, env = "FELT_LAB_STATE", default_value = lab::DEFAULT_STATE_ROOT, hide = true)]
+    state_root: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Build the lab and wait until the fabric is programmed.
+    Up {
+        #[command(flatten)]
+        lab: LabName,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Pods on each node.
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: u32,
+        /// Data plane of every node.
+        #[arg(long, value_enum, default_value = "kernel")]
+        mode: Mode,
+    },
+    /// Show the lab's nodes and pods.
+    Status {
+        #[command(flatten)]
+        lab: LabName,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe every pod from every other pod (ICMP and TCP); exit 0 only if all pass.
+    Check {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// Add one node (with its pods) and report how fast peers programmed it.
+    AddNode {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// Remove a node: its pods, agent, registry record and namespace.
+    RemoveNode {
+        #[command(flatten)]
+        lab: LabName,
+        /// The node, e.g. n2.
+        node: String,
+    },
+    /// Stop a node's agent and start it again.
+    RestartAgent {
+        #[command(flatten)]
+        lab: LabName,
+        /// The node, e.g. n2.
+        node: String,
+        /// Use SIGKILL instead of SIGTERM.
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Remove everything of the lab, agents included. Safe to repeat.
+    Down {
+        #[command(flatten)]
+        lab: LabName,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("`{s}`: want a number with ms, s, m or h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
+    };
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+fn main() -> ExitCode {
+    // A container runtime runs the plugin as `/opt/cni/bin/felt` with no arguments.
+    if std::env::args_os().len() == 1 && std::env::var_os("CNI_COMMAND").is_some() {
+        return run_cni();
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Daemon(args) => run_daemon(args),
+        Command::Cni => return run_cni(),
+        Command::Lab { command } => run_lab(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("felt: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cni() -> ExitCode {
+    let (out, is_err) = felt::cni::main_from_env();
+    if !out.is_null() {
+        println!("{out}");
+    }
+    if is_err { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let net = match &args.net_conf {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            NetConfig::from_json(&bytes).with_context(|| format!("{}", path.display()))?
+        }
+        None => NetConfig::default(),
+    };
+    if !felt::registry::file::valid_node_name(&args.node_name) {
+        bail!("--node-name `{}` is not a valid node name (RFC 1123 subdomain)", args.node_name);
+    }
+    let RegistryKind::File = args.registry;
+    let BackendKind::Kernel = args.backend;
+    let mut cfg = AgentConfig::new(args.node_name, args.registry_dir);
+    cfg.underlay = match (args.underlay_iface, args.underlay_ip) {
+        (Some(iface), _) => UnderlayChoice::Interface(iface),
+        (None, Some(ip)) => UnderlayChoice::Address(ip),
+        (None, None) => UnderlayChoice::DefaultRoute,
+    };
+    cfg.net = net;
+    cfg.subnet_file = args.subnet_file;
+    cfg.resync = args.resync_period;
+    cfg.device = args.device;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(agent::run(cfg)).map_err(|e| anyhow::anyhow!(felt::util::error_chain(&e)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_lab(l: &LabName) -> anyhow::Result<Lab> {
+    let felt = std::env::current_exe().context("finding the felt binary")?;
+    Ok(Lab::new(&l.name, &l.state_root, felt)?)
+}
+
+fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LabCommand::Up { lab, nodes, pods_per_node, mode } => {
+            let l = open_lab(&lab)?;
+            let mut opts = UpOptions::new(&lab.name);
+            opts.nodes = nodes;
+            opts.pods_per_node = pods_per_node;
+            opts.mode = mode;
+            let state = l.up(&opts, &mut |line| eprintln!("felt lab: {line}"))?;
+            println!(
+                "lab `{}` is up: {} nodes, {} pods. Next: felt lab check --name {}",
+                state.name,
+                state.nodes.len(),
+                state.pods.len(),
+                state.name
+            );
+        }
+        LabCommand::Status { lab, json } => {
+            let status = open_lab(&lab)?.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        LabCommand::Check { lab } => {
+            let results = open_lab(&lab)?.check()?;
+            let ok = results.iter().filter(|r| r.ok()).count();
+            for r in results.iter().filter(|r| !r.ok()) {
+                println!(
+                    "FAIL {} → {} ({}): icmp {}, tcp {}",
+                    r.from,
+                    r.to,
+                    r.ip,
+                    if r.icmp { "ok" } else { "no reply" },
+                    r.tcp.as_ref().map_or_else(|e| e.clone(), |()| "ok".into())
+                );
+            }
+            println!("{ok}/{} pod pairs reachable", results.len());
+            if ok != results.len() || results.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        LabCommand::AddNode { lab } => {
+            let (node, took) = open_lab(&lab)?.add_node()?;
+            println!(
+                "{} joined at {}; programmed on every node {} ms after it published",
+                node.name,
+                node.underlay_ip,
+                took.as_millis()
+            );
+        }
+        LabCommand::RemoveNode { lab, node } => {
+            open_lab(&lab)?.remove_node(&node)?;
+            println!("{node} removed");
+        }
+        LabCommand::RestartAgent { lab, node, kill } => {
+            let pid = open_lab(&lab)?.restart_agent(&node, kill)?;
+            println!("{node} agent restarted, pid {pid}");
+        }
+        LabCommand::Down { lab } => {
+            let removed = open_lab(&lab)?.down()?;
+            if removed.is_empty() {
+                println!("lab `{}` is not up; nothing to remove", lab.name);
+            } else {
+                println!("lab `{}` removed ({} items)", lab.name, removed.len());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(status: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    println!(
+        "{:<6} {:<16} {:<16} {:<18} {:<18} {:>8}",
+        "NODE", "NETNS", "UNDERLAY", "POD CIDR", "VTEP MAC", "AGENT"
+    );
+    for n in status["nodes"].as_array().into_iter().flatten() {
+        let agent = if n["agent_running"].as_bool() == Some(true) { s(&n["pid"]) } else { "stopped".into() };
+        println!(
+            "{:<6} {:<16} {:<16} {:<18} {:<18} {:>8}",
+            s(&n["name"]),
+            s(&n["netns"]),
+            s(&n["underlay_ip"]),
+            s(&n["pod_cidr"]),
+            s(&n["vtep_mac"]),
+            agent
+        );
+    }
+    println!();
+    println!("{:<10} {:<6} {:<16}", "POD", "NODE", "IP");
+    for p in status["pods"].as_array().into_iter().flatten() {
+        println!("{:<10} {:<6} {:<16}", s(&p["name"]), s(&p["node"]), s(&p["ip"]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

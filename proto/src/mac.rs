@@ -25,6 +25,13 @@ impl MacAddr {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
+        // MurmurHash3's fmix64 finaliser: names that differ in one character
+        // get addresses that differ everywhere, not in one octet.
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^= hash >> 33;
         let b = hash.to_be_bytes();
         // Bit 1 of the first octet: locally administered; bit 0 clear: unicast.
         MacAddr([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])

@@ -197,7 +197,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_records() {
-        let cases: &[(&str, fn(&RecordError) -> bool)] = &[
+        type IsExpected = fn(&RecordError) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
             (r#"{"name":"n1","podCIDRs":["10.244.1.5/24"]}"#, |e| matches!(e, RecordError::UnalignedCidr(_))),
             (r#"{"name":"N_1"}"#, |e| matches!(e, RecordError::BadName(_))),
             (r#"{"name":"n1","podCIDRs":["10.1.0.0/24","10.2.0.0/24"]}"#, |e| {

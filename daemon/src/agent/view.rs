@@ -1,0 +1,193 @@
+//! The cluster view: which records become peers, and why the others do not.
+//!
+//! Pure: records in, peers and rejections out. The rules protect the fabric
+//! from one bad record — it is skipped with a reason, the rest keep working:
+//! - a record without a pod CIDR, public IP or backend data is *pending*
+//!   (not yet published), not an error;
+//! - a record is *rejected* when its backend or VNI differ from ours, its
+//!   pod CIDR is outside the cluster network or overlaps ours, or it claims
+//!   our underlay IP or VTEP MAC;
+//! - when two records clash (overlapping pod CIDRs, same underlay IP, same
+//!   VTEP MAC), the one that was already a peer keeps its place (`stable`),
+//!   then the one whose name sorts first; the other is rejected.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use felt_ipam::subnets::{overlaps, validate_pod_cidr};
+use felt_overlay::Peer;
+use felt_proto::{BackendType, MacAddr, NetConfig, NodeRecord};
+use ipnet::Ipv4Net;
+
+/// This node, as the view needs it.
+#[derive(Debug, Clone)]
+pub struct Me {
+    /// Node name.
+    pub name: String,
+    /// Our pod subnet.
+    pub pod_cidr: Ipv4Net,
+    /// Our underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Our VTEP MAC.
+    pub vtep_mac: MacAddr,
+}
+
+/// The outcome of [`build`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct View {
+    /// Peers to program, sorted by name.
+    pub peers: Vec<Peer>,
+    /// Records not yet complete.
+    pub pending: Vec<String>,
+    /// Records refused: (node, why).
+    pub rejected: Vec<(String, String)>,
+}
+
+/// Turns registry records into peers.
+pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: &BTreeSet<String>) -> View {
+    let mut view = View::default();
+    let mut candidates = Vec::new();
+    for r in records.iter().filter(|r| r.name != me.name) {
+        let (Some(pod_cidr), Some(underlay_ip), Some(data)) = (r.pod_cidr_v4(), r.public_ip, r.backend_data)
+        else {
+            view.pending.push(r.name.clone());
+            continue;
+        };
+        let why = if r.backend_type != Some(BackendType::Vxlan) {
+            Some(format!("backend type {:?} is not vxlan", r.backend_type))
+        } else if data.vni != net.backend.vni {
+            Some(format!("VNI {} differs from ours ({})", data.vni, net.backend.vni))
+        } else if let Err(e) = validate_pod_cidr(pod_cidr, net.network) {
+            Some(e.to_string())
+        } else if overlaps(pod_cidr, me.pod_cidr) {
+            Some(format!("pod CIDR {pod_cidr} overlaps ours ({})", me.pod_cidr))
+        } else if underlay_ip == me.underlay_ip {
+            Some(format!("claims our underlay IP {underlay_ip}"))
+        } else if data.vtep_mac == me.vtep_mac {
+            Some(format!("claims our VTEP MAC {}", data.vtep_mac))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => view.rejected.push((r.name.clone(), why)),
+            None => {
+                candidates.push(Peer { name: r.name.clone(), pod_cidr, vtep_mac: data.vtep_mac, underlay_ip })
+            }
+        }
+    }
+    // Incumbents first, then by name: a newcomer cannot evict a working peer.
+    candidates
+        .sort_by(|a, b| (!stable.contains(&a.name), &a.name).cmp(&(!stable.contains(&b.name), &b.name)));
+    for c in candidates {
+        let clash = view.peers.iter().find_map(|p| {
+            if overlaps(p.pod_cidr, c.pod_cidr) {
+                Some(format!("pod CIDR {} overlaps peer {} ({})", c.pod_cidr, p.name, p.pod_cidr))
+            } else if p.underlay_ip == c.underlay_ip {
+                Some(format!("underlay IP {} is peer {}'s", c.underlay_ip, p.name))
+            } else if p.vtep_mac == c.vtep_mac {
+                Some(format!("VTEP MAC {} is peer {}'s", c.vtep_mac, p.name))
+            } else {
+                None
+            }
+        });
+        match clash {
+            Some(why) => view.rejected.push((c.name, why)),
+            None => view.peers.push(c),
+        }
+    }
+    view.peers.sort_by(|a, b| a.name.cmp(&b.name));
+    view.rejected.sort();
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use felt_proto::BackendData;
+
+    use super::*;
+
+    fn me() -> Me {
+        Me {
+            name: "n1".into(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            underlay_ip: "198.18.7.11".parse().unwrap(),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        }
+    }
+
+    fn rec(name: &str, cidr: &str, ip: &str, mac: u8) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            public_ip: Some(ip.parse().unwrap()),
+            backend_type: Some(BackendType::Vxlan),
+            backend_data: Some(BackendData { vni: 1, vtep_mac: MacAddr([2, 0, 0, 0, 0, mac]) }),
+        }
+    }
+
+    fn names(v: &View) -> Vec<&str> {
+        v.peers.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn good_records_become_peers_and_self_is_skipped() {
+        let recs =
+            [rec("n1", "10.244.1.0/24", "198.18.7.11", 1), rec("n2", "10.244.2.0/24", "198.18.7.12", 2)];
+        let v = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
+        assert_eq!(names(&v), ["n2"]);
+        assert!(v.rejected.is_empty());
+    }
+
+    #[test]
+    fn incomplete_is_pending() {
+        let v = build(&[NodeRecord::new("n3")], &me(), &NetConfig::default(), &BTreeSet::new());
+        assert_eq!(v.pending, ["n3"]);
+        assert!(v.peers.is_empty());
+    }
+
+    #[test]
+    fn bad_records_are_rejected_with_reasons() {
+        let mut other_vni = rec("a", "10.244.3.0/24", "198.18.7.13", 3);
+        other_vni.backend_data.as_mut().unwrap().vni = 7;
+        let recs = [
+            other_vni,
+            rec("b", "10.245.0.0/24", "198.18.7.14", 4),
+            rec("c", "10.244.1.0/25", "198.18.7.15", 5),
+            rec("d", "10.244.6.0/24", "198.18.7.11", 6),
+            rec("e", "10.244.7.0/24", "198.18.7.17", 1),
+            rec("f", "10.244.8.0/24", "198.18.7.18", 8),
+        ];
+        let v = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
+        assert_eq!(names(&v), ["f"]);
+        let why: Vec<(&str, &str)> = v.rejected.iter().map(|(n, w)| (n.as_str(), w.as_str())).collect();
+        assert!(why[0].1.contains("VNI 7"), "{why:?}");
+        assert!(why[1].1.contains("outside the cluster network"), "{why:?}");
+        assert!(why[2].1.contains("overlaps ours"), "{why:?}");
+        assert!(why[3].1.contains("our underlay IP"), "{why:?}");
+        assert!(why[4].1.contains("our VTEP MAC"), "{why:?}");
+    }
+
+    #[test]
+    fn incumbent_wins_an_overlap() {
+        let recs = [rec("a", "10.244.2.0/24", "198.18.7.12", 2), rec("z", "10.244.2.0/23", "198.18.7.13", 3)];
+        let fresh = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
+        assert_eq!(names(&fresh), ["a"], "by name when nobody is incumbent");
+        let stable: BTreeSet<String> = ["z".to_owned()].into();
+        let v = build(&recs, &me(), &NetConfig::default(), &stable);
+        assert_eq!(names(&v), ["z"]);
+        assert_eq!(v.rejected[0].0, "a");
+        assert!(v.rejected[0].1.contains("overlaps peer z"));
+    }
+
+    #[test]
+    fn duplicate_underlay_or_mac_among_peers() {
+        let recs = [
+            rec("a", "10.244.2.0/24", "198.18.7.12", 2),
+            rec("b", "10.244.3.0/24", "198.18.7.12", 3),
+            rec("c", "10.244.4.0/24", "198.18.7.14", 2),
+        ];
+        let v = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
+        assert_eq!(names(&v), ["a"]);
+        assert_eq!(v.rejected.len(), 2);
+    }
+}

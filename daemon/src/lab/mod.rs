@@ -1,0 +1,544 @@
+//! `felt lab`: the whole fabric on one machine, in network namespaces.
+//!
+//! ```text
+//!   <name>-ul            the underlay: bridge br0, one veth per node
+//!   <name>-n<i>          node i: eth0 = 198.18.x.(10+i)/24, one felt agent
+//!   <name>-n<i>-p<j>     pod j of node i, attached by `felt cni`
+//! ```
+//! Everything lives in namespaces the lab creates (LAB-NETWORK.md): the
+//! root namespace gets no address, route or link, and no namespace has a
+//! route out of the lab. A lab's files live in `<state root>/<name>/`:
+//! `lab.json` (this module's state), `net.json`, the file registry, and per
+//! node its subnet file, CNI store and agent log. `down` removes all of it,
+//! agents included, and is safe to repeat; a failed `up` tears down what it
+//! built.
+
+pub mod probe;
+mod topo;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use felt_overlay::kernel::Kernel;
+use felt_overlay::{Peer, desired, plan};
+use felt_proto::{NetConfig, NodeRecord};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::netns;
+use crate::registry::file::{FileRegistry, write_atomic};
+pub use topo::{LabError, kill_agent};
+
+/// Where labs keep their files unless told otherwise.
+pub const DEFAULT_STATE_ROOT: &str = "/run/felt/lab";
+
+/// The data plane a lab's agents run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The kernel's VXLAN device, programmed over netlink.
+    Kernel,
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpOptions {
+    /// Lab name: prefixes every namespace.
+    pub name: String,
+    /// Number of nodes.
+    pub nodes: u32,
+    /// Pods on each node.
+    pub pods_per_node: u32,
+    /// Data plane.
+    pub mode: Mode,
+}
+
+impl UpOptions {
+    /// The defaults: `felt`, 3 nodes, 2 pods each, kernel mode.
+    pub fn new(name: impl Into<String>) -> Self {
+        UpOptions { name: name.into(), nodes: 3, pods_per_node: 2, mode: Mode::Kernel }
+    }
+}
+
+/// One lab node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Node name in the registry (`n1`).
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its index (`i` in `n<i>`).
+    pub index: u32,
+    /// Its underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Its agent's pid.
+    pub pid: u32,
+}
+
+/// One lab pod.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    /// Pod name (`n1-p1`).
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its node.
+    pub node: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+/// What `lab.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// Lab name.
+    pub name: String,
+    /// The underlay /24.
+    pub underlay: Ipv4Net,
+    /// Data plane.
+    pub mode: Mode,
+    /// Pods per node, for `add-node`.
+    pub pods_per_node: u32,
+    /// Nodes, in index order.
+    pub nodes: Vec<NodeState>,
+    /// Pods.
+    pub pods: Vec<PodState>,
+}
+
+/// A lab's files and how to reach them.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    name: String,
+    dir: PathBuf,
+    felt: PathBuf,
+}
+
+impl Lab {
+    /// A handle on lab `name` under `state_root`; `felt` is the binary agents run.
+    pub fn new(name: &str, state_root: &Path, felt: PathBuf) -> Result<Self, LabError> {
+        let ok = !name.is_empty()
+            && name.len() <= 8
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name.starts_with(|c: char| c.is_ascii_lowercase());
+        if !ok {
+            return Err(LabError::Invalid(format!(
+                "lab name `{name}`: want 1 to 8 of [a-z0-9], starting with a letter (it prefixes interface names)"
+            )));
+        }
+        Ok(Lab { name: name.to_owned(), dir: state_root.join(name), felt })
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("lab.json")
+    }
+    fn registry_dir(&self) -> PathBuf {
+        self.dir.join("registry")
+    }
+    fn net_conf_path(&self) -> PathBuf {
+        self.dir.join("net.json")
+    }
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join(node)
+    }
+    /// The agent log of `node`.
+    pub fn log_path(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent.log")
+    }
+    fn underlay_ns(&self) -> String {
+        format!("{}-ul", self.name)
+    }
+
+    /// Reads `lab.json`; `None` when the lab is not up.
+    pub fn load(&self) -> Result<Option<LabState>, LabError> {
+        match std::fs::read(self.state_path()) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| LabError::Invalid(format!("{}: {e}", self.state_path().display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LabError::io("reading", &self.state_path(), e)),
+        }
+    }
+
+    fn loaded(&self) -> Result<LabState, LabError> {
+        self.load()?.ok_or_else(|| {
+            LabError::Invalid(format!("lab `{}` is not up (felt lab up --name {})", self.name, self.name))
+        })
+    }
+
+    fn save(&self, state: &LabState) -> Result<(), LabError> {
+        let bytes = serde_json::to_vec_pretty(state).expect("lab state serialises");
+        write_atomic(&self.state_path(), &bytes).map_err(|e| LabError::io("writing", &self.state_path(), e))
+    }
+
+    /// The registry's records, by node name.
+    fn records(&self) -> Result<BTreeMap<String, NodeRecord>, LabError> {
+        let reg = FileRegistry::open(&self.registry_dir())
+            .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
+        let snap = reg.list().map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
+        Ok(snap.records.into_iter().map(|r| (r.name.clone(), r)).collect())
+    }
+
+    /// Builds the lab and returns once every node has programmed every peer.
+    pub fn up(&self, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<LabState, LabError> {
+        if self.load()?.is_some() || !topo::namespaces_with_prefix(&self.name)?.is_empty() {
+            return Err(LabError::Invalid(format!(
+                "lab `{}` already exists; remove it first with `felt lab down --name {}`",
+                self.name, self.name
+            )));
+        }
+        if opts.nodes == 0 || opts.nodes > 200 || opts.pods_per_node > 50 {
+            return Err(LabError::Invalid("want 1..=200 nodes and 0..=50 pods per node".into()));
+        }
+        let started = Instant::now();
+        let mut guard = TeardownOnError { lab: self, armed: true };
+        std::fs::create_dir_all(&self.dir).map_err(|e| LabError::io("creating", &self.dir, e))?;
+        let net = NetConfig::default();
+        let net_json = serde_json::to_vec_pretty(&net).expect("net config serialises");
+        write_atomic(&self.net_conf_path(), &net_json)
+            .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
+        let underlay = topo::underlay_subnet(&self.name);
+        topo::make_underlay(&self.underlay_ns())?;
+        let mut state = LabState {
+            name: self.name.clone(),
+            underlay,
+            mode: opts.mode,
+            pods_per_node: opts.pods_per_node,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+        };
+        self.save(&state)?;
+        for i in 1..=opts.nodes {
+            let node = self.start_node(&state, i)?;
+            progress(&format!("node {} ({}) agent pid {}", node.name, node.underlay_ip, node.pid));
+            state.nodes.push(node);
+            self.save(&state)?;
+        }
+        self.wait_leases(&state, Duration::from_secs(30))?;
+        for node in state.nodes.clone() {
+            for j in 1..=opts.pods_per_node {
+                let pod = self.add_pod(&node, j)?;
+                progress(&format!("pod {} on {} at {}", pod.name, pod.node, pod.ip));
+                state.pods.push(pod);
+                self.save(&state)?;
+            }
+        }
+        self.wait_programmed(&state, Duration::from_secs(60))?;
+        progress(&format!("fabric programmed on {} nodes in {:.1?}", state.nodes.len(), started.elapsed()));
+        guard.armed = false;
+        Ok(state)
+    }
+
+    fn start_node(&self, state: &LabState, index: u32) -> Result<NodeState, LabError> {
+        let name = format!("n{index}");
+        let netns = format!("{}-{name}", self.name);
+        let underlay_ip = topo::node_ip(state.underlay, index);
+        topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len())?;
+        let dir = self.node_dir(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
+        let pid = self.spawn_agent(&name, &netns)?;
+        Ok(NodeState { name, netns, index, underlay_ip, pid })
+    }
+
+    fn spawn_agent(&self, node: &str, netns: &str) -> Result<u32, LabError> {
+        let dir = self.node_dir(node);
+        let args: Vec<String> = vec![
+            "daemon".into(),
+            "--node-name".into(),
+            node.into(),
+            "--registry".into(),
+            "file".into(),
+            "--registry-dir".into(),
+            self.registry_dir().display().to_string(),
+            "--underlay-iface".into(),
+            "eth0".into(),
+            "--backend".into(),
+            "kernel".into(),
+            "--net-conf".into(),
+            self.net_conf_path().display().to_string(),
+            "--subnet-file".into(),
+            dir.join("subnet.env").display().to_string(),
+            "--resync-period".into(),
+            "5s".into(),
+        ];
+        topo::spawn_in(netns, &self.felt, &args, &self.log_path(node))
+    }
+
+    fn add_pod(&self, node: &NodeState, j: u32) -> Result<PodState, LabError> {
+        let name = format!("{}-p{j}", node.name);
+        let netns = format!("{}-{name}", self.name);
+        topo::ip(&["netns", "add", &netns])?;
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "felt",
+            "type": "felt",
+            "subnetFile": self.node_dir(&node.name).join("subnet.env"),
+            "dataDir": self.node_dir(&node.name).join("cni"),
+        });
+        let result = topo::cni(&node.netns, &self.felt, "ADD", &netns, &conf)?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| LabError::Invalid(format!("CNI ADD for {name} returned no address: {result}")))?;
+        Ok(PodState { name, netns, node: node.name.clone(), ip })
+    }
+
+    fn wait_leases(&self, state: &LabState, timeout: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let missing: Vec<&str> = state
+                .nodes
+                .iter()
+                .filter(|n| !self.node_dir(&n.name).join("subnet.env").exists())
+                .map(|n| n.name.as_str())
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout(format!(
+                    "nodes {missing:?} hold no lease after {timeout:?}; see {}",
+                    self.log_path(missing[0]).display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The kernel ops still missing on each node for every peer the registry holds.
+    pub fn pending_ops(&self, state: &LabState) -> Result<BTreeMap<String, usize>, LabError> {
+        let records = self.records()?;
+        let mut out = BTreeMap::new();
+        for node in &state.nodes {
+            let peers: Vec<Peer> = records
+                .values()
+                .filter(|r| r.name != node.name)
+                .filter_map(|r| {
+                    Some(Peer {
+                        name: r.name.clone(),
+                        pod_cidr: r.pod_cidr_v4()?,
+                        vtep_mac: r.backend_data?.vtep_mac,
+                        underlay_ip: r.public_ip?,
+                    })
+                })
+                .collect();
+            let want = desired(&peers);
+            let observed = netns::block_on_in(&netns::named(&node.netns), || async {
+                let k = Kernel::connect()?;
+                match k.link("felt.1").await? {
+                    Some(l) => k.observe(l.index).await.map(Some),
+                    None => Ok(None),
+                }
+            })
+            .map_err(|e| LabError::io("entering", &netns::named(&node.netns), e))?
+            .map_err(|e: felt_overlay::kernel::KernelError| {
+                LabError::Invalid(crate::util::error_chain(&e))
+            })?;
+            let missing = match observed {
+                Some(o) => plan(&want, &o).len(),
+                None => usize::MAX,
+            };
+            out.insert(node.name.clone(), missing);
+        }
+        Ok(out)
+    }
+
+    /// Waits until every node's data plane matches the registry.
+    pub fn wait_programmed(&self, state: &LabState, timeout: Duration) -> Result<Duration, LabError> {
+        let started = Instant::now();
+        loop {
+            let pending = self.pending_ops(state)?;
+            if pending.values().all(|n| *n == 0) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(LabError::Timeout(format!(
+                    "data plane not programmed after {timeout:?}: ops pending per node {pending:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Everything `lab status --json` prints.
+    pub fn status(&self) -> Result<serde_json::Value, LabError> {
+        let state = self.loaded()?;
+        let records = self.records()?;
+        let nodes: Vec<serde_json::Value> = state
+            .nodes
+            .iter()
+            .map(|n| {
+                let r = records.get(&n.name);
+                serde_json::json!({
+                    "name": n.name,
+                    "netns": n.netns,
+                    "underlay_ip": n.underlay_ip,
+                    "pod_cidr": r.and_then(NodeRecord::pod_cidr_v4),
+                    "vtep_mac": r.and_then(|r| r.backend_data).map(|d| d.vtep_mac),
+                    "pid": n.pid,
+                    "agent_running": topo::agent_alive(n.pid, &self.registry_dir()),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "nodes": nodes, "pods": state.pods }))
+    }
+
+    /// Probes every pod from every other pod, ICMP and TCP.
+    pub fn check(&self) -> Result<Vec<probe::PairResult>, LabError> {
+        let state = self.loaded()?;
+        let namespaces: Vec<PathBuf> = state.pods.iter().map(|p| netns::named(&p.netns)).collect();
+        let _listeners = probe::EchoListeners::start(&namespaces, Duration::from_secs(120))
+            .map_err(|e| LabError::Invalid(format!("starting echo listeners: {e}")))?;
+        let workers: Vec<_> = state
+            .pods
+            .iter()
+            .map(|src| {
+                let targets: Vec<(String, Ipv4Addr)> = state
+                    .pods
+                    .iter()
+                    .filter(|d| d.name != src.name)
+                    .map(|d| (d.name.clone(), d.ip))
+                    .collect();
+                let (ns, name) = (netns::named(&src.netns), src.name.clone());
+                std::thread::spawn(move || probe::probe_from(&ns, &name, &targets))
+            })
+            .collect();
+        let mut results = Vec::new();
+        for w in workers {
+            let r = w.join().map_err(|_| LabError::Invalid("a probe thread panicked".into()))?;
+            results.extend(r.map_err(|e| LabError::Invalid(format!("probing: {e}")))?);
+        }
+        Ok(results)
+    }
+
+    /// Adds the next node with its pods; returns it and how long until every
+    /// node had it programmed, counted from its record's appearance.
+    pub fn add_node(&self) -> Result<(NodeState, Duration), LabError> {
+        let mut state = self.loaded()?;
+        let index = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+        let node = self.start_node(&state, index)?;
+        state.nodes.push(node.clone());
+        self.save(&state)?;
+        self.wait_leases(&state, Duration::from_secs(30))?;
+        let published = self.wait_record(&node.name, Duration::from_secs(30))?;
+        self.wait_programmed(&state, Duration::from_secs(30))?;
+        let propagation = published.elapsed().unwrap_or_default();
+        for j in 1..=state.pods_per_node {
+            let pod = self.add_pod(&node, j)?;
+            state.pods.push(pod);
+            self.save(&state)?;
+        }
+        Ok((node, propagation))
+    }
+
+    /// When `node`'s record became complete (its file's mtime).
+    fn wait_record(&self, node: &str, timeout: Duration) -> Result<std::time::SystemTime, LabError> {
+        let path = self.registry_dir().join("nodes").join(format!("{node}.json"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.records()?.get(node) {
+                if r.backend_data.is_some() && r.pod_cidr_v4().is_some() {
+                    let meta = std::fs::metadata(&path).map_err(|e| LabError::io("reading", &path, e))?;
+                    return meta.modified().map_err(|e| LabError::io("reading", &path, e));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout(format!("node {node} published no record")));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Removes a node: its pods, its agent, its record and lease, its namespace.
+    pub fn remove_node(&self, node: &str) -> Result<(), LabError> {
+        let mut state = self.loaded()?;
+        let n = state
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .cloned()
+            .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
+        kill_agent(n.pid, &self.registry_dir(), false);
+        let reg = FileRegistry::open(&self.registry_dir())
+            .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
+        reg.remove(node).map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
+        for pod in state.pods.iter().filter(|p| p.node == node) {
+            let _ = topo::ip(&["netns", "delete", &pod.netns]);
+        }
+        topo::ip(&["netns", "delete", &n.netns])?;
+        state.pods.retain(|p| p.node != node);
+        state.nodes.retain(|x| x.name != node);
+        self.save(&state)
+    }
+
+    /// Stops a node's agent (SIGKILL when `kill`, else SIGTERM) and starts it again.
+    pub fn restart_agent(&self, node: &str, kill: bool) -> Result<u32, LabError> {
+        let mut state = self.loaded()?;
+        let n = state
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
+        kill_agent(n.pid, &self.registry_dir(), kill);
+        n.pid = self.spawn_agent(&n.name, &n.netns)?;
+        let pid = n.pid;
+        self.save(&state)?;
+        Ok(pid)
+    }
+
+    /// Removes everything of this lab. Returns what it removed.
+    pub fn down(&self) -> Result<Vec<String>, LabError> {
+        let mut removed = Vec::new();
+        if let Some(state) = self.load()? {
+            for n in &state.nodes {
+                if kill_agent(n.pid, &self.registry_dir(), false) {
+                    removed.push(format!("agent {} (pid {})", n.name, n.pid));
+                }
+            }
+        }
+        for pid in topo::agents_using(&self.registry_dir()) {
+            kill_agent(pid, &self.registry_dir(), false);
+            removed.push(format!("agent pid {pid}"));
+        }
+        let mut namespaces = topo::namespaces_with_prefix(&self.name)?;
+        // Pods before nodes before the underlay: longest names first.
+        namespaces.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        let mut errors = Vec::new();
+        for ns in namespaces {
+            match topo::ip(&["netns", "delete", &ns]) {
+                Ok(()) => removed.push(format!("netns {ns}")),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if self.dir.exists() {
+            match std::fs::remove_dir_all(&self.dir) {
+                Ok(()) => removed.push(self.dir.display().to_string()),
+                Err(e) => errors.push(format!("removing {}: {e}", self.dir.display())),
+            }
+        }
+        if errors.is_empty() { Ok(removed) } else { Err(LabError::Teardown(errors)) }
+    }
+}
+
+/// Tears a half-built lab down when `up` fails.
+struct TeardownOnError<'a> {
+    lab: &'a Lab,
+    armed: bool,
+}
+
+impl Drop for TeardownOnError<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.lab.down() {
+                eprintln!("felt lab: cleaning up after a failed `up` also failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Reachability probes run from inside pod namespaces: ICMP echo and a TCP
+//! round trip, done by felt itself so the lab needs no ping or netcat.
+//!
+//! Every probe is bounded: a fixed number of tries, each with a deadline.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::netns;
+
+/// The TCP port the check's echo listeners use inside pods.
+pub const ECHO_PORT: u16 = 7946;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+
+/// RFC 1071 Internet checksum.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP echo request (RFC 792) with `id`, `seq` and a small payload.
+pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[0] = ICMP_ECHO_REQUEST;
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..16].copy_from_slice(b"felt-lab");
+    let c = checksum(&p);
+    p[2..4].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// If `packet` (an IPv4 datagram, as a raw socket returns it) is an echo
+/// reply from `from` with `id`, its sequence number.
+pub fn parse_echo_reply(packet: &[u8], from: Ipv4Addr, id: u16) -> Option<u16> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.len() < ihl + 8 || packet.get(9) != Some(&1) || packet[12..16] != from.octets() {
+        return None;
+    }
+    let icmp = &packet[ihl..];
+    (icmp[0] == ICMP_ECHO_REPLY && u16::from_be_bytes([icmp[4], icmp[5]]) == id)
+        .then(|| u16::from_be_bytes([icmp[6], icmp[7]]))
+}
+
+fn icmp_socket() -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+    s.set_read_timeout(Some(Duration::from_millis(20)))?;
+    Ok(s)
+}
+
+fn recv(mut s: &Socket, buf: &mut [u8]) -> Option<usize> {
+    s.read(buf).ok()
+}
+
+/// Sends one echo request per try (up to `tries`) and waits up to `wait`
+/// for each; true when a reply came.
+pub fn ping(dst: Ipv4Addr, tries: u16, wait: Duration) -> std::io::Result<bool> {
+    let s = icmp_socket()?;
+    let id = (std::process::id() as u16) ^ u16::from(dst.octets()[3]).rotate_left(8);
+    let to = SockAddr::from(SocketAddrV4::new(dst, 0));
+    let mut buf = [0u8; 1500];
+    for seq in 0..tries {
+        s.send_to(&echo_request(id, seq), &to)?;
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(n) = recv(&s, &mut buf) {
+                if parse_echo_reply(&buf[..n], dst, id).is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The outcome of [`ping_series`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SeriesReport {
+    /// Echo requests sent.
+    pub sent: u32,
+    /// Distinct replies received.
+    pub received: u32,
+}
+
+/// Sends `count` echo requests to `dst`, one every `interval`, and counts
+/// distinct replies, waiting `linger` after the last one. Bounded by
+/// `count × interval + linger`.
+pub fn ping_series(
+    dst: Ipv4Addr,
+    count: u16,
+    interval: Duration,
+    linger: Duration,
+) -> std::io::Result<SeriesReport> {
+    let s = icmp_socket()?;
+    s.set_read_timeout(Some(Duration::from_millis(2)))?;
+    let id = (std::process::id() as u16).wrapping_add(0x5a5a);
+    let to = SockAddr::from(SocketAddrV4::new(dst, 0));
+    let mut seen = vec![false; usize::from(count)];
+    let mut buf = [0u8; 1500];
+    let start = Instant::now();
+    let mut drain_until = |deadline: Instant, seen: &mut Vec<bool>| {
+        while Instant::now() < deadline {
+            if let Some(n) = recv(&s, &mut buf) {
+                if let Some(seq) = parse_echo_reply(&buf[..n], dst, id) {
+                    if let Some(slot) = seen.get_mut(usize::from(seq)) {
+                        *slot = true;
+                    }
+                }
+            }
+        }
+    };
+    for seq in 0..count {
+        s.send_to(&echo_request(id, seq), &to)?;
+        drain_until(start + interval * u32::from(seq + 1), &mut seen);
+    }
+    drain_until(Instant::now() + linger, &mut seen);
+    Ok(SeriesReport { sent: u32::from(count), received: seen.iter().filter(|x| **x).count() as u32 })
+}
+
+/// One TCP round trip to `dst`'s echo listener within `timeout`.
+pub fn tcp_round_trip(dst: Ipv4Addr, timeout: Duration) -> std::io::Result<()> {
+    let mut c = TcpStream::connect_timeout(&SocketAddr::from((dst, ECHO_PORT)), timeout)?;
+    c.set_read_timeout(Some(timeout))?;
+    c.set_write_timeout(Some(timeout))?;
+    c.write_all(b"felt?")?;
+    let mut got = [0u8; 5];
+    c.read_exact(&mut got)?;
+    if &got != b"felt!" {
+        return Err(std::io::Error::other("echo listener answered garbage"));
+    }
+    Ok(())
+}
+
+/// TCP echo listeners inside pod namespaces, stopped (and joined) on drop.
+#[derive(Debug)]
+pub struct EchoListeners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl EchoListeners {
+    /// Starts one listener on `0.0.0.0:ECHO_PORT` in each namespace. Each
+    /// runs until dropped, and at most `max_life` in any case.
+    pub fn start(namespaces: &[PathBuf], max_life: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for ns in namespaces {
+            let listener = netns::run_in(ns, || {
+                let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
+                l.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(l)
+            })??;
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || serve_echo(&listener, &stop, Instant::now() + max_life)));
+        }
+        Ok(EchoListeners { stop, threads })
+    }
+}
+
+impl Drop for EchoListeners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_echo(listener: &TcpListener, stop: &AtomicBool, deadline: Instant) {
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut c, _)) => {
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut got = [0u8; 5];
+                if c.read_exact(&mut got).is_ok() && &got == b"felt?" {
+                    let _ = c.write_all(b"felt!");
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// One probed pair.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PairResult {
+    /// Source pod.
+    pub from: String,
+    /// Destination pod.
+    pub to: String,
+    /// Destination address.
+    pub ip: Ipv4Addr,
+    /// ICMP echo answered.
+    pub icmp: bool,
+    /// TCP round trip done; the error otherwise.
+    pub tcp: Result<(), String>,
+}
+
+impl PairResult {
+    /// Both probes passed.
+    pub fn ok(&self) -> bool {
+        self.icmp && self.tcp.is_ok()
+    }
+}
+
+/// Probes every target from inside `src_ns`, one after the other.
+pub fn probe_from(
+    src_ns: &Path,
+    from: &str,
+    targets: &[(String, Ipv4Addr)],
+) -> std::io::Result<Vec<PairResult>> {
+    let from = from.to_owned();
+    let targets = targets.to_vec();
+    netns::run_in(src_ns, move || {
+        targets
+            .iter()
+            .map(|(to, ip)| PairResult {
+                from: from.clone(),
+                to: to.clone(),
+                ip: *ip,
+                icmp: ping(*ip, 3, Duration::from_millis(700)).unwrap_or(false),
+                tcp: tcp_round_trip(*ip, Duration::from_secs(2)).map_err(|e| e.to_string()),
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 §3: 0001 f203 f4f5 f6f7 → sum 0xddf2, checksum !0xddf2.
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        let req = echo_request(7, 9);
+        assert_eq!(checksum(&req), 0, "a packet with its checksum sums to zero");
+    }
+
+    #[test]
+    fn parses_echo_reply() {
+        let src = Ipv4Addr::new(10, 244, 2, 2);
+        let mut pkt = vec![0x45, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0];
+        pkt.extend_from_slice(&src.octets());
+        pkt.extend_from_slice(&[10, 244, 1, 2]);
+        let mut icmp = echo_request(7, 9);
+        icmp[0] = ICMP_ECHO_REPLY;
+        pkt.extend_from_slice(&icmp);
+        assert_eq!(parse_echo_reply(&pkt, src, 7), Some(9));
+        assert_eq!(parse_echo_reply(&pkt, src, 8), None, "other id");
+        assert_eq!(parse_echo_reply(&pkt, Ipv4Addr::new(1, 2, 3, 4), 7), None, "other source");
+        assert_eq!(parse_echo_reply(&pkt[..20], src, 7), None, "truncated");
+    }
+}

@@ -1,0 +1,248 @@
+//! The lab's plumbing: namespaces and links through iproute2, agent
+//! processes, CNI invocations.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// What went wrong building, using or removing a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A command failed.
+    #[error("`{cmd}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// A file operation failed.
+    #[error("{action} {path}")]
+    Io {
+        /// What we were doing.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad request or bad state.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Teardown went on past errors; here they all are.
+    #[error("teardown left things behind: {}", .0.join("; "))]
+    Teardown(Vec<String>),
+}
+
+impl LabError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        LabError::Io { action, path: path.to_owned(), source }
+    }
+}
+
+/// Runs `ip ARGS…`.
+pub fn ip(args: &[&str]) -> Result<(), LabError> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| LabError::Command { cmd: format!("ip {}", args.join(" ")), stderr: e.to_string() })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            cmd: format!("ip {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Named namespaces whose name is `<prefix>-…`.
+pub fn namespaces_with_prefix(prefix: &str) -> Result<Vec<String>, LabError> {
+    let dir = Path::new("/run/netns");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(LabError::io("listing", dir, e)),
+    };
+    let want = format!("{prefix}-");
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&want))
+        .collect())
+}
+
+/// The lab's underlay: a /24 in 198.18.0.0/15 chosen by the lab's name.
+pub fn underlay_subnet(name: &str) -> Ipv4Net {
+    let seed = felt_proto::MacAddr::derive(name.as_bytes()).octets();
+    let k = (u32::from(seed[4]) << 8 | u32::from(seed[5])) % 512;
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (k << 8);
+    Ipv4Net::new(Ipv4Addr::from(base), 24).expect("24 is a valid prefix")
+}
+
+/// Node `i`'s underlay address: `.10 + i`.
+pub fn node_ip(underlay: Ipv4Net, index: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(underlay.network()) + 10 + index)
+}
+
+/// The underlay namespace with its bridge.
+pub fn make_underlay(ns: &str) -> Result<(), LabError> {
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", ns, "link", "set", "br0", "up"])
+}
+
+/// A node namespace, wired to the underlay bridge as `eth0`.
+pub fn make_node(underlay_ns: &str, ns: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
+    ip(&["netns", "add", ns])?;
+    // The bridge-side end is named after the node namespace: unique, and recognisable.
+    ip(&["-n", underlay_ns, "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+    ip(&["-n", underlay_ns, "link", "set", ns, "master", "br0", "up"])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", ns, "addr", "add", &format!("{addr}/{prefix}"), "dev", "eth0"])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])
+}
+
+/// Starts `felt ARGS…` inside `ns`, detached, logging to `log`. Returns its pid.
+pub fn spawn_in(ns: &str, felt: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| LabError::io("opening", log, e))?;
+    let file2 = file.try_clone().map_err(|e| LabError::io("opening", log, e))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(felt)
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(file2)
+        // Its own process group: a Ctrl-C on `felt lab up` does not take the agents down.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| LabError::Command {
+            cmd: format!("ip netns exec {ns} felt daemon"),
+            stderr: e.to_string(),
+        })?;
+    Ok(child.id())
+}
+
+/// Runs `felt cni` inside node namespace `ns` the way a container runtime does.
+pub fn cni(
+    ns: &str,
+    felt: &Path,
+    command: &str,
+    pod_ns: &str,
+    conf: &serde_json::Value,
+) -> Result<serde_json::Value, LabError> {
+    let cmd = format!("CNI_COMMAND={command} felt cni (pod {pod_ns})");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(felt)
+        .arg("cni")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", pod_ns)
+        .env("CNI_NETNS", crate::netns::named(pod_ns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", felt.parent().unwrap_or(Path::new("/")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LabError::Command { cmd: cmd.clone(), stderr: e.to_string() })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(conf.to_string().as_bytes())
+            .map_err(|e| LabError::Command { cmd: cmd.clone(), stderr: e.to_string() })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| LabError::Command { cmd: cmd.clone(), stderr: e.to_string() })?;
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd,
+            stderr: format!("{value} {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(value)
+}
+
+fn cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+fn is_zombie_or_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// True when `pid` is a live felt agent of the lab whose registry is `registry`.
+pub fn agent_alive(pid: u32, registry: &Path) -> bool {
+    !is_zombie_or_gone(pid)
+        && cmdline(pid).is_some_and(|c| c.contains(" daemon ") && c.contains(&registry.display().to_string()))
+}
+
+/// Every live felt agent using `registry`.
+pub fn agents_using(registry: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && agent_alive(*pid, registry))
+        .collect()
+}
+
+/// Stops a lab agent: SIGTERM (or SIGKILL), then SIGKILL after 3 s. Only a
+/// process whose command line names this lab's registry is signalled, so a
+/// recycled pid is never hit. Returns whether there was an agent to stop.
+pub fn kill_agent(pid: u32, registry: &Path, hard: bool) -> bool {
+    if !agent_alive(pid, registry) {
+        return false;
+    }
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    let target = Pid::from_raw(raw);
+    let _ = kill(target, if hard { Signal::SIGKILL } else { Signal::SIGTERM });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !is_zombie_or_gone(pid) {
+        if Instant::now() > deadline {
+            let _ = kill(target, Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(50));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underlay_stays_in_the_benchmark_range() {
+        let bench: Ipv4Net = "198.18.0.0/15".parse().unwrap();
+        for name in ["felt", "ft3a9", "a", "zzzzzzzz"] {
+            let u = underlay_subnet(name);
+            assert!(bench.contains(&u), "{name}: {u}");
+            assert!(u.contains(&node_ip(u, 200)));
+        }
+    }
+}

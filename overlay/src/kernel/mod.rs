@@ -1,0 +1,405 @@
+//! Kernel mode: felt's VXLAN device and per-peer entries, over rtnetlink.
+//!
+//! This is the thin edge. [`msg`] builds every message, [`observe`] reads
+//! every dump; this module only sends and receives. It promises:
+//! - [`Kernel::ensure_device`] creates the device when missing, fixes MTU,
+//!   MAC, state and the VTEP address in place, and recreates the device only
+//!   when its identity (VNI, port, local address, underlay) is wrong;
+//! - [`Kernel::apply`] runs every op, goes on past a failure and reports each
+//!   one; deleting what is already gone counts as done;
+//! - [`change_events`] reports netlink changes on felt's device so a repair
+//!   does not wait for the resync timer.
+
+pub mod msg;
+pub mod observe;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures::StreamExt;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkPayload};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::neighbour::NeighbourMessage;
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::{Handle, LinkUnspec, MulticastGroup};
+use tokio::sync::mpsc;
+
+use crate::{Observed, Op, ROUTE_PROTOCOL};
+pub use msg::VxlanSpec;
+pub use observe::LinkFacts;
+
+/// What went wrong talking to the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The netlink socket could not be opened.
+    #[error("opening a netlink socket")]
+    Connect(#[source] io::Error),
+    /// The kernel refused a request.
+    #[error("{what}")]
+    Request {
+        /// What was asked.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// No interface of that name.
+    #[error("no interface named `{0}`")]
+    NoSuchLink(String),
+    /// No interface holds that address.
+    #[error("no interface holds {0}")]
+    NoSuchAddress(Ipv4Addr),
+    /// The interface has no usable IPv4 address.
+    #[error("interface `{0}` has no IPv4 address")]
+    NoAddress(String),
+    /// No underlay was given and there is no default route to infer it from.
+    #[error("no default route to find the underlay from; pass --underlay-iface or --underlay-ip")]
+    NoDefaultRoute,
+}
+
+fn refused(what: impl Into<String>) -> impl FnOnce(io::Error) -> KernelError {
+    let what = what.into();
+    move |source| KernelError::Request { what, source }
+}
+
+/// The underlay interface felt encapsulates over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Its IPv4 address: the node's public IP.
+    pub ip: Ipv4Addr,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// How the underlay is chosen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UnderlayChoice {
+    /// The interface of the default route (as Flannel does).
+    #[default]
+    DefaultRoute,
+    /// This interface, and its first IPv4 address.
+    Interface(String),
+    /// The interface holding this address.
+    Address(Ipv4Addr),
+}
+
+/// The outcome of [`Kernel::apply`].
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Ops the kernel accepted.
+    pub applied: Vec<Op>,
+    /// Ops it refused, with why.
+    pub failed: Vec<(Op, String)>,
+}
+
+/// A netlink connection in the current network namespace.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    handle: Handle,
+}
+
+impl Kernel {
+    /// Opens a connection; must run inside a tokio runtime.
+    pub fn connect() -> Result<Self, KernelError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Kernel { handle })
+    }
+
+    /// Sends one request and collects its answers.
+    async fn send(
+        &self,
+        req: netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut handle = self.handle.clone();
+        let mut stream =
+            handle.request(req).map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(msg) = stream.next().await {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dump(&self, inner: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.send(msg::request(inner, NLM_F_REQUEST | NLM_F_DUMP)).await
+    }
+
+    /// Every link.
+    pub async fn links(&self) -> Result<Vec<LinkMessage>, KernelError> {
+        let all = self
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+            .await
+            .map_err(refused("listing links"))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link called `name`, if any.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkFacts>, KernelError> {
+        Ok(self.links().await?.iter().map(observe::link_facts).find(|f| f.name == name))
+    }
+
+    /// IPv4 addresses: (interface index, address, prefix length).
+    pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, KernelError> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let all =
+            self.dump(RouteNetlinkMessage::GetAddress(req)).await.map_err(refused("listing addresses"))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let ip = a
+                        .attributes
+                        .iter()
+                        .find_map(|x| match x {
+                            AddressAttribute::Local(ip) => msg::ipv4_of(*ip),
+                            _ => None,
+                        })
+                        .or_else(|| {
+                            a.attributes.iter().find_map(|x| match x {
+                                AddressAttribute::Address(ip) => msg::ipv4_of(*ip),
+                                _ => None,
+                            })
+                        })?;
+                    Some((a.header.index, ip, a.header.prefix_len))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn routes(&self) -> Result<Vec<RouteMessage>, KernelError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let all = self.dump(RouteNetlinkMessage::GetRoute(req)).await.map_err(refused("listing routes"))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn neighbours(&self, family: AddressFamily) -> Result<Vec<NeighbourMessage>, KernelError> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = family;
+        let what = if family == AddressFamily::Bridge { "listing FDB entries" } else { "listing neighbours" };
+        let all = self.dump(RouteNetlinkMessage::GetNeighbour(req)).await.map_err(refused(what))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => Some(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Finds the underlay interface and its address.
+    pub async fn underlay(&self, choice: &UnderlayChoice) -> Result<Underlay, KernelError> {
+        let links: Vec<LinkFacts> = self.links().await?.iter().map(observe::link_facts).collect();
+        let addrs = self.addresses().await?;
+        let first_addr = |index: u32| {
+            addrs
+                .iter()
+                .find(|(i, ip, _)| *i == index && !ip.is_loopback() && !ip.is_link_local())
+                .map(|(_, ip, _)| *ip)
+        };
+        let (link, ip) = match choice {
+            UnderlayChoice::Interface(name) => {
+                let link = links
+                    .iter()
+                    .find(|l| &l.name == name)
+                    .ok_or_else(|| KernelError::NoSuchLink(name.clone()))?;
+                (link, first_addr(link.index).ok_or_else(|| KernelError::NoAddress(name.clone()))?)
+            }
+            UnderlayChoice::Address(ip) => {
+                let index = addrs
+                    .iter()
+                    .find(|(_, a, _)| a == ip)
+                    .map(|(i, _, _)| *i)
+                    .ok_or(KernelError::NoSuchAddress(*ip))?;
+                (links.iter().find(|l| l.index == index).ok_or(KernelError::NoSuchAddress(*ip))?, *ip)
+            }
+            UnderlayChoice::DefaultRoute => {
+                let routes = self.routes().await?;
+                let oif = routes
+                    .iter()
+                    .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
+                    .find_map(|r| {
+                        r.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Oif(o) => Some(*o),
+                            _ => None,
+                        })
+                    })
+                    .ok_or(KernelError::NoDefaultRoute)?;
+                let link = links.iter().find(|l| l.index == oif).ok_or(KernelError::NoDefaultRoute)?;
+                (link, first_addr(oif).ok_or_else(|| KernelError::NoAddress(link.name.clone()))?)
+            }
+        };
+        Ok(Underlay { index: link.index, name: link.name.clone(), ip, mtu: link.mtu })
+    }
+
+    /// Makes felt's VXLAN device exist as `spec` says, with `vtep_ip/32` as its
+    /// only IPv4 address. Returns its index and what had to change.
+    pub async fn ensure_device(
+        &self,
+        spec: &VxlanSpec,
+        vtep_ip: Ipv4Addr,
+    ) -> Result<(u32, Vec<String>), KernelError> {
+        let mut changes = Vec::new();
+        let mut existing = self.link(&spec.name).await?;
+        if let Some(facts) = &existing {
+            if let Some(why) = spec.mismatch(facts) {
+                tracing::warn!(device = %spec.name, %why, "VXLAN device has the wrong identity; recreating it");
+                let del = LinkUnspec::new_with_index(facts.index).build();
+                self.send(msg::request(RouteNetlinkMessage::DelLink(del), NLM_F_REQUEST | NLM_F_ACK))
+                    .await
+                    .map_err(refused(format!("deleting {}", spec.name)))?;
+                changes.push(format!("recreated ({why})"));
+                existing = None;
+            }
+        }
+        let facts = match existing {
+            Some(f) => f,
+            None => {
+                let add = msg::request(
+                    RouteNetlinkMessage::NewLink(msg::vxlan_link(spec)),
+                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                );
+                self.send(add).await.map_err(refused(format!("creating {}", spec.name)))?;
+                changes.push("created".to_owned());
+                self.link(&spec.name).await?.ok_or_else(|| KernelError::NoSuchLink(spec.name.clone()))?
+            }
+        };
+        let mut set = LinkUnspec::new_with_index(facts.index);
+        let mut dirty = false;
+        if facts.mtu != spec.mtu {
+            set = set.mtu(spec.mtu);
+            changes.push(format!("mtu {} → {}", facts.mtu, spec.mtu));
+            dirty = true;
+        }
+        if facts.mac != Some(spec.mac) {
+            set = set.address(spec.mac.octets().to_vec());
+            changes.push(format!("address → {}", spec.mac));
+            dirty = true;
+        }
+        if !facts.up {
+            set = set.up();
+            changes.push("up".to_owned());
+            dirty = true;
+        }
+        if dirty {
+            self.send(msg::request(RouteNetlinkMessage::SetLink(set.build()), NLM_F_REQUEST | NLM_F_ACK))
+                .await
+                .map_err(refused(format!("configuring {}", spec.name)))?;
+        }
+        for (index, ip, len) in self.addresses().await? {
+            if index == facts.index && (ip != vtep_ip || len != 32) {
+                let mut del = msg::vtep_address(index, ip);
+                del.header.prefix_len = len;
+                self.send(msg::request(RouteNetlinkMessage::DelAddress(del), NLM_F_REQUEST | NLM_F_ACK))
+                    .await
+                    .map_err(refused(format!("removing stale address {ip}/{len} from {}", spec.name)))?;
+                changes.push(format!("removed {ip}/{len}"));
+            }
+        }
+        let has_vtep = self
+            .addresses()
+            .await?
+            .iter()
+            .any(|(i, ip, len)| *i == facts.index && *ip == vtep_ip && *len == 32);
+        if !has_vtep {
+            let add = msg::request(
+                RouteNetlinkMessage::NewAddress(msg::vtep_address(facts.index, vtep_ip)),
+                msg::SET_FLAGS,
+            );
+            self.send(add).await.map_err(refused(format!("adding {vtep_ip}/32 to {}", spec.name)))?;
+            changes.push(format!("address {vtep_ip}/32"));
+        }
+        Ok((facts.index, changes))
+    }
+
+    /// What the kernel holds on device `ifindex`.
+    pub async fn observe(&self, ifindex: u32) -> Result<Observed, KernelError> {
+        Ok(Observed {
+            routes: observe::routes(&self.routes().await?, ifindex),
+            neighbours: observe::neighbours(&self.neighbours(AddressFamily::Inet).await?, ifindex),
+            fdb: observe::fdb(&self.neighbours(AddressFamily::Bridge).await?, ifindex),
+        })
+    }
+
+    /// Runs `ops` in order on device `ifindex`, past failures.
+    pub async fn apply(&self, ifindex: u32, ops: &[Op]) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        for op in ops {
+            let is_del = matches!(op, Op::DelRoute(_) | Op::DelNeighbour(_) | Op::DelFdb(_));
+            match self.send(msg::op_request(ifindex, op)).await {
+                Ok(_) => report.applied.push(*op),
+                // Already gone: the goal of a removal is met.
+                Err(e) if is_del && matches!(e.raw_os_error(), Some(2 | 3)) => report.applied.push(*op),
+                Err(e) => report.failed.push((*op, e.to_string())),
+            }
+        }
+        report
+    }
+}
+
+/// A stream of "something changed on felt's device" signals, coalesced: at
+/// most one is pending at a time. `ifindex` may be updated when the device is
+/// recreated. Must run inside a tokio runtime.
+pub fn change_events(ifindex: Arc<AtomicU32>) -> Result<mpsc::Receiver<()>, KernelError> {
+    let (conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Neigh,
+        MulticastGroup::Ipv4Route,
+    ])
+    .map_err(KernelError::Connect)?;
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            let index = ifindex.load(Ordering::Relaxed);
+            let relevant = match &msg.payload {
+                NetlinkPayload::InnerMessage(m) => match m {
+                    RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                        l.header.index == index
+                    }
+                    RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+                        n.header.ifindex == index
+                    }
+                    RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+                        u8::from(r.header.protocol) == ROUTE_PROTOCOL
+                            || r.attributes.contains(&RouteAttribute::Oif(index))
+                    }
+                    _ => false,
+                },
+                _ => false,
+            };
+            if relevant && tx.try_send(()).is_err() && tx.is_closed() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}

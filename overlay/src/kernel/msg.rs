@@ -1,0 +1,163 @@
+//! Netlink messages for every kernel object felt programs, built without I/O.
+//!
+//! Each builder names its iproute2 equivalent. The edge in [`super`] only
+//! sends what these return, so the tests below pin the exact attributes the
+//! kernel receives without needing root.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use felt_proto::MacAddr;
+use ipnet::Ipv4Net;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::{AddressMessageBuilder, LinkVxlan, RouteMessageBuilder};
+
+use crate::{FdbEntry, Neighbour, Op, ROUTE_PROTOCOL, Route};
+
+/// Everything that defines felt's VXLAN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    /// Device name, `felt.<vni>` by default.
+    pub name: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Underlay source address.
+    pub local: Ipv4Addr,
+    /// Underlay interface index.
+    pub underlay_index: u32,
+    /// Device MTU.
+    pub mtu: u32,
+    /// The VTEP MAC.
+    pub mac: MacAddr,
+}
+
+/// `ip link add NAME address MAC mtu MTU up type vxlan id VNI dstport PORT
+/// local LOCAL dev UNDERLAY nolearning`.
+pub fn vxlan_link(spec: &VxlanSpec) -> LinkMessage {
+    LinkVxlan::new(&spec.name, spec.vni)
+        .port(spec.port)
+        .local(spec.local)
+        .dev(spec.underlay_index)
+        .learning(false)
+        .mtu(spec.mtu)
+        .address(spec.mac.octets().to_vec())
+        .up()
+        .build()
+}
+
+/// `ip neigh replace IP lladdr MAC dev VXLAN nud permanent`.
+pub fn neighbour(ifindex: u32, n: &Neighbour) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.ifindex = ifindex;
+    m.header.state = NeighbourState::Permanent;
+    m.header.kind = RouteType::Unspec;
+    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(n.mac.octets().to_vec()));
+    m
+}
+
+/// `bridge fdb replace MAC dev VXLAN dst DST self permanent`.
+pub fn fdb(ifindex: u32, f: &FdbEntry) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = ifindex;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.header.kind = RouteType::Unspec;
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.octets().to_vec()));
+    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(f.dst)));
+    m
+}
+
+/// `ip route replace DST via GATEWAY dev VXLAN onlink proto 76`.
+pub fn route(ifindex: u32, r: &Route) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(r.dst.network(), r.dst.prefix_len())
+        .gateway(r.gateway)
+        .output_interface(ifindex)
+        .onlink()
+        .scope(RouteScope::Universe)
+        .kind(RouteType::Unicast)
+        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+        .build()
+}
+
+/// `ip route del DST proto 76`: matches felt's routes only.
+pub fn route_del(dst: Ipv4Net) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+        .scope(RouteScope::Universe)
+        .build()
+}
+
+/// `ip addr add IP/32 dev VXLAN`: the VTEP address.
+pub fn vtep_address(ifindex: u32, ip: Ipv4Addr) -> AddressMessage {
+    AddressMessageBuilder::<Ipv4Addr>::new().index(ifindex).address(ip, 32).build()
+}
+
+/// Flags for a create-or-replace request.
+pub const SET_FLAGS: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+/// Flags for a delete request.
+pub const DEL_FLAGS: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+/// Wraps a message with its header flags.
+pub fn request(inner: RouteNetlinkMessage, flags: u16) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut msg = NetlinkMessage::from(inner);
+    msg.header.flags = flags;
+    msg
+}
+
+/// The complete request for one plan op on device `ifindex`.
+pub fn op_request(ifindex: u32, op: &Op) -> NetlinkMessage<RouteNetlinkMessage> {
+    use RouteNetlinkMessage as M;
+    match op {
+        Op::SetNeighbour(n) => request(M::NewNeighbour(neighbour(ifindex, n)), SET_FLAGS),
+        Op::DelNeighbour(n) => request(M::DelNeighbour(neighbour(ifindex, n)), DEL_FLAGS),
+        Op::SetFdb(f) => request(M::NewNeighbour(fdb(ifindex, f)), SET_FLAGS),
+        Op::DelFdb(f) => request(M::DelNeighbour(fdb(ifindex, f)), DEL_FLAGS),
+        Op::SetRoute(r) => request(M::NewRoute(route(ifindex, r)), SET_FLAGS),
+        Op::DelRoute(dst) => request(M::DelRoute(route_del(*dst)), DEL_FLAGS),
+    }
+}
+
+/// The inner message of a request (for tests and logs).
+pub fn inner(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<&RouteNetlinkMessage> {
+    match &msg.payload {
+        NetlinkPayload::InnerMessage(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// The IPv4 address inside a neighbour address attribute. In `AF_BRIDGE`
+/// (FDB) messages the parser cannot know the family and keeps raw bytes.
+pub(crate) fn neighbour_ipv4(addr: &NeighbourAddress) -> Option<Ipv4Addr> {
+    match addr {
+        NeighbourAddress::Inet(v4) => Some(*v4),
+        NeighbourAddress::Other(raw) => <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from),
+        _ => None,
+    }
+}
+
+/// The IPv4 address inside a route or address attribute.
+pub(crate) fn ipv4_of(addr: IpAddr) -> Option<Ipv4Addr> {
+    match addr {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
+
+use super::*;
+
+const IFINDEX: u32 = 7;
+
+fn spec() -> VxlanSpec {
+    VxlanSpec {
+        name: "felt.1".into(),
+        vni: 1,
+        port: 8472,
+        local: Ipv4Addr::new(198, 18, 7, 11),
+        underlay_index: 2,
+        mtu: 1450,
+        mac: "02:aa:bb:cc:dd:ee".parse().unwrap(),
+    }
+}
+
+fn round_trip(msg: &NetlinkMessage<RouteNetlinkMessage>) -> RouteNetlinkMessage {
+    let mut msg = msg.clone();
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf).unwrap();
+    assert_eq!(parsed.header.flags, msg.header.flags);
+    match parsed.payload {
+        NetlinkPayload::InnerMessage(m) => m,
+        other => panic!("not an inner message: {other:?}"),
+    }
+}
+
+#[test]
+fn vxlan_device_matches_flannel() {
+    let link = vxlan_link(&spec());
+    assert!(link.header.flags.contains(LinkFlags::Up));
+    assert!(link.attributes.contains(&LinkAttribute::IfName("felt.1".into())));
+    assert!(link.attributes.contains(&LinkAttribute::Mtu(1450)));
+    assert!(link.attributes.contains(&LinkAttribute::Address(vec![0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee])));
+    let info = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::LinkInfo(i) => Some(i),
+            _ => None,
+        })
+        .unwrap();
+    assert!(info.contains(&LinkInfo::Kind(InfoKind::Vxlan)));
+    let data = info
+        .iter()
+        .find_map(|i| match i {
+            LinkInfo::Data(InfoData::Vxlan(d)) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    for want in [
+        InfoVxlan::Id(1),
+        InfoVxlan::Port(8472),
+        InfoVxlan::Local(Ipv4Addr::new(198, 18, 7, 11)),
+        InfoVxlan::Link(2),
+        InfoVxlan::Learning(false),
+    ] {
+        assert!(data.contains(&want), "missing {want:?} in {data:?}");
+    }
+    // No group/remote: every destination comes from the FDB, as in Flannel.
+    assert!(!data.iter().any(|d| matches!(d, InfoVxlan::Group(_))));
+}
+
+#[test]
+fn neighbour_is_permanent_on_device() {
+    let n = Neighbour { ip: Ipv4Addr::new(10, 244, 2, 0), mac: "02:00:00:00:00:02".parse().unwrap() };
+    let req = op_request(IFINDEX, &Op::SetNeighbour(n));
+    assert_eq!(req.header.flags, SET_FLAGS);
+    let RouteNetlinkMessage::NewNeighbour(m) = round_trip(&req) else { panic!("not a neighbour") };
+    assert_eq!(m.header.family, AddressFamily::Inet);
+    assert_eq!(m.header.ifindex, IFINDEX);
+    assert_eq!(m.header.state, NeighbourState::Permanent);
+    assert!(m.header.flags.is_empty(), "no NTF flags, as Flannel");
+    assert!(m.attributes.contains(&NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip))));
+    assert!(m.attributes.contains(&NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 2])));
+}
+
+#[test]
+fn fdb_entry_is_self_permanent_bridge() {
+    let f = FdbEntry { mac: "02:00:00:00:00:02".parse().unwrap(), dst: Ipv4Addr::new(198, 18, 7, 12) };
+    let req = op_request(IFINDEX, &Op::SetFdb(f));
+    let RouteNetlinkMessage::NewNeighbour(m) = round_trip(&req) else { panic!("not a neighbour") };
+    assert_eq!(m.header.family, AddressFamily::Bridge);
+    assert_eq!(m.header.state, NeighbourState::Permanent);
+    assert_eq!(m.header.flags, NeighbourFlags::Own);
+    let dst = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(d) => neighbour_ipv4(d),
+        _ => None,
+    });
+    assert_eq!(dst, Some(f.dst));
+    let del = op_request(IFINDEX, &Op::DelFdb(f));
+    assert_eq!(del.header.flags, DEL_FLAGS);
+    assert!(matches!(round_trip(&del), RouteNetlinkMessage::DelNeighbour(_)));
+}
+
+#[test]
+fn route_is_onlink_via_vtep_tagged_ours() {
+    let r = Route { dst: "10.244.2.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 244, 2, 0) };
+    let req = op_request(IFINDEX, &Op::SetRoute(r));
+    assert_eq!(req.header.flags, SET_FLAGS);
+    let RouteNetlinkMessage::NewRoute(m) = round_trip(&req) else { panic!("not a route") };
+    assert_eq!(m.header.destination_prefix_length, 24);
+    assert!(m.header.flags.contains(RouteFlags::Onlink));
+    assert_eq!(u8::from(m.header.protocol), ROUTE_PROTOCOL);
+    assert_eq!(m.header.table, 254);
+    assert_eq!(m.header.scope, RouteScope::Universe);
+    assert!(
+        m.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet(Ipv4Addr::new(10, 244, 2, 0))))
+    );
+    assert!(m.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet(r.gateway))));
+    assert!(m.attributes.contains(&RouteAttribute::Oif(IFINDEX)));
+}
+
+#[test]
+fn route_delete_only_matches_our_protocol() {
+    let req = op_request(IFINDEX, &Op::DelRoute("10.244.2.0/24".parse().unwrap()));
+    let RouteNetlinkMessage::DelRoute(m) = round_trip(&req) else { panic!("not a route") };
+    assert_eq!(u8::from(m.header.protocol), ROUTE_PROTOCOL);
+    assert!(!m.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(_))));
+}

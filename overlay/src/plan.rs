@@ -1,0 +1,163 @@
+//! The pure diff between what the agent wants and what the kernel holds.
+//!
+//! `plan` is a plain function: it never touches the kernel, so every case of
+//! the reconcile is a row in a table test (`plan/tests.rs`). Its promises:
+//! - an entry that is already right yields no op (restarts rewrite nothing);
+//! - only entries felt owns are removed: permanent neighbours and FDB
+//!   entries on felt's own VXLAN device, and routes tagged with
+//!   [`crate::ROUTE_PROTOCOL`];
+//! - ops come in a safe order: removals first (route, neighbour, FDB), then
+//!   additions in the order Flannel uses (neighbour, FDB, route), so a route
+//!   never points at a VTEP the kernel cannot resolve yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use felt_proto::MacAddr;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::{FdbEntry, Neighbour, Peer, Route};
+
+/// The data-plane entries a set of peers needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Desired {
+    /// One route per peer.
+    pub routes: Vec<Route>,
+    /// One neighbour per peer.
+    pub neighbours: Vec<Neighbour>,
+    /// One FDB entry per peer.
+    pub fdb: Vec<FdbEntry>,
+}
+
+/// The entries each peer needs, in peer order.
+pub fn desired(peers: &[Peer]) -> Desired {
+    let mut d = Desired::default();
+    for p in peers {
+        d.routes.push(Route { dst: p.pod_cidr, gateway: p.vtep_ip() });
+        d.neighbours.push(Neighbour { ip: p.vtep_ip(), mac: p.vtep_mac });
+        d.fdb.push(FdbEntry { mac: p.vtep_mac, dst: p.underlay_ip });
+    }
+    d
+}
+
+/// An IPv4 route as the kernel reported it, reduced to what `plan` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ObservedRoute {
+    /// Destination prefix.
+    pub dst: Ipv4Net,
+    /// Gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// Leaves through felt's VXLAN device.
+    pub on_device: bool,
+    /// Carries `RTNH_F_ONLINK`.
+    pub onlink: bool,
+    /// Tagged with felt's route protocol.
+    pub ours: bool,
+}
+
+/// What the kernel holds that `plan` cares about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Observed {
+    /// Main-table IPv4 routes via felt's device or tagged as felt's.
+    pub routes: Vec<ObservedRoute>,
+    /// Permanent neighbours on felt's device.
+    pub neighbours: Vec<Neighbour>,
+    /// FDB entries with a remote on felt's device.
+    pub fdb: Vec<FdbEntry>,
+}
+
+/// One change to the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", content = "entry", rename_all = "snake_case")]
+pub enum Op {
+    /// Remove a felt route.
+    DelRoute(Ipv4Net),
+    /// Remove a permanent neighbour.
+    DelNeighbour(Neighbour),
+    /// Remove one remote of an FDB entry.
+    DelFdb(FdbEntry),
+    /// Create or replace a permanent neighbour.
+    SetNeighbour(Neighbour),
+    /// Create or replace an FDB entry.
+    SetFdb(FdbEntry),
+    /// Create or replace a route.
+    SetRoute(Route),
+}
+
+impl Op {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::DelRoute(_) => "del_route",
+            Op::DelNeighbour(_) => "del_neighbour",
+            Op::DelFdb(_) => "del_fdb",
+            Op::SetNeighbour(_) => "set_neighbour",
+            Op::SetFdb(_) => "set_fdb",
+            Op::SetRoute(_) => "set_route",
+        }
+    }
+}
+
+/// The ops that turn `observed` into `desired`, in the order they must run.
+pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
+    let mut dels = Vec::new();
+    let mut sets = Vec::new();
+
+    // Routes: keep a route that is exactly ours and right; replace anything
+    // else at a desired destination; remove our routes nobody wants.
+    let want_routes: BTreeMap<Ipv4Net, Ipv4Addr> =
+        desired.routes.iter().map(|r| (r.dst, r.gateway)).collect();
+    for o in observed.routes.iter().filter(|o| o.ours && !want_routes.contains_key(&o.dst)) {
+        dels.push(Op::DelRoute(o.dst));
+    }
+    let route_ok = |r: &Route| {
+        observed
+            .routes
+            .iter()
+            .any(|o| o.dst == r.dst && o.gateway == Some(r.gateway) && o.on_device && o.onlink && o.ours)
+    };
+    let route_sets: Vec<Op> =
+        desired.routes.iter().filter(|r| !route_ok(r)).map(|r| Op::SetRoute(*r)).collect();
+
+    // Neighbours: one MAC per VTEP address.
+    let want_neigh: BTreeMap<Ipv4Addr, MacAddr> = desired.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
+    let have_neigh: BTreeMap<Ipv4Addr, MacAddr> = observed.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
+    for n in &observed.neighbours {
+        if !want_neigh.contains_key(&n.ip) {
+            dels.push(Op::DelNeighbour(*n));
+        }
+    }
+    for n in &desired.neighbours {
+        if have_neigh.get(&n.ip) != Some(&n.mac) {
+            sets.push(Op::SetNeighbour(*n));
+        }
+    }
+
+    // FDB: a MAC may hold several remotes in the kernel; we want exactly one.
+    let want_fdb: BTreeMap<MacAddr, Ipv4Addr> = desired.fdb.iter().map(|f| (f.mac, f.dst)).collect();
+    let have_fdb: BTreeSet<FdbEntry> = observed.fdb.iter().copied().collect();
+    for f in &have_fdb {
+        if want_fdb.get(&f.mac) != Some(&f.dst) {
+            dels.push(Op::DelFdb(*f));
+        }
+    }
+    for f in &desired.fdb {
+        if !have_fdb.contains(f) {
+            sets.push(Op::SetFdb(*f));
+        }
+    }
+
+    // Removals (routes first, as pushed), then neighbour, FDB, route additions.
+    dels.sort_by_key(|op| match op {
+        Op::DelRoute(_) => 0,
+        Op::DelNeighbour(_) => 1,
+        _ => 2,
+    });
+    dels.extend(sets);
+    dels.extend(route_sets);
+    dels
+}
+
+#[cfg(test)]
+mod tests;

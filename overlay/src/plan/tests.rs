@@ -1,0 +1,116 @@
+use rstest::rstest;
+
+use super::*;
+
+fn peer(i: u8) -> Peer {
+    Peer {
+        name: format!("n{i}"),
+        pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+        vtep_mac: MacAddr([0x02, 0, 0, 0, 0, i]),
+        underlay_ip: Ipv4Addr::new(198, 18, 7, 10 + i),
+    }
+}
+
+fn vtep(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, i, 0)
+}
+
+fn cidr(i: u8) -> Ipv4Net {
+    format!("10.244.{i}.0/24").parse().unwrap()
+}
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, 0, i])
+}
+
+fn under(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 7, 10 + i)
+}
+
+/// Exactly what felt programs for peer `i`.
+fn programmed(peers: &[u8]) -> Observed {
+    let mut o = Observed::default();
+    for &i in peers {
+        o.routes.push(route_ok(i));
+        o.neighbours.push(Neighbour { ip: vtep(i), mac: mac(i) });
+        o.fdb.push(FdbEntry { mac: mac(i), dst: under(i) });
+    }
+    o
+}
+
+fn route_ok(i: u8) -> ObservedRoute {
+    ObservedRoute { dst: cidr(i), gateway: Some(vtep(i)), on_device: true, onlink: true, ours: true }
+}
+
+fn set_all(i: u8) -> Vec<Op> {
+    vec![
+        Op::SetNeighbour(Neighbour { ip: vtep(i), mac: mac(i) }),
+        Op::SetFdb(FdbEntry { mac: mac(i), dst: under(i) }),
+        Op::SetRoute(Route { dst: cidr(i), gateway: vtep(i) }),
+    ]
+}
+
+fn with(mut o: Observed, f: impl FnOnce(&mut Observed)) -> Observed {
+    f(&mut o);
+    o
+}
+
+#[rstest]
+#[case::empty(&[], Observed::default(), vec![])]
+#[case::fresh_peer(&[1], Observed::default(), set_all(1))]
+#[case::already_right(&[1, 2], programmed(&[1, 2]), vec![])]
+#[case::peer_left(&[1], programmed(&[1, 2]), vec![
+    Op::DelRoute(cidr(2)),
+    Op::DelNeighbour(Neighbour { ip: vtep(2), mac: mac(2) }),
+    Op::DelFdb(FdbEntry { mac: mac(2), dst: under(2) }),
+])]
+#[case::fdb_deleted_by_hand(&[1, 2], with(programmed(&[1, 2]), |o| { o.fdb.remove(1); }),
+    vec![Op::SetFdb(FdbEntry { mac: mac(2), dst: under(2) })])]
+#[case::neighbour_wrong_mac(&[1], with(programmed(&[1]), |o| o.neighbours[0].mac = mac(9)),
+    vec![Op::SetNeighbour(Neighbour { ip: vtep(1), mac: mac(1) })])]
+#[case::underlay_moved(&[1], with(programmed(&[1]), |o| o.fdb[0].dst = under(9)), vec![
+    Op::DelFdb(FdbEntry { mac: mac(1), dst: under(9) }),
+    Op::SetFdb(FdbEntry { mac: mac(1), dst: under(1) }),
+])]
+#[case::extra_fdb_remote(&[1], with(programmed(&[1]), |o| o.fdb.push(FdbEntry { mac: mac(1), dst: under(9) })),
+    vec![Op::DelFdb(FdbEntry { mac: mac(1), dst: under(9) })])]
+#[case::foreign_route_replaced(&[1], with(programmed(&[1]), |o| o.routes[0].ours = false),
+    vec![Op::SetRoute(Route { dst: cidr(1), gateway: vtep(1) })])]
+#[case::foreign_route_left_alone(&[1], with(programmed(&[1]), |o| o.routes.push(ObservedRoute { ours: false, ..route_ok(5) })),
+    vec![])]
+#[case::route_lost_onlink(&[1], with(programmed(&[1]), |o| o.routes[0].onlink = false),
+    vec![Op::SetRoute(Route { dst: cidr(1), gateway: vtep(1) })])]
+#[case::route_on_other_device(&[1], with(programmed(&[1]), |o| o.routes[0].on_device = false),
+    vec![Op::SetRoute(Route { dst: cidr(1), gateway: vtep(1) })])]
+#[case::peer_changed_subnet(&[1], with(programmed(&[1]), |o| {
+        o.routes[0] = route_ok(7);
+        o.neighbours[0].ip = vtep(7);
+    }), vec![
+    Op::DelRoute(cidr(7)),
+    Op::DelNeighbour(Neighbour { ip: vtep(7), mac: mac(1) }),
+    Op::SetNeighbour(Neighbour { ip: vtep(1), mac: mac(1) }),
+    Op::SetRoute(Route { dst: cidr(1), gateway: vtep(1) }),
+])]
+fn plan_table(#[case] peers: &[u8], #[case] observed: Observed, #[case] want: Vec<Op>) {
+    let peers: Vec<Peer> = peers.iter().map(|&i| peer(i)).collect();
+    assert_eq!(plan(&desired(&peers), &observed), want);
+}
+
+#[test]
+fn plan_is_idempotent_once_applied() {
+    let peers: Vec<Peer> = (1..=20).map(peer).collect();
+    let all: Vec<u8> = (1..=20).collect();
+    assert!(plan(&desired(&peers), &programmed(&all)).is_empty());
+}
+
+#[test]
+fn removals_come_before_additions() {
+    let peers = vec![peer(1)];
+    let ops = plan(&desired(&peers), &programmed(&[2]));
+    let first_set =
+        ops.iter().position(|o| matches!(o, Op::SetNeighbour(_) | Op::SetFdb(_) | Op::SetRoute(_)));
+    let last_del =
+        ops.iter().rposition(|o| matches!(o, Op::DelRoute(_) | Op::DelNeighbour(_) | Op::DelFdb(_)));
+    assert!(last_del < first_set, "{ops:?}");
+    assert_eq!(ops.last(), Some(&Op::SetRoute(Route { dst: cidr(1), gateway: vtep(1) })));
+}
