@@ -1,1 +1,293 @@
-fn main() {}
+//! End-to-end tests: real namespaces, real netlink, real agents, real traffic.
+//! Each test builds its own lab with a unique name and removes it, leaving
+//! the root namespace untouched (checked). They need root; see `harness`.
+
+mod harness;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use felt::lab::probe;
+use felt::netns;
+use harness::{TestLab, bridge_in, ip_in, require_root, wait_until};
+
+/// Kernel objects on a node's `felt.1`: (routes, permanent neighbours, FDB remotes).
+fn entries(lab: &TestLab, node: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let ns = lab.node_ns(node);
+    let routes = ip_in(&ns, &["route", "show", "dev", "felt.1"]).lines().map(str::to_owned).collect();
+    let neigh = ip_in(&ns, &["neigh", "show", "dev", "felt.1", "nud", "permanent"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let fdb = bridge_in(&ns, &["fdb", "show", "dev", "felt.1"])
+        .lines()
+        .filter(|l| l.contains(" dst "))
+        .map(str::to_owned)
+        .collect();
+    (routes, neigh, fdb)
+}
+
+fn pod_cidr(status: &serde_json::Value, node: &str) -> String {
+    status["nodes"].as_array().unwrap().iter().find(|n| n["name"] == node).unwrap()["pod_cidr"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn three_nodes_reach_every_pod_pair() {
+    if !require_root("three_nodes_reach_every_pod_pair") {
+        return;
+    }
+    let lab = TestLab::up(3, 2);
+    let check = lab.felt(&["lab", "check"]);
+    assert_eq!(check.lines().last(), Some("30/30 pod pairs reachable"), "{check}");
+
+    let status = lab.status();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(status["pods"].as_array().unwrap().len(), 6);
+    for key in ["name", "netns", "underlay_ip", "pod_cidr", "vtep_mac", "pid"] {
+        assert!(!status["nodes"][0][key].is_null(), "status node lacks {key}: {status}");
+    }
+    for key in ["name", "netns", "node", "ip"] {
+        assert!(!status["pods"][0][key].is_null(), "status pod lacks {key}: {status}");
+    }
+
+    for node in status["nodes"].as_array().unwrap() {
+        let name = node["name"].as_str().unwrap();
+        let ns = lab.node_ns(name);
+        let link = ip_in(&ns, &["-d", "link", "show", "felt.1"]);
+        let underlay = node["underlay_ip"].as_str().unwrap();
+        for want in
+            ["mtu 1450", "vxlan id 1 ", &format!("local {underlay} dev eth0"), "dstport 8472", "nolearning"]
+        {
+            assert!(link.contains(want), "{name}: `{want}` missing in\n{link}");
+        }
+        assert!(
+            link.contains(node["vtep_mac"].as_str().unwrap()),
+            "{name}: VTEP MAC is not the published one"
+        );
+        let cidr = node["pod_cidr"].as_str().unwrap();
+        let vtep = format!("{}/32", cidr.split('/').next().unwrap());
+        assert!(ip_in(&ns, &["addr", "show", "felt.1"]).contains(&vtep), "{name}: no {vtep} on felt.1");
+
+        let (routes, neigh, fdb) = entries(&lab, name);
+        assert_eq!(routes.len(), 2, "{name} routes: {routes:?}");
+        assert!(routes.iter().all(|r| r.contains("proto 76") && r.contains("onlink")), "{routes:?}");
+        assert_eq!(neigh.len(), 2, "{name} neighbours: {neigh:?}");
+        assert_eq!(fdb.len(), 2, "{name} fdb: {fdb:?}");
+        for peer in status["nodes"].as_array().unwrap().iter().filter(|p| p["name"] != name) {
+            let pcidr = peer["pod_cidr"].as_str().unwrap();
+            let pvtep = pcidr.split('/').next().unwrap();
+            let pmac = peer["vtep_mac"].as_str().unwrap();
+            let pip = peer["underlay_ip"].as_str().unwrap();
+            assert!(
+                routes.iter().any(|r| r.starts_with(&format!("{pcidr} via {pvtep} "))),
+                "{name}: no route to {pcidr}"
+            );
+            assert!(
+                neigh.iter().any(|n| n.starts_with(&format!("{pvtep} lladdr {pmac}"))),
+                "{name}: no neighbour {pvtep}"
+            );
+            assert!(
+                fdb.iter().any(|f| f.starts_with(&format!("{pmac} dst {pip} "))),
+                "{name}: no FDB for {pmac}"
+            );
+        }
+    }
+    lab.finish();
+}
+
+#[test]
+fn joins_and_leaves_reach_every_peer() {
+    if !require_root("joins_and_leaves_reach_every_peer") {
+        return;
+    }
+    let lab = TestLab::up(3, 1);
+    let out = lab.felt(&["lab", "add-node"]);
+    assert!(out.contains("n4 joined"), "{out}");
+    let status = lab.status();
+    let n4 = pod_cidr(&status, "n4");
+    for node in ["n1", "n2", "n3"] {
+        let (routes, neigh, fdb) = entries(&lab, node);
+        assert!(routes.iter().any(|r| r.starts_with(&n4)), "{node} lacks a route to n4 ({n4}): {routes:?}");
+        assert_eq!((routes.len(), neigh.len(), fdb.len()), (3, 3, 3), "{node}");
+    }
+    let check = lab.felt(&["lab", "check"]);
+    assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
+
+    let n2 = pod_cidr(&status, "n2");
+    lab.felt(&["lab", "remove-node", "n2"]);
+    for node in ["n1", "n3", "n4"] {
+        let gone = wait_until(Duration::from_secs(2), || {
+            let (routes, neigh, fdb) = entries(&lab, node);
+            !routes.iter().any(|r| r.starts_with(&n2)) && neigh.len() == 2 && fdb.len() == 2
+        });
+        assert!(gone.is_some(), "{node} still has n2's entries: {:?}", entries(&lab, node));
+    }
+    let check = lab.felt(&["lab", "check"]);
+    assert_eq!(check.lines().last(), Some("6/6 pod pairs reachable"), "{check}");
+    lab.finish();
+}
+
+/// Starts `cmd` (a netlink monitor) with its stdout captured.
+fn monitor(ns: &str, tool: &str, args: &[&str]) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns, tool, "monitor"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting a monitor")
+}
+
+fn stop(mut child: std::process::Child) -> String {
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("monitor output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
+    if !require_root("agent_kill_and_restart_loses_no_packet_and_rewrites_nothing") {
+        return;
+    }
+    let lab = TestLab::up(2, 1);
+    let status = lab.status();
+    let target: std::net::Ipv4Addr =
+        status["pods"].as_array().unwrap().iter().find(|p| p["node"] == "n1").unwrap()["ip"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    let src = netns::named(&format!("{}-n2-p1", lab.name));
+    let n1 = lab.node_ns("n1");
+    let routes = monitor(&n1, "ip", &["route", "neigh"]);
+    let fdb = monitor(&n1, "bridge", &["fdb"]);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // 20 s at 50 packets per second, across a SIGKILL and restart of n1's agent.
+    let pinger = std::thread::spawn(move || {
+        netns::run_in(&src, move || {
+            probe::ping_series(target, 1000, Duration::from_millis(20), Duration::from_secs(1))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let before = lab.log("n1").len();
+    lab.felt(&["lab", "restart-agent", "n1", "--kill"]);
+    let restarted = wait_until(Duration::from_secs(10), || lab.log("n1")[before..].contains("lease held"));
+    assert!(restarted.is_some(), "the agent did not come back:\n{}", lab.log("n1"));
+    let report = pinger.join().unwrap().unwrap().unwrap();
+    // Give the restarted agent a full pass before reading the monitors.
+    std::thread::sleep(Duration::from_millis(500));
+    let route_events = stop(routes);
+    let fdb_events = stop(fdb);
+
+    assert_eq!(
+        report.received,
+        report.sent,
+        "lost {} of {} pings",
+        report.sent - report.received,
+        report.sent
+    );
+    // The kernel's own IPv6 link-local routes (DAD finishing) are not the agent's doing.
+    let on_vxlan = |s: &str| {
+        s.lines()
+            .filter(|l| l.contains("felt.1") && !l.contains("proto kernel"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(on_vxlan(&route_events).is_empty(), "the restart rewrote routes/neighbours: {route_events}");
+    assert!(on_vxlan(&fdb_events).is_empty(), "the restart rewrote FDB entries: {fdb_events}");
+    let after = &lab.log("n1")[before..];
+    assert!(!after.contains("programmed"), "the restarted agent programmed something:\n{after}");
+    lab.finish();
+}
+
+#[test]
+fn deleted_entries_come_back_within_one_resync() {
+    if !require_root("deleted_entries_come_back_within_one_resync") {
+        return;
+    }
+    let lab = TestLab::up(2, 1);
+    let n1 = lab.node_ns("n1");
+    let (routes, neigh, fdb) = entries(&lab, "n1");
+    let fdb_line = fdb[0].clone();
+    let mac = fdb_line.split_whitespace().next().unwrap().to_owned();
+    let dst = fdb_line.split_whitespace().nth(2).unwrap().to_owned();
+    harness::run(
+        Command::new("ip")
+            .args(["netns", "exec", &n1, "bridge", "fdb", "del", &mac, "dev", "felt.1", "dst", &dst, "self"]),
+    );
+    let back = wait_until(Duration::from_secs(6), || entries(&lab, "n1").2 == fdb);
+    assert!(back.is_some(), "FDB entry not restored within one resync (5 s): {:?}", entries(&lab, "n1").2);
+
+    let vtep = neigh[0].split_whitespace().next().unwrap().to_owned();
+    ip_in(&n1, &["neigh", "del", &vtep, "dev", "felt.1"]);
+    let dst_cidr = routes[0].split_whitespace().next().unwrap().to_owned();
+    ip_in(&n1, &["route", "del", &dst_cidr]);
+    let back = wait_until(Duration::from_secs(6), || {
+        let (r, n, _) = entries(&lab, "n1");
+        r == routes && n == neigh
+    });
+    assert!(back.is_some(), "route/neighbour not restored: {:?}", entries(&lab, "n1"));
+    lab.finish();
+}
+
+#[test]
+fn bad_records_are_logged_and_ignored() {
+    if !require_root("bad_records_are_logged_and_ignored") {
+        return;
+    }
+    let lab = TestLab::up(3, 1);
+    let status = lab.status();
+    let n1_ip = status["nodes"][0]["underlay_ip"].as_str().unwrap().to_owned();
+    let n2_cidr = pod_cidr(&status, "n2");
+    let nodes = lab.registry_nodes();
+    std::fs::write(nodes.join("garbage.json"), b"{\"name\": ").unwrap();
+    std::fs::write(
+        nodes.join("thief.json"),
+        format!(r#"{{"name":"thief","podCIDRs":["10.244.200.0/24"],"publicIP":"{n1_ip}","backendType":"vxlan","backendData":{{"vni":1,"vtepMAC":"02:00:00:00:00:99"}}}}"#),
+    )
+    .unwrap();
+    std::fs::write(
+        nodes.join("overlap.json"),
+        format!(r#"{{"name":"overlap","podCIDRs":["{n2_cidr}"],"publicIP":"198.18.255.250","backendType":"vxlan","backendData":{{"vni":1,"vtepMAC":"02:00:00:00:00:98"}}}}"#),
+    )
+    .unwrap();
+    let logged = wait_until(Duration::from_secs(5), || {
+        let log = lab.log("n1");
+        log.contains("ignoring malformed node document")
+            && log.contains("claims our underlay IP")
+            && log.contains("overlaps peer n2")
+    });
+    assert!(logged.is_some(), "n1 did not report the bad records:\n{}", lab.log("n1"));
+    for node in ["n1", "n2", "n3"] {
+        let (routes, neigh, fdb) = entries(&lab, node);
+        assert!(!routes.iter().any(|r| r.starts_with("10.244.200.")), "{node} programmed the thief");
+        assert_eq!(neigh.len(), fdb.len(), "{node}");
+    }
+    let (routes, _, _) = entries(&lab, "n3");
+    assert_eq!(routes.len(), 2, "n3 must keep exactly n1 and n2: {routes:?}");
+    let check = lab.felt(&["lab", "check"]);
+    assert_eq!(check.lines().last(), Some("6/6 pod pairs reachable"), "{check}");
+    // Logged once, not on every resync.
+    assert_eq!(lab.log("n1").matches("ignoring malformed node document").count(), 1);
+    lab.finish();
+}
+
+#[test]
+fn down_is_idempotent_and_up_refuses_a_live_lab() {
+    if !require_root("down_is_idempotent_and_up_refuses_a_live_lab") {
+        return;
+    }
+    let lab = TestLab::up(1, 1);
+    let again = lab.felt_command(&["lab", "up"]).output().unwrap();
+    assert!(!again.status.success(), "a second `up` of a live lab must fail");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let first = lab.felt(&["lab", "down"]);
+    assert!(first.contains("removed"), "{first}");
+    let second = lab.felt(&["lab", "down"]);
+    assert!(second.contains("nothing to remove"), "{second}");
+    lab.finish();
+}

@@ -1,0 +1,190 @@
+//! The end-to-end harness: real labs built by the real `felt` binary.
+//!
+//! - [`require_root`]: root tests run as root; without root they are skipped
+//!   with a printed reason, and when `CI` is set a skip is a failure.
+//! - [`TestLab`]: a lab with a unique name and its own state directory, torn
+//!   down on drop (also on panic); [`TestLab::finish`] tears down and checks
+//!   that nothing is left and that the root namespace is as it was.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const FELT: &str = env!("CARGO_BIN_EXE_felt");
+
+/// True when the test may go on; false (after saying why) when it must skip.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test} needs root, and CI is set: a skipped network test would make CI green without running it"
+        );
+    }
+    eprintln!("SKIPPED {test}: needs root (network namespaces, netlink); run as root to run it");
+    false
+}
+
+/// Runs a command and returns its output; panics with everything it said on failure.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `ip ARGS…` inside namespace `ns`, stdout as text.
+pub fn ip_in(ns: &str, args: &[&str]) -> String {
+    let out = run(Command::new("ip").arg("-n").arg(ns).args(args));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `bridge ARGS…` inside namespace `ns`.
+pub fn bridge_in(ns: &str, args: &[&str]) -> String {
+    let out = run(Command::new("ip").args(["netns", "exec", ns, "bridge"]).args(args));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` every 5 ms until it is true or `timeout` passes; returns how long it took.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// The root namespace's network state, minus what changes by itself
+/// (dynamic neighbour states, address lifetimes).
+pub fn root_snapshot() -> String {
+    let mut out = String::new();
+    let mut add = |title: &str, cmd: &mut Command| {
+        if let Ok(o) = cmd.output() {
+            out.push_str(title);
+            out.push('\n');
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+    };
+    add("links", Command::new("ip").args(["-o", "link", "show"]));
+    add("addresses", Command::new("ip").args(["-o", "addr", "show"]));
+    add("routes", Command::new("ip").args(["route", "show", "table", "all"]));
+    add("routes6", Command::new("ip").args(["-6", "route", "show", "table", "all"]));
+    add("neighbours", Command::new("ip").args(["neigh", "show", "nud", "permanent"]));
+    add("fdb", Command::new("bridge").args(["fdb", "show"]));
+    if Path::new("/usr/sbin/nft").exists() {
+        add("nft", Command::new("nft").args(["list", "ruleset"]));
+    }
+    out.lines()
+        .map(|l| {
+            // Address lifetimes count down; link state words and counters are not compared.
+            let l = l.split("valid_lft").next().unwrap_or(l);
+            l.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A lab owned by one test.
+pub struct TestLab {
+    pub name: String,
+    state: tempfile::TempDir,
+    root_before: String,
+    finished: bool,
+}
+
+impl TestLab {
+    /// Brings up `nodes` nodes with `pods` pods each.
+    pub fn up(nodes: u32, pods: u32) -> TestLab {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ft{:04x}{seq}", std::process::id() & 0xffff);
+        let lab = TestLab {
+            name,
+            state: tempfile::Builder::new().prefix("felt-e2e-").tempdir().expect("temp dir"),
+            root_before: root_snapshot(),
+            finished: false,
+        };
+        lab.felt(&["lab", "up", "--nodes", &nodes.to_string(), "--pods-per-node", &pods.to_string()]);
+        lab
+    }
+
+    /// Runs `felt <args> --name <lab>` (the name goes after the subcommand words).
+    pub fn felt_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(FELT);
+        c.args(args).arg("--name").arg(&self.name).env("FELT_LAB_STATE", self.state.path());
+        c
+    }
+
+    /// Runs a felt command that must succeed; returns stdout.
+    pub fn felt(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&run(&mut self.felt_command(args)).stdout).into_owned()
+    }
+
+    /// A node's namespace.
+    pub fn node_ns(&self, node: &str) -> String {
+        format!("{}-{node}", self.name)
+    }
+
+    /// The lab's status JSON.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.felt(&["lab", "status", "--json"])).expect("status --json is JSON")
+    }
+
+    /// A node's agent log.
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.state.path().join(&self.name).join(node).join("agent.log"))
+            .unwrap_or_default()
+    }
+
+    /// The registry's node directory.
+    pub fn registry_nodes(&self) -> PathBuf {
+        self.state.path().join(&self.name).join("registry").join("nodes")
+    }
+
+    /// Tears down and checks: no namespace, no agent, root namespace unchanged.
+    pub fn finish(mut self) {
+        self.felt(&["lab", "down"]);
+        self.finished = true;
+        let left: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let mine: Vec<&String> = left.iter().filter(|n| n.starts_with(&format!("{}-", self.name))).collect();
+        assert!(mine.is_empty(), "namespaces left behind: {mine:?}");
+        let registry = self.state.path().join(&self.name).join("registry").display().to_string();
+        assert!(!agents_running(&registry), "agents of {} still running", self.name);
+        assert_eq!(self.root_before, root_snapshot(), "the root network namespace changed");
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.felt_command(&["lab", "down"]).output();
+        }
+    }
+}
+
+/// True when any live process's command line names `registry`.
+pub fn agents_running(registry: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !zombie && String::from_utf8_lossy(&cmd).contains(registry)
+        })
+}
