@@ -244,7 +244,9 @@ fn bad_records_are_logged_and_ignored() {
     let n1_ip = status["nodes"][0]["underlay_ip"].as_str().unwrap().to_owned();
     let n2_cidr = pod_cidr(&status, "n2");
     let nodes = lab.registry_nodes();
-    std::fs::write(nodes.join("garbage.json"), b"{\"name\": ").unwrap();
+    // Written the way a careful writer does (temp file, rename), so the agent sees one document.
+    std::fs::write(nodes.join(".garbage.tmp"), b"{\"name\": ").unwrap();
+    std::fs::rename(nodes.join(".garbage.tmp"), nodes.join("garbage.json")).unwrap();
     std::fs::write(
         nodes.join("thief.json"),
         format!(r#"{{"name":"thief","podCIDRs":["10.244.200.0/24"],"publicIP":"{n1_ip}","backendType":"vxlan","backendData":{{"vni":1,"vtepMAC":"02:00:00:00:00:99"}}}}"#),
@@ -271,7 +273,8 @@ fn bad_records_are_logged_and_ignored() {
     assert_eq!(routes.len(), 2, "n3 must keep exactly n1 and n2: {routes:?}");
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("6/6 pod pairs reachable"), "{check}");
-    // Logged once, not on every resync.
+    // Logged once, not on every resync (the lab resyncs every 5 s).
+    std::thread::sleep(Duration::from_millis(5500));
     assert_eq!(lab.log("n1").matches("ignoring malformed node document").count(), 1);
     lab.finish();
 }
