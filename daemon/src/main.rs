@@ -287,8 +287,11 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             );
         }
         LabCommand::RemoveNode { lab, node } => {
-            open_lab(&lab)?.remove_node(&node)?;
-            println!("{node} removed");
+            let took = open_lab(&lab)?.remove_node(&node)?;
+            println!(
+                "{node} removed; every node had dropped it {} ms after its record went",
+                took.as_millis()
+            );
         }
         LabCommand::RestartAgent { lab, node, kill } => {
             let pid = open_lab(&lab)?.restart_agent(&node, kill)?;

@@ -15,6 +15,7 @@
 
 pub mod probe;
 mod topo;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -418,24 +419,38 @@ impl Lab {
         Ok(results)
     }
 
-    /// Adds the next node with its pods; returns it and how long until every
-    /// node had it programmed, counted from its record's appearance.
+    /// Adds the next node with its pods. Returns it and how long after its
+    /// record was published the last existing node had its route (timed by
+    /// netlink notifications inside each node, see [`watch`]).
     pub fn add_node(&self) -> Result<(NodeState, Duration), LabError> {
         let mut state = self.loaded()?;
+        let watches = self.route_watches(&state)?;
         let index = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
         let node = self.start_node(&state, index)?;
         state.nodes.push(node.clone());
         self.save(&state)?;
         self.wait_leases(&state, Duration::from_secs(30))?;
         let published = self.wait_record(&node.name, Duration::from_secs(30))?;
+        let programmed = watch::wait_all(watches, watch::RouteChange::Added, Duration::from_secs(30))
+            .ok_or_else(|| LabError::Timeout(format!("a node did not program {}", node.name)))?;
         self.wait_programmed(&state, Duration::from_secs(30))?;
-        let propagation = published.elapsed().unwrap_or_default();
         for j in 1..=state.pods_per_node {
             let pod = self.add_pod(&node, j)?;
             state.pods.push(pod);
             self.save(&state)?;
         }
-        Ok((node, propagation))
+        Ok((node, programmed.duration_since(published).unwrap_or_default()))
+    }
+
+    fn route_watches(&self, state: &LabState) -> Result<Vec<watch::RouteWatch>, LabError> {
+        state
+            .nodes
+            .iter()
+            .map(|n| {
+                watch::RouteWatch::open(&netns::named(&n.netns))
+                    .map_err(|e| LabError::io("watching routes in", &netns::named(&n.netns), e))
+            })
+            .collect()
     }
 
     /// When `node`'s record became complete (its file's mtime).
@@ -456,8 +471,10 @@ impl Lab {
         }
     }
 
-    /// Removes a node: its pods, its agent, its record and lease, its namespace.
-    pub fn remove_node(&self, node: &str) -> Result<(), LabError> {
+    /// Removes a node: its agent, its record and lease, its pods, its
+    /// namespace. Returns how long after the record went every remaining
+    /// node had dropped it.
+    pub fn remove_node(&self, node: &str) -> Result<Duration, LabError> {
         let mut state = self.loaded()?;
         let n = state
             .nodes
@@ -465,17 +482,26 @@ impl Lab {
             .find(|n| n.name == node)
             .cloned()
             .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
+        // The agent first, or it would publish its record again.
         kill_agent(n.pid, &self.registry_dir(), false);
         let reg = FileRegistry::open(&self.registry_dir())
             .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
-        reg.remove(node).map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
-        for pod in state.pods.iter().filter(|p| p.node == node) {
-            let _ = topo::ip(&["netns", "delete", &pod.netns]);
-        }
-        topo::ip(&["netns", "delete", &n.netns])?;
         state.pods.retain(|p| p.node != node);
         state.nodes.retain(|x| x.name != node);
-        self.save(&state)
+        self.save(&state)?;
+        let watches = self.route_watches(&state)?;
+        let removed_at = std::time::SystemTime::now();
+        reg.remove(node).map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
+        let dropped = watch::wait_all(watches, watch::RouteChange::Removed, Duration::from_secs(30))
+            .ok_or_else(|| LabError::Timeout(format!("a node did not drop {node}")))?;
+        self.wait_programmed(&state, Duration::from_secs(30))?;
+        let propagation = dropped.duration_since(removed_at).unwrap_or_default();
+        let mut namespaces = topo::namespaces_with_prefix(&n.netns)?;
+        namespaces.push(n.netns.clone());
+        for ns in namespaces {
+            topo::ip(&["netns", "delete", &ns])?;
+        }
+        Ok(propagation)
     }
 
     /// Stops a node's agent (SIGKILL when `kill`, else SIGTERM) and starts it again.
