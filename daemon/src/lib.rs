@@ -7,7 +7,9 @@
 
 pub mod agent;
 pub mod cni;
+pub mod icmp;
 pub mod lab;
 pub mod netns;
 pub mod registry;
+pub mod status;
 pub mod util;

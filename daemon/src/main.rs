@@ -26,6 +26,16 @@ enum Command {
     Daemon(DaemonArgs),
     /// The CNI plugin (also runs when invoked as /opt/cni/bin/felt with CNI_COMMAND set).
     Cni,
+    /// Ask a node's agent what it thinks the network is (from its debug endpoint).
+    /// Exits non-zero when the node is not ready.
+    Status {
+        /// The agent's debug endpoint.
+        #[arg(long, env = "FELT_DEBUG_ADDR", default_value = "127.0.0.1:9469")]
+        addr: std::net::SocketAddr,
+        /// Print the endpoint's /debug/state JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// The whole fabric on one machine, in network namespaces.
     Lab {
         #[command(subcommand)]
@@ -79,6 +89,25 @@ struct DaemonArgs {
     /// The VXLAN device name. Default: felt.<VNI>.
     #[arg(long, env = "FELT_DEVICE")]
     device: Option<String>,
+    /// The debug endpoint (health, readiness, metrics, state), or `off`.
+    /// A non-loopback address is served, with a warning: it has no authentication.
+    #[arg(long, env = "FELT_DEBUG_ADDR", default_value = "127.0.0.1:9469", value_parser = parse_debug_addr)]
+    debug_addr: DebugAddr,
+    /// How often every peer's VTEP is probed over the overlay.
+    #[arg(long, env = "FELT_PROBE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    probe_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DebugAddr(Option<std::net::SocketAddr>);
+
+fn parse_debug_addr(s: &str) -> Result<DebugAddr, String> {
+    if s == "off" {
+        return Ok(DebugAddr(None));
+    }
+    s.parse()
+        .map(|a| DebugAddr(Some(a)))
+        .map_err(|_| format!("`{s}`: want IP:PORT (e.g. 127.0.0.1:9469) or `off`"))
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +203,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Daemon(args) => run_daemon(args),
         Command::Cni => return run_cni(),
+        Command::Status { addr, json } => run_status(addr, json),
         Command::Lab { command } => run_lab(command),
     };
     match result {
@@ -224,9 +254,21 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     cfg.subnet_file = args.subnet_file;
     cfg.resync = args.resync_period;
     cfg.device = args.device;
+    cfg.debug_addr = args.debug_addr.0;
+    cfg.probe_interval = args.probe_interval;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(agent::run(cfg)).map_err(|e| anyhow::anyhow!(felt::util::error_chain(&e)))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_status(addr: std::net::SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
+    let state = felt::status::fetch_state(addr).map_err(|e| anyhow::anyhow!(felt::util::error_chain(&e)))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+    } else {
+        print!("{}", felt::status::render(&state));
+    }
+    Ok(if state["ready"] == true { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn open_lab(l: &LabName) -> anyhow::Result<Lab> {
@@ -312,20 +354,38 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
 fn print_status(status: &serde_json::Value) {
     let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
     println!(
-        "{:<6} {:<16} {:<16} {:<18} {:<18} {:>8}",
-        "NODE", "NETNS", "UNDERLAY", "POD CIDR", "VTEP MAC", "AGENT"
+        "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",
+        "NODE", "NETNS", "UNDERLAY", "POD CIDR", "VTEP MAC", "AGENT", "READY", "PEERS", "REACHABLE"
     );
+    let mut problems = Vec::new();
     for n in status["nodes"].as_array().into_iter().flatten() {
         let agent = if n["agent_running"].as_bool() == Some(true) { s(&n["pid"]) } else { "stopped".into() };
+        let ready = match n["ready"].as_bool() {
+            Some(true) => "ready",
+            Some(false) => "NOT READY",
+            None => "unknown",
+        };
         println!(
-            "{:<6} {:<16} {:<16} {:<18} {:<18} {:>8}",
+            "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",
             s(&n["name"]),
             s(&n["netns"]),
             s(&n["underlay_ip"]),
             s(&n["pod_cidr"]),
             s(&n["vtep_mac"]),
-            agent
+            agent,
+            ready,
+            format!("{}/{}", s(&n["peers_programmed"]), s(&n["peers_desired"])),
+            format!("{}/{}", s(&n["peers_reachable"]), s(&n["peers_desired"])),
         );
+        for p in n["problems"].as_array().into_iter().flatten() {
+            problems.push(format!("{}: {}", s(&n["name"]), s(p)));
+        }
+    }
+    if !problems.is_empty() {
+        println!("\nproblems:");
+        for p in problems {
+            println!("  - {p}");
+        }
     }
     println!();
     println!("{:<10} {:<6} {:<16}", "POD", "NODE", "IP");

@@ -8,12 +8,19 @@
 //! - a bad record is logged once with its reason and skipped; the rest of
 //!   the fabric keeps working;
 //! - when the registry cannot be read the data plane keeps its last state;
-//! - SIGTERM and SIGINT end the agent and leave the data plane in place.
+//! - SIGTERM and SIGINT end the agent and leave the data plane in place;
+//! - a change made by hand on felt's device is repaired after a one-second
+//!   hold-off ([`REPAIR_DELAY`]) that lets bursts settle, and in any case at
+//!   the next resync.
 
+pub mod debug;
+pub mod metrics;
+pub mod probe;
+pub mod status;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,7 +35,12 @@ use tracing::{debug, info, warn};
 
 use crate::registry::file::{FileRegistry, FileRegistryError, write_atomic};
 use crate::util::error_chain;
+use metrics::{CauseLabel, Metrics, OpLabels, PeerState, ReasonLabel, ResultLabel, StateLabel};
+use status::{ConfigView, LeaseView, ReconcileView, Shared, rfc3339};
 use view::Me;
+
+/// How long a netlink change on felt's device settles before the repair pass.
+pub const REPAIR_DELAY: Duration = Duration::from_secs(1);
 
 /// Everything the agent needs, validated.
 #[derive(Debug, Clone)]
@@ -48,6 +60,10 @@ pub struct AgentConfig {
     pub resync: Duration,
     /// VXLAN device name; `felt.<vni>` when `None`.
     pub device: Option<String>,
+    /// Where the debug endpoint listens; `None` turns it off.
+    pub debug_addr: Option<SocketAddr>,
+    /// How often every peer's VTEP is probed over the overlay.
+    pub probe_interval: Duration,
 }
 
 impl AgentConfig {
@@ -61,6 +77,8 @@ impl AgentConfig {
             subnet_file: PathBuf::from("/run/felt/subnet.env"),
             resync: Duration::from_secs(30),
             device: None,
+            debug_addr: Some(SocketAddr::from(([127, 0, 0, 1], debug::DEFAULT_PORT))),
+            probe_interval: Duration::from_secs(5),
         }
     }
 }
@@ -74,6 +92,15 @@ pub enum AgentError {
     /// Netlink could not be opened.
     #[error("netlink")]
     Kernel(#[from] KernelError),
+    /// The debug endpoint cannot listen.
+    #[error("debug endpoint on {addr}")]
+    Debug {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The node's lease cannot be had.
     #[error("leasing a pod subnet for node `{node}`: {why}")]
     Lease {
@@ -89,14 +116,21 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let shutdown = shutdown_signal();
     let kernel = Kernel::connect()?;
     let registry = FileRegistry::open(&cfg.registry_dir)?;
+    let shared = Arc::new(Shared::new(cfg.node_name.clone(), config_view(&cfg), Metrics::new("kernel")));
+    if let Some(addr) = cfg.debug_addr {
+        debug::serve(addr, shared.clone(), kernel.clone())
+            .await
+            .map_err(|source| AgentError::Debug { addr, source })?;
+    }
 
     let Some(underlay) =
-        retry("finding the underlay interface", &shutdown, || kernel.underlay(&cfg.underlay)).await
+        retry("finding the underlay interface", &shared, &shutdown, || kernel.underlay(&cfg.underlay)).await
     else {
         return Ok(());
     };
     info!(iface = %underlay.name, ip = %underlay.ip, mtu = underlay.mtu, "underlay");
-    let Some(pod_cidr) = retry("leasing a pod subnet", &shutdown, || async { lease(&registry, &cfg) }).await
+    let Some(pod_cidr) =
+        retry("leasing a pod subnet", &shared, &shutdown, || async { lease(&registry, &cfg) }).await
     else {
         return Ok(());
     };
@@ -111,34 +145,70 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         mac: vtep_mac,
     };
     info!(node = %cfg.node_name, %pod_cidr, vtep_mac = %vtep_mac, device = %spec.name, mtu = spec.mtu, "lease held");
+    shared.state().lease = Some(LeaseView {
+        pod_cidr,
+        vtep_ip: vtep_ip(pod_cidr),
+        vtep_mac,
+        underlay_iface: underlay.name.clone(),
+        underlay_ip: underlay.ip,
+        underlay_mtu: underlay.mtu,
+        device: spec.name.clone(),
+        mtu: spec.mtu,
+    });
 
     // Watch before the first list, so no change falls between the two.
     let ifindex = Arc::new(AtomicU32::new(0));
     let mut registry_events = registry.watch()?;
     let mut netlink_events = change_events(ifindex.clone())?;
+    if let Err(e) = probe::spawn(shared.clone(), cfg.probe_interval) {
+        let message = format!("peer probes are off: cannot start their thread: {e}");
+        warn!("{message}");
+        shared.error(message);
+    }
 
     let me = Me { name: cfg.node_name.clone(), pod_cidr, underlay_ip: underlay.ip, vtep_mac };
-    let mut agent = Agent { cfg, kernel, registry, spec, me, underlay, ifindex, state: State::default() };
+    let mut agent =
+        Agent { cfg, kernel, registry, spec, me, underlay, ifindex, shared, state: State::default() };
     agent.publish();
 
     let mut resync = tokio::time::interval(agent.cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = shutdown;
+    let mut cause = "start";
     loop {
+        agent.shared.metrics.wakeups.get_or_create(&CauseLabel { cause }).inc();
         agent.reconcile().await;
-        tokio::select! {
-            _ = registry_events.recv() => {}
+        agent.shared.beat();
+        cause = tokio::select! {
+            _ = registry_events.recv() => "registry",
             _ = netlink_events.recv() => {
-                // Our own writes echo back; let a burst settle into one pass.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Our own writes echo back, and a person at a shell may not be
+                // done: let the burst settle into one pass.
+                tokio::time::sleep(REPAIR_DELAY).await;
                 while netlink_events.try_recv().is_ok() {}
+                "netlink"
             }
-            _ = resync.tick() => {}
+            _ = resync.tick() => "timer",
             _ = shutdown.changed() => break,
-        }
+        };
     }
     info!("shutting down; the data plane stays as it is");
     Ok(())
+}
+
+fn config_view(cfg: &AgentConfig) -> ConfigView {
+    ConfigView {
+        registry: "file",
+        registry_location: cfg.registry_dir.display().to_string(),
+        backend: "kernel",
+        network: cfg.net.network,
+        subnet_len: cfg.net.subnet_len,
+        vni: cfg.net.backend.vni,
+        port: cfg.net.backend.port,
+        resync_seconds: cfg.resync.as_secs_f64(),
+        probe_interval_seconds: cfg.probe_interval.as_secs_f64(),
+        subnet_file: cfg.subnet_file.display().to_string(),
+    }
 }
 
 /// Takes this node's lease from the file registry: the pod CIDR its record
@@ -179,6 +249,7 @@ struct Agent {
     me: Me,
     underlay: Underlay,
     ifindex: Arc<AtomicU32>,
+    shared: Arc<Shared>,
     state: State,
 }
 
@@ -195,7 +266,9 @@ impl Agent {
         match self.registry.put(&record) {
             Ok(true) => info!(node = %record.name, "published node record"),
             Ok(false) => debug!("node record already up to date"),
-            Err(e) => warn!(error = %error_chain(&e), "publishing node record failed; will retry on resync"),
+            Err(e) => {
+                self.fail(format!("publishing node record failed; will retry on resync: {}", error_chain(&e)))
+            }
         }
         let subnet = SubnetFile {
             network: self.cfg.net.network,
@@ -220,21 +293,42 @@ impl Agent {
         }
     }
 
-    fn complain_once(&mut self, key: String, why: &str, what: &str) {
+    /// Logs a bad document or record once per distinct reason, and counts it.
+    fn complain_once(&mut self, key: String, why: &str, label: &'static str, what: &str) {
         if self.state.complaints.get(&key).map(String::as_str) != Some(why) {
             warn!(record = %key, reason = %why, "{what}");
+            self.shared.metrics.bad_records.get_or_create(&ReasonLabel { reason: label }).inc();
             self.state.complaints.insert(key, why.to_owned());
         }
+    }
+
+    /// Logs an error and keeps it for `/debug/state`.
+    fn fail(&self, message: String) {
+        warn!("{message}");
+        self.shared.error(message);
     }
 
     /// One full observe → plan → apply pass.
     async fn reconcile(&mut self) {
         let started = Instant::now();
+        let ok = self.reconcile_inner(started).await;
+        let m = &self.shared.metrics;
+        m.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        m.reconciles.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    async fn reconcile_inner(&mut self, started: Instant) -> bool {
+        self.shared.metrics.relists.inc();
         let snap = match self.registry.list() {
             Ok(s) => s,
             Err(e) => {
-                warn!(error = %error_chain(&e), "cannot read the registry; keeping the data plane as it is");
-                return;
+                self.shared.metrics.registry_errors.inc();
+                self.shared.state().registry_synced = false;
+                self.fail(format!(
+                    "cannot read the registry; keeping the data plane as it is: {}",
+                    error_chain(&e)
+                ));
+                return false;
             }
         };
         if !snap.records.iter().any(|r| r.name == self.me.name && r.pod_cidr_v4() == Some(self.me.pod_cidr)) {
@@ -244,16 +338,28 @@ impl Agent {
         let mut live = BTreeSet::new();
         for (file, why) in &snap.malformed {
             live.insert(file.clone());
-            self.complain_once(file.clone(), why, "ignoring malformed node document");
+            self.complain_once(file.clone(), why, "malformed", "ignoring malformed node document");
         }
         let stable: BTreeSet<String> = self.state.peers.iter().map(|p| p.name.clone()).collect();
         let view = view::build(&snap.records, &self.me, &self.cfg.net, &stable);
-        for (node, why) in &view.rejected {
-            live.insert(node.clone());
-            self.complain_once(node.clone(), why, "ignoring node record");
+        for r in &view.rejected {
+            live.insert(r.node.clone());
+            self.complain_once(r.node.clone(), &r.message, r.reason.label(), "ignoring node record");
         }
         self.state.complaints.retain(|k, _| live.contains(k));
         self.log_peer_changes(&view.peers);
+        let m = &self.shared.metrics;
+        m.peers.get_or_create(&StateLabel { state: PeerState::desired }).set(view.peers.len() as i64);
+        m.peers.get_or_create(&StateLabel { state: PeerState::rejected }).set(view.rejected.len() as i64);
+        m.peers.get_or_create(&StateLabel { state: PeerState::pending }).set(view.pending.len() as i64);
+        {
+            let mut st = self.shared.state();
+            st.registry_synced = true;
+            st.peers = view.peers.clone();
+            st.pending = view.pending.clone();
+            st.rejected = view.rejected.clone();
+            st.malformed = snap.malformed.clone();
+        }
 
         let index = match self.kernel.ensure_device(&self.spec, self.me.pod_cidr.network()).await {
             Ok((index, changes)) => {
@@ -263,37 +369,67 @@ impl Agent {
                 index
             }
             Err(e) => {
-                warn!(error = %error_chain(&e), "cannot set up the VXLAN device; will retry");
-                return;
+                self.shared.state().programmed = false;
+                self.fail(format!("cannot set up the VXLAN device; will retry: {}", error_chain(&e)));
+                return false;
             }
         };
         self.ifindex.store(index, Ordering::Relaxed);
+        self.shared.state().device_index = index;
         let observed = match self.kernel.observe(index).await {
             Ok(o) => o,
             Err(e) => {
-                warn!(error = %error_chain(&e), "cannot read the data plane; will retry");
-                return;
+                self.shared.state().programmed = false;
+                self.fail(format!("cannot read the data plane; will retry: {}", error_chain(&e)));
+                return false;
             }
         };
         let ops = plan(&desired(&view.peers), &observed);
-        if ops.is_empty() {
-            debug!(peers = view.peers.len(), elapsed = ?started.elapsed(), "in sync");
-            return;
-        }
-        let report = self.kernel.apply(index, &ops).await;
+        let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
         for op in &report.applied {
             info!(op = op.kind(), entry = %describe(op), "programmed");
+            self.shared.metrics.ops.get_or_create(&OpLabels { op: op.kind(), result: "ok" }).inc();
         }
         for (op, why) in &report.failed {
-            warn!(op = op.kind(), entry = %describe(op), error = %why, "programming failed; will retry");
+            self.shared.metrics.ops.get_or_create(&OpLabels { op: op.kind(), result: "error" }).inc();
+            self.fail(format!("programming {} {} failed; will retry: {why}", op.kind(), describe(op)));
         }
-        info!(
-            peers = view.peers.len(),
-            applied = report.applied.len(),
-            failed = report.failed.len(),
-            elapsed = ?started.elapsed(),
-            "reconciled"
-        );
+        let in_sync = report.failed.is_empty();
+        let programmed_peers = if in_sync {
+            view.peers.len()
+        } else {
+            let failed: BTreeSet<String> = report.failed.iter().map(|(op, _)| describe(op)).collect();
+            view.peers.iter().filter(|p| !peer_touched(p, &failed)).count()
+        };
+        let m = &self.shared.metrics;
+        m.peers.get_or_create(&StateLabel { state: PeerState::programmed }).set(programmed_peers as i64);
+        if in_sync {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            m.last_sync.set(now.as_secs_f64());
+        }
+        let elapsed = started.elapsed();
+        {
+            let mut st = self.shared.state();
+            st.programmed = in_sync;
+            st.last_reconcile = Some(ReconcileView {
+                at: rfc3339(std::time::SystemTime::now()),
+                duration_ms: elapsed.as_secs_f64() * 1e3,
+                applied: report.applied.len(),
+                failed: report.failed.len(),
+            });
+        }
+        if ops.is_empty() {
+            debug!(peers = view.peers.len(), ?elapsed, "in sync");
+        } else {
+            info!(
+                peers = view.peers.len(),
+                applied = report.applied.len(),
+                failed = report.failed.len(),
+                ?elapsed,
+                "reconciled"
+            );
+        }
+        in_sync
     }
 
     fn log_peer_changes(&mut self, peers: &[Peer]) {
@@ -326,8 +462,23 @@ fn describe(op: &Op) -> String {
     }
 }
 
+/// True when one of `failed` (described ops) concerns peer `p`.
+fn peer_touched(p: &Peer, failed: &BTreeSet<String>) -> bool {
+    let mine = [
+        format!("{} via {}", p.pod_cidr, p.vtep_ip()),
+        format!("{} lladdr {}", p.vtep_ip(), p.vtep_mac),
+        format!("{} dst {}", p.vtep_mac, p.underlay_ip),
+    ];
+    mine.iter().any(|d| failed.contains(d))
+}
+
 /// Runs `attempt` until it succeeds, backing off from 1 s to 30 s; `None` on shutdown.
-async fn retry<T, E, F, Fut>(what: &str, shutdown: &watch::Receiver<bool>, mut attempt: F) -> Option<T>
+async fn retry<T, E, F, Fut>(
+    what: &str,
+    shared: &Shared,
+    shutdown: &watch::Receiver<bool>,
+    mut attempt: F,
+) -> Option<T>
 where
     E: std::error::Error,
     F: FnMut() -> Fut,
@@ -336,9 +487,14 @@ where
     let mut delay = Duration::from_secs(1);
     let mut shutdown = shutdown.clone();
     loop {
+        shared.beat();
         match attempt().await {
             Ok(v) => return Some(v),
-            Err(e) => warn!(error = %error_chain(&e), "{what} failed; retrying in {delay:?}"),
+            Err(e) => {
+                let message = format!("{what} failed; retrying in {delay:?}: {}", error_chain(&e));
+                warn!("{message}");
+                shared.error(message);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -32,6 +32,52 @@ pub struct Me {
     pub vtep_mac: MacAddr,
 }
 
+/// Why a record is refused; the label of `felt_bad_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Not a vxlan backend.
+    Backend,
+    /// Another VNI.
+    Vni,
+    /// Pod CIDR outside the cluster network, or too small.
+    OutsideNetwork,
+    /// Pod CIDR overlapping ours.
+    OverlapsOurs,
+    /// Our underlay IP.
+    ClaimsOurUnderlay,
+    /// Our VTEP MAC.
+    ClaimsOurMac,
+    /// Clashes with an accepted peer (CIDR, underlay IP or MAC).
+    Clash,
+}
+
+impl RejectReason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::Backend => "backend",
+            RejectReason::Vni => "vni",
+            RejectReason::OutsideNetwork => "outside_network",
+            RejectReason::OverlapsOurs => "overlaps_ours",
+            RejectReason::ClaimsOurUnderlay => "claims_our_underlay",
+            RejectReason::ClaimsOurMac => "claims_our_mac",
+            RejectReason::Clash => "clash",
+        }
+    }
+}
+
+/// One refused record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Rejection {
+    /// The node the record names.
+    pub node: String,
+    /// Why, as a label.
+    pub reason: RejectReason,
+    /// Why, for people.
+    pub message: String,
+}
+
 /// The outcome of [`build`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct View {
@@ -39,8 +85,8 @@ pub struct View {
     pub peers: Vec<Peer>,
     /// Records not yet complete.
     pub pending: Vec<String>,
-    /// Records refused: (node, why).
-    pub rejected: Vec<(String, String)>,
+    /// Records refused.
+    pub rejected: Vec<Rejection>,
 }
 
 /// Turns registry records into peers.
@@ -53,23 +99,26 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: &BTreeSet
             view.pending.push(r.name.clone());
             continue;
         };
+        use RejectReason as R;
         let why = if r.backend_type != Some(BackendType::Vxlan) {
-            Some(format!("backend type {:?} is not vxlan", r.backend_type))
+            Some((R::Backend, format!("backend type {:?} is not vxlan", r.backend_type)))
         } else if data.vni != net.backend.vni {
-            Some(format!("VNI {} differs from ours ({})", data.vni, net.backend.vni))
+            Some((R::Vni, format!("VNI {} differs from ours ({})", data.vni, net.backend.vni)))
         } else if let Err(e) = validate_pod_cidr(pod_cidr, net.network) {
-            Some(e.to_string())
+            Some((R::OutsideNetwork, e.to_string()))
         } else if overlaps(pod_cidr, me.pod_cidr) {
-            Some(format!("pod CIDR {pod_cidr} overlaps ours ({})", me.pod_cidr))
+            Some((R::OverlapsOurs, format!("pod CIDR {pod_cidr} overlaps ours ({})", me.pod_cidr)))
         } else if underlay_ip == me.underlay_ip {
-            Some(format!("claims our underlay IP {underlay_ip}"))
+            Some((R::ClaimsOurUnderlay, format!("claims our underlay IP {underlay_ip}")))
         } else if data.vtep_mac == me.vtep_mac {
-            Some(format!("claims our VTEP MAC {}", data.vtep_mac))
+            Some((R::ClaimsOurMac, format!("claims our VTEP MAC {}", data.vtep_mac)))
         } else {
             None
         };
         match why {
-            Some(why) => view.rejected.push((r.name.clone(), why)),
+            Some((reason, message)) => {
+                view.rejected.push(Rejection { node: r.name.clone(), reason, message })
+            }
             None => {
                 candidates.push(Peer { name: r.name.clone(), pod_cidr, vtep_mac: data.vtep_mac, underlay_ip })
             }
@@ -91,7 +140,9 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: &BTreeSet
             }
         });
         match clash {
-            Some(why) => view.rejected.push((c.name, why)),
+            Some(message) => {
+                view.rejected.push(Rejection { node: c.name, reason: RejectReason::Clash, message })
+            }
             None => view.peers.push(c),
         }
     }
@@ -159,12 +210,23 @@ mod tests {
         ];
         let v = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
         assert_eq!(names(&v), ["f"]);
-        let why: Vec<(&str, &str)> = v.rejected.iter().map(|(n, w)| (n.as_str(), w.as_str())).collect();
-        assert!(why[0].1.contains("VNI 7"), "{why:?}");
-        assert!(why[1].1.contains("outside the cluster network"), "{why:?}");
-        assert!(why[2].1.contains("overlaps ours"), "{why:?}");
-        assert!(why[3].1.contains("our underlay IP"), "{why:?}");
-        assert!(why[4].1.contains("our VTEP MAC"), "{why:?}");
+        let why: Vec<(&str, RejectReason, &str)> =
+            v.rejected.iter().map(|r| (r.node.as_str(), r.reason, r.message.as_str())).collect();
+        assert_eq!(
+            why.iter().map(|w| w.1).collect::<Vec<_>>(),
+            [
+                RejectReason::Vni,
+                RejectReason::OutsideNetwork,
+                RejectReason::OverlapsOurs,
+                RejectReason::ClaimsOurUnderlay,
+                RejectReason::ClaimsOurMac
+            ]
+        );
+        assert!(why[0].2.contains("VNI 7"), "{why:?}");
+        assert!(why[1].2.contains("outside the cluster network"), "{why:?}");
+        assert!(why[2].2.contains("overlaps ours"), "{why:?}");
+        assert!(why[3].2.contains("our underlay IP"), "{why:?}");
+        assert!(why[4].2.contains("our VTEP MAC"), "{why:?}");
     }
 
     #[test]
@@ -175,8 +237,9 @@ mod tests {
         let stable: BTreeSet<String> = ["z".to_owned()].into();
         let v = build(&recs, &me(), &NetConfig::default(), &stable);
         assert_eq!(names(&v), ["z"]);
-        assert_eq!(v.rejected[0].0, "a");
-        assert!(v.rejected[0].1.contains("overlaps peer z"));
+        assert_eq!(v.rejected[0].node, "a");
+        assert_eq!(v.rejected[0].reason, RejectReason::Clash);
+        assert!(v.rejected[0].message.contains("overlaps peer z"));
     }
 
     #[test]

@@ -267,6 +267,8 @@ impl Lab {
             dir.join("subnet.env").display().to_string(),
             "--resync-period".into(),
             "5s".into(),
+            "--probe-interval".into(),
+            "1s".into(),
         ];
         topo::spawn_in(netns, &self.felt, &args, &self.log_path(node))
     }
@@ -377,7 +379,7 @@ impl Lab {
             .iter()
             .map(|n| {
                 let r = records.get(&n.name);
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "name": n.name,
                     "netns": n.netns,
                     "underlay_ip": n.underlay_ip,
@@ -385,10 +387,38 @@ impl Lab {
                     "vtep_mac": r.and_then(|r| r.backend_data).map(|d| d.vtep_mac),
                     "pid": n.pid,
                     "agent_running": topo::agent_alive(n.pid, &self.registry_dir()),
-                })
+                });
+                self.add_agent_view(&n.netns, &mut v);
+                v
             })
             .collect();
         Ok(serde_json::json!({ "nodes": nodes, "pods": state.pods }))
+    }
+
+    /// Adds what the node's agent says of itself (from its debug endpoint,
+    /// read inside the node's namespace) to a status entry.
+    fn add_agent_view(&self, netns_name: &str, entry: &mut serde_json::Value) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::agent::debug::DEFAULT_PORT));
+        let fetched = netns::run_in(&netns::named(netns_name), move || crate::status::fetch_state(addr));
+        let (ready, problems, desired, programmed, reachable) = match fetched {
+            Ok(Ok(state)) => {
+                let peers = state["peers"].as_array().cloned().unwrap_or_default();
+                (
+                    serde_json::json!(state["ready"] == true),
+                    crate::status::problems(&state),
+                    peers.len(),
+                    peers.iter().filter(|p| p["in_sync"] == true).count(),
+                    peers.iter().filter(|p| p["probe"]["state"] == "reachable").count(),
+                )
+            }
+            Ok(Err(e)) => (serde_json::Value::Null, vec![crate::util::error_chain(&e)], 0, 0, 0),
+            Err(e) => (serde_json::Value::Null, vec![format!("entering {netns_name}: {e}")], 0, 0, 0),
+        };
+        entry["ready"] = ready;
+        entry["peers_desired"] = desired.into();
+        entry["peers_programmed"] = programmed.into();
+        entry["peers_reachable"] = reachable.into();
+        entry["problems"] = problems.into();
     }
 
     /// Probes every pod from every other pod, ICMP and TCP.

@@ -1,0 +1,215 @@
+//! What the agent knows about itself, shared with the debug endpoint and
+//! the peer prober. The reconcile loop is the only writer of everything but
+//! the probe results; readers take short locks and copy.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use felt_overlay::Peer;
+use felt_proto::MacAddr;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::metrics::Metrics;
+use super::view::Rejection;
+
+/// How many recent errors `/debug/state` keeps.
+const RECENT_ERRORS: usize = 32;
+
+/// The lease and the VTEP built on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseView {
+    /// This node's pod subnet.
+    pub pod_cidr: Ipv4Net,
+    /// The VTEP address (`.0`).
+    pub vtep_ip: Ipv4Addr,
+    /// The VTEP MAC.
+    pub vtep_mac: MacAddr,
+    /// The underlay interface.
+    pub underlay_iface: String,
+    /// The underlay (public) address.
+    pub underlay_ip: Ipv4Addr,
+    /// The underlay MTU.
+    pub underlay_mtu: u32,
+    /// The VXLAN device.
+    pub device: String,
+    /// The overlay MTU.
+    pub mtu: u32,
+}
+
+/// The configuration in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigView {
+    /// Registry kind.
+    pub registry: &'static str,
+    /// Where the registry is.
+    pub registry_location: String,
+    /// Data plane.
+    pub backend: &'static str,
+    /// Cluster network.
+    pub network: Ipv4Net,
+    /// Node subnet length.
+    pub subnet_len: u8,
+    /// VNI.
+    pub vni: u32,
+    /// VXLAN UDP port.
+    pub port: u16,
+    /// Resync period, seconds.
+    pub resync_seconds: f64,
+    /// Peer probe interval, seconds.
+    pub probe_interval_seconds: f64,
+    /// The subnet file.
+    pub subnet_file: String,
+}
+
+/// One past error.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorEntry {
+    /// When (RFC 3339).
+    pub at: String,
+    /// What.
+    pub message: String,
+}
+
+/// The last reconcile pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileView {
+    /// When it ended (RFC 3339).
+    pub at: String,
+    /// How long it took.
+    pub duration_ms: f64,
+    /// Ops applied.
+    pub applied: usize,
+    /// Ops refused by the kernel.
+    pub failed: usize,
+}
+
+/// A peer's probe state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbeState {
+    /// `reachable`, `unreachable` or `unknown` (not probed yet).
+    pub state: &'static str,
+    /// Round trip of the last successful probe.
+    pub rtt_ms: Option<f64>,
+    /// When the last probe was sent (RFC 3339).
+    pub last_probe: Option<String>,
+    /// When a probe last succeeded (RFC 3339).
+    pub last_success: Option<String>,
+    /// Probes failed in a row.
+    pub consecutive_failures: u32,
+}
+
+/// Everything the reconcile loop reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentState {
+    /// The lease, once held.
+    pub lease: Option<LeaseView>,
+    /// The VXLAN device's index (0 before it exists).
+    #[serde(skip)]
+    pub device_index: u32,
+    /// Accepted peers.
+    pub peers: Vec<Peer>,
+    /// Incomplete records.
+    pub pending: Vec<String>,
+    /// Refused records.
+    pub rejected: Vec<Rejection>,
+    /// Documents that did not parse: (document, error).
+    pub malformed: Vec<(String, String)>,
+    /// The last registry read succeeded.
+    pub registry_synced: bool,
+    /// The last reconcile left the data plane as desired.
+    pub programmed: bool,
+    /// The last reconcile.
+    pub last_reconcile: Option<ReconcileView>,
+    /// Recent errors, newest last.
+    pub recent_errors: VecDeque<ErrorEntry>,
+}
+
+/// The agent's shared status.
+#[derive(Debug)]
+pub struct Shared {
+    /// Node name.
+    pub node: String,
+    /// Config in force.
+    pub config: ConfigView,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Reconcile state.
+    pub state: Mutex<AgentState>,
+    /// Probe results by peer.
+    pub probes: Mutex<BTreeMap<String, ProbeState>>,
+    /// Unix ms of the loop's last sign of life.
+    heartbeat: AtomicU64,
+}
+
+/// RFC 3339 with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    /// A fresh status.
+    pub fn new(node: String, config: ConfigView, metrics: Metrics) -> Self {
+        Shared {
+            node,
+            config,
+            metrics,
+            state: Mutex::new(AgentState::default()),
+            probes: Mutex::new(BTreeMap::new()),
+            heartbeat: AtomicU64::new(unix_ms(SystemTime::now())),
+        }
+    }
+
+    /// Locks the reconcile state (a poisoned lock still holds valid data).
+    pub fn state(&self) -> std::sync::MutexGuard<'_, AgentState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the probe table.
+    pub fn probes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ProbeState>> {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The loop is alive.
+    pub fn beat(&self) {
+        self.heartbeat.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+    }
+
+    /// Time since the loop's last sign of life.
+    pub fn since_heartbeat(&self) -> Duration {
+        let last = self.heartbeat.load(Ordering::Relaxed);
+        Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(last))
+    }
+
+    /// Records an error for `/debug/state` (the caller logs it).
+    pub fn error(&self, message: String) {
+        let mut s = self.state();
+        if s.recent_errors.len() == RECENT_ERRORS {
+            s.recent_errors.pop_front();
+        }
+        s.recent_errors.push_back(ErrorEntry { at: rfc3339(SystemTime::now()), message });
+    }
+
+    /// Why the agent is not ready; empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        let s = self.state();
+        let mut why = Vec::new();
+        if s.lease.is_none() {
+            why.push("no pod subnet lease yet".to_owned());
+        }
+        if !s.registry_synced {
+            why.push("the registry has not been read successfully".to_owned());
+        }
+        if !s.programmed {
+            why.push("the data plane does not match the desired state yet".to_owned());
+        }
+        why
+    }
+}
