@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use felt::agent::{self, AgentConfig};
-use felt::lab::{self, Lab, Mode, UpOptions};
+use felt::lab::{self, Lab, LabRegistry, Mode, UpOptions};
+use felt::registry::RegistryConfig;
 use felt_overlay::kernel::UnderlayChoice;
 use felt_proto::NetConfig;
 
@@ -47,6 +48,8 @@ enum Command {
 enum RegistryKind {
     /// A directory with one JSON document per node (see --registry-dir).
     File,
+    /// The Kubernetes API: Node objects and their felt.network/ annotations.
+    Kube,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,6 +69,10 @@ struct DaemonArgs {
     /// The file registry's directory, shared by every agent of the cluster.
     #[arg(long, env = "FELT_REGISTRY_DIR", default_value = "/var/lib/felt/registry")]
     registry_dir: PathBuf,
+    /// With --registry kube: the kubeconfig. Default: the in-cluster service
+    /// account, else $KUBECONFIG.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// The underlay interface; its first IPv4 address is the node's public IP.
     /// Default: the interface of the default route.
     #[arg(long, env = "FELT_UNDERLAY_IFACE", conflicts_with = "underlay_ip")]
@@ -135,6 +142,21 @@ enum LabCommand {
         /// Data plane of every node.
         #[arg(long, value_enum, default_value = "kernel")]
         mode: Mode,
+        /// Where the agents register: a file registry in the lab, or a
+        /// Kubernetes API server (needs --kubeconfig).
+        #[arg(long, value_enum, default_value = "file")]
+        registry: RegistryKind,
+        /// With --registry kube: a kubeconfig whose server listens inside the
+        /// lab's underlay namespace NAME-ul, on the lab host address (.1 of
+        /// the underlay /24, see `felt lab address`).
+        #[arg(long, required_if_eq("registry", "kube"))]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Print the lab's host address (where a Kubernetes API server for
+    /// `up --registry kube` listens, inside namespace NAME-ul).
+    Address {
+        #[command(flatten)]
+        lab: LabName,
     },
     /// Show the lab's nodes and pods.
     Status {
@@ -226,8 +248,10 @@ fn run_cni() -> ExitCode {
 fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            // The kube client logs every failed response; the agent says once what it means.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -242,9 +266,12 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if !felt::registry::file::valid_node_name(&args.node_name) {
         bail!("--node-name `{}` is not a valid node name (RFC 1123 subdomain)", args.node_name);
     }
-    let RegistryKind::File = args.registry;
     let BackendKind::Kernel = args.backend;
-    let mut cfg = AgentConfig::new(args.node_name, args.registry_dir);
+    let registry = match args.registry {
+        RegistryKind::File => RegistryConfig::File { dir: args.registry_dir },
+        RegistryKind::Kube => RegistryConfig::Kube { kubeconfig: args.kubeconfig },
+    };
+    let mut cfg = AgentConfig::new(args.node_name, registry);
     cfg.underlay = match (args.underlay_iface, args.underlay_ip) {
         (Some(iface), _) => UnderlayChoice::Interface(iface),
         (None, Some(ip)) => UnderlayChoice::Address(ip),
@@ -278,12 +305,17 @@ fn open_lab(l: &LabName) -> anyhow::Result<Lab> {
 
 fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
     match command {
-        LabCommand::Up { lab, nodes, pods_per_node, mode } => {
+        LabCommand::Up { lab, nodes, pods_per_node, mode, registry, kubeconfig } => {
             let l = open_lab(&lab)?;
             let mut opts = UpOptions::new(&lab.name);
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
             opts.mode = mode;
+            opts.registry = match (registry, kubeconfig) {
+                (RegistryKind::File, _) => LabRegistry::File,
+                (RegistryKind::Kube, Some(kubeconfig)) => LabRegistry::Kube { kubeconfig },
+                (RegistryKind::Kube, None) => bail!("--registry kube needs --kubeconfig"),
+            };
             let state = l.up(&opts, &mut |line| eprintln!("felt lab: {line}"))?;
             println!(
                 "lab `{}` is up: {} nodes, {} pods. Next: felt lab check --name {}",
@@ -292,6 +324,10 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 state.pods.len(),
                 state.name
             );
+        }
+        LabCommand::Address { lab } => {
+            open_lab(&lab)?;
+            println!("{}", lab::host_ip(lab::underlay_subnet(&lab.name)));
         }
         LabCommand::Status { lab, json } => {
             let status = open_lab(&lab)?.status()?;

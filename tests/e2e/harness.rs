@@ -105,17 +105,29 @@ pub struct TestLab {
 }
 
 impl TestLab {
+    /// A fresh unique lab name.
+    pub fn unique_name() -> String {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        format!("ft{:04x}{seq}", std::process::id() & 0xffff)
+    }
+
     /// Brings up `nodes` nodes with `pods` pods each.
     pub fn up(nodes: u32, pods: u32) -> TestLab {
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ft{:04x}{seq}", std::process::id() & 0xffff);
+        Self::up_named(&Self::unique_name(), nodes, pods, &[])
+    }
+
+    /// Brings up lab `name` with extra `felt lab up` arguments.
+    pub fn up_named(name: &str, nodes: u32, pods: u32, extra: &[&str]) -> TestLab {
         let lab = TestLab {
-            name,
+            name: name.to_owned(),
             state: tempfile::Builder::new().prefix("felt-e2e-").tempdir().expect("temp dir"),
             root_before: root_snapshot(),
             finished: false,
         };
-        lab.felt(&["lab", "up", "--nodes", &nodes.to_string(), "--pods-per-node", &pods.to_string()]);
+        let (n, p) = (nodes.to_string(), pods.to_string());
+        let mut args = vec!["lab", "up", "--nodes", n.as_str(), "--pods-per-node", p.as_str()];
+        args.extend_from_slice(extra);
+        lab.felt(&args);
         lab
     }
 
@@ -187,4 +199,122 @@ pub fn agents_running(registry: &str) -> bool {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             !zombie && String::from_utf8_lossy(&cmd).contains(registry)
         })
+}
+
+/// A test API server (tests/apiserver) serving one lab: it binds inside the
+/// lab's underlay namespace (waiting for it to exist) on the lab host
+/// address, and on loopback here for the test and kubectl. Killed on drop.
+pub struct ApiServer {
+    child: std::process::Child,
+    /// The kubeconfig the lab and its agents use.
+    pub kubeconfig: PathBuf,
+    /// The kubeconfig for the test and kubectl (loopback).
+    pub local_kubeconfig: PathBuf,
+    /// The loopback listener.
+    pub local: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn apiserver_binary() -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let path = Path::new(FELT).with_file_name("felt-test-apiserver");
+    BUILD.call_once(|| {
+        // `cargo test` builds this package's binaries only; the test server is another package's.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        run(Command::new(cargo)
+            .args(["build", "-q", "-p", "felt-test-apiserver", "--manifest-path"])
+            .arg(manifest));
+    });
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+impl ApiServer {
+    /// Starts a server for lab `lab` (whose namespaces do not exist yet).
+    pub fn start(lab: &str) -> ApiServer {
+        let dir = tempfile::Builder::new().prefix("felt-api-").tempdir().expect("temp dir");
+        let host = felt::lab::host_ip(felt::lab::underlay_subnet(lab));
+        let kubeconfig = dir.path().join("lab.kubeconfig");
+        let local_kubeconfig = dir.path().join("local.kubeconfig");
+        let mut child = Command::new(apiserver_binary())
+            .args([
+                "--netns",
+                &format!("{lab}-ul"),
+                "--listen",
+                &format!("{host}:6443"),
+                "--local",
+                "127.0.0.1:0",
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--local-kubeconfig")
+            .arg(&local_kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("starting felt-test-apiserver");
+        // The kubeconfig for the lab is written before the server binds.
+        assert!(
+            wait_until(Duration::from_secs(10), || kubeconfig.exists()).is_some(),
+            "no kubeconfig written"
+        );
+        let _ = &mut child;
+        ApiServer { local: "127.0.0.1:0".parse().unwrap(), child, kubeconfig, local_kubeconfig, _dir: dir }
+    }
+
+    /// Reads the loopback address once the server printed it (after binding).
+    pub fn wait_ready(&mut self) {
+        use std::io::BufRead;
+        let stdout = self.child.stdout.take().expect("stdout piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("reading the server's first line");
+        let local = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or("")
+            .parse()
+            .unwrap_or_else(|_| panic!("unexpected first line {line:?}"));
+        self.local = local;
+    }
+
+    /// One HTTP request on the loopback listener; returns (code, body).
+    pub fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&self.local, Duration::from_secs(5))
+            .expect("connecting to the API server");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.local,
+            body.len()
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_owned())
+    }
+
+    /// `POST /_test/<cmd>`.
+    pub fn control(&self, cmd: &str) -> serde_json::Value {
+        let (code, body) = self.request("POST", &format!("/_test/{cmd}"), "application/json", "");
+        assert_eq!(code, 200, "{cmd}: {body}");
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `kubectl ARGS…` against the loopback listener; returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = run(Command::new("kubectl").arg("--kubeconfig").arg(&self.local_kubeconfig).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

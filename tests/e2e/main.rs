@@ -4,6 +4,7 @@
 
 mod debug;
 mod harness;
+mod kube;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

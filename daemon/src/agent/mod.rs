@@ -33,7 +33,8 @@ use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::registry::file::{FileRegistry, FileRegistryError, write_atomic};
+use crate::registry::file::write_atomic;
+use crate::registry::{Registry, RegistryConfig, RegistryError};
 use crate::util::error_chain;
 use metrics::{CauseLabel, Metrics, OpLabels, PeerState, ReasonLabel, ResultLabel, StateLabel};
 use status::{ConfigView, LeaseView, ReconcileView, Shared, rfc3339};
@@ -48,8 +49,8 @@ pub const REPAIR_DELAY: Duration = Duration::from_secs(1);
 pub struct AgentConfig {
     /// This node's name in the registry.
     pub node_name: String,
-    /// The file registry's directory.
-    pub registry_dir: PathBuf,
+    /// Which registry.
+    pub registry: RegistryConfig,
     /// How to find the underlay.
     pub underlay: UnderlayChoice,
     /// The cluster's network configuration.
@@ -68,10 +69,10 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// A config with defaults for everything but the node name and registry.
-    pub fn new(node_name: impl Into<String>, registry_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(node_name: impl Into<String>, registry: RegistryConfig) -> Self {
         AgentConfig {
             node_name: node_name.into(),
-            registry_dir: registry_dir.into(),
+            registry,
             underlay: UnderlayChoice::DefaultRoute,
             net: NetConfig::default(),
             subnet_file: PathBuf::from("/run/felt/subnet.env"),
@@ -87,8 +88,8 @@ impl AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The registry could not be opened or watched.
-    #[error("file registry")]
-    Registry(#[from] FileRegistryError),
+    #[error("registry")]
+    Registry(#[from] RegistryError),
     /// Netlink could not be opened.
     #[error("netlink")]
     Kernel(#[from] KernelError),
@@ -101,21 +102,13 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    /// The node's lease cannot be had.
-    #[error("leasing a pod subnet for node `{node}`: {why}")]
-    Lease {
-        /// The node.
-        node: String,
-        /// Why.
-        why: String,
-    },
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let shutdown = shutdown_signal();
     let kernel = Kernel::connect()?;
-    let registry = FileRegistry::open(&cfg.registry_dir)?;
+    let registry = Registry::open(&cfg.registry, &cfg.node_name).await?;
     let shared = Arc::new(Shared::new(cfg.node_name.clone(), config_view(&cfg), Metrics::new("kernel")));
     if let Some(addr) = cfg.debug_addr {
         debug::serve(addr, shared.clone(), kernel.clone())
@@ -130,7 +123,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     info!(iface = %underlay.name, ip = %underlay.ip, mtu = underlay.mtu, "underlay");
     let Some(pod_cidr) =
-        retry("leasing a pod subnet", &shared, &shutdown, || async { lease(&registry, &cfg) }).await
+        retry("leasing a pod subnet", &shared, &shutdown, || registry.lease(&cfg.node_name, &cfg.net)).await
     else {
         return Ok(());
     };
@@ -169,7 +162,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let me = Me { name: cfg.node_name.clone(), pod_cidr, underlay_ip: underlay.ip, vtep_mac };
     let mut agent =
         Agent { cfg, kernel, registry, spec, me, underlay, ifindex, shared, state: State::default() };
-    agent.publish();
+    agent.publish().await;
 
     let mut resync = tokio::time::interval(agent.cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,8 +191,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
 fn config_view(cfg: &AgentConfig) -> ConfigView {
     ConfigView {
-        registry: "file",
-        registry_location: cfg.registry_dir.display().to_string(),
+        registry: cfg.registry.kind(),
+        registry_location: cfg.registry.location(),
         backend: "kernel",
         network: cfg.net.network,
         subnet_len: cfg.net.subnet_len,
@@ -209,29 +202,6 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
         probe_interval_seconds: cfg.probe_interval.as_secs_f64(),
         subnet_file: cfg.subnet_file.display().to_string(),
     }
-}
-
-/// Takes this node's lease from the file registry: the pod CIDR its record
-/// already carries, or a free subnet allocated atomically.
-fn lease(registry: &FileRegistry, cfg: &AgentConfig) -> Result<Ipv4Net, AgentError> {
-    let lease_err = |why: String| AgentError::Lease { node: cfg.node_name.clone(), why };
-    let net = &cfg.net;
-    if let Some(cidr) = registry.get(&cfg.node_name)?.and_then(|r| r.pod_cidr_v4()) {
-        felt_ipam::subnets::validate_pod_cidr(cidr, net.network).map_err(|e| lease_err(e.to_string()))?;
-        registry.leases().claim(cidr, &cfg.node_name).map_err(|e| lease_err(e.to_string()))?;
-        return Ok(cidr);
-    }
-    let others: Vec<Ipv4Net> = registry
-        .list()?
-        .records
-        .iter()
-        .filter(|r| r.name != cfg.node_name)
-        .filter_map(NodeRecord::pod_cidr_v4)
-        .collect();
-    registry
-        .leases()
-        .allocate(net.network, net.subnet_len, &cfg.node_name, &others)
-        .map_err(|e| lease_err(e.to_string()))
 }
 
 #[derive(Debug, Default)]
@@ -244,7 +214,7 @@ struct State {
 struct Agent {
     cfg: AgentConfig,
     kernel: Kernel,
-    registry: FileRegistry,
+    registry: Registry,
     spec: VxlanSpec,
     me: Me,
     underlay: Underlay,
@@ -254,17 +224,21 @@ struct Agent {
 }
 
 impl Agent {
-    /// Publishes our record and writes the subnet file, each only when it changed.
-    fn publish(&mut self) {
-        let mut record =
-            self.registry.get(&self.me.name).ok().flatten().unwrap_or_else(|| NodeRecord::new(&self.me.name));
-        record.pod_cidrs.retain(|c| matches!(c, IpNet::V6(_)));
-        record.pod_cidrs.insert(0, IpNet::V4(self.me.pod_cidr));
-        record.public_ip = Some(self.underlay.ip);
+    /// The record this node should have in the registry.
+    fn wanted_record(&self) -> NodeRecord {
+        let mut record = NodeRecord::new(&self.me.name);
+        record.pod_cidrs = vec![IpNet::V4(self.me.pod_cidr)];
+        record.public_ip = Some(self.registry.public_ip(self.underlay.ip));
         record.backend_type = Some(BackendType::Vxlan);
         record.backend_data = Some(BackendData { vni: self.spec.vni, vtep_mac: self.me.vtep_mac });
-        match self.registry.put(&record) {
-            Ok(true) => info!(node = %record.name, "published node record"),
+        record
+    }
+
+    /// Publishes our record and writes the subnet file, each only when it changed.
+    async fn publish(&mut self) {
+        let record = self.wanted_record();
+        match self.registry.publish(&record).await {
+            Ok(true) => info!(node = %record.name, public_ip = ?record.public_ip, "published node record"),
             Ok(false) => debug!("node record already up to date"),
             Err(e) => {
                 self.fail(format!("publishing node record failed; will retry on resync: {}", error_chain(&e)))
@@ -319,7 +293,8 @@ impl Agent {
 
     async fn reconcile_inner(&mut self, started: Instant) -> bool {
         self.shared.metrics.relists.inc();
-        let snap = match self.registry.list() {
+        self.registry.recheck().await;
+        let (snap, synced) = match self.registry.snapshot() {
             Ok(s) => s,
             Err(e) => {
                 self.shared.metrics.registry_errors.inc();
@@ -331,9 +306,10 @@ impl Agent {
                 return false;
             }
         };
-        if !snap.records.iter().any(|r| r.name == self.me.name && r.pod_cidr_v4() == Some(self.me.pod_cidr)) {
-            // Our record vanished or was changed under us: put it back.
-            self.publish();
+        let wanted = self.wanted_record();
+        if synced && self.registry.published(&snap, &self.me.name).as_ref() != Some(&wanted) {
+            // Our record is missing, stale, or was changed under us: publish it.
+            self.publish().await;
         }
         let mut live = BTreeSet::new();
         for (file, why) in &snap.malformed {
@@ -354,7 +330,7 @@ impl Agent {
         m.peers.get_or_create(&StateLabel { state: PeerState::pending }).set(view.pending.len() as i64);
         {
             let mut st = self.shared.state();
-            st.registry_synced = true;
+            st.registry_synced = synced;
             st.peers = view.peers.clone();
             st.pending = view.pending.clone();
             st.rejected = view.rejected.clone();
@@ -429,7 +405,7 @@ impl Agent {
                 "reconciled"
             );
         }
-        in_sync
+        in_sync && synced
     }
 
     fn log_peer_changes(&mut self, peers: &[Peer]) {

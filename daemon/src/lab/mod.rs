@@ -13,6 +13,7 @@
 //! agents included, and is safe to repeat; a failed `up` tears down what it
 //! built.
 
+mod kube;
 pub mod probe;
 mod topo;
 pub mod watch;
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::netns;
 use crate::registry::file::{FileRegistry, write_atomic};
-pub use topo::{LabError, kill_agent};
+pub use topo::{LabError, host_ip, kill_agent, underlay_subnet};
 
 /// Where labs keep their files unless told otherwise.
 pub const DEFAULT_STATE_ROOT: &str = "/run/felt/lab";
@@ -41,6 +42,20 @@ pub const DEFAULT_STATE_ROOT: &str = "/run/felt/lab";
 pub enum Mode {
     /// The kernel's VXLAN device, programmed over netlink.
     Kernel,
+}
+
+/// Where a lab's agents register.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LabRegistry {
+    /// A file registry in the lab's state directory.
+    #[default]
+    File,
+    /// A Kubernetes API server listening inside the lab's underlay namespace.
+    Kube {
+        /// The kubeconfig the lab and its agents use.
+        kubeconfig: PathBuf,
+    },
 }
 
 /// How to build a lab.
@@ -55,12 +70,20 @@ pub struct UpOptions {
     pub pods_per_node: u32,
     /// Data plane.
     pub mode: Mode,
+    /// Registry.
+    pub registry: LabRegistry,
 }
 
 impl UpOptions {
     /// The defaults: `felt`, 3 nodes, 2 pods each, kernel mode.
     pub fn new(name: impl Into<String>) -> Self {
-        UpOptions { name: name.into(), nodes: 3, pods_per_node: 2, mode: Mode::Kernel }
+        UpOptions {
+            name: name.into(),
+            nodes: 3,
+            pods_per_node: 2,
+            mode: Mode::Kernel,
+            registry: LabRegistry::File,
+        }
     }
 }
 
@@ -101,6 +124,9 @@ pub struct LabState {
     pub underlay: Ipv4Net,
     /// Data plane.
     pub mode: Mode,
+    /// Registry.
+    #[serde(default)]
+    pub registry: LabRegistry,
     /// Pods per node, for `add-node`.
     pub pods_per_node: u32,
     /// Nodes, in index order.
@@ -179,7 +205,10 @@ impl Lab {
     }
 
     /// The registry's records, by node name.
-    fn records(&self) -> Result<BTreeMap<String, NodeRecord>, LabError> {
+    fn records_of(&self, registry: &LabRegistry) -> Result<BTreeMap<String, NodeRecord>, LabError> {
+        if let LabRegistry::Kube { kubeconfig } = registry {
+            return kube::records(&netns::named(&self.underlay_ns()), kubeconfig);
+        }
         let reg = FileRegistry::open(&self.registry_dir())
             .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
         let snap = reg.list().map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
@@ -205,11 +234,25 @@ impl Lab {
         write_atomic(&self.net_conf_path(), &net_json)
             .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
         let underlay = topo::underlay_subnet(&self.name);
-        topo::make_underlay(&self.underlay_ns())?;
+        topo::make_underlay(&self.underlay_ns(), topo::host_ip(underlay), underlay.prefix_len())?;
+        let registry = match &opts.registry {
+            LabRegistry::File => LabRegistry::File,
+            LabRegistry::Kube { kubeconfig } => {
+                let kubeconfig = kube::absolute(kubeconfig)?;
+                progress(&format!(
+                    "waiting for the API server of {} (it listens inside namespace {})",
+                    kubeconfig.display(),
+                    self.underlay_ns()
+                ));
+                kube::wait_api(&netns::named(&self.underlay_ns()), &kubeconfig, Duration::from_secs(60))?;
+                LabRegistry::Kube { kubeconfig }
+            }
+        };
         let mut state = LabState {
             name: self.name.clone(),
             underlay,
             mode: opts.mode,
+            registry,
             pods_per_node: opts.pods_per_node,
             nodes: Vec::new(),
             pods: Vec::new(),
@@ -243,20 +286,37 @@ impl Lab {
         topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len())?;
         let dir = self.node_dir(&name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
-        let pid = self.spawn_agent(&name, &netns)?;
+        if let LabRegistry::Kube { kubeconfig } = &state.registry {
+            // The controller-manager's job: one /24 per node, by index.
+            let cidr = Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, (index - 1) as u8, 0), 24)
+                .map_err(|e| LabError::Invalid(e.to_string()))?;
+            kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &name, cidr)?;
+        }
+        let pid = self.spawn_agent(&state.registry, &name, &netns)?;
         Ok(NodeState { name, netns, index, underlay_ip, pid })
     }
 
-    fn spawn_agent(&self, node: &str, netns: &str) -> Result<u32, LabError> {
+    fn spawn_agent(&self, registry: &LabRegistry, node: &str, netns: &str) -> Result<u32, LabError> {
         let dir = self.node_dir(node);
-        let args: Vec<String> = vec![
-            "daemon".into(),
-            "--node-name".into(),
-            node.into(),
-            "--registry".into(),
-            "file".into(),
-            "--registry-dir".into(),
-            self.registry_dir().display().to_string(),
+        let mut args: Vec<String> = vec!["daemon".into(), "--node-name".into(), node.into()];
+        match registry {
+            LabRegistry::File => args.extend([
+                "--registry".into(),
+                "file".into(),
+                "--registry-dir".into(),
+                self.registry_dir().display().to_string(),
+            ]),
+            LabRegistry::Kube { kubeconfig } => args.extend([
+                "--registry".into(),
+                "kube".into(),
+                "--kubeconfig".into(),
+                kubeconfig.display().to_string(),
+                // Marks the process as this lab's, for `down` (see topo::agent_alive).
+                "--registry-dir".into(),
+                self.registry_dir().display().to_string(),
+            ]),
+        }
+        args.extend([
             "--underlay-iface".into(),
             "eth0".into(),
             "--backend".into(),
@@ -269,7 +329,7 @@ impl Lab {
             "5s".into(),
             "--probe-interval".into(),
             "1s".into(),
-        ];
+        ]);
         topo::spawn_in(netns, &self.felt, &args, &self.log_path(node))
     }
 
@@ -317,7 +377,7 @@ impl Lab {
 
     /// The kernel ops still missing on each node for every peer the registry holds.
     pub fn pending_ops(&self, state: &LabState) -> Result<BTreeMap<String, usize>, LabError> {
-        let records = self.records()?;
+        let records = self.records_of(&state.registry)?;
         let mut out = BTreeMap::new();
         for node in &state.nodes {
             let peers: Vec<Peer> = records
@@ -373,7 +433,7 @@ impl Lab {
     /// Everything `lab status --json` prints.
     pub fn status(&self) -> Result<serde_json::Value, LabError> {
         let state = self.loaded()?;
-        let records = self.records()?;
+        let records = self.records_of(&state.registry)?;
         let nodes: Vec<serde_json::Value> = state
             .nodes
             .iter()
@@ -460,7 +520,7 @@ impl Lab {
         state.nodes.push(node.clone());
         self.save(&state)?;
         self.wait_leases(&state, Duration::from_secs(30))?;
-        let published = self.wait_record(&node.name, Duration::from_secs(30))?;
+        let published = self.wait_record(&state.registry, &node.name, Duration::from_secs(30))?;
         let programmed = watch::wait_all(watches, watch::RouteChange::Added, Duration::from_secs(30))
             .ok_or_else(|| LabError::Timeout(format!("a node did not program {}", node.name)))?;
         self.wait_programmed(&state, Duration::from_secs(30))?;
@@ -483,13 +543,23 @@ impl Lab {
             .collect()
     }
 
-    /// When `node`'s record became complete (its file's mtime).
-    fn wait_record(&self, node: &str, timeout: Duration) -> Result<std::time::SystemTime, LabError> {
+    /// When `node`'s record became complete: its file's mtime, or, on
+    /// Kubernetes, when a poll first saw its annotations (later than the
+    /// write by up to one poll).
+    fn wait_record(
+        &self,
+        registry: &LabRegistry,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<std::time::SystemTime, LabError> {
         let path = self.registry_dir().join("nodes").join(format!("{node}.json"));
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(r) = self.records()?.get(node) {
+            if let Some(r) = self.records_of(registry)?.get(node) {
                 if r.backend_data.is_some() && r.pod_cidr_v4().is_some() {
+                    if matches!(registry, LabRegistry::Kube { .. }) {
+                        return Ok(std::time::SystemTime::now());
+                    }
                     let meta = std::fs::metadata(&path).map_err(|e| LabError::io("reading", &path, e))?;
                     return meta.modified().map_err(|e| LabError::io("reading", &path, e));
                 }
@@ -514,14 +584,19 @@ impl Lab {
             .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
         // The agent first, or it would publish its record again.
         kill_agent(n.pid, &self.registry_dir(), false);
-        let reg = FileRegistry::open(&self.registry_dir())
-            .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
         state.pods.retain(|p| p.node != node);
         state.nodes.retain(|x| x.name != node);
         self.save(&state)?;
         let watches = self.route_watches(&state)?;
         let removed_at = std::time::SystemTime::now();
-        reg.remove(node).map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
+        match &state.registry {
+            LabRegistry::File => FileRegistry::open(&self.registry_dir())
+                .and_then(|reg| reg.remove(node))
+                .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?,
+            LabRegistry::Kube { kubeconfig } => {
+                kube::delete_node(&netns::named(&self.underlay_ns()), kubeconfig, node)?
+            }
+        }
         let dropped = watch::wait_all(watches, watch::RouteChange::Removed, Duration::from_secs(30))
             .ok_or_else(|| LabError::Timeout(format!("a node did not drop {node}")))?;
         self.wait_programmed(&state, Duration::from_secs(30))?;
@@ -537,13 +612,14 @@ impl Lab {
     /// Stops a node's agent (SIGKILL when `kill`, else SIGTERM) and starts it again.
     pub fn restart_agent(&self, node: &str, kill: bool) -> Result<u32, LabError> {
         let mut state = self.loaded()?;
+        let registry = state.registry.clone();
         let n = state
             .nodes
             .iter_mut()
             .find(|n| n.name == node)
             .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
         kill_agent(n.pid, &self.registry_dir(), kill);
-        n.pid = self.spawn_agent(&n.name, &n.netns)?;
+        n.pid = self.spawn_agent(&registry, &n.name, &n.netns)?;
         let pid = n.pid;
         self.save(&state)?;
         Ok(pid)

@@ -92,16 +92,23 @@ pub fn underlay_subnet(name: &str) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::from(base), 24).expect("24 is a valid prefix")
 }
 
+/// The lab host's address on the underlay bridge: `.1`. A lab's API server listens there.
+pub fn host_ip(underlay: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(underlay.network()) + 1)
+}
+
 /// Node `i`'s underlay address: `.10 + i`.
 pub fn node_ip(underlay: Ipv4Net, index: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(underlay.network()) + 10 + index)
 }
 
-/// The underlay namespace with its bridge.
-pub fn make_underlay(ns: &str) -> Result<(), LabError> {
+/// The underlay namespace with its bridge, which holds `host` (the lab's
+/// host address, where a lab's API server listens).
+pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", ns, "addr", "add", &format!("{host}/{prefix}"), "dev", "br0"])?;
     ip(&["-n", ns, "link", "set", "br0", "up"])
 }
 

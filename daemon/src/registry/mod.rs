@@ -1,10 +1,19 @@
 //! Registries: where the agent leases its subnet, publishes itself and
-//! learns its peers. Today the file registry; Kubernetes comes next, as
-//! another variant of [`Registry`].
+//! learns its peers. A closed set, so an enum: the file registry (the
+//! embedded default, and the lab's) and Kubernetes.
 
 pub mod file;
+pub mod kube;
 
-use felt_proto::NodeRecord;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use felt_proto::{NetConfig, NodeRecord};
+use ipnet::Ipv4Net;
+use tokio::sync::mpsc;
+
+use self::file::{FileRegistry, FileRegistryError};
+use self::kube::{KubeError, KubeRegistry};
 
 /// One snapshot of the cluster as a registry holds it.
 #[derive(Debug, Default)]
@@ -13,4 +22,166 @@ pub struct Snapshot {
     pub records: Vec<NodeRecord>,
     /// Documents that did not: (document name, why).
     pub malformed: Vec<(String, String)>,
+}
+
+/// Which registry, and where.
+#[derive(Debug, Clone)]
+pub enum RegistryConfig {
+    /// A directory shared by every agent.
+    File {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The Kubernetes API.
+    Kube {
+        /// A kubeconfig; in-cluster config or `KUBECONFIG` when `None`.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+impl RegistryConfig {
+    /// `file` or `kube`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistryConfig::File { .. } => "file",
+            RegistryConfig::Kube { .. } => "kube",
+        }
+    }
+
+    /// Where, for people.
+    pub fn location(&self) -> String {
+        match self {
+            RegistryConfig::File { dir } => dir.display().to_string(),
+            RegistryConfig::Kube { kubeconfig: Some(k) } => k.display().to_string(),
+            RegistryConfig::Kube { kubeconfig: None } => "in-cluster or KUBECONFIG".to_owned(),
+        }
+    }
+}
+
+/// What went wrong with a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The file registry.
+    #[error("file registry")]
+    File(#[from] FileRegistryError),
+    /// The Kubernetes registry.
+    #[error("kubernetes registry")]
+    Kube(#[from] KubeError),
+    /// The lease cannot be had.
+    #[error("leasing a pod subnet for node `{node}`: {why}")]
+    Lease {
+        /// The node.
+        node: String,
+        /// Why.
+        why: String,
+    },
+    /// The node list has not been read yet.
+    #[error("the node list has not been read yet")]
+    NotListed,
+}
+
+/// A connected registry.
+#[derive(Debug, Clone)]
+pub enum Registry {
+    /// The file registry.
+    File(FileRegistry),
+    /// The Kubernetes registry.
+    Kube(Box<KubeRegistry>),
+}
+
+impl Registry {
+    /// Opens or connects.
+    pub async fn open(cfg: &RegistryConfig, node: &str) -> Result<Self, RegistryError> {
+        Ok(match cfg {
+            RegistryConfig::File { dir } => Registry::File(FileRegistry::open(dir)?),
+            RegistryConfig::Kube { kubeconfig } => {
+                Registry::Kube(Box::new(KubeRegistry::connect(kubeconfig.as_deref(), node).await?))
+            }
+        })
+    }
+
+    /// Signals (coalesced) when something felt uses may have changed. Call once.
+    pub fn watch(&self) -> Result<mpsc::Receiver<()>, RegistryError> {
+        Ok(match self {
+            Registry::File(f) => f.watch()?,
+            Registry::Kube(k) => k.watch(),
+        })
+    }
+
+    /// Re-establishes "in sync" after an outage, where the registry needs to ask.
+    pub async fn recheck(&self) {
+        if let Registry::Kube(k) = self {
+            k.recheck().await;
+        }
+    }
+
+    /// Every record, and whether the registry is in sync (a Kubernetes watch
+    /// that is down still yields the last known nodes, not in sync).
+    pub fn snapshot(&self) -> Result<(Snapshot, bool), RegistryError> {
+        match self {
+            Registry::File(f) => Ok((f.list()?, true)),
+            Registry::Kube(k) => k.snapshot().map(|s| (s, k.synced())).ok_or(RegistryError::NotListed),
+        }
+    }
+
+    /// This node's pod subnet.
+    pub async fn lease(&self, node: &str, net: &NetConfig) -> Result<Ipv4Net, RegistryError> {
+        match self {
+            Registry::File(f) => file_lease(f, node, net),
+            Registry::Kube(k) => Ok(k.lease(net.network).await?),
+        }
+    }
+
+    /// The public IP to publish: an operator's overwrite, else the underlay address.
+    pub fn public_ip(&self, underlay: Ipv4Addr) -> Ipv4Addr {
+        match self {
+            Registry::File(_) => underlay,
+            Registry::Kube(k) => k.public_ip_overwrite().unwrap_or(underlay),
+        }
+    }
+
+    /// This node's record as it was last published, if the registry has it.
+    pub fn published(&self, snapshot: &Snapshot, node: &str) -> Option<NodeRecord> {
+        match self {
+            Registry::File(_) => snapshot.records.iter().find(|r| r.name == node).cloned(),
+            Registry::Kube(k) => k.published(),
+        }
+    }
+
+    /// Publishes this node's record; returns whether it wrote.
+    pub async fn publish(&self, record: &NodeRecord) -> Result<bool, RegistryError> {
+        match self {
+            Registry::File(f) => {
+                let mut merged = f.get(&record.name)?.unwrap_or_else(|| NodeRecord::new(&record.name));
+                merged.pod_cidrs = record.pod_cidrs.clone();
+                merged.public_ip = record.public_ip;
+                merged.backend_type = record.backend_type;
+                merged.backend_data = record.backend_data;
+                Ok(f.put(&merged)?)
+            }
+            Registry::Kube(k) => Ok(k.publish(record).await?),
+        }
+    }
+}
+
+/// The file registry's lease: the pod CIDR the node's record already
+/// carries, or a free subnet allocated atomically.
+fn file_lease(registry: &FileRegistry, node: &str, net: &NetConfig) -> Result<Ipv4Net, RegistryError> {
+    let lease_err = |why: String| RegistryError::Lease { node: node.to_owned(), why };
+    if let Some(cidr) = registry.get(node)?.and_then(|r| r.pod_cidr_v4()) {
+        felt_ipam::subnets::validate_pod_cidr(cidr, net.network).map_err(|e| lease_err(e.to_string()))?;
+        registry.leases().claim(cidr, node).map_err(|e| lease_err(e.to_string()))?;
+        return Ok(cidr);
+    }
+    let others: Vec<Ipv4Net> = registry
+        .list()?
+        .records
+        .iter()
+        .filter(|r| r.name != node)
+        .filter_map(NodeRecord::pod_cidr_v4)
+        .collect();
+    registry
+        .leases()
+        .allocate(net.network, net.subnet_len, node, &others)
+        .map_err(|e| lease_err(e.to_string()))
 }

@@ -1,0 +1,98 @@
+//! The lab on a Kubernetes API server: Node objects instead of files.
+//!
+//! The API server must be reachable from the lab's namespaces: it listens
+//! inside the underlay namespace `<lab>-ul`, where the bridge holds the
+//! lab's host address (`.1` of the underlay /24). Every call here runs
+//! inside that namespace, as the agents' calls do.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use felt_proto::NodeRecord;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+
+use super::LabError;
+use crate::netns;
+use crate::registry::kube::{client, record_from_node};
+
+fn in_ns<T, F, Fut>(ns: &Path, kubeconfig: &Path, job: F) -> Result<T, LabError>
+where
+    T: Send + 'static,
+    F: FnOnce(Api<Node>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let kubeconfig = kubeconfig.to_owned();
+    netns::block_on_in(ns, move || async move {
+        let c = client(Some(&kubeconfig)).await.map_err(|e| crate::util::error_chain(&e))?;
+        job(Api::all(c)).await
+    })
+    .map_err(|e| LabError::io("entering", ns, e))?
+    .map_err(LabError::Invalid)
+}
+
+/// Waits until the API server answers from inside the lab.
+pub fn wait_api(ns: &Path, kubeconfig: &Path, timeout: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = in_ns(ns, kubeconfig, |api| async move {
+            api.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
+        });
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(LabError::Timeout(format!(
+                    "the API server in {} did not answer: {e}",
+                    kubeconfig.display()
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Creates a Node with its pod CIDR set, as the controller-manager does
+/// with `--allocate-node-cidrs`.
+pub fn create_node(ns: &Path, kubeconfig: &Path, name: &str, pod_cidr: Ipv4Net) -> Result<(), LabError> {
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"felt.network/lab": "true"}},
+        "spec": {"podCIDR": pod_cidr.to_string(), "podCIDRs": [pod_cidr.to_string()]},
+    }))
+    .map_err(|e| LabError::Invalid(e.to_string()))?;
+    let name = name.to_owned();
+    in_ns(ns, kubeconfig, move |api| async move {
+        api.create(&PostParams::default(), &node)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("creating node {name}: {e}"))
+    })
+}
+
+/// Deletes a Node; a missing one is fine.
+pub fn delete_node(ns: &Path, kubeconfig: &Path, name: &str) -> Result<(), LabError> {
+    let name = name.to_owned();
+    in_ns(ns, kubeconfig, move |api| async move {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(format!("deleting node {name}: {e}")),
+        }
+    })
+}
+
+/// Every Node that reduces to a valid record, by name.
+pub fn records(ns: &Path, kubeconfig: &Path) -> Result<BTreeMap<String, NodeRecord>, LabError> {
+    in_ns(ns, kubeconfig, |api| async move {
+        let list = api.list(&ListParams::default()).await.map_err(|e| format!("listing nodes: {e}"))?;
+        Ok(list.items.iter().filter_map(|n| record_from_node(n).ok()).map(|r| (r.name.clone(), r)).collect())
+    })
+}
+
+/// The kubeconfig path as the agents will read it.
+pub fn absolute(kubeconfig: &Path) -> Result<PathBuf, LabError> {
+    std::fs::canonicalize(kubeconfig).map_err(|e| LabError::io("reading", kubeconfig, e))
+}

@@ -1,0 +1,426 @@
+//! The Kubernetes registry: Nodes are the registry.
+//!
+//! - **lease**: this node's `spec.podCIDRs` (or `spec.podCIDR`), set by the
+//!   controller-manager; until then the agent waits and says so.
+//! - **publish**: a JSON merge patch of this node's `felt.network/`
+//!   annotations (`backend-type`, `backend-data`, `public-ip`), sent only
+//!   when they differ, honouring an operator's `public-ip-overwrite`; then
+//!   `NetworkUnavailable=False` (reason `FeltIsUp`) on `nodes/status`.
+//! - **watch**: one kube-runtime reflector on all Nodes. Every event is
+//!   reduced to what felt uses (pod CIDRs and felt's annotations): only a
+//!   change there — or the end of a relist, which is a full resync — wakes
+//!   the agent, so status heartbeats cause no work at all.
+//! - **outage**: the watcher backs off and relists; the store keeps the last
+//!   state meanwhile, and [`KubeRegistry::synced`] is false until a relist
+//!   completes.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use felt_proto::{BackendData, BackendType, NodeRecord};
+use futures::StreamExt;
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Config};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::Snapshot;
+
+/// The annotation prefix felt owns.
+pub const PREFIX: &str = "felt.network/";
+/// `felt.network/backend-type`.
+pub const BACKEND_TYPE: &str = "felt.network/backend-type";
+/// `felt.network/backend-data`: `{"vni":1,"vtepMAC":"…"}`.
+pub const BACKEND_DATA: &str = "felt.network/backend-data";
+/// `felt.network/public-ip`.
+pub const PUBLIC_IP: &str = "felt.network/public-ip";
+/// `felt.network/public-ip-overwrite`, set by an operator.
+pub const PUBLIC_IP_OVERWRITE: &str = "felt.network/public-ip-overwrite";
+
+/// What went wrong with the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig could not be read.
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        /// Where.
+        path: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No in-cluster config and no KUBECONFIG.
+    #[error("finding the API server (in-cluster service account or KUBECONFIG)")]
+    Infer(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// An API call failed.
+    #[error("{what}")]
+    Api {
+        /// What was asked.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The node has no pod CIDR yet.
+    #[error("node `{0}` has no spec.podCIDRs yet; waiting for the controller-manager to assign one")]
+    NoPodCidr(String),
+    /// The node's pod CIDR is unusable.
+    #[error("node `{node}`: {why}")]
+    BadPodCidr {
+        /// The node.
+        node: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Reduces a Node to the record felt uses, or says why it cannot. An
+/// operator's `public-ip-overwrite` takes the place of `public-ip`.
+pub fn record_from_node(node: &Node) -> Result<NodeRecord, String> {
+    record_from_node_with(node, true)
+}
+
+fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Result<NodeRecord, String> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let mut record = NodeRecord::new(&name);
+    let spec = node.spec.as_ref();
+    let cidrs: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|c| !c.is_empty()) {
+        Some(c) => c,
+        None => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
+    };
+    for c in cidrs {
+        record.pod_cidrs.push(c.parse::<IpNet>().map_err(|_| format!("spec.podCIDRs: `{c}` is not a CIDR"))?);
+    }
+    let empty = BTreeMap::new();
+    let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
+    if let Some(t) = ann.get(BACKEND_TYPE) {
+        record.backend_type = Some(match t.as_str() {
+            "vxlan" => BackendType::Vxlan,
+            other => return Err(format!("{BACKEND_TYPE}: unknown backend `{other}`")),
+        });
+    }
+    if let Some(d) = ann.get(BACKEND_DATA) {
+        record.backend_data = Some(
+            serde_json::from_str::<BackendData>(d).map_err(|e| format!("{BACKEND_DATA}: {e} in `{d}`"))?,
+        );
+    }
+    let ip = |key: &str| -> Result<Option<Ipv4Addr>, String> {
+        ann.get(key)
+            .map(|v| v.parse::<Ipv4Addr>().map_err(|_| format!("{key}: `{v}` is not an IPv4 address")))
+            .transpose()
+    };
+    let overwrite = if honour_overwrite { ip(PUBLIC_IP_OVERWRITE)? } else { None };
+    record.public_ip = overwrite.or(ip(PUBLIC_IP)?);
+    record.validate().map_err(|e| e.to_string())?;
+    Ok(record)
+}
+
+/// A client from `kubeconfig`, or from the in-cluster service account or
+/// `KUBECONFIG` when `None`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| KubeError::Kubeconfig {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| {
+                KubeError::Kubeconfig { path: path.display().to_string(), source: Box::new(e) }
+            })?
+        }
+        None => Config::infer().await.map_err(|e| KubeError::Infer(Box::new(e)))?,
+    };
+    // The client's own retries would hide an outage from the watcher (and so
+    // from readiness); the watcher and the agent back off and retry themselves.
+    config.default_retry = false;
+    Client::try_from(config).map_err(|source| KubeError::Api { what: "building the client".into(), source })
+}
+
+/// The Kubernetes registry.
+#[derive(Clone)]
+pub struct KubeRegistry {
+    api: Api<Node>,
+    node: String,
+    store: Store<Node>,
+    writer: Arc<Mutex<Option<reflector::store::Writer<Node>>>>,
+    synced: Arc<AtomicBool>,
+    listed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for KubeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeRegistry").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+impl KubeRegistry {
+    /// Connects with `kubeconfig`, or in-cluster / `KUBECONFIG` when `None`.
+    pub async fn connect(kubeconfig: Option<&Path>, node: &str) -> Result<Self, KubeError> {
+        let client = client(kubeconfig).await?;
+        let (store, writer) = reflector::store();
+        Ok(KubeRegistry {
+            api: Api::all(client),
+            node: node.to_owned(),
+            store,
+            writer: Arc::new(Mutex::new(Some(writer))),
+            synced: Arc::new(AtomicBool::new(false)),
+            listed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// True when the last relist completed and the watch has not failed since.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    /// Starts the reflector; signals (coalesced) when something felt uses
+    /// changed, and at the end of every relist. Call once.
+    pub fn watch(&self) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel(1);
+        let writer =
+            self.writer.lock().unwrap_or_else(|p| p.into_inner()).take().expect("watch is called once");
+        let stream = reflector::reflector(
+            writer,
+            watcher(self.api.clone(), watcher::Config::default().any_semantic()),
+        )
+        .default_backoff();
+        let (synced, listed) = (self.synced.clone(), self.listed.clone());
+        tokio::spawn(async move {
+            let mut seen: BTreeMap<String, Result<NodeRecord, String>> = BTreeMap::new();
+            let mut relist: Option<BTreeMap<String, Result<NodeRecord, String>>> = None;
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                let wake = match event {
+                    Ok(watcher::Event::Init) => {
+                        relist = Some(BTreeMap::new());
+                        false
+                    }
+                    Ok(watcher::Event::InitApply(n)) => {
+                        if let Some(r) = relist.as_mut() {
+                            r.insert(n.metadata.name.clone().unwrap_or_default(), record_from_node(&n));
+                        }
+                        false
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        seen = relist.take().unwrap_or_default();
+                        listed.store(true, Ordering::Relaxed);
+                        if !synced.swap(true, Ordering::Relaxed) {
+                            info!(nodes = seen.len(), "node list synced");
+                        }
+                        true
+                    }
+                    Ok(watcher::Event::Apply(n)) => {
+                        let name = n.metadata.name.clone().unwrap_or_default();
+                        let rec = record_from_node(&n);
+                        seen.insert(name, rec.clone()).as_ref() != Some(&rec)
+                    }
+                    Ok(watcher::Event::Delete(n)) => {
+                        seen.remove(&n.metadata.name.clone().unwrap_or_default()).is_some()
+                    }
+                    // 410 Gone: history moved on; the watcher lists again. Routine, and the store stays whole.
+                    Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                        info!(reason = %status.message, "node watch expired; listing again");
+                        false
+                    }
+                    Err(e) => {
+                        if synced.swap(false, Ordering::Relaxed) {
+                            warn!(error = %crate::util::error_chain(&e), "lost the node watch; keeping the last known nodes and retrying");
+                        }
+                        true
+                    }
+                };
+                if wake && tx.try_send(()).is_err() && tx.is_closed() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    /// After the watch failed, asks the API server whether it is back (a GET
+    /// of this node); if so the registry is in sync again. The watcher
+    /// resumes from its last resourceVersion on its own, so nothing is lost,
+    /// but it reports no event for that, and a quiet cluster would otherwise
+    /// stay "not synced" forever.
+    pub async fn recheck(&self) {
+        if self.synced() || !self.listed.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.api.get(&self.node).await.is_ok() && !self.synced.swap(true, Ordering::Relaxed) {
+            info!("the API server answers again; node watch resumed");
+        }
+    }
+
+    /// Every node in the store. `None` until the first list completed.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        if !self.listed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut snap = Snapshot::default();
+        for n in self.store.state() {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            match record_from_node(&n) {
+                Ok(r) => snap.records.push(r),
+                Err(why) => snap.malformed.push((format!("node/{name}"), why)),
+            }
+        }
+        snap.records.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(snap)
+    }
+
+    async fn own(&self) -> Result<Node, KubeError> {
+        self.api
+            .get(&self.node)
+            .await
+            .map_err(|source| KubeError::Api { what: format!("reading node `{}`", self.node), source })
+    }
+
+    /// This node's pod CIDR, checked against the cluster network.
+    pub async fn lease(&self, network: Ipv4Net) -> Result<Ipv4Net, KubeError> {
+        let node = self.own().await?;
+        let record =
+            record_from_node(&node).map_err(|why| KubeError::BadPodCidr { node: self.node.clone(), why })?;
+        let cidr = record.pod_cidr_v4().ok_or_else(|| KubeError::NoPodCidr(self.node.clone()))?;
+        felt_ipam::subnets::validate_pod_cidr(cidr, network)
+            .map_err(|e| KubeError::BadPodCidr { node: self.node.clone(), why: e.to_string() })?;
+        Ok(cidr)
+    }
+
+    /// This node's record exactly as published (its own `public-ip`, not an
+    /// overwrite), from the store.
+    pub fn published(&self) -> Option<NodeRecord> {
+        let node = self.store.get(&reflector::ObjectRef::new(&self.node))?;
+        record_from_node_with(&node, false).ok()
+    }
+
+    /// The operator's `public-ip-overwrite` on this node, if valid.
+    pub fn public_ip_overwrite(&self) -> Option<Ipv4Addr> {
+        let key = reflector::ObjectRef::new(&self.node);
+        let node = self.store.get(&key)?;
+        node.metadata.annotations.as_ref()?.get(PUBLIC_IP_OVERWRITE)?.parse().ok()
+    }
+
+    /// Patches this node's annotations to `record`'s, and sets
+    /// `NetworkUnavailable=False`; each only when it differs. Returns whether it wrote.
+    pub async fn publish(&self, record: &NodeRecord) -> Result<bool, KubeError> {
+        let node = self.own().await?;
+        let empty = BTreeMap::new();
+        let have = node.metadata.annotations.as_ref().unwrap_or(&empty);
+        let mut want = BTreeMap::new();
+        if let Some(t) = record.backend_type {
+            want.insert(BACKEND_TYPE, t.to_string());
+        }
+        if let Some(d) = record.backend_data {
+            want.insert(BACKEND_DATA, serde_json::to_string(&d).expect("backend data serialises"));
+        }
+        if let Some(ip) = record.public_ip {
+            want.insert(PUBLIC_IP, ip.to_string());
+        }
+        let mut wrote = false;
+        if want.iter().any(|(k, v)| have.get(*k) != Some(v)) {
+            let patch = json!({"metadata": {"annotations": want}});
+            self.api.patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(
+                |source| KubeError::Api { what: format!("annotating node `{}`", self.node), source },
+            )?;
+            wrote = true;
+        }
+        let up = node.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "NetworkUnavailable"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("FeltIsUp")
+            })
+        });
+        if !up {
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            let patch = json!({"status": {"conditions": [{
+                "type": "NetworkUnavailable", "status": "False", "reason": "FeltIsUp",
+                "message": "felt is running on this node", "lastTransitionTime": now, "lastHeartbeatTime": now,
+            }]}});
+            self.api
+                .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .map_err(|source| KubeError::Api {
+                    what: format!("setting NetworkUnavailable=False on `{}`", self.node),
+                    source,
+                })?;
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn node(ann: &[(&str, &str)], cidrs: Option<Vec<&str>>, cidr: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n2".into()),
+                annotations: Some(ann.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidrs: cidrs.map(|c| c.into_iter().map(str::to_owned).collect()),
+                pod_cidr: cidr.map(str::to_owned),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    const DATA: &str = r#"{"vni":1,"vtepMAC":"02:00:00:00:00:02"}"#;
+
+    #[test]
+    fn full_node_becomes_a_record() {
+        let n = node(
+            &[(BACKEND_TYPE, "vxlan"), (BACKEND_DATA, DATA), (PUBLIC_IP, "198.18.7.12")],
+            Some(vec!["10.244.2.0/24"]),
+            None,
+        );
+        let r = record_from_node(&n).unwrap();
+        assert_eq!(r.pod_cidr_v4(), Some("10.244.2.0/24".parse().unwrap()));
+        assert_eq!(r.public_ip, Some("198.18.7.12".parse().unwrap()));
+        assert_eq!(r.backend_data.unwrap().vni, 1);
+    }
+
+    #[test]
+    fn pod_cidr_falls_back_and_overwrite_wins() {
+        let n = node(
+            &[(PUBLIC_IP, "198.18.7.12"), (PUBLIC_IP_OVERWRITE, "198.18.9.9")],
+            None,
+            Some("10.244.3.0/24"),
+        );
+        let r = record_from_node(&n).unwrap();
+        assert_eq!(r.pod_cidr_v4(), Some("10.244.3.0/24".parse().unwrap()));
+        assert_eq!(r.public_ip, Some("198.18.9.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn malformed_annotations_say_what_is_wrong() {
+        for (ann, want) in [
+            ((BACKEND_DATA, "{not json"), BACKEND_DATA),
+            ((BACKEND_TYPE, "udp"), "unknown backend"),
+            ((PUBLIC_IP, "300.1.1.1"), "not an IPv4"),
+            ((BACKEND_DATA, r#"{"vni":1,"vtepMAC":"01:00:5e:00:00:01"}"#), "unicast"),
+        ] {
+            let err = record_from_node(&node(&[ann], Some(vec!["10.244.2.0/24"]), None)).unwrap_err();
+            assert!(err.contains(want), "{ann:?}: {err}");
+        }
+        let err = record_from_node(&node(&[], Some(vec!["banana"]), None)).unwrap_err();
+        assert!(err.contains("not a CIDR"), "{err}");
+    }
+}
