@@ -152,6 +152,15 @@ enum LabCommand {
         #[arg(long, required_if_eq("registry", "kube"))]
         kubeconfig: Option<PathBuf>,
     },
+    /// Time node changes until every other node programmed them (kube labs):
+    /// prints p50, p90, p99 and max over --changes changes.
+    Propagation {
+        #[command(flatten)]
+        lab: LabName,
+        /// How many changes.
+        #[arg(long, default_value_t = 100)]
+        changes: u32,
+    },
     /// Print the lab's host address (where a Kubernetes API server for
     /// `up --registry kube` listens, inside namespace NAME-ul).
     Address {
@@ -283,7 +292,9 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     cfg.device = args.device;
     cfg.debug_addr = args.debug_addr.0;
     cfg.probe_interval = args.probe_interval;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One thread is plenty for the agent's work and keeps its memory small
+    // (every extra thread brings a malloc arena).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(agent::run(cfg)).map_err(|e| anyhow::anyhow!(felt::util::error_chain(&e)))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -323,6 +334,23 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 state.nodes.len(),
                 state.pods.len(),
                 state.name
+            );
+        }
+        LabCommand::Propagation { lab, changes } => {
+            let mut samples =
+                open_lab(&lab)?.bench_propagation(changes, &mut |l| eprintln!("felt lab: {l}"))?;
+            samples.sort();
+            let pct = |p: f64| {
+                let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
+                samples[i].as_secs_f64() * 1e3
+            };
+            println!(
+                "{} changes: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                samples.len(),
+                pct(0.5),
+                pct(0.9),
+                pct(0.99),
+                pct(1.0)
             );
         }
         LabCommand::Address { lab } => {

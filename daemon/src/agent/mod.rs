@@ -168,25 +168,36 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = shutdown;
     let mut cause = "start";
+    // A netlink change is repaired after REPAIR_DELAY: our own writes echo
+    // back, and a person at a shell may not be done. The hold-off is a
+    // deadline, not a sleep, so registry changes never wait behind it.
     loop {
         agent.shared.metrics.wakeups.get_or_create(&CauseLabel { cause }).inc();
         agent.reconcile().await;
         agent.shared.beat();
-        cause = tokio::select! {
-            _ = registry_events.recv() => "registry",
-            _ = netlink_events.recv() => {
-                // Our own writes echo back, and a person at a shell may not be
-                // done: let the burst settle into one pass.
-                tokio::time::sleep(REPAIR_DELAY).await;
-                while netlink_events.try_recv().is_ok() {}
-                "netlink"
+        // Every pass is a full one, so no repair is pending after it.
+        let mut repair_at: Option<tokio::time::Instant> = None;
+        cause = loop {
+            let repair = async {
+                match repair_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = registry_events.recv() => break "registry",
+                _ = netlink_events.recv() => {
+                    repair_at.get_or_insert_with(|| tokio::time::Instant::now() + REPAIR_DELAY);
+                }
+                _ = repair => break "netlink",
+                _ = resync.tick() => break "timer",
+                _ = shutdown.changed() => {
+                    info!("shutting down; the data plane stays as it is");
+                    return Ok(());
+                }
             }
-            _ = resync.tick() => "timer",
-            _ = shutdown.changed() => break,
         };
     }
-    info!("shutting down; the data plane stays as it is");
-    Ok(())
 }
 
 fn config_view(cfg: &AgentConfig) -> ConfigView {

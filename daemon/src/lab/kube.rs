@@ -96,3 +96,23 @@ pub fn records(ns: &Path, kubeconfig: &Path) -> Result<BTreeMap<String, NodeReco
 pub fn absolute(kubeconfig: &Path) -> Result<PathBuf, LabError> {
     std::fs::canonicalize(kubeconfig).map_err(|e| LabError::io("reading", kubeconfig, e))
 }
+
+/// Sets (or with `None` removes) one annotation on a node. Returns when the
+/// request was sent, stamped just before it left.
+pub fn annotate(
+    ns: &Path,
+    kubeconfig: &Path,
+    node: &str,
+    key: &str,
+    value: Option<String>,
+) -> Result<std::time::SystemTime, LabError> {
+    let (node, key) = (node.to_owned(), key.to_owned());
+    in_ns(ns, kubeconfig, move |api| async move {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        let sent = std::time::SystemTime::now();
+        api.patch(&node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .map(|_| sent)
+            .map_err(|e| format!("annotating {node}: {e}"))
+    })
+}

@@ -625,6 +625,70 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Changes a node's `public-ip-overwrite` `changes` times (round robin over
+    /// the nodes, alternating between two unused underlay addresses) and
+    /// times each from the API request to the moment the last other node's
+    /// kernel held the new FDB entry. Needs a kube lab. Traffic to the
+    /// changed node stops while its overwrite points nowhere; the overwrite
+    /// is removed at the end.
+    pub fn bench_propagation(
+        &self,
+        changes: u32,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Vec<Duration>, LabError> {
+        let state = self.loaded()?;
+        let LabRegistry::Kube { kubeconfig } = &state.registry else {
+            return Err(LabError::Invalid(
+                "propagation is measured on a kube lab (felt lab up --registry kube)".into(),
+            ));
+        };
+        if state.nodes.len() < 2 {
+            return Err(LabError::Invalid("need at least two nodes".into()));
+        }
+        let ul = netns::named(&self.underlay_ns());
+        const KEY: &str = "felt.network/public-ip-overwrite";
+        let mut samples = Vec::new();
+        for i in 0..changes {
+            let target = &state.nodes[i as usize % state.nodes.len()];
+            let offset = 200 + (i / state.nodes.len() as u32 % 2) * 20 + target.index;
+            let new_ip = Ipv4Addr::from(u32::from(state.underlay.network()) + offset);
+            let watches: Vec<watch::RouteWatch> = state
+                .nodes
+                .iter()
+                .filter(|n| n.name != target.name)
+                .map(|n| {
+                    watch::RouteWatch::open_fdb(&netns::named(&n.netns))
+                        .map_err(|e| LabError::io("watching", &ul, e))
+                })
+                .collect::<Result<_, _>>()?;
+            let sent = kube::annotate(&ul, kubeconfig, &target.name, KEY, Some(new_ip.to_string()))?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let waiters: Vec<_> = watches
+                .into_iter()
+                .map(|w| std::thread::spawn(move || w.wait_fdb(new_ip, deadline)))
+                .collect();
+            let mut last = sent;
+            for w in waiters {
+                let at = w.join().ok().flatten().ok_or_else(|| {
+                    LabError::Timeout(format!(
+                        "change {i}: a node did not program {new_ip} for {}",
+                        target.name
+                    ))
+                })?;
+                last = last.max(at);
+            }
+            samples.push(last.duration_since(sent).unwrap_or_default());
+            if (i + 1) % 20 == 0 {
+                progress(&format!("{} changes", i + 1));
+            }
+        }
+        for n in &state.nodes {
+            kube::annotate(&ul, kubeconfig, &n.name, KEY, None)?;
+        }
+        self.wait_programmed(&state, Duration::from_secs(30))?;
+        Ok(samples)
+    }
+
     /// Removes everything of this lab. Returns what it removed.
     pub fn down(&self) -> Result<Vec<String>, LabError> {
         let mut removed = Vec::new();
