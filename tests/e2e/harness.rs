@@ -153,6 +153,19 @@ impl TestLab {
         serde_json::from_str(&self.felt(&["lab", "status", "--json"])).expect("status --json is JSON")
     }
 
+    /// The address of the first pod on `node`.
+    pub fn first_pod_ip(&self, node: &str) -> std::net::Ipv4Addr {
+        let status = self.status();
+        let pod = status["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == node)
+            .expect("a pod on the node")
+            .clone();
+        pod["ip"].as_str().unwrap().parse().unwrap()
+    }
+
     /// A node's agent log.
     pub fn log(&self, node: &str) -> String {
         std::fs::read_to_string(self.state.path().join(&self.name).join(node).join("agent.log"))

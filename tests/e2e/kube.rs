@@ -149,13 +149,7 @@ fn api_outage_keeps_traffic_and_recovers() {
     }
     let (lab, api) = kube_lab(2, 1);
     assert!(wait_until(Duration::from_secs(5), || readyz(&lab, "n1") == 200).is_some());
-    let status = lab.status();
-    let target: std::net::Ipv4Addr =
-        status["pods"].as_array().unwrap().iter().find(|p| p["node"] == "n1").unwrap()["ip"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+    let target = lab.first_pod_ip("n1");
     let src = netns::named(&format!("{}-n2-p1", lab.name));
     let writes_before = counter_sum(&lab, "n1", "felt_dataplane_ops_total")
         + counter_sum(&lab, "n2", "felt_dataplane_ops_total");

@@ -155,13 +155,7 @@ fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
         return;
     }
     let lab = TestLab::up(2, 1);
-    let status = lab.status();
-    let target: std::net::Ipv4Addr =
-        status["pods"].as_array().unwrap().iter().find(|p| p["node"] == "n1").unwrap()["ip"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+    let target = lab.first_pod_ip("n1");
     let src = netns::named(&format!("{}-n2-p1", lab.name));
     let n1 = lab.node_ns("n1");
     let routes = monitor(&n1, "ip", &["route", "neigh"]);
