@@ -15,6 +15,7 @@
 pub mod kernel;
 mod model;
 mod plan;
+pub mod userspace;
 
 pub use model::{FdbEntry, Neighbour, Peer, Route};
 pub use plan::{Desired, Observed, ObservedRoute, Op, desired, plan};

@@ -1,0 +1,261 @@
+//! The encap/decap core and its peer table.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use felt_proto::MacAddr;
+use ipnet::Ipv4Net;
+
+use super::wire::{ETHERNET_LEN, ETHERTYPE_IPV4, EthernetRepr, FLAG_I, VXLAN_LEN, VxlanPacket, VxlanRepr};
+use crate::Peer;
+
+/// Bytes in front of the inner IP packet: VXLAN header and inner Ethernet.
+pub const HEADROOM: usize = VXLAN_LEN + ETHERNET_LEN;
+
+/// Why a packet was dropped. Every drop is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A datagram from an underlay address that is no peer's.
+    UnknownPeer,
+    /// Another VNI.
+    BadVni,
+    /// The I flag is not set.
+    BadFlags,
+    /// Too short for VXLAN + Ethernet + IPv4 headers.
+    ShortFrame,
+    /// The inner destination MAC is not ours.
+    WrongInnerMac,
+    /// The inner frame is not a well-formed IPv4 packet.
+    BadInnerPacket,
+    /// The inner source address is outside the sending peer's pod CIDR.
+    SpoofedSource,
+    /// No peer's pod CIDR holds the destination.
+    NoRoute,
+    /// The encapsulated frame does not fit the output buffer.
+    TooBig,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 9] = [
+        DropReason::UnknownPeer,
+        DropReason::BadVni,
+        DropReason::BadFlags,
+        DropReason::ShortFrame,
+        DropReason::WrongInnerMac,
+        DropReason::BadInnerPacket,
+        DropReason::SpoofedSource,
+        DropReason::NoRoute,
+        DropReason::TooBig,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::BadVni => "bad_vni",
+            DropReason::BadFlags => "bad_flags",
+            DropReason::ShortFrame => "short_frame",
+            DropReason::WrongInnerMac => "wrong_inner_mac",
+            DropReason::BadInnerPacket => "bad_inner_packet",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NoRoute => "no_route",
+            DropReason::TooBig => "too_big",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).expect("every reason is in ALL")
+    }
+}
+
+/// Packets, bytes and drops, each way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames encapsulated for the underlay.
+    pub tx_packets: u64,
+    /// Bytes of those frames (VXLAN payloads).
+    pub tx_bytes: u64,
+    /// Packets decapsulated for the TUN.
+    pub rx_packets: u64,
+    /// Bytes of those packets.
+    pub rx_bytes: u64,
+    /// Drops, indexed like [`DropReason::ALL`].
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl Counters {
+    /// Drops for one reason.
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r.index()]
+    }
+}
+
+/// The engine's own identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// VNI.
+    pub vni: u32,
+    /// Our VTEP MAC.
+    pub mac: MacAddr,
+    /// The peers' UDP port.
+    pub port: u16,
+}
+
+/// What to do with a packet from the TUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    /// Send `out[..len]` as one UDP datagram to `to`.
+    Send {
+        /// Bytes written to the output buffer.
+        len: usize,
+        /// The peer's underlay address and port.
+        to: SocketAddrV4,
+    },
+    /// Drop it.
+    Drop(DropReason),
+}
+
+/// What to do with a datagram from the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decap<'a> {
+    /// Write this inner IPv4 packet to the TUN.
+    Deliver(&'a [u8]),
+    /// Drop it.
+    Drop(DropReason),
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    peer: usize,
+}
+
+/// The VXLAN engine of one node.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    cfg: EngineConfig,
+    peers: Vec<Peer>,
+    /// Longest-prefix match: one exact-match table per prefix length, longest first.
+    by_prefix: Vec<(u8, HashMap<u32, Route>)>,
+    by_underlay: HashMap<Ipv4Addr, usize>,
+    counters: Counters,
+}
+
+/// The destination of an IPv4 packet, if it is well formed enough to route.
+fn ipv4_dst(ip: &[u8]) -> Option<Ipv4Addr> {
+    valid_ipv4_len(ip).map(|_| Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]))
+}
+
+/// The total length of a well-formed IPv4 packet at the start of `ip`.
+fn valid_ipv4_len(ip: &[u8]) -> Option<usize> {
+    if ip.len() < 20 || ip[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    (ihl >= 20 && total >= ihl && total <= ip.len()).then_some(total)
+}
+
+impl Engine {
+    /// An engine with no peers.
+    pub fn new(cfg: EngineConfig) -> Self {
+        Engine {
+            cfg,
+            peers: Vec::new(),
+            by_prefix: Vec::new(),
+            by_underlay: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Replaces the peer table.
+    pub fn set_peers(&mut self, peers: &[Peer]) {
+        self.peers = peers.to_vec();
+        let mut tables: HashMap<u8, HashMap<u32, Route>> = HashMap::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            tables
+                .entry(p.pod_cidr.prefix_len())
+                .or_default()
+                .insert(u32::from(p.pod_cidr.network()), Route { peer: i });
+        }
+        self.by_prefix = tables.into_iter().collect();
+        self.by_prefix.sort_by_key(|t| std::cmp::Reverse(t.0));
+        self.by_underlay = self.peers.iter().enumerate().map(|(i, p)| (p.underlay_ip, i)).collect();
+    }
+
+    /// The peers.
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The peer whose pod CIDR holds `dst` (longest prefix wins).
+    pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Peer> {
+        let d = u32::from(dst);
+        self.by_prefix.iter().find_map(|(len, table)| {
+            let net = Ipv4Net::new(dst, *len).map(|n| u32::from(n.network())).unwrap_or(d);
+            table.get(&net).map(|r| &self.peers[r.peer])
+        })
+    }
+
+    fn drop(&mut self, r: DropReason) -> DropReason {
+        self.counters.drops[r.index()] += 1;
+        r
+    }
+
+    /// Encapsulates an IPv4 packet read from the TUN into `out`.
+    pub fn encap(&mut self, ip: &[u8], out: &mut [u8]) -> Encap {
+        let Some(dst) = ipv4_dst(ip) else { return Encap::Drop(self.drop(DropReason::BadInnerPacket)) };
+        let Some(peer) = self.lookup(dst) else { return Encap::Drop(self.drop(DropReason::NoRoute)) };
+        let (peer_mac, to) = (peer.vtep_mac, SocketAddrV4::new(peer.underlay_ip, self.cfg.port));
+        let len = HEADROOM + ip.len();
+        if out.len() < len {
+            return Encap::Drop(self.drop(DropReason::TooBig));
+        }
+        VxlanRepr { vni: self.cfg.vni }.emit(&mut out[..VXLAN_LEN]);
+        EthernetRepr { dst: peer_mac, src: self.cfg.mac, ethertype: ETHERTYPE_IPV4 }
+            .emit(&mut out[VXLAN_LEN..HEADROOM]);
+        out[HEADROOM..len].copy_from_slice(ip);
+        self.counters.tx_packets += 1;
+        self.counters.tx_bytes += len as u64;
+        Encap::Send { len, to }
+    }
+
+    /// Checks a datagram from `from` (its underlay source) and returns the
+    /// inner packet to deliver, or why not.
+    pub fn decap<'a>(&mut self, from: Ipv4Addr, datagram: &'a [u8]) -> Decap<'a> {
+        let Some(&peer) = self.by_underlay.get(&from) else {
+            return Decap::Drop(self.drop(DropReason::UnknownPeer));
+        };
+        if datagram.len() < HEADROOM + 20 {
+            return Decap::Drop(self.drop(DropReason::ShortFrame));
+        }
+        let vxlan = VxlanPacket::new_checked(datagram).expect("length checked above");
+        if vxlan.flags() & FLAG_I == 0 {
+            return Decap::Drop(self.drop(DropReason::BadFlags));
+        }
+        if vxlan.vni() != self.cfg.vni {
+            return Decap::Drop(self.drop(DropReason::BadVni));
+        }
+        let eth = EthernetRepr::parse(vxlan.payload()).expect("length checked above");
+        if eth.dst != self.cfg.mac {
+            return Decap::Drop(self.drop(DropReason::WrongInnerMac));
+        }
+        let ip = &datagram[HEADROOM..];
+        let total = match (eth.ethertype, valid_ipv4_len(ip)) {
+            (ETHERTYPE_IPV4, Some(total)) => total,
+            _ => return Decap::Drop(self.drop(DropReason::BadInnerPacket)),
+        };
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        if !self.peers[peer].pod_cidr.contains(&src) {
+            return Decap::Drop(self.drop(DropReason::SpoofedSource));
+        }
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += total as u64;
+        Decap::Deliver(&ip[..total])
+    }
+}

@@ -1,0 +1,16 @@
+//! Userspace mode: felt's own VXLAN engine, for nodes without a VXLAN
+//! kernel device or without privilege. It speaks the same frames as the
+//! kernel's device (and Flannel's), so userspace and kernel nodes mix.
+//!
+//! This module is the sans-IO core: [`Engine::encap`] and
+//! [`Engine::decap`] take bytes and a caller's buffer and say what to write
+//! where, or why a packet is dropped; they never allocate, read a clock or
+//! touch a socket. The TUN device and the UDP socket live at the edge.
+
+mod engine;
+pub mod wire;
+
+pub use engine::{Counters, Decap, DropReason, Encap, Engine, EngineConfig};
+
+#[cfg(test)]
+mod tests;
