@@ -56,6 +56,8 @@ enum RegistryKind {
 enum BackendKind {
     /// The kernel's VXLAN device, programmed over netlink.
     Kernel,
+    /// felt's own VXLAN engine on a TUN device and a UDP socket (same wire format).
+    Userspace,
 }
 
 #[derive(Debug, Args)]
@@ -275,7 +277,6 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if !felt::registry::file::valid_node_name(&args.node_name) {
         bail!("--node-name `{}` is not a valid node name (RFC 1123 subdomain)", args.node_name);
     }
-    let BackendKind::Kernel = args.backend;
     let registry = match args.registry {
         RegistryKind::File => RegistryConfig::File { dir: args.registry_dir },
         RegistryKind::Kube => RegistryConfig::Kube { kubeconfig: args.kubeconfig },
@@ -292,6 +293,10 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     cfg.device = args.device;
     cfg.debug_addr = args.debug_addr.0;
     cfg.probe_interval = args.probe_interval;
+    cfg.backend = match args.backend {
+        BackendKind::Kernel => agent::Backend::Kernel,
+        BackendKind::Userspace => agent::Backend::Userspace,
+    };
     // One thread is plenty for the agent's work and keeps its memory small
     // (every extra thread brings a malloc arena).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

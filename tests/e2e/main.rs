@@ -5,6 +5,7 @@
 mod debug;
 mod harness;
 mod kube;
+mod userspace;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -99,7 +99,8 @@ async fn handle(
             // "Programmed equals desired" is checked against the kernel now.
             match live(&shared, &kernel).await {
                 Ok(observed) => {
-                    let diff = plan(&desired(&shared.state().peers), &observed);
+                    let backend = shared.backend();
+                    let diff = plan(&backend.desired(&shared.state().peers), &backend.owned(observed));
                     if !diff.is_empty() && why.is_empty() {
                         why.push(format!(
                             "the data plane differs from the desired state by {} entries (repair pending)",
@@ -117,11 +118,14 @@ async fn handle(
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
             }
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
-        ),
+        "/metrics" => {
+            shared.refresh_engine_metrics();
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                shared.metrics.encode(),
+            )
+        }
         "/debug/state" => json_reply(StatusCode::OK, &state_json(&shared, live(&shared, &kernel).await)),
         p if p.starts_with("/debug/peers/") => {
             let name = &p["/debug/peers/".len()..];
@@ -178,10 +182,12 @@ pub fn state_json(shared: &Shared, observed: Result<Observed, String>) -> Value 
     let st = shared.state().clone();
     let probes = shared.probes().clone();
     let not_ready = shared.not_ready();
+    let backend = shared.backend();
+    let observed = observed.map(|o| backend.owned(o));
     let peer_json = |p: &Peer| {
         let want = desired(std::slice::from_ref(p));
         let programmed = observed.as_ref().ok().map(|o| {
-            let missing = plan(&want, o);
+            let missing = plan(&backend.desired(std::slice::from_ref(p)), o);
             // Only Set ops concern this peer alone, plus removal of extra
             // remotes for its MAC; other peers' entries show up as Del ops.
             let lacks = |f: &dyn Fn(&Op) -> bool| missing.iter().any(f);
@@ -205,7 +211,7 @@ pub fn state_json(shared: &Shared, observed: Result<Observed, String>) -> Value 
             "probe": probes.get(&p.name).cloned().unwrap_or_else(|| super::status::ProbeState { state: "unknown", ..Default::default() }),
         })
     };
-    let diff = observed.as_ref().ok().map(|o| plan(&desired(&st.peers), o));
+    let diff = observed.as_ref().ok().map(|o| plan(&backend.desired(&st.peers), o));
     json!({
         "node": shared.node,
         "ready": not_ready.is_empty(),
@@ -221,5 +227,9 @@ pub fn state_json(shared: &Shared, observed: Result<Observed, String>) -> Value 
         "registry_synced": st.registry_synced,
         "last_reconcile": st.last_reconcile,
         "recent_errors": st.recent_errors,
+        "engine": shared.engine_counters().map(|c| json!({
+            "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes, "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
+            "drops": felt_overlay::userspace::DropReason::ALL.iter().zip(c.drops).map(|(r, n)| (r.label(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+        })),
     })
 }

@@ -62,6 +62,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Labels `{direction}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `tx` (TUN → underlay) or `rx` (underlay → TUN).
+    pub direction: &'static str,
+}
+
 /// Labels `{peer}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabel {
@@ -106,6 +113,12 @@ pub struct Metrics {
     pub peer_rtt: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     /// `felt_peer_probes_total{result}`.
     pub probes: Family<ResultLabel, Counter>,
+    /// `felt_engine_packets_total{direction}` (userspace mode).
+    pub engine_packets: Family<DirectionLabel, Counter>,
+    /// `felt_engine_bytes_total{direction}` (userspace mode).
+    pub engine_bytes: Family<DirectionLabel, Counter>,
+    /// `felt_engine_drops_total{reason}` (userspace mode).
+    pub engine_drops: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -125,6 +138,9 @@ impl Metrics {
             peer_reachable: Family::default(),
             peer_rtt: Family::default(),
             probes: Family::default(),
+            engine_packets: Family::default(),
+            engine_bytes: Family::default(),
+            engine_drops: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers by state: desired, programmed, rejected, pending", m.peers.clone());
@@ -163,6 +179,21 @@ impl Metrics {
             m.peer_rtt.clone(),
         );
         registry.register("peer_probes", "Peer probes by result", m.probes.clone());
+        registry.register(
+            "engine_packets",
+            "Userspace engine: packets encapsulated (tx) and decapsulated (rx)",
+            m.engine_packets.clone(),
+        );
+        registry.register(
+            "engine_bytes",
+            "Userspace engine: bytes encapsulated (tx) and decapsulated (rx)",
+            m.engine_bytes.clone(),
+        );
+        registry.register(
+            "engine_drops",
+            "Userspace engine: packets dropped, by reason",
+            m.engine_drops.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), backend }).set(1);
         registry.register("build_info", "felt's version and data plane", build);

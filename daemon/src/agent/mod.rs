@@ -20,13 +20,14 @@ pub mod status;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use felt_overlay::kernel::{Kernel, KernelError, Underlay, UnderlayChoice, VxlanSpec, change_events};
+use felt_overlay::userspace::{EngineConfig, UserspaceDataplane};
 use felt_overlay::{Op, Peer, desired, plan};
 use felt_proto::{BackendData, BackendType, MacAddr, NetConfig, NodeRecord, SubnetFile};
 use ipnet::{IpNet, Ipv4Net};
@@ -65,6 +66,49 @@ pub struct AgentConfig {
     pub debug_addr: Option<SocketAddr>,
     /// How often every peer's VTEP is probed over the overlay.
     pub probe_interval: Duration,
+    /// The data plane.
+    pub backend: Backend,
+}
+
+/// The data plane: a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The kernel's VXLAN device, programmed over netlink.
+    #[default]
+    Kernel,
+    /// felt's own VXLAN engine on a TUN device and a UDP socket.
+    Userspace,
+}
+
+impl Backend {
+    /// `kernel` or `userspace`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+        }
+    }
+
+    /// What this data plane keeps in the kernel for `peers`: everything in
+    /// kernel mode; only the routes to the TUN in userspace mode (the engine
+    /// holds the rest).
+    pub fn desired(self, peers: &[Peer]) -> felt_overlay::Desired {
+        let mut d = desired(peers);
+        if self == Backend::Userspace {
+            d.neighbours.clear();
+            d.fdb.clear();
+        }
+        d
+    }
+
+    /// The part of `observed` this data plane owns.
+    pub fn owned(self, mut observed: felt_overlay::Observed) -> felt_overlay::Observed {
+        if self == Backend::Userspace {
+            observed.neighbours.clear();
+            observed.fdb.clear();
+        }
+        observed
+    }
 }
 
 impl AgentConfig {
@@ -80,6 +124,7 @@ impl AgentConfig {
             device: None,
             debug_addr: Some(SocketAddr::from(([127, 0, 0, 1], debug::DEFAULT_PORT))),
             probe_interval: Duration::from_secs(5),
+            backend: Backend::Kernel,
         }
     }
 }
@@ -93,6 +138,17 @@ pub enum AgentError {
     /// Netlink could not be opened.
     #[error("netlink")]
     Kernel(#[from] KernelError),
+    /// The userspace data plane could not start.
+    #[error("starting the userspace data plane (TUN device {device}, UDP port {port})")]
+    Userspace {
+        /// The TUN device.
+        device: String,
+        /// The VXLAN port.
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The debug endpoint cannot listen.
     #[error("debug endpoint on {addr}")]
     Debug {
@@ -109,7 +165,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let shutdown = shutdown_signal();
     let kernel = Kernel::connect()?;
     let registry = Registry::open(&cfg.registry, &cfg.node_name).await?;
-    let shared = Arc::new(Shared::new(cfg.node_name.clone(), config_view(&cfg), Metrics::new("kernel")));
+    let shared =
+        Arc::new(Shared::new(cfg.node_name.clone(), config_view(&cfg), Metrics::new(cfg.backend.name())));
     if let Some(addr) = cfg.debug_addr {
         debug::serve(addr, shared.clone(), kernel.clone())
             .await
@@ -149,6 +206,20 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         mtu: spec.mtu,
     });
 
+    let userspace = match cfg.backend {
+        Backend::Kernel => None,
+        Backend::Userspace => {
+            let engine = EngineConfig { vni: spec.vni, mac: vtep_mac, port: spec.port };
+            let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
+            let dp = UserspaceDataplane::start(engine, &spec.name, bind).map_err(|source| {
+                AgentError::Userspace { device: spec.name.clone(), port: spec.port, source }
+            })?;
+            let dp = Arc::new(dp);
+            shared.set_engine(dp.clone());
+            Some(dp)
+        }
+    };
+
     // Watch before the first list, so no change falls between the two.
     let ifindex = Arc::new(AtomicU32::new(0));
     let mut registry_events = registry.watch()?;
@@ -160,8 +231,18 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     }
 
     let me = Me { name: cfg.node_name.clone(), pod_cidr, underlay_ip: underlay.ip, vtep_mac };
-    let mut agent =
-        Agent { cfg, kernel, registry, spec, me, underlay, ifindex, shared, state: State::default() };
+    let mut agent = Agent {
+        cfg,
+        kernel,
+        registry,
+        spec,
+        me,
+        underlay,
+        ifindex,
+        shared,
+        userspace,
+        state: State::default(),
+    };
     agent.publish().await;
 
     let mut resync = tokio::time::interval(agent.cfg.resync);
@@ -204,7 +285,7 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
     ConfigView {
         registry: cfg.registry.kind(),
         registry_location: cfg.registry.location(),
-        backend: "kernel",
+        backend: cfg.backend.name(),
         network: cfg.net.network,
         subnet_len: cfg.net.subnet_len,
         vni: cfg.net.backend.vni,
@@ -218,6 +299,8 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
 #[derive(Debug, Default)]
 struct State {
     peers: Vec<Peer>,
+    /// The peer table last handed to the userspace engine.
+    engine_peers: Vec<Peer>,
     /// What was last logged per bad document or record, so each is said once.
     complaints: BTreeMap<String, String>,
 }
@@ -231,6 +314,7 @@ struct Agent {
     underlay: Underlay,
     ifindex: Arc<AtomicU32>,
     shared: Arc<Shared>,
+    userspace: Option<Arc<UserspaceDataplane>>,
     state: State,
 }
 
@@ -348,7 +432,19 @@ impl Agent {
             st.malformed = snap.malformed.clone();
         }
 
-        let index = match self.kernel.ensure_device(&self.spec, self.me.pod_cidr.network()).await {
+        let vtep = self.me.pod_cidr.network();
+        let device = match &self.userspace {
+            Some(dp) => {
+                if self.state.engine_peers != view.peers {
+                    dp.set_peers(&view.peers);
+                    self.state.engine_peers = view.peers.clone();
+                }
+                self.shared.refresh_engine_metrics();
+                self.kernel.ensure_tun(dp.name(), self.spec.mtu, vtep).await
+            }
+            None => self.kernel.ensure_device(&self.spec, vtep).await,
+        };
+        let index = match device {
             Ok((index, changes)) => {
                 if !changes.is_empty() {
                     info!(device = %self.spec.name, changes = ?changes, "VXLAN device set up");
@@ -371,7 +467,8 @@ impl Agent {
                 return false;
             }
         };
-        let ops = plan(&desired(&view.peers), &observed);
+        let backend = self.cfg.backend;
+        let ops = plan(&backend.desired(&view.peers), &backend.owned(observed));
         let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
         for op in &report.applied {
             info!(op = op.kind(), entry = %describe(op), "programmed");

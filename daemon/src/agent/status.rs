@@ -13,8 +13,10 @@ use felt_proto::MacAddr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::metrics::Metrics;
+use super::metrics::{DirectionLabel, Metrics, ReasonLabel};
 use super::view::Rejection;
+use felt_overlay::userspace::{Counters, DropReason, UserspaceDataplane};
+use std::sync::Arc;
 
 /// How many recent errors `/debug/state` keeps.
 const RECENT_ERRORS: usize = 32;
@@ -143,6 +145,8 @@ pub struct Shared {
     pub probes: Mutex<BTreeMap<String, ProbeState>>,
     /// Unix ms of the loop's last sign of life.
     heartbeat: AtomicU64,
+    /// The userspace engine and its counters as last exported to metrics.
+    engine: Mutex<Option<(Arc<UserspaceDataplane>, Counters)>>,
 }
 
 /// RFC 3339 with milliseconds.
@@ -164,7 +168,49 @@ impl Shared {
             state: Mutex::new(AgentState::default()),
             probes: Mutex::new(BTreeMap::new()),
             heartbeat: AtomicU64::new(unix_ms(SystemTime::now())),
+            engine: Mutex::new(None),
         }
+    }
+
+    /// Attaches the userspace engine, whose counters `/metrics` exports.
+    pub fn set_engine(&self, dp: Arc<UserspaceDataplane>) {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some((dp, Counters::default()));
+    }
+
+    /// The engine's counters now, if there is an engine.
+    pub fn engine_counters(&self) -> Option<Counters> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(dp, _)| dp.counters())
+    }
+
+    /// Moves the engine's counters into the metrics (by the difference since last time).
+    pub fn refresh_engine_metrics(&self) {
+        let mut guard = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((dp, last)) = guard.as_mut() else { return };
+        let now = dp.counters();
+        let m = &self.metrics;
+        let inc = |c: &prometheus_client::metrics::counter::Counter, new: u64, old: u64| {
+            c.inc_by(new.saturating_sub(old));
+        };
+        inc(
+            &m.engine_packets.get_or_create(&DirectionLabel { direction: "tx" }),
+            now.tx_packets,
+            last.tx_packets,
+        );
+        inc(
+            &m.engine_packets.get_or_create(&DirectionLabel { direction: "rx" }),
+            now.rx_packets,
+            last.rx_packets,
+        );
+        inc(&m.engine_bytes.get_or_create(&DirectionLabel { direction: "tx" }), now.tx_bytes, last.tx_bytes);
+        inc(&m.engine_bytes.get_or_create(&DirectionLabel { direction: "rx" }), now.rx_bytes, last.rx_bytes);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            inc(
+                &m.engine_drops.get_or_create(&ReasonLabel { reason: r.label() }),
+                now.drops[i],
+                last.drops[i],
+            );
+        }
+        *last = now;
     }
 
     /// Locks the reconcile state (a poisoned lock still holds valid data).
@@ -195,6 +241,11 @@ impl Shared {
             s.recent_errors.pop_front();
         }
         s.recent_errors.push_back(ErrorEntry { at: rfc3339(SystemTime::now()), message });
+    }
+
+    /// The data plane in force.
+    pub fn backend(&self) -> super::Backend {
+        if self.config.backend == "userspace" { super::Backend::Userspace } else { super::Backend::Kernel }
     }
 
     /// Why the agent is not ready; empty when it is.

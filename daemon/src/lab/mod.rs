@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use felt_overlay::kernel::Kernel;
-use felt_overlay::{Peer, desired, plan};
+use felt_overlay::{Peer, plan};
 use felt_proto::{NetConfig, NodeRecord};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,23 @@ pub const DEFAULT_STATE_ROOT: &str = "/run/felt/lab";
 pub enum Mode {
     /// The kernel's VXLAN device, programmed over netlink.
     Kernel,
+    /// felt's userspace VXLAN engine on every node.
+    Userspace,
+    /// Alternating: odd nodes kernel, even nodes userspace.
+    Mixed,
+}
+
+impl Mode {
+    /// The data plane of node `index` in a lab of this mode.
+    pub fn backend_of(self, index: u32) -> crate::agent::Backend {
+        use crate::agent::Backend;
+        match self {
+            Mode::Kernel => Backend::Kernel,
+            Mode::Userspace => Backend::Userspace,
+            Mode::Mixed if index % 2 == 1 => Backend::Kernel,
+            Mode::Mixed => Backend::Userspace,
+        }
+    }
 }
 
 /// Where a lab's agents register.
@@ -283,7 +300,8 @@ impl Lab {
         let name = format!("n{index}");
         let netns = format!("{}-{name}", self.name);
         let underlay_ip = topo::node_ip(state.underlay, index);
-        topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len())?;
+        let sum_on_send = state.mode != Mode::Kernel;
+        topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len(), sum_on_send)?;
         let dir = self.node_dir(&name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
         if let LabRegistry::Kube { kubeconfig } = &state.registry {
@@ -292,11 +310,18 @@ impl Lab {
                 .map_err(|e| LabError::Invalid(e.to_string()))?;
             kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &name, cidr)?;
         }
-        let pid = self.spawn_agent(&state.registry, &name, &netns)?;
+        let backend = state.mode.backend_of(index);
+        let pid = self.spawn_agent(&state.registry, backend, &name, &netns)?;
         Ok(NodeState { name, netns, index, underlay_ip, pid })
     }
 
-    fn spawn_agent(&self, registry: &LabRegistry, node: &str, netns: &str) -> Result<u32, LabError> {
+    fn spawn_agent(
+        &self,
+        registry: &LabRegistry,
+        backend: crate::agent::Backend,
+        node: &str,
+        netns: &str,
+    ) -> Result<u32, LabError> {
         let dir = self.node_dir(node);
         let mut args: Vec<String> = vec!["daemon".into(), "--node-name".into(), node.into()];
         match registry {
@@ -320,7 +345,7 @@ impl Lab {
             "--underlay-iface".into(),
             "eth0".into(),
             "--backend".into(),
-            "kernel".into(),
+            backend.name().into(),
             "--net-conf".into(),
             self.net_conf_path().display().to_string(),
             "--subnet-file".into(),
@@ -392,7 +417,8 @@ impl Lab {
                     })
                 })
                 .collect();
-            let want = desired(&peers);
+            let backend = state.mode.backend_of(node.index);
+            let want = backend.desired(&peers);
             let observed = netns::block_on_in(&netns::named(&node.netns), || async {
                 let k = Kernel::connect()?;
                 match k.link("felt.1").await? {
@@ -405,7 +431,7 @@ impl Lab {
                 LabError::Invalid(crate::util::error_chain(&e))
             })?;
             let missing = match observed {
-                Some(o) => plan(&want, &o).len(),
+                Some(o) => plan(&want, &backend.owned(o)).len(),
                 None => usize::MAX,
             };
             out.insert(node.name.clone(), missing);
@@ -612,14 +638,14 @@ impl Lab {
     /// Stops a node's agent (SIGKILL when `kill`, else SIGTERM) and starts it again.
     pub fn restart_agent(&self, node: &str, kill: bool) -> Result<u32, LabError> {
         let mut state = self.loaded()?;
-        let registry = state.registry.clone();
+        let (registry, mode) = (state.registry.clone(), state.mode);
         let n = state
             .nodes
             .iter_mut()
             .find(|n| n.name == node)
             .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
         kill_agent(n.pid, &self.registry_dir(), kill);
-        n.pid = self.spawn_agent(&registry, &n.name, &n.netns)?;
+        n.pid = self.spawn_agent(&registry, mode.backend_of(n.index), &n.name, &n.netns)?;
         let pid = n.pid;
         self.save(&state)?;
         Ok(pid)

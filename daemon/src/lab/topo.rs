@@ -113,13 +113,38 @@ pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8) -> Result<(), LabErro
 }
 
 /// A node namespace, wired to the underlay bridge as `eth0`.
-pub fn make_node(underlay_ns: &str, ns: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
+///
+/// With `sum_on_send`, `eth0` computes checksums in software before sending.
+/// veth pairs otherwise pass packets on with the inner checksum still to be
+/// filled in (checksum offload); a kernel VXLAN receiver accepts that, but a
+/// userspace one reads the bytes as they are. Real NICs fill it in on the
+/// wire, so this only matters on a lab's veths.
+pub fn make_node(
+    underlay_ns: &str,
+    ns: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+    sum_on_send: bool,
+) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     // The bridge-side end is named after the node namespace: unique, and recognisable.
     ip(&["-n", underlay_ns, "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
     ip(&["-n", underlay_ns, "link", "set", ns, "master", "br0", "up"])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "addr", "add", &format!("{addr}/{prefix}"), "dev", "eth0"])?;
+    if sum_on_send {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| LabError::Command { cmd: "ethtool -K eth0 tx off".into(), stderr: e.to_string() })?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("ip netns exec {ns} ethtool -K eth0 tx off (userspace labs need ethtool)"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+    }
     ip(&["-n", ns, "link", "set", "eth0", "up"])
 }
 

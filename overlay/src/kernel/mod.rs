@@ -292,16 +292,44 @@ impl Kernel {
                 self.link(&spec.name).await?.ok_or_else(|| KernelError::NoSuchLink(spec.name.clone()))?
             }
         };
+        self.configure(&facts, spec.mtu, Some(spec.mac), vtep_ip, &mut changes).await?;
+        Ok((facts.index, changes))
+    }
+
+    /// Makes the TUN device `name` (created by the userspace data plane) up,
+    /// with `mtu` and `vtep_ip/32` as its only IPv4 address.
+    pub async fn ensure_tun(
+        &self,
+        name: &str,
+        mtu: u32,
+        vtep_ip: Ipv4Addr,
+    ) -> Result<(u32, Vec<String>), KernelError> {
+        let facts = self.link(name).await?.ok_or_else(|| KernelError::NoSuchLink(name.to_owned()))?;
+        let mut changes = Vec::new();
+        self.configure(&facts, mtu, None, vtep_ip, &mut changes).await?;
+        Ok((facts.index, changes))
+    }
+
+    /// MTU, MAC (when given), up, and the VTEP address as the only IPv4 address.
+    async fn configure(
+        &self,
+        facts: &LinkFacts,
+        mtu: u32,
+        mac: Option<felt_proto::MacAddr>,
+        vtep_ip: Ipv4Addr,
+        changes: &mut Vec<String>,
+    ) -> Result<(), KernelError> {
+        let name = &facts.name;
         let mut set = LinkUnspec::new_with_index(facts.index);
         let mut dirty = false;
-        if facts.mtu != spec.mtu {
-            set = set.mtu(spec.mtu);
-            changes.push(format!("mtu {} → {}", facts.mtu, spec.mtu));
+        if facts.mtu != mtu {
+            set = set.mtu(mtu);
+            changes.push(format!("mtu {} → {}", facts.mtu, mtu));
             dirty = true;
         }
-        if facts.mac != Some(spec.mac) {
-            set = set.address(spec.mac.octets().to_vec());
-            changes.push(format!("address → {}", spec.mac));
+        if let Some(mac) = mac.filter(|m| facts.mac != Some(*m)) {
+            set = set.address(mac.octets().to_vec());
+            changes.push(format!("address → {mac}"));
             dirty = true;
         }
         if !facts.up {
@@ -312,7 +340,7 @@ impl Kernel {
         if dirty {
             self.send(msg::request(RouteNetlinkMessage::SetLink(set.build()), NLM_F_REQUEST | NLM_F_ACK))
                 .await
-                .map_err(refused(format!("configuring {}", spec.name)))?;
+                .map_err(refused(format!("configuring {}", name)))?;
         }
         for (index, ip, len) in self.addresses().await? {
             if index == facts.index && (ip != vtep_ip || len != 32) {
@@ -320,7 +348,7 @@ impl Kernel {
                 del.header.prefix_len = len;
                 self.send(msg::request(RouteNetlinkMessage::DelAddress(del), NLM_F_REQUEST | NLM_F_ACK))
                     .await
-                    .map_err(refused(format!("removing stale address {ip}/{len} from {}", spec.name)))?;
+                    .map_err(refused(format!("removing stale address {ip}/{len} from {}", name)))?;
                 changes.push(format!("removed {ip}/{len}"));
             }
         }
@@ -334,10 +362,10 @@ impl Kernel {
                 RouteNetlinkMessage::NewAddress(msg::vtep_address(facts.index, vtep_ip)),
                 msg::SET_FLAGS,
             );
-            self.send(add).await.map_err(refused(format!("adding {vtep_ip}/32 to {}", spec.name)))?;
+            self.send(add).await.map_err(refused(format!("adding {vtep_ip}/32 to {}", name)))?;
             changes.push(format!("address {vtep_ip}/32"));
         }
-        Ok((facts.index, changes))
+        Ok(())
     }
 
     /// What the kernel holds on device `ifindex`.

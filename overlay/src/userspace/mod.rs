@@ -7,10 +7,12 @@
 //! where, or why a packet is dropped; they never allocate, read a clock or
 //! touch a socket. The TUN device and the UDP socket live at the edge.
 
+mod edge;
 mod engine;
 pub mod wire;
 
-pub use engine::{Counters, Decap, DropReason, Encap, Engine, EngineConfig};
+pub use edge::UserspaceDataplane;
+pub use engine::{Counters, Decap, DropReason, Encap, Engine, EngineConfig, HEADROOM};
 
 #[cfg(test)]
 mod tests;
