@@ -163,6 +163,19 @@ enum LabCommand {
         #[arg(long, default_value_t = 100)]
         changes: u32,
     },
+    /// Pod-to-pod TCP throughput across nodes, in one run: raw underlay,
+    /// kernel VXLAN, userspace, mixed (whichever the lab has), 1 and 4
+    /// streams, each as a ratio to kernel VXLAN, with CPU per Gbit/s.
+    Bench {
+        #[command(flatten)]
+        lab: LabName,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the lab's host address (where a Kubernetes API server for
     /// `up --registry kube` listens, inside namespace NAME-ul).
     Address {
@@ -357,6 +370,27 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 pct(0.99),
                 pct(1.0)
             );
+        }
+        LabCommand::Bench { lab, seconds, json } => {
+            if !(0.5..=120.0).contains(&seconds) {
+                bail!("--seconds must be between 0.5 and 120");
+            }
+            let results = open_lab(&lab)?.bench(seconds, &mut |l| eprintln!("felt lab: {l}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                println!(
+                    "{:<10} {:>7} {:>10} {:>10} {:>14}",
+                    "PATH", "STREAMS", "GBIT/S", "× KERNEL", "CORES/GBIT/S"
+                );
+                for r in &results {
+                    let ratio = r.ratio_to_kernel.map_or("-".to_owned(), |x| format!("{x:.2}"));
+                    println!(
+                        "{:<10} {:>7} {:>10.2} {:>10} {:>14.2}",
+                        r.path, r.streams, r.gbit_per_s, ratio, r.cores_per_gbit
+                    );
+                }
+            }
         }
         LabCommand::Address { lab } => {
             open_lab(&lab)?;

@@ -13,6 +13,7 @@
 //! agents included, and is safe to repeat; a failed `up` tears down what it
 //! built.
 
+pub mod bench;
 mod kube;
 pub mod probe;
 mod topo;
@@ -713,6 +714,70 @@ impl Lab {
         }
         self.wait_programmed(&state, Duration::from_secs(30))?;
         Ok(samples)
+    }
+
+    /// Measures every path the lab has, in one run (see [`bench`]).
+    pub fn bench(
+        &self,
+        seconds: f64,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Vec<bench::PathResult>, LabError> {
+        use crate::agent::Backend;
+        let state = self.loaded()?;
+        let node_of = |b: Backend| state.nodes.iter().filter(move |n| state.mode.backend_of(n.index) == b);
+        let pod_of = |node: &NodeState| {
+            state
+                .pods
+                .iter()
+                .find(|p| p.node == node.name)
+                .map(|p| bench::End { netns: p.netns.clone(), ip: p.ip })
+        };
+        let kernel: Vec<&NodeState> = node_of(Backend::Kernel).collect();
+        let user: Vec<&NodeState> = node_of(Backend::Userspace).collect();
+        let mut paths: Vec<(&str, bench::End, bench::End)> = Vec::new();
+        let (a, b) = (&state.nodes[0], state.nodes.get(1));
+        if let Some(b) = b {
+            let end = |n: &NodeState| bench::End { netns: n.netns.clone(), ip: n.underlay_ip };
+            paths.push(("underlay", end(a), end(b)));
+        }
+        let mut pods_between = |label: &'static str, x: Option<&&NodeState>, y: Option<&&NodeState>| {
+            if let (Some(x), Some(y)) = (x.and_then(|n| pod_of(n)), y.and_then(|n| pod_of(n))) {
+                paths.push((label, x, y));
+            }
+        };
+        pods_between("kernel", kernel.first(), kernel.get(1));
+        pods_between("userspace", user.first(), user.get(1));
+        pods_between("mixed", kernel.first(), user.first());
+        if paths.len() < 2 {
+            return Err(LabError::Invalid("nothing to compare: need two nodes with a pod each (a mixed lab of 4 nodes measures every path)".into()));
+        }
+        let mut results = Vec::new();
+        for streams in [1u32, 4] {
+            for (label, src, dst) in &paths {
+                progress(&format!("{label}, {streams} stream(s): {}", bench::describe(src, dst)));
+                let (gbit, cores) = bench::tcp(src, dst, streams, seconds)
+                    .map_err(|e| LabError::Invalid(format!("bench {label}: {e}")))?;
+                results.push(bench::PathResult {
+                    path: (*label).to_owned(),
+                    between: bench::describe(src, dst),
+                    streams,
+                    gbit_per_s: gbit,
+                    ratio_to_kernel: None,
+                    cores_per_gbit: cores,
+                });
+            }
+        }
+        let kernel_of = |streams: u32, rs: &[bench::PathResult]| {
+            rs.iter().find(|r| r.path == "kernel" && r.streams == streams).map(|r| r.gbit_per_s)
+        };
+        let snapshot = results.clone();
+        for r in &mut results {
+            r.ratio_to_kernel =
+                kernel_of(r.streams, &snapshot).filter(|k| *k > 0.0).map(|k| r.gbit_per_s / k);
+        }
+        let json = serde_json::to_vec_pretty(&results).expect("results serialise");
+        let _ = write_atomic(&bench::results_path(&self.dir), &json);
+        Ok(results)
     }
 
     /// Removes everything of this lab. Returns what it removed.

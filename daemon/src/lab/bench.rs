@@ -1,0 +1,142 @@
+//! `felt lab bench`: pod-to-pod TCP throughput across nodes, in one run on
+//! one lab, for each path the lab has: the raw underlay (node to node), the
+//! kernel VXLAN (pods on two kernel nodes), the userspace engine (pods on two
+//! userspace nodes) and mixed (kernel to userspace). Each is reported with
+//! its ratio to the kernel VXLAN figure and the machine's CPU per Gbit/s.
+//!
+//! The generator is felt's own: one sink per target namespace, `streams`
+//! TCP connections writing 128 KiB buffers for a fixed time. Every loop is
+//! bounded by the deadline.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::netns;
+
+const PORT: u16 = 7947;
+
+/// One measured path.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathResult {
+    /// `underlay`, `kernel`, `userspace` or `mixed`.
+    pub path: String,
+    /// From → to, for people.
+    pub between: String,
+    /// Parallel TCP streams.
+    pub streams: u32,
+    /// Goodput.
+    pub gbit_per_s: f64,
+    /// Goodput / the kernel VXLAN figure with the same streams.
+    pub ratio_to_kernel: Option<f64>,
+    /// Busy CPU cores (whole machine) per Gbit/s during the run.
+    pub cores_per_gbit: f64,
+}
+
+/// One endpoint: a namespace and an address in it.
+#[derive(Debug, Clone)]
+pub struct End {
+    /// Namespace name.
+    pub netns: String,
+    /// Address to reach it at.
+    pub ip: Ipv4Addr,
+}
+
+fn busy_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = cpu.iter().sum();
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Runs `streams` TCP streams from `src` to `dst` for `seconds`; returns
+/// (Gbit/s, busy cores per Gbit/s).
+pub fn tcp(src: &End, dst: &End, streams: u32, seconds: f64) -> std::io::Result<(f64, f64)> {
+    let listener =
+        netns::run_in(&netns::named(&dst.netns), || TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))??;
+    listener.set_nonblocking(false)?;
+    let received = Arc::new(AtomicU64::new(0));
+    let run = Duration::from_secs_f64(seconds);
+    let deadline = Instant::now() + run + Duration::from_secs(10);
+    let sink = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut readers = Vec::new();
+            for _ in 0..streams {
+                let Ok((mut c, _)) = listener.accept() else { break };
+                let received = received.clone();
+                readers.push(std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = vec![0u8; 256 * 1024];
+                    while Instant::now() < deadline {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                received.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }));
+            }
+            for r in readers {
+                let _ = r.join();
+            }
+        })
+    };
+    let to = SocketAddr::from((dst.ip, PORT));
+    let conns: Vec<TcpStream> = netns::run_in(&netns::named(&src.netns), move || {
+        (0..streams)
+            .map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(3)))
+            .collect::<std::io::Result<Vec<_>>>()
+    })??;
+    let (busy0, total0) = busy_jiffies();
+    let start = Instant::now();
+    let base = received.load(Ordering::Relaxed);
+    let writers: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let buf = vec![0x5au8; 128 * 1024];
+                while start.elapsed() < run {
+                    if c.write_all(&buf).is_err() {
+                        break;
+                    }
+                }
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            })
+        })
+        .collect();
+    for w in writers {
+        let _ = w.join();
+    }
+    let bytes = received.load(Ordering::Relaxed) - base;
+    let elapsed = start.elapsed().as_secs_f64();
+    let (busy1, total1) = busy_jiffies();
+    let _ = sink.join();
+    let gbit = bytes as f64 * 8.0 / elapsed / 1e9;
+    let cores = if total1 > total0 {
+        // Jiffies over all CPUs: busy fraction × number of CPUs = busy cores.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        (busy1 - busy0) as f64 / (total1 - total0) as f64 * cpus
+    } else {
+        0.0
+    };
+    Ok((gbit, if gbit > 0.0 { cores / gbit } else { f64::INFINITY }))
+}
+
+/// The namespaces a path runs between, for the lab's state directory's sake.
+pub fn describe(src: &End, dst: &End) -> String {
+    format!("{} ({}) → {} ({})", src.netns, src.ip, dst.netns, dst.ip)
+}
+
+/// Where the results of the last bench are kept.
+pub fn results_path(lab_dir: &std::path::Path) -> PathBuf {
+    lab_dir.join("bench.json")
+}
