@@ -40,6 +40,20 @@ fn userspace_and_mixed_labs_reach_every_pair() {
     assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
     assert_eq!(state(&lab, "n1")["config"]["backend"], "kernel");
     assert_eq!(state(&lab, "n2")["config"]["backend"], "userspace");
+    // The bench runs every path of a mixed lab; its figures are for the README, not asserted.
+    let bench: Value =
+        serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
+    let rows = bench.as_array().unwrap();
+    for path in ["underlay", "kernel", "userspace", "mixed"] {
+        for streams in [1, 4] {
+            let r = rows
+                .iter()
+                .find(|r| r["path"] == path && r["streams"] == streams)
+                .unwrap_or_else(|| panic!("{path}/{streams}"));
+            assert!(r["gbit_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    assert!(rows.iter().filter(|r| r["path"] == "kernel").all(|r| r["ratio_to_kernel"] == 1.0));
     lab.finish();
 }
 
