@@ -482,8 +482,7 @@ impl Agent {
         let programmed_peers = if in_sync {
             view.peers.len()
         } else {
-            let failed: BTreeSet<String> = report.failed.iter().map(|(op, _)| describe(op)).collect();
-            view.peers.iter().filter(|p| !peer_touched(p, &failed)).count()
+            view.peers.iter().filter(|p| !report.failed.iter().any(|(op, _)| concerns(op, p))).count()
         };
         let m = &self.shared.metrics;
         m.peers.get_or_create(&StateLabel { state: PeerState::programmed }).set(programmed_peers as i64);
@@ -546,14 +545,14 @@ fn describe(op: &Op) -> String {
     }
 }
 
-/// True when one of `failed` (described ops) concerns peer `p`.
-fn peer_touched(p: &Peer, failed: &BTreeSet<String>) -> bool {
-    let mine = [
-        format!("{} via {}", p.pod_cidr, p.vtep_ip()),
-        format!("{} lladdr {}", p.vtep_ip(), p.vtep_mac),
-        format!("{} dst {}", p.vtep_mac, p.underlay_ip),
-    ];
-    mine.iter().any(|d| failed.contains(d))
+/// True when `op` sets or removes one of peer `p`'s entries.
+fn concerns(op: &Op, p: &Peer) -> bool {
+    match op {
+        Op::SetRoute(r) => r.dst == p.pod_cidr,
+        Op::DelRoute(dst) => *dst == p.pod_cidr,
+        Op::SetNeighbour(n) | Op::DelNeighbour(n) => n.ip == p.vtep_ip(),
+        Op::SetFdb(f) | Op::DelFdb(f) => f.mac == p.vtep_mac,
+    }
 }
 
 /// Runs `attempt` until it succeeds, backing off from 1 s to 30 s; `None` on shutdown.
