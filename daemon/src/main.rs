@@ -154,34 +154,6 @@ enum LabCommand {
         #[arg(long, required_if_eq("registry", "kube"))]
         kubeconfig: Option<PathBuf>,
     },
-    /// Time node changes until every other node programmed them (kube labs):
-    /// prints p50, p90, p99 and max over --changes changes.
-    Propagation {
-        #[command(flatten)]
-        lab: LabName,
-        /// How many changes.
-        #[arg(long, default_value_t = 100)]
-        changes: u32,
-    },
-    /// Pod-to-pod TCP throughput across nodes, in one run: raw underlay,
-    /// kernel VXLAN, userspace, mixed (whichever the lab has), 1 and 4
-    /// streams, each as a ratio to kernel VXLAN, with CPU per Gbit/s.
-    Bench {
-        #[command(flatten)]
-        lab: LabName,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print the lab's host address (where a Kubernetes API server for
-    /// `up --registry kube` listens, inside namespace NAME-ul).
-    Address {
-        #[command(flatten)]
-        lab: LabName,
-    },
     /// Show the lab's nodes and pods.
     Status {
         #[command(flatten)]
@@ -219,6 +191,34 @@ enum LabCommand {
     },
     /// Remove everything of the lab, agents included. Safe to repeat.
     Down {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// Time node changes until every other node programmed them (kube labs):
+    /// prints p50, p90, p99 and max over --changes changes.
+    Propagation {
+        #[command(flatten)]
+        lab: LabName,
+        /// How many changes.
+        #[arg(long, default_value_t = 100)]
+        changes: u32,
+    },
+    /// Pod-to-pod TCP throughput across nodes, in one run: raw underlay,
+    /// kernel VXLAN, userspace, mixed (whichever the lab has), 1 and 4
+    /// streams, each as a ratio to kernel VXLAN, with CPU per Gbit/s.
+    Bench {
+        #[command(flatten)]
+        lab: LabName,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the lab's host address (where a Kubernetes API server for
+    /// `up --registry kube` listens, inside namespace NAME-ul).
+    Address {
         #[command(flatten)]
         lab: LabName,
     },
