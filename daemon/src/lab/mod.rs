@@ -449,9 +449,22 @@ impl Lab {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
-                return Err(LabError::Timeout(format!(
-                    "data plane not programmed after {timeout:?}: ops pending per node {pending:?}"
-                )));
+                // The agents' own words say why; their logs go with the lab on teardown.
+                let mut why = String::new();
+                for (node, n) in pending.iter().filter(|(_, n)| **n != 0) {
+                    let log = std::fs::read_to_string(self.log_path(node)).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                    let missing = if *n == usize::MAX {
+                        "no VXLAN device".to_owned()
+                    } else {
+                        format!("{n} ops pending")
+                    };
+                    why.push_str(&format!(
+                        "\n{node}: {missing}; last log lines:\n  {}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+                    ));
+                }
+                return Err(LabError::Timeout(format!("data plane not programmed after {timeout:?}{why}")));
             }
             std::thread::sleep(Duration::from_millis(2));
         }

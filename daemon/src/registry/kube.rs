@@ -70,6 +70,14 @@ pub enum KubeError {
         #[source]
         source: kube::Error,
     },
+    /// An API call did not answer in time.
+    #[error("{what}: no answer within {after:?}")]
+    Timeout {
+        /// What was asked.
+        what: String,
+        /// How long we waited.
+        after: std::time::Duration,
+    },
     /// The node has no pod CIDR yet.
     #[error("node `{0}` has no spec.podCIDRs yet; waiting for the controller-manager to assign one")]
     NoPodCidr(String),
@@ -81,6 +89,21 @@ pub enum KubeError {
         /// Why.
         why: String,
     },
+}
+
+/// How long one API call (not a watch) may take.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One API call, bounded: a call that hangs (a stuck connection, a paused
+/// server) must not stall the agent's loop; the loop retries.
+async fn bounded<T>(
+    what: impl FnOnce() -> String,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, KubeError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => r.map_err(|source| KubeError::Api { what: what(), source }),
+        Err(_) => Err(KubeError::Timeout { what: what(), after: CALL_TIMEOUT }),
+    }
 }
 
 /// Reduces a Node to the record felt uses, or says why it cannot. An
@@ -255,7 +278,8 @@ impl KubeRegistry {
         if self.synced() || !self.listed.load(Ordering::Relaxed) {
             return;
         }
-        if self.api.get(&self.node).await.is_ok() && !self.synced.swap(true, Ordering::Relaxed) {
+        let answered = bounded(String::new, self.api.get(&self.node)).await.is_ok();
+        if answered && !self.synced.swap(true, Ordering::Relaxed) {
             info!("the API server answers again; node watch resumed");
         }
     }
@@ -278,10 +302,7 @@ impl KubeRegistry {
     }
 
     async fn own(&self) -> Result<Node, KubeError> {
-        self.api
-            .get(&self.node)
-            .await
-            .map_err(|source| KubeError::Api { what: format!("reading node `{}`", self.node), source })
+        bounded(|| format!("reading node `{}`", self.node), self.api.get(&self.node)).await
     }
 
     /// This node's pod CIDR, checked against the cluster network.
@@ -328,9 +349,11 @@ impl KubeRegistry {
         let mut wrote = false;
         if want.iter().any(|(k, v)| have.get(*k) != Some(v)) {
             let patch = json!({"metadata": {"annotations": want}});
-            self.api.patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(
-                |source| KubeError::Api { what: format!("annotating node `{}`", self.node), source },
-            )?;
+            bounded(
+                || format!("annotating node `{}`", self.node),
+                self.api.patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?;
             wrote = true;
         }
         let up = node.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
@@ -346,13 +369,11 @@ impl KubeRegistry {
                 "type": "NetworkUnavailable", "status": "False", "reason": "FeltIsUp",
                 "message": "felt is running on this node", "lastTransitionTime": now, "lastHeartbeatTime": now,
             }]}});
-            self.api
-                .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(&patch))
-                .await
-                .map_err(|source| KubeError::Api {
-                    what: format!("setting NetworkUnavailable=False on `{}`", self.node),
-                    source,
-                })?;
+            bounded(
+                || format!("setting NetworkUnavailable=False on `{}`", self.node),
+                self.api.patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(&patch)),
+            )
+            .await?;
             wrote = true;
         }
         Ok(wrote)

@@ -123,15 +123,21 @@ impl Kernel {
         let mut handle = self.handle.clone();
         let mut stream =
             handle.request(req).map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(msg) = stream.next().await {
-            match msg.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                _ => {}
+        let collect = async {
+            let mut out = Vec::new();
+            while let Some(msg) = stream.next().await {
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    _ => {}
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        };
+        // The kernel always answers; a lost answer must not stall the agent's loop.
+        tokio::time::timeout(std::time::Duration::from_secs(10), collect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no netlink answer within 10 s"))?
     }
 
     async fn dump(&self, inner: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
