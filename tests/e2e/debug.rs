@@ -1,45 +1,17 @@
 //! The debug endpoint on a real lab: readiness, metrics, drift, probes.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use felt::netns;
 use serde_json::Value;
 
-use crate::harness::{TestLab, bridge_in, ip_in, require_root, run, wait_until};
-
-const ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 9469);
-
-/// `GET path` on node `node`'s debug endpoint, from inside its namespace.
-fn get(lab: &TestLab, node: &str, path: &'static str) -> (u16, String) {
-    netns::run_in(&netns::named(&lab.node_ns(node)), move || felt::status::get(SocketAddr::from(ADDR), path))
-        .expect("entering the node namespace")
-        .expect("the debug endpoint answers")
-}
-
-fn state(lab: &TestLab, node: &str) -> Value {
-    let (code, body) = get(lab, node, "/debug/state");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).expect("/debug/state is JSON")
-}
-
-/// Samples of one metric family, parsed with a Prometheus text parser.
-fn metric(lab: &TestLab, node: &str, name: &str) -> Vec<prometheus_parse::Sample> {
-    let (code, body) = get(lab, node, "/metrics");
-    assert_eq!(code, 200);
-    let lines = body.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
-    scrape.samples.into_iter().filter(|s| s.metric == name).collect()
-}
+use crate::harness::{TestLab, bridge_in, ip_in, require_root, run, sample_value, wait_until};
 
 fn gauge(samples: &[prometheus_parse::Sample], label: (&str, &str)) -> Option<f64> {
-    samples.iter().find(|s| s.labels.get(label.0) == Some(label.1)).map(|s| match s.value {
-        prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        _ => f64::NAN,
-    })
+    samples
+        .iter()
+        .find(|s| s.labels.get(label.0) == Some(label.1))
+        .map(|s| sample_value(s).unwrap_or(f64::NAN))
 }
 
 #[test]
@@ -48,26 +20,26 @@ fn endpoints_report_readiness_metrics_state_and_drift() {
         return;
     }
     let lab = TestLab::up(2, 1);
-    assert_eq!(get(&lab, "n1", "/healthz").0, 200);
-    let ready = wait_until(Duration::from_secs(5), || get(&lab, "n1", "/readyz").0 == 200);
-    assert!(ready.is_some(), "n1 never became ready: {}", get(&lab, "n1", "/readyz").1);
+    assert_eq!(lab.debug_get("n1", "/healthz").0, 200);
+    let ready = wait_until(Duration::from_secs(5), || lab.debug_get("n1", "/readyz").0 == 200);
+    assert!(ready.is_some(), "n1 never became ready: {}", lab.debug_get("n1", "/readyz").1);
 
-    let peers = metric(&lab, "n1", "felt_peers");
+    let peers = lab.metric_samples("n1", "felt_peers");
     assert_eq!(gauge(&peers, ("state", "desired")), Some(1.0), "{peers:?}");
     assert_eq!(gauge(&peers, ("state", "programmed")), Some(1.0), "{peers:?}");
-    assert!(!metric(&lab, "n1", "felt_build_info").is_empty());
-    assert!(!metric(&lab, "n1", "felt_reconcile_total").is_empty());
-    assert!(!metric(&lab, "n1", "felt_reconcile_duration_seconds_count").is_empty());
-    assert!(!metric(&lab, "n1", "felt_dataplane_ops_total").is_empty());
+    assert!(!lab.metric_samples("n1", "felt_build_info").is_empty());
+    assert!(!lab.metric_samples("n1", "felt_reconcile_total").is_empty());
+    assert!(!lab.metric_samples("n1", "felt_reconcile_duration_seconds_count").is_empty());
+    assert!(!lab.metric_samples("n1", "felt_dataplane_ops_total").is_empty());
 
-    let st = state(&lab, "n1");
+    let st = lab.debug_state("n1");
     assert_eq!(st["node"], "n1");
     assert_eq!(st["ready"], true);
     assert_eq!(st["peers"][0]["name"], "n2");
     assert_eq!(st["peers"][0]["in_sync"], true, "{st}");
     assert_eq!(st["diff"].as_array().map(Vec::len), Some(0), "{st}");
-    assert_eq!(get(&lab, "n1", "/debug/peers/n2").0, 200);
-    assert_eq!(get(&lab, "n1", "/debug/peers/nobody").0, 404);
+    assert_eq!(lab.debug_get("n1", "/debug/peers/n2").0, 200);
+    assert_eq!(lab.debug_get("n1", "/debug/peers/nobody").0, 404);
 
     // Drift: delete n2's FDB entry by hand; the state shows it until the repair.
     let n1 = lab.node_ns("n1");
@@ -77,25 +49,26 @@ fn endpoints_report_readiness_metrics_state_and_drift() {
     let (mac, dst) = (words.next().unwrap().to_owned(), words.nth(1).unwrap().to_owned());
     run(Command::new("ip")
         .args(["netns", "exec", &n1, "bridge", "fdb", "del", &mac, "dev", "felt.1", "dst", &dst, "self"]));
-    let st = state(&lab, "n1");
+    let st = lab.debug_state("n1");
     assert_eq!(st["peers"][0]["programmed"]["fdb"], false, "drift not shown: {st}");
     assert_eq!(st["peers"][0]["in_sync"], false);
     assert!(st["diff"].as_array().unwrap().iter().any(|op| op["op"] == "set_fdb"), "{st}");
-    let (code, body) = get(&lab, "n1", "/readyz");
+    let (code, body) = lab.debug_get("n1", "/readyz");
     assert_eq!(code, 503, "drift must make the node not ready: {body}");
     assert!(body.contains("differs from the desired state"), "{body}");
-    let repaired = wait_until(Duration::from_secs(6), || state(&lab, "n1")["peers"][0]["in_sync"] == true);
-    assert!(repaired.is_some(), "not repaired within one resync: {}", state(&lab, "n1"));
-    assert_eq!(get(&lab, "n1", "/readyz").0, 200);
+    let repaired =
+        wait_until(Duration::from_secs(6), || lab.debug_state("n1")["peers"][0]["in_sync"] == true);
+    assert!(repaired.is_some(), "not repaired within one resync: {}", lab.debug_state("n1"));
+    assert_eq!(lab.debug_get("n1", "/readyz").0, 200);
 
     // A bad document is counted by reason.
     std::fs::write(lab.registry_nodes().join(".bad.tmp"), b"[1, 2").unwrap();
     std::fs::rename(lab.registry_nodes().join(".bad.tmp"), lab.registry_nodes().join("bad.json")).unwrap();
     let counted = wait_until(Duration::from_secs(5), || {
-        gauge(&metric(&lab, "n1", "felt_bad_records_total"), ("reason", "malformed")) == Some(1.0)
+        gauge(&lab.metric_samples("n1", "felt_bad_records_total"), ("reason", "malformed")) == Some(1.0)
     });
-    assert!(counted.is_some(), "{:?}", metric(&lab, "n1", "felt_bad_records_total"));
-    assert_eq!(state(&lab, "n1")["malformed"][0]["document"], "bad.json");
+    assert!(counted.is_some(), "{:?}", lab.metric_samples("n1", "felt_bad_records_total"));
+    assert_eq!(lab.debug_state("n1")["malformed"][0]["document"], "bad.json");
 
     // `felt status` inside the node: the summary, exit 0 when ready.
     let out = run(Command::new("ip").args(["netns", "exec", &n1]).arg(crate::harness::FELT).arg("status"));
@@ -111,7 +84,7 @@ fn a_cut_underlay_shows_unreachable_within_two_probe_intervals() {
     }
     let lab = TestLab::up(2, 0);
     let probe = |lab: &TestLab| {
-        let (_, body) = get(lab, "n1", "/debug/peers/n2");
+        let (_, body) = lab.debug_get("n1", "/debug/peers/n2");
         serde_json::from_str::<Value>(&body).unwrap()["probe"]["state"].as_str().unwrap_or("").to_owned()
     };
     assert!(
@@ -131,7 +104,7 @@ fn a_cut_underlay_shows_unreachable_within_two_probe_intervals() {
         took <= Duration::from_millis(2100),
         "unreachable shown after {took:?}, more than two probe intervals"
     );
-    assert_eq!(gauge(&metric(&lab, "n1", "felt_peer_reachable"), ("peer", "n2")), Some(0.0));
+    assert_eq!(gauge(&lab.metric_samples("n1", "felt_peer_reachable"), ("peer", "n2")), Some(0.0));
 
     ip_in(&underlay, &["link", "set", &port, "up"]);
     assert!(

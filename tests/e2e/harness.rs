@@ -166,6 +166,36 @@ impl TestLab {
         pod["ip"].as_str().unwrap().parse().unwrap()
     }
 
+    /// `GET path` on `node`'s debug endpoint, from inside its namespace; `None`
+    /// when the endpoint does not answer.
+    pub fn try_debug_get(&self, node: &str, path: &'static str) -> Option<(u16, String)> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], felt::agent::debug::DEFAULT_PORT));
+        felt::netns::run_in(&felt::netns::named(&self.node_ns(node)), move || felt::status::get(addr, path))
+            .expect("entering the node namespace")
+            .ok()
+    }
+
+    /// `GET path` on `node`'s debug endpoint, which must answer.
+    pub fn debug_get(&self, node: &str, path: &'static str) -> (u16, String) {
+        self.try_debug_get(node, path).expect("the debug endpoint answers")
+    }
+
+    /// `node`'s `/debug/state`.
+    pub fn debug_state(&self, node: &str) -> serde_json::Value {
+        let (code, body) = self.debug_get(node, "/debug/state");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("/debug/state is JSON")
+    }
+
+    /// Samples of one metric family on `node`, parsed with a Prometheus text parser.
+    pub fn metric_samples(&self, node: &str, name: &str) -> Vec<prometheus_parse::Sample> {
+        let (code, body) = self.debug_get(node, "/metrics");
+        assert_eq!(code, 200);
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
+        scrape.samples.into_iter().filter(|s| s.metric == name).collect()
+    }
+
     /// A node's agent log.
     pub fn log(&self, node: &str) -> String {
         std::fs::read_to_string(self.state.path().join(&self.name).join(node).join("agent.log"))
@@ -329,5 +359,15 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The value of a counter, gauge or untyped sample.
+pub fn sample_value(s: &prometheus_parse::Sample) -> Option<f64> {
+    match s.value {
+        prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Untyped(v) => Some(v),
+        _ => None,
     }
 }

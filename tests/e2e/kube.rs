@@ -1,13 +1,12 @@
 //! The Kubernetes registry on real labs, against the test API server.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use felt::lab::probe;
 use felt::netns;
 use serde_json::{Value, json};
 
-use crate::harness::{ApiServer, TestLab, bridge_in, ip_in, require_root, wait_until};
+use crate::harness::{ApiServer, TestLab, bridge_in, ip_in, require_root, sample_value, wait_until};
 
 /// A kube lab of `nodes` nodes with `pods` pods each, and its API server.
 fn kube_lab(nodes: u32, pods: u32) -> (TestLab, ApiServer) {
@@ -25,31 +24,11 @@ fn node_json(api: &ApiServer, name: &str) -> Value {
 
 /// Sum of a counter family on a node's debug endpoint.
 fn counter_sum(lab: &TestLab, node: &str, family: &str) -> f64 {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 9469));
-    let (_, body) =
-        netns::run_in(&netns::named(&lab.node_ns(node)), move || felt::status::get(addr, "/metrics"))
-            .unwrap()
-            .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == family)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
+    lab.metric_samples(node, family).iter().filter_map(sample_value).sum()
 }
 
 fn readyz(lab: &TestLab, node: &str) -> u16 {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 9469));
-    netns::run_in(&netns::named(&lab.node_ns(node)), move || felt::status::get(addr, "/readyz"))
-        .unwrap()
-        .map(|(c, _)| c)
-        .unwrap_or(0)
+    lab.try_debug_get(node, "/readyz").map_or(0, |(c, _)| c)
 }
 
 fn fdb(lab: &TestLab, node: &str) -> String {

@@ -1,22 +1,13 @@
 //! The userspace data plane on real labs: alone, mixed with kernel nodes,
 //! and under garbage on the VXLAN port.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 
 use felt::netns;
 use serde_json::Value;
 
 use crate::harness::{TestLab, ip_in, require_root, wait_until};
-
-fn state(lab: &TestLab, node: &str) -> Value {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 9469));
-    let (_, body) =
-        netns::run_in(&netns::named(&lab.node_ns(node)), move || felt::status::get(addr, "/debug/state"))
-            .unwrap()
-            .unwrap();
-    serde_json::from_str(&body).unwrap()
-}
 
 #[test]
 fn userspace_and_mixed_labs_reach_every_pair() {
@@ -29,7 +20,7 @@ fn userspace_and_mixed_labs_reach_every_pair() {
     assert_eq!(check.lines().last(), Some("2/2 pod pairs reachable"), "{check}");
     let link = ip_in(&lab.node_ns("n1"), &["-d", "link", "show", "felt.1"]);
     assert!(link.contains("tun") && !link.contains("vxlan"), "felt.1 should be a TUN: {link}");
-    let st = state(&lab, "n1");
+    let st = lab.debug_state("n1");
     assert_eq!(st["config"]["backend"], "userspace");
     assert!(st["engine"]["tx_packets"].as_u64().unwrap() > 0, "{}", st["engine"]);
     assert!(st["engine"]["rx_packets"].as_u64().unwrap() > 0, "{}", st["engine"]);
@@ -38,8 +29,8 @@ fn userspace_and_mixed_labs_reach_every_pair() {
     let lab = TestLab::up_named(&TestLab::unique_name(), 4, 1, &["--mode", "mixed"]);
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
-    assert_eq!(state(&lab, "n1")["config"]["backend"], "kernel");
-    assert_eq!(state(&lab, "n2")["config"]["backend"], "userspace");
+    assert_eq!(lab.debug_state("n1")["config"]["backend"], "kernel");
+    assert_eq!(lab.debug_state("n2")["config"]["backend"], "userspace");
     // The bench runs every path of a mixed lab; its figures are for the README, not asserted.
     let bench: Value =
         serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
@@ -90,10 +81,10 @@ fn garbage_on_the_vxlan_port_is_counted_and_harmless() {
     })
     .unwrap();
     let counted = wait_until(Duration::from_secs(5), || {
-        let drops = &state(&lab, "n2")["engine"]["drops"];
+        let drops = &lab.debug_state("n2")["engine"]["drops"];
         drops.as_object().map(|o| o.values().filter_map(Value::as_u64).sum::<u64>()).unwrap_or(0) >= sent
     });
-    assert!(counted.is_some(), "not every garbage datagram was counted: {}", state(&lab, "n2")["engine"]);
+    assert!(counted.is_some(), "not every garbage datagram was counted: {}", lab.debug_state("n2")["engine"]);
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("2/2 pod pairs reachable"), "{check}");
     lab.finish();
