@@ -141,9 +141,13 @@ enum LabCommand {
         /// Pods on each node.
         #[arg(long, default_value_t = 2)]
         pods_per_node: u32,
-        /// Data plane of every node.
-        #[arg(long, value_enum, default_value = "kernel")]
-        mode: Mode,
+        /// Data plane of every node [default: kernel, or userspace with --rootless].
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Run the lab as this (unprivileged) user, inside a user namespace
+        /// felt creates; later `felt lab` commands of this user find it.
+        #[arg(long)]
+        rootless: bool,
         /// Where the agents register: a file registry in the lab, or a
         /// Kubernetes API server (needs --kubeconfig).
         #[arg(long, value_enum, default_value = "file")]
@@ -216,6 +220,12 @@ enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Holds a rootless lab's namespaces (started by `up --rootless`).
+    #[command(hide = true)]
+    Hold {
+        #[command(flatten)]
+        lab: LabName,
+    },
     /// Print the lab's host address (where a Kubernetes API server for
     /// `up --registry kube` listens, inside namespace NAME-ul).
     Address {
@@ -250,7 +260,19 @@ fn main() -> ExitCode {
         Command::Daemon(args) => run_daemon(args),
         Command::Cni => return run_cni(),
         Command::Status { addr, json } => run_status(addr, json),
-        Command::Lab { command } => run_lab(command),
+        Command::Lab { command } => enter_rootless(&command).and_then(|rootless| {
+            let down = matches!(command, LabCommand::Down { .. });
+            let up = matches!(command, LabCommand::Up { .. });
+            let result = run_lab(command);
+            if let Some((holder, started)) = rootless {
+                // A rootless lab lives as long as its holder: stop it with the lab,
+                // or when the `up` that started it failed.
+                if down || (up && started && result.is_err()) {
+                    holder.stop();
+                }
+            }
+            result
+        }),
     };
     match result {
         Ok(code) => code,
@@ -259,6 +281,73 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+impl LabCommand {
+    fn lab(&self) -> &LabName {
+        match self {
+            LabCommand::Up { lab, .. }
+            | LabCommand::Status { lab, .. }
+            | LabCommand::Check { lab }
+            | LabCommand::AddNode { lab }
+            | LabCommand::RemoveNode { lab, .. }
+            | LabCommand::RestartAgent { lab, .. }
+            | LabCommand::Down { lab }
+            | LabCommand::Propagation { lab, .. }
+            | LabCommand::Bench { lab, .. }
+            | LabCommand::Hold { lab }
+            | LabCommand::Address { lab } => lab,
+        }
+    }
+}
+
+/// Joins this user's rootless lab of that name, if there is one (starting
+/// it for `up --rootless`). Runs while the process still has one thread.
+/// Returns the lab's holder and whether this call started it.
+fn enter_rootless(command: &LabCommand) -> anyhow::Result<Option<(lab::rootless::Holder, bool)>> {
+    let name = command.lab().name.clone();
+    if matches!(command, LabCommand::Hold { .. }) {
+        return Ok(None);
+    }
+    if let Some(holder) = lab::rootless::holder(&name) {
+        holder.enter()?;
+        return Ok(Some((holder, false)));
+    }
+    let LabCommand::Up { rootless: true, registry, mode, .. } = command else {
+        if !nix::unistd::Uid::effective().is_root() {
+            if matches!(command, LabCommand::Down { .. }) {
+                // `down` is safe to repeat.
+                println!("lab `{name}` is not up; nothing to remove");
+                std::process::exit(0);
+            }
+            bail!(
+                "`felt lab` needs root, or a rootless lab: `felt lab up --rootless --name {name}` \
+                 (no rootless lab named `{name}` belongs to this user)"
+            );
+        }
+        return Ok(None);
+    };
+    if matches!(registry, RegistryKind::Kube) {
+        bail!("rootless labs use the file registry (--registry kube needs an API server inside the lab)");
+    }
+    Lab::new(&name, &command.lab().state_root, PathBuf::new())?;
+    if mode.is_none_or(|m| m != Mode::Kernel) {
+        // Say it now rather than through every agent's log.
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+            bail!(
+                "opening /dev/net/tun: {e}. The userspace data plane needs it readable and writable \
+                 by this user (most distributions ship it mode 0666: `sudo chmod 0666 /dev/net/tun`), \
+                 or use --mode kernel"
+            );
+        }
+    }
+    let felt = std::env::current_exe().context("finding the felt binary")?;
+    let holder = lab::rootless::start_holder(&name, &felt)?;
+    if let Err(e) = holder.enter() {
+        holder.stop();
+        return Err(e.into());
+    }
+    Ok(Some((holder, true)))
 }
 
 fn run_cni() -> ExitCode {
@@ -334,12 +423,13 @@ fn open_lab(l: &LabName) -> anyhow::Result<Lab> {
 
 fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
     match command {
-        LabCommand::Up { lab, nodes, pods_per_node, mode, registry, kubeconfig } => {
+        LabCommand::Hold { .. } => match lab::rootless::hold()? {},
+        LabCommand::Up { lab, nodes, pods_per_node, mode, rootless, registry, kubeconfig } => {
             let l = open_lab(&lab)?;
             let mut opts = UpOptions::new(&lab.name);
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
-            opts.mode = mode;
+            opts.mode = mode.unwrap_or(if rootless { Mode::Userspace } else { Mode::Kernel });
             opts.registry = match (registry, kubeconfig) {
                 (RegistryKind::File, _) => LabRegistry::File,
                 (RegistryKind::Kube, Some(kubeconfig)) => LabRegistry::Kube { kubeconfig },

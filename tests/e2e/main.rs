@@ -5,6 +5,7 @@
 mod debug;
 mod harness;
 mod kube;
+mod rootless;
 mod userspace;
 
 use std::process::{Command, Stdio};

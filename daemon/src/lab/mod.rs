@@ -16,6 +16,7 @@
 pub mod bench;
 mod kube;
 pub mod probe;
+pub mod rootless;
 mod topo;
 pub mod watch;
 
@@ -391,10 +392,22 @@ impl Lab {
             if missing.is_empty() {
                 return Ok(());
             }
+            // An agent that exited will not lease: say why now, in its own words
+            // (its log goes with the lab on teardown).
+            let exited: Vec<&NodeState> = state
+                .nodes
+                .iter()
+                .filter(|n| missing.contains(&n.name.as_str()))
+                .filter(|n| !topo::agent_alive(n.pid, &self.registry_dir()))
+                .collect();
+            if !exited.is_empty() {
+                let why: String = exited.iter().map(|n| self.log_tail(&n.name, "the agent exited")).collect();
+                return Err(LabError::Invalid(format!("agents exited before leasing a subnet{why}")));
+            }
             if Instant::now() > deadline {
+                let why: String = missing.iter().map(|n| self.log_tail(n, "no lease")).collect();
                 return Err(LabError::Timeout(format!(
-                    "nodes {missing:?} hold no lease after {timeout:?}; see {}",
-                    self.log_path(missing[0]).display()
+                    "nodes {missing:?} hold no lease after {timeout:?}{why}"
                 )));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -440,6 +453,16 @@ impl Lab {
         Ok(out)
     }
 
+    /// "\n{node}: {status}; last log lines: …", for an error message.
+    fn log_tail(&self, node: &str, status: &str) -> String {
+        let log = std::fs::read_to_string(self.log_path(node)).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        format!(
+            "\n{node}: {status}; last log lines:\n  {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+        )
+    }
+
     /// Waits until every node's data plane matches the registry.
     pub fn wait_programmed(&self, state: &LabState, timeout: Duration) -> Result<Duration, LabError> {
         let started = Instant::now();
@@ -452,17 +475,12 @@ impl Lab {
                 // The agents' own words say why; their logs go with the lab on teardown.
                 let mut why = String::new();
                 for (node, n) in pending.iter().filter(|(_, n)| **n != 0) {
-                    let log = std::fs::read_to_string(self.log_path(node)).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
                     let missing = if *n == usize::MAX {
                         "no VXLAN device".to_owned()
                     } else {
                         format!("{n} ops pending")
                     };
-                    why.push_str(&format!(
-                        "\n{node}: {missing}; last log lines:\n  {}",
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
-                    ));
+                    why.push_str(&self.log_tail(node, &missing));
                 }
                 return Err(LabError::Timeout(format!("data plane not programmed after {timeout:?}{why}")));
             }
