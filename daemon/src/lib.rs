@@ -5,6 +5,8 @@
 //! (the CNI plugin), [`lab`] (the whole fabric on one machine) and
 //! [`netns`] (running code inside a network namespace).
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod cni;
 pub mod icmp;

@@ -1,5 +1,7 @@
 //! The `felt` binary: the node agent, the CNI plugin and the lab.
 
+#![forbid(unsafe_code)]
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use felt::agent::{self, AgentConfig};
 use felt::lab::{self, Lab, LabRegistry, Mode, UpOptions};
 use felt::registry::RegistryConfig;
 use felt_overlay::kernel::UnderlayChoice;
+use felt_overlay::userspace::Offloads;
 use felt_proto::NetConfig;
 
 /// felt: a VXLAN overlay network for Kubernetes.
@@ -105,6 +108,10 @@ struct DaemonArgs {
     /// How often every peer's VTEP is probed over the overlay.
     #[arg(long, env = "FELT_PROBE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     probe_interval: Duration,
+    /// With --backend userspace: the offloads to use, `all`, `none` (one
+    /// plain TUN read/write per packet), or some of `tso,gso,gro`.
+    #[arg(long, env = "FELT_USERSPACE_OFFLOADS", default_value = "all", value_parser = Offloads::parse)]
+    userspace_offloads: Offloads,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -207,12 +214,17 @@ enum LabCommand {
         #[arg(long, default_value_t = 100)]
         changes: u32,
     },
-    /// Pod-to-pod TCP throughput across nodes, in one run: raw underlay,
-    /// kernel VXLAN, userspace, mixed (whichever the lab has), 1 and 4
-    /// streams, each as a ratio to kernel VXLAN, with CPU per Gbit/s.
+    /// Pod-to-pod TCP throughput (1 and 4 streams) and UDP packet rate
+    /// across nodes, in one run: raw underlay, kernel VXLAN, userspace, mixed
+    /// (whichever the lab has), each as a ratio to kernel VXLAN, with CPU cost.
     Bench {
         #[command(flatten)]
         lab: LabName,
+        /// Build a lab of this mode for the run (4 nodes, a pod each; removed
+        /// after), instead of measuring the existing lab `--name`. `mixed` has
+        /// every path.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
@@ -395,6 +407,7 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     cfg.device = args.device;
     cfg.debug_addr = args.debug_addr.0;
     cfg.probe_interval = args.probe_interval;
+    cfg.offloads = args.userspace_offloads;
     cfg.backend = match args.backend {
         BackendKind::Kernel => agent::Backend::Kernel,
         BackendKind::Userspace => agent::Backend::Userspace,
@@ -461,25 +474,30 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 pct(1.0)
             );
         }
-        LabCommand::Bench { lab, seconds, json } => {
+        LabCommand::Bench { lab, mode, seconds, json } => {
             if !(0.5..=120.0).contains(&seconds) {
                 bail!("--seconds must be between 0.5 and 120");
             }
-            let results = open_lab(&lab)?.bench(seconds, &mut |l| eprintln!("felt lab: {l}"))?;
+            let l = open_lab(&lab)?;
+            let progress = &mut |line: &str| eprintln!("felt lab: {line}");
+            let results = match mode {
+                None => l.bench(seconds, progress)?,
+                Some(mode) => {
+                    // A lab of its own, 4 nodes with a pod each: every path of the mode.
+                    let mut opts = UpOptions::new(&lab.name);
+                    opts.nodes = 4;
+                    opts.pods_per_node = 1;
+                    opts.mode = mode;
+                    l.up(&opts, progress)?;
+                    let results = l.bench(seconds, progress);
+                    l.down()?;
+                    results?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
-                println!(
-                    "{:<10} {:>7} {:>10} {:>10} {:>14}",
-                    "PATH", "STREAMS", "GBIT/S", "× KERNEL", "CORES/GBIT/S"
-                );
-                for r in &results {
-                    let ratio = r.ratio_to_kernel.map_or("-".to_owned(), |x| format!("{x:.2}"));
-                    println!(
-                        "{:<10} {:>7} {:>10.2} {:>10} {:>14.2}",
-                        r.path, r.streams, r.gbit_per_s, ratio, r.cores_per_gbit
-                    );
-                }
+                print_bench(&results);
             }
         }
         LabCommand::Address { lab } => {
@@ -542,6 +560,34 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_bench(results: &[lab::bench::PathResult]) {
+    let ratio = |r: &lab::bench::PathResult| r.ratio_to_kernel.map_or("-".to_owned(), |x| format!("{x:.2}"));
+    println!("TCP, pod to pod (underlay: node to node)");
+    println!("{:<10} {:>7} {:>10} {:>10} {:>14}", "PATH", "STREAMS", "GBIT/S", "× KERNEL", "CORES/GBIT/S");
+    for r in results.iter().filter(|r| r.test == "tcp") {
+        println!(
+            "{:<10} {:>7} {:>10.2} {:>10} {:>14.2}",
+            r.path,
+            r.streams,
+            r.gbit_per_s,
+            ratio(r),
+            r.cores_per_gbit
+        );
+    }
+    println!("\nUDP, {}-byte datagrams, one sender", lab::bench::UDP_PAYLOAD);
+    println!("{:<10} {:>10} {:>10} {:>8} {:>12}", "PATH", "KPPS", "× KERNEL", "LOSS", "CORES/MPPS");
+    for r in results.iter().filter(|r| r.test == "udp") {
+        println!(
+            "{:<10} {:>10.0} {:>10} {:>7.1}% {:>12}",
+            r.path,
+            r.packets_per_s.unwrap_or(0.0) / 1e3,
+            ratio(r),
+            r.loss.unwrap_or(0.0) * 100.0,
+            r.cores_per_mpps.map_or("-".to_owned(), |c| format!("{c:.2}"))
+        );
+    }
 }
 
 fn print_status(status: &serde_json::Value) {

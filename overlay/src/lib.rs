@@ -10,7 +10,7 @@
 //!
 //! Nothing here decides *who* the peers are: the daemon's cluster view does.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod kernel;
 mod model;

@@ -229,6 +229,8 @@ pub fn state_json(shared: &Shared, observed: Result<Observed, String>) -> Value 
         "recent_errors": st.recent_errors,
         "engine": shared.engine_counters().map(|c| json!({
             "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes, "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
+            "tx_super_packets": c.tx_super_packets, "rx_coalesced": c.rx_coalesced,
+            "offloads": shared.engine_offloads(),
             "drops": felt_overlay::userspace::DropReason::ALL.iter().zip(c.drops).map(|(r, n)| (r.label(), n)).collect::<std::collections::BTreeMap<_, _>>(),
         })),
     })

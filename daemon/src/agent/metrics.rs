@@ -119,6 +119,9 @@ pub struct Metrics {
     pub engine_bytes: Family<DirectionLabel, Counter>,
     /// `felt_engine_drops_total{reason}` (userspace mode).
     pub engine_drops: Family<ReasonLabel, Counter>,
+    /// `felt_engine_batches_total{direction}` (userspace mode): TSO
+    /// super-packets segmented (tx), coalesced TUN writes (rx).
+    pub engine_batches: Family<DirectionLabel, Counter>,
 }
 
 impl Metrics {
@@ -141,6 +144,7 @@ impl Metrics {
             engine_packets: Family::default(),
             engine_bytes: Family::default(),
             engine_drops: Family::default(),
+            engine_batches: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers by state: desired, programmed, rejected, pending", m.peers.clone());
@@ -193,6 +197,11 @@ impl Metrics {
             "engine_drops",
             "Userspace engine: packets dropped, by reason",
             m.engine_drops.clone(),
+        );
+        registry.register(
+            "engine_batches",
+            "Userspace engine: TSO super-packets cut into segments (tx), coalesced TUN writes (rx)",
+            m.engine_batches.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), backend }).set(1);

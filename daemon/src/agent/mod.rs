@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use felt_overlay::kernel::{Kernel, KernelError, Underlay, UnderlayChoice, VxlanSpec, change_events};
-use felt_overlay::userspace::{EngineConfig, UserspaceDataplane};
+use felt_overlay::userspace::{EngineConfig, Offloads, UserspaceDataplane};
 use felt_overlay::{Op, Peer, desired, plan};
 use felt_proto::{BackendData, BackendType, MacAddr, NetConfig, NodeRecord, SubnetFile};
 use ipnet::{IpNet, Ipv4Net};
@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub probe_interval: Duration,
     /// The data plane.
     pub backend: Backend,
+    /// The userspace data plane's offloads (userspace backend only).
+    pub offloads: Offloads,
 }
 
 /// The data plane: a closed set.
@@ -125,6 +127,7 @@ impl AgentConfig {
             debug_addr: Some(SocketAddr::from(([127, 0, 0, 1], debug::DEFAULT_PORT))),
             probe_interval: Duration::from_secs(5),
             backend: Backend::Kernel,
+            offloads: Offloads::ALL,
         }
     }
 }
@@ -211,7 +214,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         Backend::Userspace => {
             let engine = EngineConfig { vni: spec.vni, mac: vtep_mac, port: spec.port };
             let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
-            let dp = UserspaceDataplane::start(engine, &spec.name, bind).map_err(|source| {
+            let dp = UserspaceDataplane::start(engine, &spec.name, bind, cfg.offloads).map_err(|source| {
                 AgentError::Userspace { device: spec.name.clone(), port: spec.port, source }
             })?;
             let dp = Arc::new(dp);
@@ -293,6 +296,7 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
         resync_seconds: cfg.resync.as_secs_f64(),
         probe_interval_seconds: cfg.probe_interval.as_secs_f64(),
         subnet_file: cfg.subnet_file.display().to_string(),
+        userspace_offloads: (cfg.backend == Backend::Userspace).then(|| cfg.offloads.to_string()),
     }
 }
 

@@ -65,6 +65,9 @@ pub struct ConfigView {
     pub probe_interval_seconds: f64,
     /// The subnet file.
     pub subnet_file: String,
+    /// The userspace data plane's offloads asked for (`tso,gso,gro`, or
+    /// `none`); absent in kernel mode.
+    pub userspace_offloads: Option<String>,
 }
 
 /// One past error.
@@ -182,6 +185,15 @@ impl Shared {
         self.engine.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(dp, _)| dp.counters())
     }
 
+    /// The offloads the engine uses (those asked for, less any the kernel refused).
+    pub fn engine_offloads(&self) -> Option<String> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(dp, _)| dp.offloads().to_string())
+    }
+
     /// Moves the engine's counters into the metrics (by the difference since last time).
     pub fn refresh_engine_metrics(&self) {
         let mut guard = self.engine.lock().unwrap_or_else(|p| p.into_inner());
@@ -203,6 +215,16 @@ impl Shared {
         );
         inc(&m.engine_bytes.get_or_create(&DirectionLabel { direction: "tx" }), now.tx_bytes, last.tx_bytes);
         inc(&m.engine_bytes.get_or_create(&DirectionLabel { direction: "rx" }), now.rx_bytes, last.rx_bytes);
+        inc(
+            &m.engine_batches.get_or_create(&DirectionLabel { direction: "tx" }),
+            now.tx_super_packets,
+            last.tx_super_packets,
+        );
+        inc(
+            &m.engine_batches.get_or_create(&DirectionLabel { direction: "rx" }),
+            now.rx_coalesced,
+            last.rx_coalesced,
+        );
         for (i, r) in DropReason::ALL.iter().enumerate() {
             inc(
                 &m.engine_drops.get_or_create(&ReasonLabel { reason: r.label() }),

@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use felt_proto::MacAddr;
 use ipnet::Ipv4Net;
 
+use super::offload::{self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, VnetHdr};
 use super::wire::{ETHERNET_LEN, ETHERTYPE_IPV4, EthernetRepr, FLAG_I, VXLAN_LEN, VxlanPacket, VxlanRepr};
 use crate::Peer;
 
@@ -82,6 +83,11 @@ pub struct Counters {
     pub rx_bytes: u64,
     /// Drops, indexed like [`DropReason::ALL`].
     pub drops: [u64; DropReason::ALL.len()],
+    /// TSO super-packets from the TUN cut into segments (each segment is
+    /// also counted in `tx_packets`).
+    pub tx_super_packets: u64,
+    /// TUN writes that carried several coalesced segments (set by the edge).
+    pub rx_coalesced: u64,
 }
 
 impl Counters {
@@ -109,6 +115,25 @@ pub enum Encap {
     Send {
         /// Bytes written to the output buffer.
         len: usize,
+        /// The peer's underlay address and port.
+        to: SocketAddrV4,
+    },
+    /// Drop it.
+    Drop(DropReason),
+}
+
+/// What to do with a packet from a vnet-header TUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncapMany {
+    /// Send `out[..len]` to `to` as `count` UDP datagrams of `stride` bytes
+    /// (the last may be shorter): one UDP GSO send, or one send each.
+    Send {
+        /// Bytes written to the output buffer.
+        len: usize,
+        /// Bytes per datagram.
+        stride: usize,
+        /// Datagrams.
+        count: usize,
         /// The peer's underlay address and port.
         to: SocketAddrV4,
     },
@@ -223,6 +248,51 @@ impl Engine {
         self.counters.tx_packets += 1;
         self.counters.tx_bytes += len as u64;
         Encap::Send { len, to }
+    }
+
+    /// Encapsulates a packet read from a vnet-header TUN: a TSO super-packet
+    /// is cut into MSS-sized segments, each its own VXLAN frame, laid out
+    /// back to back in `out`; a checksum the kernel left to us is filled in.
+    pub fn encap_offloaded(&mut self, hdr: VnetHdr, ip: &mut [u8], out: &mut [u8]) -> EncapMany {
+        match hdr.gso_type & !GSO_ECN {
+            GSO_NONE => {
+                if hdr.flags & F_NEEDS_CSUM != 0
+                    && offload::complete_checksum(ip, hdr.csum_start, hdr.csum_offset).is_err()
+                {
+                    return EncapMany::Drop(self.drop(DropReason::BadInnerPacket));
+                }
+                match self.encap(ip, out) {
+                    Encap::Send { len, to } => EncapMany::Send { len, stride: len, count: 1, to },
+                    Encap::Drop(r) => EncapMany::Drop(r),
+                }
+            }
+            GSO_TCPV4 => {
+                let Some(dst) = ipv4_dst(ip) else {
+                    return EncapMany::Drop(self.drop(DropReason::BadInnerPacket));
+                };
+                let Some(peer) = self.lookup(dst) else {
+                    return EncapMany::Drop(self.drop(DropReason::NoRoute));
+                };
+                let (peer_mac, to) = (peer.vtep_mac, SocketAddrV4::new(peer.underlay_ip, self.cfg.port));
+                let segs = match offload::segment_tcp4(ip, usize::from(hdr.gso_size), HEADROOM, out) {
+                    Ok(s) => s,
+                    Err(offload::Malformed) => return EncapMany::Drop(self.drop(DropReason::BadInnerPacket)),
+                };
+                let vxlan = VxlanRepr { vni: self.cfg.vni };
+                let eth = EthernetRepr { dst: peer_mac, src: self.cfg.mac, ethertype: ETHERTYPE_IPV4 };
+                for i in 0..segs.count {
+                    let at = i * segs.stride;
+                    vxlan.emit(&mut out[at..at + VXLAN_LEN]);
+                    eth.emit(&mut out[at + VXLAN_LEN..at + HEADROOM]);
+                }
+                self.counters.tx_super_packets += 1;
+                self.counters.tx_packets += segs.count as u64;
+                self.counters.tx_bytes += segs.len as u64;
+                EncapMany::Send { len: segs.len, stride: segs.stride, count: segs.count, to }
+            }
+            // Never asked for (TUNSETOFFLOAD sets CSUM and TSO4 only).
+            _ => EncapMany::Drop(self.drop(DropReason::BadInnerPacket)),
+        }
     }
 
     /// Checks a datagram from `from` (its underlay source) and returns the

@@ -9,10 +9,12 @@
 
 mod edge;
 mod engine;
+pub mod offload;
+mod sys;
 pub mod wire;
 
-pub use edge::UserspaceDataplane;
-pub use engine::{Counters, Decap, DropReason, Encap, Engine, EngineConfig, HEADROOM};
+pub use edge::{Offloads, UserspaceDataplane};
+pub use engine::{Counters, Decap, DropReason, Encap, EncapMany, Engine, EngineConfig, HEADROOM};
 
 #[cfg(test)]
 mod tests;

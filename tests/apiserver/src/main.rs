@@ -13,6 +13,8 @@
 //! `POST /_test/compact`, `/_test/drop-watches`, `/_test/fail?status=503&seconds=N`,
 //! `/_test/pause?seconds=N`, `/_test/heal`; `GET /_test/stats`.
 
+#![forbid(unsafe_code)]
+
 mod serve;
 mod store;
 

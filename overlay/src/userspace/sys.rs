@@ -1,0 +1,61 @@
+//! The TUN ioctls the fast path needs and `tun-tap` does not offer:
+//! `IFF_VNET_HDR` (every packet carries a `virtio_net_hdr`, so the kernel
+//! can hand over and take TSO super-packets with checksums left to us) and
+//! `TUNSETOFFLOAD` (which offloads the device advertises). This is the only
+//! module of felt with `unsafe`: three `ioctl(2)` calls, each on a file
+//! descriptor we own, with arguments laid out as `linux/if_tun.h` says.
+
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// `struct ifreq` as TUNSETIFF reads it: a name and the flags (the rest of
+/// the kernel's 40-byte union is padding here).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens `/dev/net/tun` and creates (or attaches to) TUN device `name`,
+/// without packet info and with a `virtio_net_hdr` in front of every packet.
+pub fn open_tun_vnet(name: &str) -> io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name `{name}`")));
+    }
+    let file = OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: `file` is an open /dev/net/tun descriptor; TUNSETIFF reads a
+    // `struct ifreq` (name NUL-terminated, flags) from the pointer, which
+    // points to a live, properly sized and aligned `IfReq` for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// The offloads a TUN device accepts from the stack (`TUN_F_*`): with
+/// checksum and TSO4 the kernel hands over TCP super-packets of up to 64 KiB.
+pub fn set_offload(tun: &File, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: `tun` is an attached TUN descriptor; TUNSETOFFLOAD takes its
+    // argument by value (an unsigned int of TUN_F_* bits), no pointer.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Sets the `virtio_net_hdr` size the device uses (10: the plain header).
+pub fn set_vnet_hdr_size(tun: &File, size: libc::c_int) -> io::Result<()> {
+    // SAFETY: `tun` is an attached TUN descriptor; TUNSETVNETHDRSZ reads one
+    // int from the pointer, which points to `size` on our stack for the call.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size as *const libc::c_int) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
