@@ -39,12 +39,32 @@ fn userspace_and_mixed_labs_reach_every_pair() {
         for streams in [1, 4] {
             let r = rows
                 .iter()
-                .find(|r| r["path"] == path && r["streams"] == streams)
-                .unwrap_or_else(|| panic!("{path}/{streams}"));
+                .find(|r| r["test"] == "tcp" && r["path"] == path && r["streams"] == streams)
+                .unwrap_or_else(|| panic!("tcp {path}/{streams}"));
             assert!(r["gbit_per_s"].as_f64().unwrap() > 0.0, "{r}");
         }
+        let r = rows
+            .iter()
+            .find(|r| r["test"] == "udp" && r["path"] == path)
+            .unwrap_or_else(|| panic!("udp {path}"));
+        assert!(r["packets_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!((0.0..=1.0).contains(&r["loss"].as_f64().unwrap()), "{r}");
     }
     assert!(rows.iter().filter(|r| r["path"] == "kernel").all(|r| r["ratio_to_kernel"] == 1.0));
+    // The bench gives kernel nodes their checksum offload back when it is done.
+    let features = String::from_utf8(
+        crate::harness::run(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &lab.node_ns("n1"),
+            "ethtool",
+            "-k",
+            "eth0",
+        ]))
+        .stdout,
+    )
+    .unwrap();
+    assert!(features.contains("tx-checksum-ip-generic: off"), "{features}");
     lab.finish();
 }
 

@@ -1,15 +1,17 @@
-//! `felt lab bench`: pod-to-pod TCP throughput across nodes, in one run on
-//! one lab, for each path the lab has: the raw underlay (node to node), the
-//! kernel VXLAN (pods on two kernel nodes), the userspace engine (pods on two
-//! userspace nodes) and mixed (kernel to userspace). Each is reported with
-//! its ratio to the kernel VXLAN figure and the machine's CPU per Gbit/s.
+//! `felt lab bench`: pod-to-pod TCP throughput and UDP packet rate across
+//! nodes, in one run on one lab, for each path the lab has: the raw underlay
+//! (node to node), the kernel VXLAN (pods on two kernel nodes), the
+//! userspace engine (pods on two userspace nodes) and mixed (kernel to
+//! userspace). Each is reported with its ratio to the kernel VXLAN figure
+//! and the machine's CPU per Gbit/s (TCP) or per million packets/s (UDP).
 //!
-//! The generator is felt's own: one sink per target namespace, `streams`
-//! TCP connections writing 128 KiB buffers for a fixed time. Every loop is
-//! bounded by the deadline.
+//! The generators are felt's own: for TCP one sink per target namespace and
+//! `streams` connections writing 128 KiB buffers for a fixed time; for UDP
+//! one sender of 64-byte datagrams as fast as it can and one counting
+//! receiver. Every loop is bounded by the deadline.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,22 +22,35 @@ use serde::Serialize;
 use crate::netns;
 
 const PORT: u16 = 7947;
+const UDP_PORT: u16 = 7948;
+/// UDP payload bytes per datagram in the packet-rate test.
+pub const UDP_PAYLOAD: usize = 64;
 
 /// One measured path.
 #[derive(Debug, Clone, Serialize)]
 pub struct PathResult {
+    /// `tcp` (goodput of `streams` connections) or `udp` (packet rate of one
+    /// sender of 64-byte datagrams).
+    pub test: String,
     /// `underlay`, `kernel`, `userspace` or `mixed`.
     pub path: String,
     /// From → to, for people.
     pub between: String,
-    /// Parallel TCP streams.
+    /// Parallel TCP streams (1 for UDP).
     pub streams: u32,
-    /// Goodput.
+    /// Goodput (UDP: payload bytes received).
     pub gbit_per_s: f64,
-    /// Goodput / the kernel VXLAN figure with the same streams.
+    /// UDP: datagrams received per second.
+    pub packets_per_s: Option<f64>,
+    /// UDP: share of the datagrams sent that never arrived.
+    pub loss: Option<f64>,
+    /// This figure / the kernel VXLAN one of the same test and streams
+    /// (TCP: goodput; UDP: packets per second).
     pub ratio_to_kernel: Option<f64>,
     /// Busy CPU cores (whole machine) per Gbit/s during the run.
     pub cores_per_gbit: f64,
+    /// UDP: busy CPU cores per million datagrams per second received.
+    pub cores_per_mpps: Option<f64>,
 }
 
 /// One endpoint: a namespace and an address in it.
@@ -45,6 +60,80 @@ pub struct End {
     pub netns: String,
     /// Address to reach it at.
     pub ip: Ipv4Addr,
+}
+
+/// Busy cores (whole machine) between two `busy_jiffies` readings.
+fn busy_cores((busy0, total0): (u64, u64), (busy1, total1): (u64, u64)) -> f64 {
+    if total1 <= total0 {
+        return 0.0;
+    }
+    // Jiffies over all CPUs: busy fraction × number of CPUs = busy cores.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    (busy1 - busy0) as f64 / (total1 - total0) as f64 * cpus
+}
+
+/// What the UDP packet-rate test measured.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpRate {
+    /// Datagrams received per second.
+    pub received_per_s: f64,
+    /// Share of the datagrams sent that never arrived.
+    pub loss: f64,
+    /// Busy cores during the run.
+    pub cores: f64,
+}
+
+/// One sender of [`UDP_PAYLOAD`]-byte datagrams from `src` to `dst`, as fast
+/// as it can for `seconds`; one receiver counting them.
+pub fn udp_rate(src: &End, dst: &End, seconds: f64) -> std::io::Result<UdpRate> {
+    let sink =
+        netns::run_in(&netns::named(&dst.netns), || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT)))??;
+    let to = SocketAddr::from((dst.ip, UDP_PORT));
+    let source = netns::run_in(&netns::named(&src.netns), move || -> std::io::Result<UdpSocket> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect(to)?;
+        Ok(s)
+    })??;
+    let run = Duration::from_secs_f64(seconds);
+    sink.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counter = {
+        let (received, stop) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            // Bounded: the main thread sets `stop` after the run and a grace period.
+            while !stop.load(Ordering::Relaxed) {
+                if sink.recv(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let payload = [0x5au8; UDP_PAYLOAD];
+    let before = busy_jiffies();
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    while start.elapsed() < run {
+        for _ in 0..64 {
+            // A full socket buffer (ENOBUFS) is the sender's limit, not a loss on the path.
+            if source.send(&payload).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cores = busy_cores(before, busy_jiffies());
+    // Let what is in flight arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let _ = counter.join();
+    let got = received.load(Ordering::Relaxed);
+    Ok(UdpRate {
+        received_per_s: got as f64 / elapsed,
+        loss: if sent > 0 { 1.0 - (got.min(sent) as f64 / sent as f64) } else { 0.0 },
+        cores,
+    })
 }
 
 fn busy_jiffies() -> (u64, u64) {
@@ -96,7 +185,7 @@ pub fn tcp(src: &End, dst: &End, streams: u32, seconds: f64) -> std::io::Result<
             .map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(3)))
             .collect::<std::io::Result<Vec<_>>>()
     })??;
-    let (busy0, total0) = busy_jiffies();
+    let before = busy_jiffies();
     let start = Instant::now();
     let base = received.load(Ordering::Relaxed);
     let writers: Vec<_> = conns
@@ -118,16 +207,9 @@ pub fn tcp(src: &End, dst: &End, streams: u32, seconds: f64) -> std::io::Result<
     }
     let bytes = received.load(Ordering::Relaxed) - base;
     let elapsed = start.elapsed().as_secs_f64();
-    let (busy1, total1) = busy_jiffies();
+    let cores = busy_cores(before, busy_jiffies());
     let _ = sink.join();
     let gbit = bytes as f64 * 8.0 / elapsed / 1e9;
-    let cores = if total1 > total0 {
-        // Jiffies over all CPUs: busy fraction × number of CPUs = busy cores.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        (busy1 - busy0) as f64 / (total1 - total0) as f64 * cpus
-    } else {
-        0.0
-    };
     Ok((gbit, if gbit > 0.0 { cores / gbit } else { f64::INFINITY }))
 }
 

@@ -302,7 +302,9 @@ impl Lab {
         let name = format!("n{index}");
         let netns = format!("{}-{name}", self.name);
         let underlay_ip = topo::node_ip(state.underlay, index);
-        let sum_on_send = state.mode != Mode::Kernel;
+        let backend = state.mode.backend_of(index);
+        // Only a kernel VXLAN node that sends to userspace nodes: see make_node.
+        let sum_on_send = state.mode == Mode::Mixed && backend == crate::agent::Backend::Kernel;
         topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len(), sum_on_send)?;
         let dir = self.node_dir(&name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
@@ -312,7 +314,6 @@ impl Lab {
                 .map_err(|e| LabError::Invalid(e.to_string()))?;
             kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &name, cidr)?;
         }
-        let backend = state.mode.backend_of(index);
         let pid = self.spawn_agent(&state.registry, backend, &name, &netns)?;
         Ok(NodeState { name, netns, index, underlay_ip, pid })
     }
@@ -398,7 +399,8 @@ impl Lab {
                 .nodes
                 .iter()
                 .filter(|n| missing.contains(&n.name.as_str()))
-                .filter(|n| !topo::agent_alive(n.pid, &self.registry_dir()))
+                // Not agent_alive: until it execs, a fresh child still shows our command line.
+                .filter(|n| topo::is_zombie_or_gone(n.pid))
                 .collect();
             if !exited.is_empty() {
                 let why: String = exited.iter().map(|n| self.log_tail(&n.name, "the agent exited")).collect();
@@ -782,29 +784,73 @@ impl Lab {
         if paths.len() < 2 {
             return Err(LabError::Invalid("nothing to compare: need two nodes with a pod each (a mixed lab of 4 nodes measures every path)".into()));
         }
+        // Kernel nodes of a mixed lab send with checksum offload off (see
+        // topo::make_node); the paths that do not reach a userspace node are
+        // measured with it on, as on a real NIC.
+        let offloaded: Vec<&str> = if state.mode == Mode::Mixed {
+            kernel.iter().map(|n| n.netns.as_str()).collect()
+        } else {
+            Vec::new()
+        };
+        let with_offload = |label: &str, on: bool| -> Result<(), LabError> {
+            if label == "underlay" || label == "kernel" {
+                for ns in &offloaded {
+                    topo::tx_checksum_offload(ns, on)?;
+                }
+            }
+            Ok(())
+        };
         let mut results = Vec::new();
         for streams in [1u32, 4] {
             for (label, src, dst) in &paths {
-                progress(&format!("{label}, {streams} stream(s): {}", bench::describe(src, dst)));
-                let (gbit, cores) = bench::tcp(src, dst, streams, seconds)
-                    .map_err(|e| LabError::Invalid(format!("bench {label}: {e}")))?;
+                progress(&format!("tcp, {label}, {streams} stream(s): {}", bench::describe(src, dst)));
+                with_offload(label, true)?;
+                let measured = bench::tcp(src, dst, streams, seconds);
+                with_offload(label, false)?;
+                let (gbit, cores) = measured.map_err(|e| LabError::Invalid(format!("bench {label}: {e}")))?;
                 results.push(bench::PathResult {
+                    test: "tcp".into(),
                     path: (*label).to_owned(),
                     between: bench::describe(src, dst),
                     streams,
                     gbit_per_s: gbit,
+                    packets_per_s: None,
+                    loss: None,
                     ratio_to_kernel: None,
                     cores_per_gbit: cores,
+                    cores_per_mpps: None,
                 });
             }
         }
-        let kernel_of = |streams: u32, rs: &[bench::PathResult]| {
-            rs.iter().find(|r| r.path == "kernel" && r.streams == streams).map(|r| r.gbit_per_s)
+        for (label, src, dst) in &paths {
+            progress(&format!("udp, {label}: {}", bench::describe(src, dst)));
+            with_offload(label, true)?;
+            let measured = bench::udp_rate(src, dst, seconds);
+            with_offload(label, false)?;
+            let r = measured.map_err(|e| LabError::Invalid(format!("bench udp {label}: {e}")))?;
+            let gbit = r.received_per_s * (bench::UDP_PAYLOAD * 8) as f64 / 1e9;
+            results.push(bench::PathResult {
+                test: "udp".into(),
+                path: (*label).to_owned(),
+                between: bench::describe(src, dst),
+                streams: 1,
+                gbit_per_s: gbit,
+                packets_per_s: Some(r.received_per_s),
+                loss: Some(r.loss),
+                ratio_to_kernel: None,
+                cores_per_gbit: if gbit > 0.0 { r.cores / gbit } else { f64::INFINITY },
+                cores_per_mpps: (r.received_per_s > 0.0).then(|| r.cores / (r.received_per_s / 1e6)),
+            });
+        }
+        let kernel_of = |r: &bench::PathResult, rs: &[bench::PathResult]| {
+            rs.iter()
+                .find(|k| k.path == "kernel" && k.test == r.test && k.streams == r.streams)
+                .map(|k| if k.test == "udp" { k.packets_per_s.unwrap_or(0.0) } else { k.gbit_per_s })
         };
         let snapshot = results.clone();
         for r in &mut results {
-            r.ratio_to_kernel =
-                kernel_of(r.streams, &snapshot).filter(|k| *k > 0.0).map(|k| r.gbit_per_s / k);
+            let mine = if r.test == "udp" { r.packets_per_s.unwrap_or(0.0) } else { r.gbit_per_s };
+            r.ratio_to_kernel = kernel_of(r, &snapshot).filter(|k| *k > 0.0).map(|k| mine / k);
         }
         let json = serde_json::to_vec_pretty(&results).expect("results serialise");
         let _ = write_atomic(&bench::results_path(&self.dir), &json);

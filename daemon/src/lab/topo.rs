@@ -115,10 +115,12 @@ pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8) -> Result<(), LabErro
 /// A node namespace, wired to the underlay bridge as `eth0`.
 ///
 /// With `sum_on_send`, `eth0` computes checksums in software before sending.
-/// veth pairs otherwise pass packets on with the inner checksum still to be
-/// filled in (checksum offload); a kernel VXLAN receiver accepts that, but a
-/// userspace one reads the bytes as they are. Real NICs fill it in on the
-/// wire, so this only matters on a lab's veths.
+/// A kernel VXLAN device otherwise passes its frames on with the *inner*
+/// checksum still to be filled in (checksum offload), and veths deliver them
+/// so; a kernel VXLAN receiver accepts that, but a userspace one reads the
+/// bytes as they are. Real NICs fill it in on the wire, so this only matters
+/// for kernel nodes of a mixed lab. (Userspace senders fill in inner
+/// checksums themselves, and keep offload for UDP GSO.)
 pub fn make_node(
     underlay_ns: &str,
     ns: &str,
@@ -133,19 +135,29 @@ pub fn make_node(
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "addr", "add", &format!("{addr}/{prefix}"), "dev", "eth0"])?;
     if sum_on_send {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| LabError::Command { cmd: "ethtool -K eth0 tx off".into(), stderr: e.to_string() })?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                cmd: format!("ip netns exec {ns} ethtool -K eth0 tx off (userspace labs need ethtool)"),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
+        tx_checksum_offload(ns, false)?;
     }
     ip(&["-n", ns, "link", "set", "eth0", "up"])
+}
+
+/// Turns checksum offload on `eth0` of node namespace `ns` on or off (see [`make_node`]).
+pub fn tx_checksum_offload(ns: &str, on: bool) -> Result<(), LabError> {
+    let state = if on { "on" } else { "off" };
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", state])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| LabError::Command {
+            cmd: format!("ethtool -K eth0 tx {state}"),
+            stderr: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("ip netns exec {ns} ethtool -K eth0 tx {state} (mixed labs need ethtool)"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Starts `felt ARGS…` inside `ns`, detached, logging to `log`. Returns its pid.
@@ -220,7 +232,7 @@ fn cmdline(pid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&raw).replace('\0', " "))
 }
 
-fn is_zombie_or_gone(pid: u32) -> bool {
+pub(crate) fn is_zombie_or_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => true,
