@@ -232,6 +232,22 @@ enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Floods a userspace node's VXLAN port with malformed datagrams of every
+    /// kind (and from an address that is no peer's) while pods ping across
+    /// it; accounts for every datagram and checks traffic flows after.
+    Soak {
+        #[command(flatten)]
+        lab: LabName,
+        /// Datagrams to send.
+        #[arg(long, default_value_t = 10_000_000)]
+        datagrams: u64,
+        /// Stop sending after this many seconds even if not all were sent.
+        #[arg(long, default_value_t = 600.0)]
+        max_seconds: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Holds a rootless lab's namespaces (started by `up --rootless`).
     #[command(hide = true)]
     Hold {
@@ -307,6 +323,7 @@ impl LabCommand {
             | LabCommand::Down { lab }
             | LabCommand::Propagation { lab, .. }
             | LabCommand::Bench { lab, .. }
+            | LabCommand::Soak { lab, .. }
             | LabCommand::Hold { lab }
             | LabCommand::Address { lab } => lab,
         }
@@ -498,6 +515,40 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
                 print_bench(&results);
+            }
+        }
+        LabCommand::Soak { lab, datagrams, max_seconds, json } => {
+            if !(1.0..=3600.0).contains(&max_seconds) {
+                bail!("--max-seconds must be between 1 and 3600");
+            }
+            let r = open_lab(&lab)?.soak(datagrams, max_seconds, &mut |l| eprintln!("felt lab: {l}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} datagrams at {} in {:.1} s ({:.0}/s): felt counted {}, the kernel dropped {} before felt \
+                     read them, {} unaccounted",
+                    r.sent,
+                    r.target,
+                    r.seconds,
+                    r.sent as f64 / r.seconds.max(1e-9),
+                    r.counted_by_felt.values().sum::<u64>(),
+                    r.dropped_by_kernel,
+                    r.unaccounted
+                );
+                for (reason, n) in &r.counted_by_felt {
+                    println!("  {reason:<18} {n}");
+                }
+                println!(
+                    "pings during the flood: {}/{} answered; right after: {}; agent {}",
+                    r.pings_answered,
+                    r.pings_sent,
+                    if r.recovered { "answered" } else { "NO ANSWER" },
+                    if r.agent_alive { "running" } else { "NOT RUNNING" }
+                );
+            }
+            if r.unaccounted != 0 || !r.recovered || !r.agent_alive {
+                return Ok(ExitCode::FAILURE);
             }
         }
         LabCommand::Address { lab } => {

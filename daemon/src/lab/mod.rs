@@ -17,6 +17,7 @@ pub mod bench;
 mod kube;
 pub mod probe;
 pub mod rootless;
+pub mod soak;
 mod topo;
 pub mod watch;
 
