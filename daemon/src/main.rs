@@ -40,6 +40,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keeps a stopping agent's userspace data plane (descriptors on stdin)
+    /// for the next agent; started by the agent itself.
+    #[command(hide = true)]
+    Keeper {
+        /// The TUN device.
+        #[arg(long)]
+        device: String,
+        /// How long to wait for the next agent.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        hold: Duration,
+    },
     /// The whole fabric on one machine, in network namespaces.
     Lab {
         #[command(subcommand)]
@@ -288,6 +299,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => run_daemon(args),
         Command::Cni => return run_cni(),
         Command::Status { addr, json } => run_status(addr, json),
+        Command::Keeper { device, hold } => run_keeper(&device, hold),
         Command::Lab { command } => enter_rootless(&command).and_then(|rootless| {
             let down = matches!(command, LabCommand::Down { .. });
             let up = matches!(command, LabCommand::Up { .. });
@@ -433,6 +445,17 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     // (every extra thread brings a malloc arena).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(agent::run(cfg)).map_err(|e| anyhow::anyhow!(felt::util::error_chain(&e)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_keeper(device: &str, hold: Duration) -> anyhow::Result<ExitCode> {
+    use std::os::fd::AsFd;
+    let from_agent: std::os::unix::net::UnixStream = std::io::stdin().as_fd().try_clone_to_owned()?.into();
+    let claimed = felt_overlay::userspace::keeper::keep(device, from_agent, hold)
+        .with_context(|| format!("keeping the data plane of {device}"))?;
+    if !claimed {
+        eprintln!("felt keeper: no agent took over {device} within {hold:?}; letting its descriptors go");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,9 +1,11 @@
 //! The userspace data plane on real labs: alone, mixed with kernel nodes,
 //! and under garbage on the VXLAN port.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
-use crate::harness::{TestLab, ip_in, require_root, sample_value};
+use crate::harness::{TestLab, ip_in, require_root, sample_value, wait_until};
 
 #[test]
 fn userspace_and_mixed_labs_reach_every_pair() {
@@ -95,6 +97,52 @@ fn garbage_on_the_vxlan_port_is_counted_and_harmless() {
         .filter_map(sample_value)
         .sum();
     assert!(metric >= 300_000.0 - r["dropped_by_kernel"].as_f64().unwrap(), "{metric} {r}");
+    let check = lab.felt(&["lab", "check"]);
+    assert_eq!(check.lines().last(), Some("2/2 pod pairs reachable"), "{check}");
+    lab.finish();
+}
+
+#[test]
+fn userspace_restarts_lose_nothing() {
+    if !require_root("userspace_restarts_lose_nothing") {
+        return;
+    }
+    let lab = TestLab::up_named(&TestLab::unique_name(), 2, 1, &["--mode", "userspace"]);
+    let target = lab.first_pod_ip("n2");
+    let src = felt::netns::named(&format!("{}-n1-p1", lab.name));
+    // 20 s at 50 packets per second, across two SIGTERM restarts of each agent:
+    // the TUN is persistent and a keeper holds the descriptors in between.
+    let pinger = std::thread::spawn(move || {
+        felt::netns::run_in(&src, move || {
+            felt::lab::probe::ping_series(target, 1000, Duration::from_millis(20), Duration::from_secs(1))
+        })
+    });
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_secs(3));
+        for node in ["n2", "n1"] {
+            let before = lab.log(node).len();
+            lab.felt(&["lab", "restart-agent", node]);
+            let took_over = wait_until(Duration::from_secs(10), || {
+                lab.log(node)[before..].contains("took the data plane over from the previous agent's keeper")
+            });
+            assert!(took_over.is_some(), "round {round}: {node} did not take over:\n{}", lab.log(node));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let report = pinger.join().unwrap().unwrap().unwrap();
+    assert_eq!(
+        report.received,
+        report.sent,
+        "lost {} of {} pings",
+        report.sent - report.received,
+        report.sent
+    );
+
+    // A SIGKILL leaves no keeper; the persistent TUN keeps the routes, and the
+    // next agent attaches to it.
+    let n2 = lab.node_ns("n2");
+    lab.felt(&["lab", "restart-agent", "n2", "--kill"]);
+    assert!(ip_in(&n2, &["route", "show", "dev", "felt.1"]).contains("10.244."), "routes survived the kill");
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("2/2 pod pairs reachable"), "{check}");
     lab.finish();

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use felt_overlay::kernel::{Kernel, KernelError, Underlay, UnderlayChoice, VxlanSpec, change_events};
-use felt_overlay::userspace::{EngineConfig, Offloads, UserspaceDataplane};
+use felt_overlay::userspace::{EngineConfig, Offloads, UserspaceDataplane, keeper};
 use felt_overlay::{Op, Peer, desired, plan};
 use felt_proto::{BackendData, BackendType, MacAddr, NetConfig, NodeRecord, SubnetFile};
 use ipnet::{IpNet, Ipv4Net};
@@ -214,9 +214,25 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         Backend::Userspace => {
             let engine = EngineConfig { vni: spec.vni, mac: vtep_mac, port: spec.port };
             let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
-            let dp = UserspaceDataplane::start(engine, &spec.name, bind, cfg.offloads).map_err(|source| {
-                AgentError::Userspace { device: spec.name.clone(), port: spec.port, source }
-            })?;
+            // A previous agent may have left its descriptors with a keeper.
+            let adopted = if cfg.offloads == Offloads::NONE {
+                None
+            } else {
+                match keeper::take_over(&spec.name, spec.port) {
+                    Ok(Some(h)) => {
+                        info!(device = %spec.name, "took the data plane over from the previous agent's keeper");
+                        Some(h)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        warn!(error = %e, "a keeper answered but its descriptors are unusable; starting afresh");
+                        None
+                    }
+                }
+            };
+            let dp = UserspaceDataplane::start(engine, &spec.name, bind, cfg.offloads, adopted).map_err(
+                |source| AgentError::Userspace { device: spec.name.clone(), port: spec.port, source },
+            )?;
             let dp = Arc::new(dp);
             shared.set_engine(dp.clone());
             Some(dp)
@@ -277,6 +293,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 _ = resync.tick() => break "timer",
                 _ = shutdown.changed() => {
                     info!("shutting down; the data plane stays as it is");
+                    if let Some(dp) = &agent.userspace {
+                        spawn_keeper(dp);
+                    }
                     return Ok(());
                 }
             }
@@ -304,7 +323,7 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
 struct State {
     peers: Vec<Peer>,
     /// The peer table last handed to the userspace engine.
-    engine_peers: Vec<Peer>,
+    engine_peers: Option<Vec<Peer>>,
     /// What was last logged per bad document or record, so each is said once.
     complaints: BTreeMap<String, String>,
 }
@@ -439,9 +458,10 @@ impl Agent {
         let vtep = self.me.pod_cidr.network();
         let device = match &self.userspace {
             Some(dp) => {
-                if self.state.engine_peers != view.peers {
+                // The first table too, even empty: the workers wait for it.
+                if self.state.engine_peers.as_ref() != Some(&view.peers) {
                     dp.set_peers(&view.peers);
-                    self.state.engine_peers = view.peers.clone();
+                    self.state.engine_peers = Some(view.peers.clone());
                 }
                 self.shared.refresh_engine_metrics();
                 self.kernel.ensure_tun(dp.name(), self.spec.mtu, vtep).await
@@ -592,6 +612,40 @@ where
 }
 
 /// A receiver that flips to `true` on SIGTERM or SIGINT.
+/// How long a keeper waits for the next agent before it lets the
+/// descriptors go.
+pub const KEEPER_HOLD: Duration = Duration::from_secs(10);
+
+/// Hands the userspace data plane's descriptors to a `felt keeper` child,
+/// so packets wait in the kernel until the next agent takes them over (see
+/// `felt_overlay::userspace::keeper`). Failing that, the persistent TUN
+/// still keeps the routes.
+fn spawn_keeper(dp: &UserspaceDataplane) {
+    let run = || -> std::io::Result<u32> {
+        let handover = dp.handover()?;
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["keeper", "--device", dp.name(), "--hold"])
+            .arg(format!("{}ms", KEEPER_HOLD.as_millis()))
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(std::process::Stdio::null())
+            // Its own process group: a Ctrl-C meant for the agent does not reach it.
+            .process_group(0)
+            .spawn()?;
+        keeper::hand_over(&mut ours, &handover)?;
+        Ok(child.id())
+    };
+    match run() {
+        Ok(pid) => {
+            info!(pid, hold = ?KEEPER_HOLD, "the data plane's descriptors wait with a keeper for the next agent")
+        }
+        Err(e) => {
+            warn!(error = %e, "no keeper for the next agent: packets arriving before it starts are lost")
+        }
+    }
+}
+
 fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {

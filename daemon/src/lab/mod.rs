@@ -665,6 +665,7 @@ impl Lab {
         let mut namespaces = topo::namespaces_with_prefix(&n.netns)?;
         namespaces.push(n.netns.clone());
         for ns in namespaces {
+            topo::kill_processes_in(&ns);
             topo::ip(&["netns", "delete", &ns])?;
         }
         Ok(propagation)
@@ -877,6 +878,11 @@ impl Lab {
         namespaces.sort_by_key(|n| std::cmp::Reverse(n.len()));
         let mut errors = Vec::new();
         for ns in namespaces {
+            // Whatever the agents left running there (a keeper waiting for a successor).
+            let stray = topo::kill_processes_in(&ns);
+            if stray > 0 {
+                removed.push(format!("{stray} process(es) in {ns}"));
+            }
             match topo::ip(&["netns", "delete", &ns]) {
                 Ok(()) => removed.push(format!("netns {ns}")),
                 Err(e) => errors.push(e.to_string()),

@@ -160,6 +160,39 @@ pub fn tx_checksum_offload(ns: &str, on: bool) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Stops every process still inside named namespace `ns` (a stopped
+/// agent's keeper, say): SIGTERM, then SIGKILL after a second. Returns how many.
+pub fn kill_processes_in(ns: &str) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(crate::netns::named(ns)) else { return 0 };
+    let inside = |pid: u32| {
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|m| m.ino() == target.ino() && m.dev() == target.dev())
+            && !is_zombie_or_gone(pid)
+    };
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && inside(*pid))
+        .collect();
+    for pid in &pids {
+        if let Ok(raw) = i32::try_from(*pid) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while pids.iter().any(|p| inside(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for pid in pids.iter().filter(|p| inside(**p)) {
+        if let Ok(raw) = i32::try_from(*pid) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+    }
+    pids.len()
+}
+
 /// Starts `felt ARGS…` inside `ns`, detached, logging to `log`. Returns its pid.
 pub fn spawn_in(ns: &str, felt: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
     let file = std::fs::OpenOptions::new()

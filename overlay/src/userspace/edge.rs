@@ -126,11 +126,23 @@ enum Tun {
     Vnet(File),
 }
 
+/// The data plane's descriptors, as passed from one agent to the next (see
+/// [`super::keeper`]): the vnet-header TUN and the bound VXLAN socket.
+#[derive(Debug)]
+pub struct Handover {
+    /// The TUN device (vnet header, persistent).
+    pub tun: File,
+    /// The UDP socket on the VXLAN port.
+    pub udp: UdpSocket,
+}
+
 /// A running userspace data plane.
 #[derive(Debug)]
 pub struct UserspaceDataplane {
     name: String,
     offloads: Offloads,
+    tun: Arc<Tun>,
+    udp: UdpSocket,
     peers: [mpsc::Sender<Vec<Peer>>; 2],
     /// Encap worker's, then decap worker's.
     published: [Arc<Published>; 2],
@@ -147,31 +159,56 @@ fn set_buffers(udp: &UdpSocket) {
 }
 
 impl UserspaceDataplane {
-    /// Creates TUN device `name` and binds the VXLAN port on `bind`; starts
-    /// both workers. The caller brings the device up and routes to it.
-    pub fn start(cfg: EngineConfig, name: &str, bind: SocketAddrV4, offloads: Offloads) -> io::Result<Self> {
+    /// Creates TUN device `name` and binds the VXLAN port on `bind` — or
+    /// takes both over from the previous agent (`adopted`) — and starts both
+    /// workers. The caller brings the device up and routes to it.
+    pub fn start(
+        cfg: EngineConfig,
+        name: &str,
+        bind: SocketAddrV4,
+        offloads: Offloads,
+        adopted: Option<Handover>,
+    ) -> io::Result<Self> {
         let mut offloads = offloads;
-        let tun = if offloads.vnet() {
-            let file = sys::open_tun_vnet(name)?;
-            sys::set_vnet_hdr_size(&file, VNET_HDR_LEN as libc::c_int)?;
-            if offloads.tso {
-                if let Err(e) = sys::set_offload(&file, libc::TUN_F_CSUM | libc::TUN_F_TSO4) {
-                    warn!(error = %e, "the TUN device refused checksum/TSO offload; going on without TSO");
-                    offloads.tso = false;
+        let (tun, udp) = match adopted {
+            // The previous agent's device: vnet header, offloads and persistence already set.
+            Some(h) => {
+                offloads.tso =
+                    offloads.tso && sys::set_offload(&h.tun, libc::TUN_F_CSUM | libc::TUN_F_TSO4).is_ok();
+                if !offloads.tso {
+                    let _ = sys::set_offload(&h.tun, 0);
                 }
+                (Tun::Vnet(h.tun), h.udp)
             }
-            Tun::Vnet(file)
-        } else {
-            Tun::Plain(Iface::without_packet_info(name, Mode::Tun)?)
+            None => {
+                let tun = if offloads.vnet() {
+                    let file = sys::open_tun_vnet(name)?;
+                    sys::set_vnet_hdr_size(&file, VNET_HDR_LEN as libc::c_int)?;
+                    // A restart finds the device, its routes and the packets queued meanwhile.
+                    if let Err(e) = sys::set_persist(&file, true) {
+                        warn!(error = %e, "cannot make the TUN device persistent; a restart will lose its routes");
+                    }
+                    if offloads.tso {
+                        if let Err(e) = sys::set_offload(&file, libc::TUN_F_CSUM | libc::TUN_F_TSO4) {
+                            warn!(error = %e, "the TUN device refused checksum/TSO offload; going on without TSO");
+                            offloads.tso = false;
+                        }
+                    }
+                    Tun::Vnet(file)
+                } else {
+                    Tun::Plain(Iface::without_packet_info(name, Mode::Tun)?)
+                };
+                (tun, UdpSocket::bind(bind)?)
+            }
         };
         let tun = Arc::new(tun);
-        let udp = UdpSocket::bind(bind)?;
         set_buffers(&udp);
         if offloads.gro {
             if let Err(e) = setsockopt(&udp, sockopt::UdpGroSegment, &true) {
                 warn!(error = %e, "UDP GRO is not available; receiving one datagram per read");
             }
         }
+        let kept = udp.try_clone()?;
         let udp_rx = udp.try_clone()?;
         let published = [Arc::new(Published::default()), Arc::new(Published::default())];
         let (tx_peers, tx_updates) = mpsc::channel::<Vec<Peer>>();
@@ -190,7 +227,7 @@ impl UserspaceDataplane {
                 warn!(error = %e, "reading the TUN failed; the encap worker stops");
             }
         })?;
-        let (t, publish) = (tun, published[1].clone());
+        let (t, publish) = (tun.clone(), published[1].clone());
         std::thread::Builder::new().name("felt-decap".into()).spawn(move || {
             let engine = Engine::new(cfg);
             let result = match &*t {
@@ -204,7 +241,26 @@ impl UserspaceDataplane {
                 warn!(error = %e, "reading the VXLAN socket failed; the decap worker stops");
             }
         })?;
-        Ok(UserspaceDataplane { name: name.to_owned(), offloads, peers: [tx_peers, rx_peers], published })
+        Ok(UserspaceDataplane {
+            name: name.to_owned(),
+            offloads,
+            tun,
+            udp: kept,
+            peers: [tx_peers, rx_peers],
+            published,
+        })
+    }
+
+    /// Copies of the descriptors for the next agent (vnet-header TUN only;
+    /// the plain `tun-tap` device is not persistent).
+    pub fn handover(&self) -> io::Result<Handover> {
+        match &*self.tun {
+            Tun::Vnet(file) => Ok(Handover { tun: file.try_clone()?, udp: self.udp.try_clone()? }),
+            Tun::Plain(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the plain TUN (--userspace-offloads none) is not handed over",
+            )),
+        }
     }
 
     /// The TUN device's name.
@@ -243,6 +299,18 @@ impl UserspaceDataplane {
         }
         c
     }
+}
+
+/// How long a worker waits for its first peer table before it starts
+/// anyway. Packets queued while no agent ran (see [`super::keeper`]) must
+/// meet the peers, not an empty table.
+const FIRST_PEERS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn first_peers(engine: &mut Engine, updates: &mpsc::Receiver<Vec<Peer>>) {
+    if let Ok(p) = updates.recv_timeout(FIRST_PEERS_WAIT) {
+        engine.set_peers(&p);
+    }
+    apply_updates(engine, updates);
 }
 
 fn apply_updates(engine: &mut Engine, updates: &mpsc::Receiver<Vec<Peer>>) {
@@ -323,6 +391,7 @@ fn encap_plain(
     updates: &mpsc::Receiver<Vec<Peer>>,
     publish: &Published,
 ) -> io::Result<()> {
+    first_peers(&mut engine, updates);
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 65536 + HEADROOM];
     loop {
@@ -343,6 +412,7 @@ fn encap_vnet(
     updates: &mpsc::Receiver<Vec<Peer>>,
     publish: &Published,
 ) -> io::Result<()> {
+    first_peers(&mut engine, updates);
     let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
     // A 64 KiB super-packet in ~536-byte segments, each with its own headers.
     let mut out = vec![0u8; 4 * 65536];
@@ -368,6 +438,7 @@ fn decap_plain(
     updates: &mpsc::Receiver<Vec<Peer>>,
     publish: &Published,
 ) -> io::Result<()> {
+    first_peers(&mut engine, updates);
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, from) = udp.recv_from(&mut buf)?;
@@ -388,6 +459,7 @@ fn decap_vnet(
     updates: &mpsc::Receiver<Vec<Peer>>,
     publish: &Published,
 ) -> io::Result<()> {
+    first_peers(&mut engine, updates);
     let mut buf = vec![0u8; 65536 + 4096];
     let mut cmsg = nix::cmsg_space!(libc::c_int);
     let mut tun = tun;

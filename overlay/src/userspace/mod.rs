@@ -9,11 +9,12 @@
 
 mod edge;
 mod engine;
+pub mod keeper;
 pub mod offload;
 mod sys;
 pub mod wire;
 
-pub use edge::{Offloads, UserspaceDataplane};
+pub use edge::{Handover, Offloads, UserspaceDataplane};
 pub use engine::{Counters, Decap, DropReason, Encap, EncapMany, Engine, EngineConfig, HEADROOM};
 
 #[cfg(test)]

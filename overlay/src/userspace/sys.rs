@@ -2,7 +2,7 @@
 //! `IFF_VNET_HDR` (every packet carries a `virtio_net_hdr`, so the kernel
 //! can hand over and take TSO super-packets with checksums left to us) and
 //! `TUNSETOFFLOAD` (which offloads the device advertises). This is the only
-//! module of felt with `unsafe`: three `ioctl(2)` calls, each on a file
+//! module of felt with `unsafe`: four `ioctl(2)` calls, each on a file
 //! descriptor we own, with arguments laid out as `linux/if_tun.h` says.
 
 #![allow(unsafe_code)]
@@ -58,4 +58,24 @@ pub fn set_vnet_hdr_size(tun: &File, size: libc::c_int) -> io::Result<()> {
     // int from the pointer, which points to `size` on our stack for the call.
     let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size as *const libc::c_int) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Makes the TUN device outlive this process (or not): a restarted agent
+/// attaches to the same device, so its routes stay and packets wait in its
+/// queue instead of finding no route.
+pub fn set_persist(tun: &File, persist: bool) -> io::Result<()> {
+    // SAFETY: `tun` is an attached TUN descriptor; TUNSETPERSIST takes its
+    // argument by value (0 or 1), no pointer.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(persist)) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Takes ownership of a TUN and a UDP socket descriptor received from a
+/// keeper over `SCM_RIGHTS`.
+pub fn adopt(tun: std::os::fd::RawFd, udp: std::os::fd::RawFd) -> (File, std::net::UdpSocket) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: both descriptors were just installed in this process by
+    // recvmsg(SCM_RIGHTS); nothing else refers to them, so each gets
+    // exactly one owner here and is closed exactly once.
+    unsafe { (File::from_raw_fd(tun), std::net::UdpSocket::from_raw_fd(udp)) }
 }
