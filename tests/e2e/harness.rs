@@ -230,18 +230,36 @@ impl Drop for TestLab {
     }
 }
 
-/// True when any live process's command line names `registry`.
-pub fn agents_running(registry: &str) -> bool {
+/// Every ping of a series was answered.
+pub fn assert_all_answered(report: &felt::lab::probe::SeriesReport) {
+    assert_eq!(
+        report.received,
+        report.sent,
+        "lost {} of {} pings",
+        report.sent - report.received,
+        report.sent
+    );
+}
+
+/// Live (not zombie) processes whose command line (arguments joined by
+/// spaces) satisfies `matches`.
+pub fn processes_where(matches: impl Fn(&str) -> bool) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .any(|pid| {
+        .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let zombie = stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !zombie && String::from_utf8_lossy(&cmd).contains(registry)
+            !zombie && matches(&String::from_utf8_lossy(&cmd).replace('\0', " "))
         })
+        .collect()
+}
+
+/// True when any live process's command line names `registry`.
+pub fn agents_running(registry: &str) -> bool {
+    !processes_where(|cmd| cmd.contains(registry)).is_empty()
 }
 
 /// A test API server (tests/apiserver) serving one lab: it binds inside the

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use felt::lab::probe;
 use felt::netns;
-use harness::{TestLab, bridge_in, ip_in, require_root, wait_until};
+use harness::{TestLab, assert_all_answered, bridge_in, ip_in, require_root, wait_until};
 
 /// Kernel objects on a node's `felt.1`: (routes, permanent neighbours, FDB remotes).
 fn entries(lab: &TestLab, node: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
@@ -181,13 +181,7 @@ fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
     let route_events = stop(routes);
     let fdb_events = stop(fdb);
 
-    assert_eq!(
-        report.received,
-        report.sent,
-        "lost {} of {} pings",
-        report.sent - report.received,
-        report.sent
-    );
+    assert_all_answered(&report);
     // The kernel's own IPv6 link-local routes (DAD finishing) are not the agent's doing.
     let on_vxlan = |s: &str| {
         s.lines()

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::harness::{FELT, TestLab, require_root, root_snapshot};
+use crate::harness::{FELT, TestLab, processes_where, require_root, root_snapshot};
 
 /// `felt` run as `nobody` from a copy anyone may execute (the build tree
 /// may sit under a home directory `nobody` cannot enter), with a minimal
@@ -75,18 +75,7 @@ fn uid_of(pid: u64) -> Option<u32> {
 }
 
 fn holders_of(lab: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            !zombie && cmd.contains("lab hold") && cmd.contains(lab)
-        })
-        .collect()
+    processes_where(|cmd| cmd.contains("lab hold") && cmd.contains(lab))
 }
 
 #[test]

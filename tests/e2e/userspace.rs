@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{TestLab, ip_in, require_root, sample_value, wait_until};
+use crate::harness::{TestLab, assert_all_answered, ip_in, require_root, sample_value, wait_until};
 
 #[test]
 fn userspace_and_mixed_labs_reach_every_pair() {
@@ -130,13 +130,7 @@ fn userspace_restarts_lose_nothing() {
         }
     }
     let report = pinger.join().unwrap().unwrap().unwrap();
-    assert_eq!(
-        report.received,
-        report.sent,
-        "lost {} of {} pings",
-        report.sent - report.received,
-        report.sent
-    );
+    assert_all_answered(&report);
 
     // A SIGKILL leaves no keeper; the persistent TUN keeps the routes, and the
     // next agent attaches to it.

@@ -203,28 +203,17 @@ impl Shared {
         let inc = |c: &prometheus_client::metrics::counter::Counter, new: u64, old: u64| {
             c.inc_by(new.saturating_sub(old));
         };
-        inc(
-            &m.engine_packets.get_or_create(&DirectionLabel { direction: "tx" }),
-            now.tx_packets,
-            last.tx_packets,
-        );
-        inc(
-            &m.engine_packets.get_or_create(&DirectionLabel { direction: "rx" }),
-            now.rx_packets,
-            last.rx_packets,
-        );
-        inc(&m.engine_bytes.get_or_create(&DirectionLabel { direction: "tx" }), now.tx_bytes, last.tx_bytes);
-        inc(&m.engine_bytes.get_or_create(&DirectionLabel { direction: "rx" }), now.rx_bytes, last.rx_bytes);
-        inc(
-            &m.engine_batches.get_or_create(&DirectionLabel { direction: "tx" }),
-            now.tx_super_packets,
-            last.tx_super_packets,
-        );
-        inc(
-            &m.engine_batches.get_or_create(&DirectionLabel { direction: "rx" }),
-            now.rx_coalesced,
-            last.rx_coalesced,
-        );
+        let per_direction = [
+            (&m.engine_packets, "tx", now.tx_packets, last.tx_packets),
+            (&m.engine_packets, "rx", now.rx_packets, last.rx_packets),
+            (&m.engine_bytes, "tx", now.tx_bytes, last.tx_bytes),
+            (&m.engine_bytes, "rx", now.rx_bytes, last.rx_bytes),
+            (&m.engine_batches, "tx", now.tx_super_packets, last.tx_super_packets),
+            (&m.engine_batches, "rx", now.rx_coalesced, last.rx_coalesced),
+        ];
+        for (family, direction, new, old) in per_direction {
+            inc(&family.get_or_create(&DirectionLabel { direction }), new, old);
+        }
         for (i, r) in DropReason::ALL.iter().enumerate() {
             inc(
                 &m.engine_drops.get_or_create(&ReasonLabel { reason: r.label() }),

@@ -5,33 +5,16 @@
 //! fits IPv4, with a GSO size whenever it claims to be a super-packet.
 #![no_main]
 
-use std::net::Ipv4Addr;
+mod common;
 
-use felt_overlay::Peer;
 use felt_overlay::userspace::offload::{Coalescer, VNET_HDR_LEN, VnetHdr};
-use felt_overlay::userspace::{Decap, EncapMany, Engine, EngineConfig, HEADROOM};
+use felt_overlay::userspace::{Decap, EncapMany, HEADROOM};
 use libfuzzer_sys::fuzz_target;
-
-fn peer(name: &str, cidr: &str, ip: Ipv4Addr) -> Peer {
-    Peer {
-        name: name.into(),
-        pod_cidr: cidr.parse().unwrap(),
-        vtep_mac: felt_proto::MacAddr::derive(name.as_bytes()),
-        underlay_ip: ip,
-    }
-}
 
 fuzz_target!(|input: (u8, u8, u16, u16, u16, &[u8])| {
     let (flags, gso_type, gso_size, csum_start, csum_offset, packet) = input;
     let hdr = VnetHdr { flags, gso_type, hdr_len: 0, gso_size, csum_start, csum_offset };
-    let (n1, n2) = (
-        peer("n1", "10.244.0.0/16", Ipv4Addr::new(198, 18, 7, 11)),
-        peer("n2", "10.245.0.0/16", Ipv4Addr::new(198, 18, 7, 12)),
-    );
-    let mut a = Engine::new(EngineConfig { vni: 1, mac: n1.vtep_mac, port: 8472 });
-    a.set_peers(std::slice::from_ref(&n2));
-    let mut b = Engine::new(EngineConfig { vni: 1, mac: n2.vtep_mac, port: 8472 });
-    b.set_peers(&[n1]);
+    let (mut a, mut b) = common::pair();
     let mut ip = packet.to_vec();
     let mut out = vec![0u8; 4 * 65536];
     let mut coalescer = Coalescer::new(64);
@@ -48,7 +31,7 @@ fuzz_target!(|input: (u8, u8, u16, u16, u16, &[u8])| {
         assert!(len <= out.len() && count >= 1 && stride > HEADROOM);
         assert!((count - 1) * stride < len && len <= count * stride);
         for seg in out[..len].chunks(stride) {
-            if let Decap::Deliver(p) = b.decap(Ipv4Addr::new(198, 18, 7, 11), seg) {
+            if let Decap::Deliver(p) = b.decap(common::N1, seg) {
                 coalescer.push(p, &mut write);
             }
         }
