@@ -214,6 +214,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         Backend::Userspace => {
             let engine = EngineConfig { vni: spec.vni, mac: vtep_mac, port: spec.port };
             let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
+            match kernel.remove_vxlan(&spec.name).await {
+                Ok(true) => {
+                    info!(device = %spec.name, "removed the kernel VXLAN device of the same name (was kernel mode)")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, device = %spec.name, "cannot remove the VXLAN device in the TUN's way")
+                }
+            }
             // A previous agent may have left its descriptors with a keeper.
             let adopted = if cfg.offloads == Offloads::NONE {
                 None

@@ -266,6 +266,17 @@ impl Kernel {
         Ok(Underlay { index: link.index, name: link.name.clone(), ip, mtu: link.mtu })
     }
 
+    /// Deletes link `name` if it is a VXLAN device (a node moving from kernel
+    /// to userspace mode: the TUN takes the name). Returns whether it did.
+    pub async fn remove_vxlan(&self, name: &str) -> Result<bool, KernelError> {
+        let Some(facts) = self.link(name).await?.filter(|f| f.vxlan.is_some()) else { return Ok(false) };
+        let del = LinkUnspec::new_with_index(facts.index).build();
+        self.send(msg::request(RouteNetlinkMessage::DelLink(del), NLM_F_REQUEST | NLM_F_ACK))
+            .await
+            .map_err(refused(format!("deleting {name}")))?;
+        Ok(true)
+    }
+
     /// Makes felt's VXLAN device exist as `spec` says, with `vtep_ip/32` as its
     /// only IPv4 address. Returns its index and what had to change.
     pub async fn ensure_device(
