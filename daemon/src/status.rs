@@ -174,6 +174,19 @@ pub fn render(state: &Value) -> String {
     if peers.is_empty() {
         out.push_str("(no peers)\n");
     }
+    let engine = &state["engine"];
+    if engine.is_object() {
+        let drops: u64 =
+            engine["drops"].as_object().map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
+        out.push_str(&format!(
+            "\nengine (offloads {}): tx {} packets in {} super-packets, rx {} packets in {} coalesced writes, {drops} dropped\n",
+            s(&engine["offloads"]),
+            s(&engine["tx_packets"]),
+            s(&engine["tx_super_packets"]),
+            s(&engine["rx_packets"]),
+            s(&engine["rx_coalesced"]),
+        ));
+    }
     out
 }
 
@@ -198,6 +211,15 @@ mod tests {
         });
         let p = problems(&state);
         assert!(p[0].starts_with("not ready"), "{p:?}");
+        assert!(!render(&state).contains("engine"), "kernel mode has no engine line");
+        let mut userspace = state.clone();
+        userspace["engine"] = json!({"offloads": "tso,gso,gro", "tx_packets": 90, "tx_super_packets": 2,
+            "rx_packets": 45, "rx_coalesced": 1, "drops": {"bad_vni": 3, "unknown_peer": 4}});
+        let text = render(&userspace);
+        assert!(
+            text.contains("engine (offloads tso,gso,gro): tx 90 packets in 2 super-packets, rx 45 packets in 1 coalesced writes, 7 dropped"),
+            "{text}"
+        );
         assert!(p.iter().any(|x| x.contains("n2: not programmed: fdb missing")), "{p:?}");
         assert!(p.iter().any(|x| x.contains("unreachable")), "{p:?}");
         assert!(p.iter().any(|x| x.contains("stale entry awaiting removal: del_route")), "{p:?}");
