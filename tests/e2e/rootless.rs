@@ -89,6 +89,7 @@ fn rootless_labs_run_as_nobody() {
     let mode = std::fs::metadata(tun).expect("/dev/net/tun exists").permissions().mode();
     if mode & 0o006 != 0o006 {
         std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666)).unwrap();
+        eprintln!("rootless_labs_run_as_nobody: made /dev/net/tun mode 0666 (it was {:o})", mode & 0o777);
     }
     let nobody = Nobody::new();
     let root_before = root_snapshot();
