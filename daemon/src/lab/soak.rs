@@ -61,9 +61,10 @@ pub struct SoakReport {
     pub seconds: f64,
     /// Datagrams felt counted as dropped, by reason.
     pub counted_by_felt: BTreeMap<String, u64>,
-    /// Packets the kernel dropped before felt could read them: the target's
-    /// `eth0` receive drops and UDP receive errors (full buffer). These can
-    /// include good packets caught in the flood (pings lost).
+    /// Packets the kernel dropped before felt could read them: on the
+    /// sender's and the bridge's veths toward the target, the target's
+    /// `eth0`, and its UDP socket buffer. These can include good packets
+    /// caught in the flood (pings lost).
     pub dropped_by_kernel: u64,
     /// Datagrams sent that neither felt nor the kernel counted: 0 when every
     /// one is accounted for.
@@ -183,30 +184,58 @@ impl Frame {
     }
 }
 
-/// The target's kernel-side drops so far: `eth0` receive drops and UDP receive errors.
-fn kernel_drops(ns: &str) -> Result<u64, LabError> {
+/// One interface's drop counter, read from `/proc/net/dev` inside `ns`.
+fn dev_drops(ns: &str, iface: &str, tx: bool) -> std::io::Result<u64> {
+    let iface = format!("{iface}:");
+    netns::run_in(&netns::named(ns), move || -> std::io::Result<u64> {
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+        // "iface: rx_bytes rx_packets rx_errs rx_drop (4 more) tx_bytes tx_packets tx_errs tx_drop …"
+        Ok(dev
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(iface.as_str()))
+            .and_then(|rest| rest.split_whitespace().nth(if tx { 11 } else { 3 }))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0))
+    })?
+}
+
+/// UDP receive errors (a full socket buffer) inside `ns`.
+fn udp_in_errors(ns: &str) -> std::io::Result<u64> {
     netns::run_in(&netns::named(ns), || -> std::io::Result<u64> {
         let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
         let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
         let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
-        let in_errors = names
+        Ok(names
             .split_whitespace()
             .zip(values.split_whitespace())
             .find(|(n, _)| *n == "InErrors")
             .and_then(|(_, v)| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        let dev = std::fs::read_to_string("/proc/thread-self/net/dev")?;
-        // "eth0: rx_bytes rx_packets rx_errs rx_drop …"
-        let rx_drop = dev
-            .lines()
-            .find_map(|l| l.trim_start().strip_prefix("eth0:"))
-            .and_then(|rest| rest.split_whitespace().nth(3))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        Ok(in_errors + rx_drop)
-    })
-    .and_then(|r| r)
-    .map_err(|e| LabError::io("reading kernel counters in", &netns::named(ns), e))
+            .unwrap_or(0))
+    })?
+}
+
+/// Where the kernel may drop a flood on its way to the target: the
+/// sender's `eth0` (its veth peer's backlog full), the bridge port toward
+/// the target, the target's `eth0`, and the target's UDP socket buffer.
+#[derive(Debug, Clone)]
+struct DropPoints {
+    underlay_ns: String,
+    sender_ns: String,
+    target_ns: String,
+}
+
+impl DropPoints {
+    fn read(&self) -> Result<u64, LabError> {
+        let io = |ns: &str| {
+            let ns = ns.to_owned();
+            move |e| LabError::io("reading kernel counters in", &netns::named(&ns), e)
+        };
+        // The bridge-side end of each node's veth is named after the node namespace.
+        Ok(dev_drops(&self.sender_ns, "eth0", true).map_err(io(&self.sender_ns))?
+            + dev_drops(&self.underlay_ns, &self.target_ns, true).map_err(io(&self.underlay_ns))?
+            + dev_drops(&self.target_ns, "eth0", false).map_err(io(&self.target_ns))?
+            + udp_in_errors(&self.target_ns).map_err(io(&self.target_ns))?)
+    }
 }
 
 /// The target engine's drops by reason, from its debug endpoint.
@@ -357,7 +386,12 @@ impl Lab {
         let to = SocketAddrV4::new(target.underlay_ip, felt_proto::NetConfig::default().backend.port);
         let pod_on = |n: &NodeState| state.pods.iter().find(|p| p.node == n.name);
 
-        let (felt_before, kernel_before) = (felt_drops(&target.netns)?, kernel_drops(&target.netns)?);
+        let drop_points = DropPoints {
+            underlay_ns: self.underlay_ns(),
+            sender_ns: peer.netns.clone(),
+            target_ns: target.netns.clone(),
+        };
+        let (felt_before, kernel_before) = (felt_drops(&target.netns)?, drop_points.read()?);
         let stop = Arc::new(AtomicBool::new(false));
         let pings = match (pod_on(peer), pod_on(target)) {
             (Some(src), Some(dst)) => Some(pinger(&src.netns, dst.ip, stop.clone())),
@@ -413,7 +447,7 @@ impl Lab {
         loop {
             let now = (
                 delta(&felt_drops(&target.netns)?, &felt_before),
-                kernel_drops(&target.netns)? - kernel_before,
+                drop_points.read()?.saturating_sub(kernel_before),
             );
             let total = now.0.values().sum::<u64>() + now.1;
             if now != last {
