@@ -92,6 +92,7 @@ pub fn udp_rate(src: &End, dst: &End, seconds: f64) -> std::io::Result<UdpRate> 
     let source = netns::run_in(&netns::named(&src.netns), move || -> std::io::Result<UdpSocket> {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         s.connect(to)?;
+        s.set_write_timeout(Some(Duration::from_secs(1)))?;
         Ok(s)
     })??;
     let run = Duration::from_secs_f64(seconds);
@@ -192,6 +193,8 @@ pub fn tcp(src: &End, dst: &End, streams: u32, seconds: f64) -> std::io::Result<
         .into_iter()
         .map(|mut c| {
             std::thread::spawn(move || {
+                // A stalled path ends the stream instead of blocking the bench.
+                let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
                 let buf = vec![0x5au8; 128 * 1024];
                 while start.elapsed() < run {
                     if c.write_all(&buf).is_err() {

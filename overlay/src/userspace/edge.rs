@@ -28,7 +28,8 @@ use std::sync::mpsc;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, sendmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn, recvmmsg, sendmsg, setsockopt,
+    sockopt,
 };
 use tracing::{info, warn};
 use tun_tap::{Iface, Mode};
@@ -42,6 +43,10 @@ use crate::Peer;
 const MAX_UDP_PAYLOAD: usize = 65535 - 20 - 8;
 /// The kernel's cap on segments in one UDP GSO send (`UDP_MAX_SEGMENTS`).
 const MAX_GSO_SEGMENTS: usize = 64;
+/// Messages per `recvmmsg` on the decap side.
+const RECV_BATCH: usize = 8;
+/// Bytes per receive buffer: a whole GRO burst (up to 64 KiB) fits.
+const RECV_BUFFER: usize = 65536 + 4096;
 /// Socket buffers asked for (the kernel may cap them at `net.core.*mem_max`
 /// without CAP_NET_ADMIN).
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -301,6 +306,37 @@ impl UserspaceDataplane {
     }
 }
 
+/// A worker's failed reads: most are transient (ENOBUFS, ENOMEM, an ICMP
+/// error reported on the socket), so the worker logs them — the 1st, 2nd,
+/// 4th, 8th… — and goes on; only a descriptor that is gone stops it.
+#[derive(Debug)]
+struct ReadErrors {
+    what: &'static str,
+    seen: u64,
+}
+
+impl ReadErrors {
+    fn new(what: &'static str) -> Self {
+        ReadErrors { what, seen: 0 }
+    }
+
+    /// `Err` when the worker must stop.
+    fn on(&mut self, e: io::Error) -> io::Result<()> {
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(());
+        }
+        if matches!(e.raw_os_error(), Some(libc::EBADF | libc::EFAULT | libc::ENOTSOCK)) {
+            return Err(e);
+        }
+        self.seen += 1;
+        if self.seen.is_power_of_two() {
+            warn!(error = %e, failures = self.seen, "{} failed; going on", self.what);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        Ok(())
+    }
+}
+
 /// How long a worker waits for its first peer table before it starts
 /// anyway. Packets queued while no agent ran (see [`super::keeper`]) must
 /// meet the peers, not an empty table.
@@ -394,8 +430,15 @@ fn encap_plain(
     first_peers(&mut engine, updates);
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 65536 + HEADROOM];
+    let mut errors = ReadErrors::new("reading the TUN");
     loop {
-        let n = tun.recv(&mut buf)?;
+        let n = match tun.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                errors.on(e)?;
+                continue;
+            }
+        };
         apply_updates(&mut engine, updates);
         if let Encap::Send { len, to } = engine.encap(&buf[..n], &mut out) {
             let _ = sender.udp.send_to(&out[..len], to);
@@ -417,8 +460,15 @@ fn encap_vnet(
     // A 64 KiB super-packet in ~536-byte segments, each with its own headers.
     let mut out = vec![0u8; 4 * 65536];
     let mut tun = tun;
+    let mut errors = ReadErrors::new("reading the TUN");
     loop {
-        let n = tun.read(&mut buf)?;
+        let n = match tun.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                errors.on(e)?;
+                continue;
+            }
+        };
         apply_updates(&mut engine, updates);
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else { continue };
         if let EncapMany::Send { len, stride, to, .. } =
@@ -440,8 +490,15 @@ fn decap_plain(
 ) -> io::Result<()> {
     first_peers(&mut engine, updates);
     let mut buf = vec![0u8; 65536];
+    let mut errors = ReadErrors::new("reading the VXLAN socket");
     loop {
-        let (n, from) = udp.recv_from(&mut buf)?;
+        let (n, from) = match udp.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.on(e)?;
+                continue;
+            }
+        };
         apply_updates(&mut engine, updates);
         if let Decap::Deliver(p) = engine.decap(source_v4(from), &buf[..n]) {
             let _ = tun.send(p);
@@ -460,38 +517,67 @@ fn decap_vnet(
     publish: &Published,
 ) -> io::Result<()> {
     first_peers(&mut engine, updates);
-    let mut buf = vec![0u8; 65536 + 4096];
-    let mut cmsg = nix::cmsg_space!(libc::c_int);
+    // Up to RECV_BATCH messages per recvmmsg; each may be a whole GRO burst.
+    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; RECV_BUFFER]).collect();
+    let mut got = [(0usize, Ipv4Addr::UNSPECIFIED, None::<usize>); RECV_BATCH];
+    let mut errors = ReadErrors::new("reading the VXLAN socket");
     let mut tun = tun;
     // A write error (the TUN's queue is full, the device went down) drops that packet only.
     let mut write = |b: &[u8]| {
         let _ = tun.write(b);
     };
     loop {
-        let (n, from, segment) = {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg =
-                match recvmsg::<SockaddrIn>(udp.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
-                    Ok(m) => m,
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                };
-            let mut segment = None;
-            for c in msg.cmsgs()? {
-                if let ControlMessageOwned::UdpGroSegments(s) = c {
-                    segment = usize::try_from(s).ok().filter(|s| *s > 0);
+        let batch = {
+            // Fresh headers each call: the kernel shrinks each message's
+            // control length to what it used, and nix does not reset it.
+            let mut headers =
+                MultiHeaders::<SockaddrIn>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(libc::c_int)));
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            match recvmmsg(udp.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+                Ok(received) => {
+                    let mut count = 0;
+                    for (slot, msg) in got.iter_mut().zip(received) {
+                        let from = msg.address.map_or(Ipv4Addr::UNSPECIFIED, |a| a.ip());
+                        // Without its segment size a GRO burst cannot be split: skip it.
+                        let segment = match msg.cmsgs() {
+                            Ok(cmsgs) => cmsgs
+                                .filter_map(|c| match c {
+                                    ControlMessageOwned::UdpGroSegments(s) => usize::try_from(s).ok(),
+                                    _ => None,
+                                })
+                                .find(|s| *s > 0),
+                            Err(_) => Some(usize::MAX),
+                        };
+                        *slot = (msg.bytes, from, segment);
+                        count += 1;
+                    }
+                    Ok(count)
                 }
+                Err(e) => Err(io::Error::from(e)),
             }
-            (msg.bytes, msg.address.map_or(Ipv4Addr::UNSPECIFIED, |a| a.ip()), segment)
+        };
+        let count = match batch {
+            Ok(count) => count,
+            Err(e) => {
+                errors.on(e)?;
+                continue;
+            }
         };
         apply_updates(&mut engine, updates);
-        if n == 0 {
-            // Counted (a short frame) like any other bad datagram.
-            let _ = engine.decap(from, &[]);
-        }
-        for datagram in buf[..n].chunks(segment.unwrap_or(n).max(1)) {
-            if let Decap::Deliver(p) = engine.decap(from, datagram) {
-                coalescer.push(p, &mut write);
+        // Segments of one flow coalesce across the whole batch.
+        for (buf, &(n, from, segment)) in bufs.iter().zip(&got[..count]) {
+            if segment == Some(usize::MAX) {
+                let _ = errors.on(io::Error::other("a GRO burst came without its segment size; dropped"));
+                continue;
+            }
+            if n == 0 {
+                // Counted (a short frame) like any other bad datagram.
+                let _ = engine.decap(from, &[]);
+            }
+            for datagram in buf[..n].chunks(segment.unwrap_or(n).max(1)) {
+                if let Decap::Deliver(p) = engine.decap(from, datagram) {
+                    coalescer.push(p, &mut write);
+                }
             }
         }
         coalescer.flush(&mut write);
