@@ -519,9 +519,7 @@ impl Lab {
     /// Adds what the node's agent says of itself (from its debug endpoint,
     /// read inside the node's namespace) to a status entry.
     fn add_agent_view(&self, netns_name: &str, entry: &mut serde_json::Value) {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::agent::debug::DEFAULT_PORT));
-        let fetched = netns::run_in(&netns::named(netns_name), move || crate::status::fetch_state(addr));
-        let (ready, problems, desired, programmed, reachable) = match fetched {
+        let (ready, problems, desired, programmed, reachable) = match agent_state(netns_name) {
             Ok(Ok(state)) => {
                 let peers = state["peers"].as_array().cloned().unwrap_or_default();
                 (
@@ -896,6 +894,13 @@ impl Lab {
         }
         if errors.is_empty() { Ok(removed) } else { Err(LabError::Teardown(errors)) }
     }
+}
+
+/// The `/debug/state` of the agent in node namespace `netns_name` (its
+/// debug endpoint listens on loopback there).
+fn agent_state(netns_name: &str) -> std::io::Result<Result<serde_json::Value, crate::status::FetchError>> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::agent::debug::DEFAULT_PORT));
+    netns::run_in(&netns::named(netns_name), move || crate::status::fetch_state(addr))
 }
 
 /// Tears a half-built lab down when `up` fails.

@@ -57,9 +57,8 @@ fn is_holder(pid: i32, name: &str) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
     let has = |s: &str| args.contains(&s.as_bytes());
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-    !zombie && has("lab") && has("hold") && has(name)
+    let live = u32::try_from(pid).is_ok_and(|p| !super::topo::is_zombie_or_gone(p));
+    live && has("lab") && has("hold") && has(name)
 }
 
 /// A rootless lab's holder process.

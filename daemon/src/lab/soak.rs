@@ -17,9 +17,9 @@
 //! senders.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use felt_overlay::userspace::wire::{ETHERNET_LEN, ETHERTYPE_IPV4, EthernetRepr, VXLAN_LEN, VxlanRepr};
@@ -240,8 +240,7 @@ impl DropPoints {
 
 /// The target engine's drops by reason, from its debug endpoint.
 fn felt_drops(ns: &str) -> Result<BTreeMap<String, u64>, LabError> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], crate::agent::debug::DEFAULT_PORT));
-    let state = netns::run_in(&netns::named(ns), move || crate::status::fetch_state(addr))
+    let state = super::agent_state(ns)
         .map_err(|e| LabError::io("entering", &netns::named(ns), e))?
         .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
     let drops = state["engine"]["drops"]
@@ -317,9 +316,16 @@ fn pinger(ns: &str, dst: Ipv4Addr, stop: Arc<AtomicBool>) -> std::thread::JoinHa
         };
         let to = SockAddr::from(SocketAddrV4::new(dst, 0));
         let id = (std::process::id() as u16) ^ 0x50a4;
-        let answered = AtomicU64::new(0);
         let mut seen = std::collections::HashSet::new();
         let mut buf = [0u8; 1500];
+        // One read (1 ms timeout); a new reply is remembered.
+        let mut read_reply = || {
+            if let Ok(n) = std::io::Read::read(&mut &s, &mut buf) {
+                if let Some(got) = crate::icmp::parse_echo_reply(&buf[..n], dst, id) {
+                    seen.insert(got);
+                }
+            }
+        };
         let mut seq: u64 = 0;
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -328,27 +334,15 @@ fn pinger(ns: &str, dst: Ipv4Addr, stop: Arc<AtomicBool>) -> std::thread::JoinHa
                 seq += 1;
                 next += Duration::from_millis(10);
             }
-            if let Ok(n) = std::io::Read::read(&mut &s, &mut buf) {
-                if let Some(got) = crate::icmp::parse_echo_reply(&buf[..n], dst, id) {
-                    if seen.insert(got) {
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            read_reply();
         }
         // Replies still in flight.
         let linger = Instant::now() + Duration::from_millis(300);
         while Instant::now() < linger {
-            if let Ok(n) = std::io::Read::read(&mut &s, &mut buf) {
-                if let Some(got) = crate::icmp::parse_echo_reply(&buf[..n], dst, id) {
-                    if seen.insert(got) {
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            read_reply();
         }
         // Sequence numbers wrap at 65536 pings (11 minutes); the time cap is below that.
-        (seq, answered.load(Ordering::Relaxed))
+        (seq, seen.len() as u64)
     })
 }
 

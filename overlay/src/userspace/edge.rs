@@ -176,15 +176,8 @@ impl UserspaceDataplane {
     ) -> io::Result<Self> {
         let mut offloads = offloads;
         let (tun, udp) = match adopted {
-            // The previous agent's device: vnet header, offloads and persistence already set.
-            Some(h) => {
-                offloads.tso =
-                    offloads.tso && sys::set_offload(&h.tun, libc::TUN_F_CSUM | libc::TUN_F_TSO4).is_ok();
-                if !offloads.tso {
-                    let _ = sys::set_offload(&h.tun, 0);
-                }
-                (Tun::Vnet(h.tun), h.udp)
-            }
+            // The previous agent's device: vnet header and persistence already set.
+            Some(h) => (Tun::Vnet(h.tun), h.udp),
             None => {
                 let tun = if offloads.vnet() {
                     let file = sys::open_tun_vnet(name)?;
@@ -193,12 +186,6 @@ impl UserspaceDataplane {
                     if let Err(e) = sys::set_persist(&file, true) {
                         warn!(error = %e, "cannot make the TUN device persistent; a restart will lose its routes");
                     }
-                    if offloads.tso {
-                        if let Err(e) = sys::set_offload(&file, libc::TUN_F_CSUM | libc::TUN_F_TSO4) {
-                            warn!(error = %e, "the TUN device refused checksum/TSO offload; going on without TSO");
-                            offloads.tso = false;
-                        }
-                    }
                     Tun::Vnet(file)
                 } else {
                     Tun::Plain(Iface::without_packet_info(name, Mode::Tun)?)
@@ -206,6 +193,14 @@ impl UserspaceDataplane {
                 (tun, UdpSocket::bind(bind)?)
             }
         };
+        if let Tun::Vnet(file) = &tun {
+            // Set either way: an adopted device keeps what the previous agent asked for.
+            let flags = if offloads.tso { libc::TUN_F_CSUM | libc::TUN_F_TSO4 } else { 0 };
+            if let Err(e) = sys::set_offload(file, flags) {
+                warn!(error = %e, "the TUN device refused checksum/TSO offload; going on without TSO");
+                offloads.tso = false;
+            }
+        }
         let tun = Arc::new(tun);
         set_buffers(&udp);
         if offloads.gro {
@@ -320,6 +315,15 @@ impl ReadErrors {
         ReadErrors { what, seen: 0 }
     }
 
+    /// The value of a read that worked; `None` after one that failed and
+    /// may be retried; `Err` when the worker must stop.
+    fn check<T>(&mut self, read: io::Result<T>) -> io::Result<Option<T>> {
+        match read {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => self.on(e).map(|()| None),
+        }
+    }
+
     /// `Err` when the worker must stop.
     fn on(&mut self, e: io::Error) -> io::Result<()> {
         if e.kind() == io::ErrorKind::Interrupted {
@@ -371,6 +375,13 @@ struct Sender {
 }
 
 impl Sender {
+    /// One datagram per `stride` bytes of `buf`, one send each.
+    fn send_each(&self, buf: &[u8], stride: usize, to: SocketAddrV4) {
+        for seg in buf.chunks(stride) {
+            let _ = self.udp.send_to(seg, to);
+        }
+    }
+
     /// Sends `buf` as datagrams of `stride` bytes (the last may be shorter).
     /// A send error (no route on the underlay, buffer full) drops those
     /// datagrams only, as a NIC would.
@@ -404,18 +415,15 @@ impl Sender {
                     Err(e @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP)) => {
                         warn!(error = %e, "UDP GSO refused; sending one datagram per segment from now on");
                         self.gso = false;
-                        for seg in chunk.chunks(stride).chain(rest.chunks(stride)) {
-                            let _ = self.udp.send_to(seg, to);
-                        }
+                        self.send_each(chunk, stride, to);
+                        self.send_each(rest, stride, to);
                         return;
                     }
                     Err(_) => {}
                 }
             }
         } else {
-            for seg in buf.chunks(stride) {
-                let _ = self.udp.send_to(seg, to);
-            }
+            self.send_each(buf, stride, to);
         }
     }
 }
@@ -432,13 +440,7 @@ fn encap_plain(
     let mut out = vec![0u8; 65536 + HEADROOM];
     let mut errors = ReadErrors::new("reading the TUN");
     loop {
-        let n = match tun.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                errors.on(e)?;
-                continue;
-            }
-        };
+        let Some(n) = errors.check(tun.recv(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
         if let Encap::Send { len, to } = engine.encap(&buf[..n], &mut out) {
             let _ = sender.udp.send_to(&out[..len], to);
@@ -462,13 +464,7 @@ fn encap_vnet(
     let mut tun = tun;
     let mut errors = ReadErrors::new("reading the TUN");
     loop {
-        let n = match tun.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                errors.on(e)?;
-                continue;
-            }
-        };
+        let Some(n) = errors.check(tun.read(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else { continue };
         if let EncapMany::Send { len, stride, to, .. } =
@@ -492,13 +488,7 @@ fn decap_plain(
     let mut buf = vec![0u8; 65536];
     let mut errors = ReadErrors::new("reading the VXLAN socket");
     loop {
-        let (n, from) = match udp.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e) => {
-                errors.on(e)?;
-                continue;
-            }
-        };
+        let Some((n, from)) = errors.check(udp.recv_from(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
         if let Decap::Deliver(p) = engine.decap(source_v4(from), &buf[..n]) {
             let _ = tun.send(p);
@@ -556,13 +546,7 @@ fn decap_vnet(
                 Err(e) => Err(io::Error::from(e)),
             }
         };
-        let count = match batch {
-            Ok(count) => count,
-            Err(e) => {
-                errors.on(e)?;
-                continue;
-            }
-        };
+        let Some(count) = errors.check(batch)? else { continue };
         apply_updates(&mut engine, updates);
         // Segments of one flow coalesce across the whole batch.
         for (buf, &(n, from, segment)) in bufs.iter().zip(&got[..count]) {

@@ -327,9 +327,7 @@ impl Coalescer {
     pub fn push(&mut self, pkt: &[u8], write: &mut impl FnMut(&[u8])) {
         let Some(t) = Self::mergeable(pkt) else {
             self.flush(write);
-            self.buf.clear();
-            self.buf.resize(VNET_HDR_LEN, 0);
-            self.buf.extend_from_slice(pkt);
+            self.load(pkt);
             write(&self.buf);
             self.buf.clear();
             return;
@@ -353,9 +351,7 @@ impl Coalescer {
             self.flush(write);
         }
         let mss = t.total - t.hl();
-        self.buf.clear();
-        self.buf.resize(VNET_HDR_LEN, 0);
-        self.buf.extend_from_slice(pkt);
+        self.load(pkt);
         self.run = Some(Run {
             t,
             mss,
@@ -363,6 +359,13 @@ impl Coalescer {
             segments: 1,
             closed: pkt[t.ihl + 13] & TCP_PSH != 0,
         });
+    }
+
+    /// The buffer becomes a zero `virtio_net_hdr` (no GSO, checksum as is) + `pkt`.
+    fn load(&mut self, pkt: &[u8]) {
+        self.buf.clear();
+        self.buf.resize(VNET_HDR_LEN, 0);
+        self.buf.extend_from_slice(pkt);
     }
 
     /// Writes out the run being built, if any.
