@@ -50,13 +50,20 @@ fn configs_parse_and_the_daemonset_runs_the_agent() {
     let cm: ConfigMap = of_kind("ConfigMap");
     let data = cm.data.unwrap();
     felt_proto::NetConfig::from_json(data["net-conf.json"].as_bytes()).unwrap();
-    let cni: felt::cni::NetConf = serde_json::from_str(&data["cni-conf.json"]).unwrap();
-    assert_eq!(cni.bridge, "felt0");
+    let list: serde_json::Value = serde_json::from_str(&data["cni-conflist.json"]).unwrap();
+    felt::cni::install::check_conflist(&list).unwrap();
+    assert_eq!(list["plugins"][0]["bridge"], "felt0");
+    assert_eq!(list, felt::cni::install::default_conflist(), "the manifest installs the default conflist");
     let ds: DaemonSet = of_kind("DaemonSet");
     let pod = ds.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
     let agent = &pod.containers[0];
-    assert_eq!(agent.command.as_deref(), Some(&["/usr/local/bin/felt".to_owned(), "daemon".to_owned()][..]));
+    assert_eq!(agent.command.as_deref(), Some(&["/felt".to_owned(), "daemon".to_owned()][..]));
+    // The image holds only the binary: no container may need a shell.
+    for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+        let cmd = c.command.as_deref().unwrap_or_default();
+        assert_eq!(cmd.first().map(String::as_str), Some("/felt"), "{} runs {cmd:?}", c.name);
+    }
     let env: Vec<&str> = agent.env.iter().flatten().map(|e| e.name.as_str()).collect();
     for want in ["NODE_NAME", "FELT_REGISTRY", "FELT_NET_CONF", "FELT_SUBNET_FILE"] {
         assert!(env.contains(&want), "{want} missing from {env:?}");

@@ -30,6 +30,23 @@ enum Command {
     Daemon(DaemonArgs),
     /// The CNI plugin (also runs when invoked as /opt/cni/bin/felt with CNI_COMMAND set).
     Cni,
+    /// Install the CNI plugin on this node: copy this binary to the CNI bin
+    /// dir as `felt` and write the conflist, each atomically (the DaemonSet's
+    /// init container runs this; it needs no shell).
+    InstallCni {
+        /// The CNI bin dir.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The CNI config dir.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The conflist's file name in --conf-dir.
+        #[arg(long, default_value = "10-felt.conflist")]
+        conf_name: String,
+        /// A conflist to install [default: felt, then portmap].
+        #[arg(long)]
+        conflist: Option<PathBuf>,
+    },
     /// Ask a node's agent what it thinks the network is (from its debug endpoint).
     /// Exits non-zero when the node is not ready.
     Status {
@@ -298,6 +315,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Daemon(args) => run_daemon(args),
         Command::Cni => return run_cni(),
+        Command::InstallCni { bin_dir, conf_dir, conf_name, conflist } => (|| {
+            let binary = std::env::current_exe().context("finding the felt binary")?;
+            let install = felt::cni::install::InstallCni { binary, bin_dir, conf_dir, conf_name, conflist };
+            for path in install.run()? {
+                println!("installed {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        })(),
         Command::Status { addr, json } => run_status(addr, json),
         Command::Keeper { device, hold } => run_keeper(&device, hold),
         Command::Lab { command } => enter_rootless(&command).and_then(|rootless| {
@@ -392,11 +417,11 @@ fn enter_rootless(command: &LabCommand) -> anyhow::Result<Option<(lab::rootless:
 }
 
 fn run_cni() -> ExitCode {
-    let (out, is_err) = felt::cni::main_from_env();
-    if !out.is_null() {
+    let reply = felt::cni::main_from_env();
+    if let Some(out) = reply.stdout {
         println!("{out}");
     }
-    if is_err { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if reply.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {

@@ -17,4 +17,4 @@
 mod store;
 pub mod subnets;
 
-pub use store::{LeaseDir, PodAddressStore, StoreError};
+pub use store::{LeaseDir, PodAddress, PodAddressStore, StoreError};

@@ -175,7 +175,25 @@ impl LeaseDir {
     }
 }
 
+/// One address in a [`PodAddressStore`] and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodAddress {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The holder's container ID.
+    pub container_id: String,
+    /// The holder's interface in the container.
+    pub ifname: String,
+}
+
 /// Pod addresses on one node: `<dir>/10.244.3.7` holds `<container id>\n<ifname>\n`.
+///
+/// Concurrent plugins never share an address: a claim is a `link(2)` of a
+/// fully written temporary file onto the address's name, which fails with
+/// `EEXIST` for all but one (the same guarantee a lock + rename gives,
+/// without a lock to leak). A plugin killed mid-claim leaves at most a
+/// temporary file ([`PodAddressStore::sweep_temporaries`]) or a complete
+/// claim that `GC` releases.
 #[derive(Debug, Clone)]
 pub struct PodAddressStore {
     dir: PathBuf,
@@ -218,6 +236,42 @@ impl PodAddressStore {
             }
         }
         Err(StoreError::Exhausted { what: "address", range: subnet })
+    }
+
+    /// Every address held: the address and its holder's container ID and interface.
+    pub fn entries(&self) -> Result<Vec<PodAddress>, StoreError> {
+        Ok(read_dir_files(&self.dir)?
+            .into_iter()
+            .filter_map(|(name, content)| {
+                let ip = name.parse().ok()?;
+                let mut lines = content.lines();
+                let (container_id, ifname) = (lines.next()?.to_owned(), lines.next()?.to_owned());
+                Some(PodAddress { ip, container_id, ifname })
+            })
+            .collect())
+    }
+
+    /// Removes the temporary files of claims whose writer is gone (a plugin
+    /// killed between writing and linking); returns how many. `alive` says
+    /// whether a process ID still runs.
+    pub fn sweep_temporaries(&self, alive: impl Fn(u32) -> bool) -> Result<usize, StoreError> {
+        let mut swept = 0;
+        for entry in fs::read_dir(&self.dir).map_err(io_err("listing", &self.dir))? {
+            let entry = entry.map_err(io_err("listing", &self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(".tmp-").and_then(|r| r.split('-').next()?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !alive(pid) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => swept += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("removing", &entry.path())(e)),
+                }
+            }
+        }
+        Ok(swept)
     }
 
     /// Frees every address this container interface holds; freeing nothing is fine.

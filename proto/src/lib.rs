@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cni;
 pub mod config;
 pub mod mac;
 pub mod node;

@@ -202,6 +202,11 @@ impl TestLab {
             .unwrap_or_default()
     }
 
+    /// A node's directory: its subnet file, CNI store and agent log.
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.state.path().join(&self.name).join(node)
+    }
+
     /// The registry's node directory.
     pub fn registry_nodes(&self) -> PathBuf {
         self.state.path().join(&self.name).join("registry").join("nodes")

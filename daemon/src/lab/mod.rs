@@ -367,18 +367,26 @@ impl Lab {
         let netns = format!("{}-{name}", self.name);
         topo::ip(&["netns", "add", &netns])?;
         let conf = serde_json::json!({
-            "cniVersion": "1.0.0",
+            "cniVersion": felt_proto::cni::CURRENT_VERSION,
             "name": "felt",
             "type": "felt",
             "subnetFile": self.node_dir(&node.name).join("subnet.env"),
             "dataDir": self.node_dir(&node.name).join("cni"),
         });
-        let result = topo::cni(&node.netns, &self.felt, "ADD", &netns, &conf)?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| LabError::Invalid(format!("CNI ADD for {name} returned no address: {result}")))?;
+        let reply = topo::cni(&node.netns, &self.felt, "ADD", &netns, &conf)?;
+        let result: felt_proto::cni::CniResult = serde_json::from_value(reply.clone()).map_err(|e| {
+            LabError::Invalid(format!("CNI ADD for {name} returned no result ({e}): {reply}"))
+        })?;
+        let ip = result
+            .ips
+            .iter()
+            .find_map(|c| match c.address {
+                ipnet::IpNet::V4(a) => Some(a.addr()),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .ok_or_else(|| {
+                LabError::Invalid(format!("CNI ADD for {name} returned no IPv4 address: {reply}"))
+            })?;
         Ok(PodState { name, netns, node: node.name.clone(), ip })
     }
 

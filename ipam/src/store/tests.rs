@@ -90,3 +90,29 @@ fn pod_addresses_exhaust() {
     store.allocate(subnet, gw, "c1", "eth0").unwrap();
     assert!(matches!(store.allocate(subnet, gw, "c2", "eth0"), Err(StoreError::Exhausted { .. })));
 }
+
+#[test]
+fn pod_addresses_list_holders_and_sweep_dead_writers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = PodAddressStore::open(tmp.path()).unwrap();
+    let subnet = net("10.244.3.0/24");
+    let gw: Ipv4Addr = "10.244.3.1".parse().unwrap();
+    let a = store.allocate(subnet, gw, "c1", "eth0").unwrap();
+    let b = store.allocate(subnet, gw, "c2", "net1").unwrap();
+    let mut got = store.entries().unwrap();
+    got.sort_by_key(|e| e.ip);
+    assert_eq!(
+        got,
+        vec![
+            PodAddress { ip: a, container_id: "c1".into(), ifname: "eth0".into() },
+            PodAddress { ip: b, container_id: "c2".into(), ifname: "net1".into() },
+        ]
+    );
+    // What a writer killed between write and link leaves: one dead, one alive.
+    std::fs::write(tmp.path().join(".tmp-4000000-0"), "c9\neth0\n").unwrap();
+    std::fs::write(tmp.path().join(".tmp-77-3"), "c8\neth0\n").unwrap();
+    assert_eq!(store.sweep_temporaries(|pid| pid == 77).unwrap(), 1);
+    assert!(!tmp.path().join(".tmp-4000000-0").exists());
+    assert!(tmp.path().join(".tmp-77-3").exists());
+    assert_eq!(store.entries().unwrap().len(), 2, "temporaries are never entries");
+}

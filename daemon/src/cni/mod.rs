@@ -1,0 +1,366 @@
+//! `felt cni`: the CNI plugin that attaches a pod to its node's subnet.
+//!
+//! It speaks CNI 0.3.0 through 1.1.0 (types in [`felt_proto::cni`]): the
+//! command and the pod come in the environment, the network config on
+//! stdin, the result or error as JSON on stdout.
+//!
+//! - `ADD` reads the subnet file the agent wrote (subnet, MTU), takes an
+//!   address from the node's pod address store, makes the node bridge
+//!   (`felt0`) with the pods' gateway (the subnet's first address), a veth
+//!   pair with *both* ends at the overlay MTU, the host end a hairpin port of
+//!   the bridge, the pod end named `CNI_IFNAME` with the address and a
+//!   default route via the gateway; it turns IPv4 forwarding on. A
+//!   `prevResult` (felt chained after another plugin) is kept and extended.
+//!   A failed `ADD` undoes what it did.
+//! - `DEL` removes the host end (the pod end goes with it), then frees the
+//!   address, so a veth of felt's exists only while its address is held;
+//!   it succeeds when there is nothing left, needs neither the pod's
+//!   namespace nor the subnet file, and tolerates any half-made state.
+//! - `CHECK` compares the attachment with what `ADD` made: address held,
+//!   host end on the bridge, up, hairpin, both MTUs, the pod's address and
+//!   default route, and `prevResult` if given.
+//! - `STATUS` fails with code 50 until the agent has written the subnet file.
+//! - `GC` frees the address and host end of every attachment the runtime
+//!   does not list in `cni.dev/valid-attachments`, bridge ports that belong
+//!   to none, and temporaries of plugins killed mid-claim.
+
+pub mod install;
+mod link;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use felt_ipam::{PodAddressStore, StoreError};
+pub use felt_proto::cni::NetConf;
+use felt_proto::cni::{CniError, CniResult, Command, ErrorCode, Interface, IpConfig, Route, VersionReply};
+use felt_proto::{MacAddr, SubnetFile};
+use ipnet::{IpNet, Ipv4Net};
+
+pub use link::{AttachSpec, HostSide, Observed, PodSide};
+
+/// What the plugin prints and how it exits.
+#[derive(Debug)]
+pub struct Reply {
+    /// JSON for stdout; `None` prints nothing (DEL, CHECK, STATUS and GC on success).
+    pub stdout: Option<String>,
+    /// Whether the command succeeded (exit status 0).
+    pub ok: bool,
+}
+
+/// The attachment a command names (`CNI_CONTAINERID`, `CNI_IFNAME`, `CNI_NETNS`).
+#[derive(Debug, Clone)]
+struct Pod {
+    container_id: String,
+    ifname: String,
+    netns: Option<PathBuf>,
+}
+
+fn env(name: &'static str) -> Result<String, CniError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, format!("{name} is not set")))
+}
+
+impl Pod {
+    fn from_env(command: Command) -> Result<Pod, CniError> {
+        let container_id = env("CNI_CONTAINERID")?;
+        let ifname = env("CNI_IFNAME")?;
+        if ifname.len() > 15 || ifname.contains(['/', ' ']) {
+            return Err(CniError::new(
+                ErrorCode::InvalidEnvironment,
+                format!("CNI_IFNAME {ifname:?} is not an interface name"),
+            ));
+        }
+        // DEL must work without the namespace (the runtime may have removed it).
+        let netns = match command {
+            Command::Del => std::env::var("CNI_NETNS").ok().filter(|v| !v.is_empty()).map(PathBuf::from),
+            _ => Some(PathBuf::from(env("CNI_NETNS")?)),
+        };
+        Ok(Pod { container_id, ifname, netns })
+    }
+}
+
+/// Runs one CNI command from the process environment and stdin.
+pub fn main_from_env() -> Reply {
+    let mut version = felt_proto::cni::CURRENT_VERSION.to_owned();
+    match run(&mut version) {
+        Ok(stdout) => Reply { stdout, ok: true },
+        Err(mut e) => {
+            e.cni_version = version;
+            if e.details.is_empty() {
+                e.details = e.msg.clone();
+            }
+            Reply { stdout: Some(to_json(&e)), ok: false }
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!(r#"{{"code":999,"msg":"encoding the reply: {e}"}}"#))
+}
+
+fn run(version: &mut String) -> Result<Option<String>, CniError> {
+    let name = env("CNI_COMMAND")?;
+    let command = Command::parse(&name)
+        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, format!("unknown CNI_COMMAND {name}")))?;
+    if command == Command::Version {
+        return Ok(Some(to_json(&VersionReply::default())));
+    }
+    let mut stdin = Vec::new();
+    std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
+        CniError::new(ErrorCode::IoFailure, "reading the network config from stdin").details(e)
+    })?;
+    let conf = NetConf::parse(&stdin)?;
+    version.clone_from(&conf.cni_version);
+    if !conf.allows(command) {
+        return Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            format!(
+                "{name} needs cniVersion {} or later; the config says {}",
+                command.since(),
+                conf.cni_version
+            ),
+        ));
+    }
+    let pod = if command.names_an_attachment() { Some(Pod::from_env(command)?) } else { None };
+    match (command, pod) {
+        (Command::Add, Some(pod)) => {
+            add(&conf, &pod).map(|r| Some(to_json(&r.for_version(&conf.cni_version))))
+        }
+        (Command::Del, Some(pod)) => del(&conf, &pod.container_id, &pod.ifname).map(|()| None),
+        (Command::Check, Some(pod)) => check(&conf, &pod).map(|()| None),
+        (Command::Status, _) => status(&conf).map(|_| None),
+        (Command::Gc, _) => gc(&conf).map(|_| None),
+        _ => Err(CniError::new(ErrorCode::Internal, format!("{name} reached no handler"))),
+    }
+}
+
+/// The host end's name: stable per pod interface, so DEL and GC find it without state.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mac = MacAddr::derive(format!("{container_id}/{ifname}").as_bytes()).octets();
+    format!("veth{:02x}{:02x}{:02x}{:02x}", mac[2], mac[3], mac[4], mac[5])
+}
+
+fn store(conf: &NetConf) -> Result<PodAddressStore, CniError> {
+    PodAddressStore::open(conf.data_dir.join(&conf.name)).map_err(store_error)
+}
+
+fn store_error(e: StoreError) -> CniError {
+    match e {
+        StoreError::Exhausted { .. } => CniError::new(ErrorCode::AddressesExhausted, e.to_string()),
+        other => CniError::internal("the pod address store", crate::util::error_chain(&other)),
+    }
+}
+
+fn read_subnet(path: &Path) -> Result<SubnetFile, CniError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CniError::new(
+            ErrorCode::TryAgainLater,
+            format!("the felt agent has not written {} yet (is it running on this node?)", path.display()),
+        )
+        .details(e)
+    })?;
+    SubnetFile::parse(&text).map_err(|e| {
+        CniError::new(ErrorCode::InvalidConfig, format!("{} does not parse", path.display())).details(e)
+    })
+}
+
+fn attach_spec(conf: &NetConf, pod: &Pod, netns: &Path, subnet: &SubnetFile, ip: Ipv4Addr) -> AttachSpec {
+    AttachSpec {
+        bridge: conf.bridge.clone(),
+        host: host_veth_name(&pod.container_id, &pod.ifname),
+        netns: netns.to_owned(),
+        ifname: pod.ifname.clone(),
+        ip,
+        prefix: subnet.subnet.prefix_len(),
+        gateway: subnet.gateway(),
+        mtu: subnet.mtu,
+    }
+}
+
+fn add(conf: &NetConf, pod: &Pod) -> Result<CniResult, CniError> {
+    let netns = pod
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set"))?;
+    let subnet = read_subnet(&conf.subnet_file)?;
+    let store = store(conf)?;
+    let ip = store
+        .allocate(subnet.subnet, subnet.gateway(), &pod.container_id, &pod.ifname)
+        .map_err(store_error)?;
+    let spec = attach_spec(conf, pod, netns, &subnet, ip);
+    match link::attach(&spec) {
+        Ok(made) => Ok(add_result(conf, &spec, &made)),
+        Err(e) => {
+            // Undo in DEL's order; the error that matters is the first one.
+            let _ = link::delete_link(&spec.host);
+            let _ = store.release(&pod.container_id, &pod.ifname);
+            Err(e)
+        }
+    }
+}
+
+/// ADD's result: the previous plugin's (if chained) with felt's interfaces,
+/// address and default route appended.
+fn add_result(conf: &NetConf, spec: &AttachSpec, made: &link::Attached) -> CniResult {
+    let mut r = CniResult::start(&conf.cni_version, conf.prev_result.as_ref());
+    let first = r.interfaces.len();
+    r.interfaces.extend([
+        Interface {
+            name: spec.bridge.clone(),
+            mac: made.bridge_mac.clone(),
+            mtu: Some(spec.mtu),
+            sandbox: None,
+        },
+        Interface { name: spec.host.clone(), mac: made.host_mac.clone(), mtu: Some(spec.mtu), sandbox: None },
+        Interface {
+            name: spec.ifname.clone(),
+            mac: made.pod_mac.clone(),
+            mtu: Some(spec.mtu),
+            sandbox: Some(spec.netns.display().to_string()),
+        },
+    ]);
+    let address = Ipv4Net::new(spec.ip, spec.prefix).map(IpNet::V4).expect("prefix came from a valid subnet");
+    r.ips.push(IpConfig {
+        version: None,
+        address,
+        gateway: Some(IpAddr::V4(spec.gateway)),
+        interface: Some(first + 2),
+    });
+    r.routes
+        .push(Route { dst: "0.0.0.0/0".parse().expect("a valid CIDR"), gw: Some(IpAddr::V4(spec.gateway)) });
+    r
+}
+
+fn del(conf: &NetConf, container_id: &str, ifname: &str) -> Result<(), CniError> {
+    link::delete_link(&host_veth_name(container_id, ifname))?;
+    store(conf)?.release(container_id, ifname).map_err(store_error)?;
+    Ok(())
+}
+
+fn check(conf: &NetConf, pod: &Pod) -> Result<(), CniError> {
+    let netns = pod
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set"))?;
+    let subnet = read_subnet(&conf.subnet_file)?;
+    let Some(ip) = store(conf)?.find(&pod.container_id, &pod.ifname).map_err(store_error)? else {
+        return Err(CniError::new(
+            ErrorCode::AttachmentChanged,
+            format!("{}/{} holds no address on this node", pod.container_id, pod.ifname),
+        ));
+    };
+    let spec = attach_spec(conf, pod, netns, &subnet, ip);
+    let mut problems = problems(&spec, &link::inspect(&spec)?);
+    if let Some(prev) = &conf.prev_result {
+        let want = IpNet::V4(Ipv4Net::new(ip, spec.prefix).expect("valid prefix"));
+        if !prev.ips.iter().any(|c| c.address == want) {
+            problems.push(format!("prevResult does not list {want}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            ErrorCode::AttachmentChanged,
+            format!("{}/{} is not as ADD left it", pod.container_id, pod.ifname),
+        )
+        .details(problems.join("; ")))
+    }
+}
+
+/// What differs between the attachment ADD would make and what exists.
+pub fn problems(spec: &AttachSpec, seen: &Observed) -> Vec<String> {
+    let mut out = Vec::new();
+    match &seen.host {
+        None => out.push(format!("host end {} is missing", spec.host)),
+        Some(h) => {
+            if !h.on_bridge {
+                out.push(format!("{} is not a port of {}", spec.host, spec.bridge));
+            }
+            if !h.up {
+                out.push(format!("{} is down", spec.host));
+            }
+            if !h.hairpin {
+                out.push(format!("{} has hairpin off", spec.host));
+            }
+            if h.mtu != spec.mtu {
+                out.push(format!("{} has MTU {}, want {}", spec.host, h.mtu, spec.mtu));
+            }
+        }
+    }
+    match &seen.pod {
+        None => out.push(format!("{} is missing in the pod", spec.ifname)),
+        Some(p) => {
+            if p.mtu != spec.mtu {
+                out.push(format!("{} has MTU {} in the pod, want {}", spec.ifname, p.mtu, spec.mtu));
+            }
+            if !p.addresses.contains(&(spec.ip, spec.prefix)) {
+                out.push(format!(
+                    "{} lacks {}/{} (has {:?})",
+                    spec.ifname, spec.ip, spec.prefix, p.addresses
+                ));
+            }
+            if p.default_gateway != Some(spec.gateway) {
+                out.push(format!(
+                    "the pod's default route is via {:?}, want {}",
+                    p.default_gateway, spec.gateway
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Ready when the agent has written a subnet file that parses.
+fn status(conf: &NetConf) -> Result<SubnetFile, CniError> {
+    read_subnet(&conf.subnet_file).map_err(|e| {
+        CniError::new(ErrorCode::NotAvailable, format!("not ready: {}", e.msg))
+            .details(if e.details.is_empty() { e.msg } else { e.details })
+    })
+}
+
+/// What one `GC` released.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Addresses freed.
+    pub addresses: usize,
+    /// Host veths deleted.
+    pub links: usize,
+    /// Temporaries of killed plugins removed.
+    pub temporaries: usize,
+}
+
+fn gc(conf: &NetConf) -> Result<Collected, CniError> {
+    let valid: HashSet<(String, String)> =
+        conf.valid_attachments.iter().flatten().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
+    let store = store(conf)?;
+    let mut done = Collected {
+        temporaries: store
+            .sweep_temporaries(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .map_err(store_error)?,
+        ..Collected::default()
+    };
+    for e in store.entries().map_err(store_error)? {
+        if valid.contains(&(e.container_id.clone(), e.ifname.clone())) {
+            continue;
+        }
+        done.links += usize::from(link::delete_link(&host_veth_name(&e.container_id, &e.ifname))?);
+        done.addresses += store.release(&e.container_id, &e.ifname).map_err(store_error)?.len();
+    }
+    // Ports of felt's bridge that belong to no valid attachment (their
+    // address was freed by hand, or DEL was cut short).
+    let keep: HashSet<String> = valid.iter().map(|(c, i)| host_veth_name(c, i)).collect();
+    for port in link::bridge_ports(&conf.bridge)? {
+        if !keep.contains(&port) {
+            done.links += usize::from(link::delete_link(&port)?);
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+use super::*;
+
+#[test]
+fn host_veth_names_fit_and_are_stable() {
+    let a = host_veth_name("abc", "eth0");
+    assert_eq!(a, host_veth_name("abc", "eth0"));
+    assert_ne!(a, host_veth_name("abd", "eth0"));
+    assert!(a.len() <= 15 && a.starts_with("veth"));
+}
+
+fn spec() -> AttachSpec {
+    AttachSpec {
+        bridge: "felt0".into(),
+        host: "veth01020304".into(),
+        netns: "/run/netns/p".into(),
+        ifname: "eth0".into(),
+        ip: "10.244.1.2".parse().unwrap(),
+        prefix: 24,
+        gateway: "10.244.1.1".parse().unwrap(),
+        mtu: 1450,
+    }
+}
+
+fn as_added() -> Observed {
+    Observed {
+        host: Some(HostSide { mtu: 1450, on_bridge: true, up: true, hairpin: true }),
+        pod: Some(PodSide {
+            mtu: 1450,
+            addresses: vec![("10.244.1.2".parse().unwrap(), 24)],
+            default_gateway: Some("10.244.1.1".parse().unwrap()),
+        }),
+    }
+}
+
+#[test]
+fn check_passes_what_add_made() {
+    assert!(problems(&spec(), &as_added()).is_empty());
+}
+
+#[test]
+fn check_names_every_difference() {
+    let mut seen = as_added();
+    seen.host = Some(HostSide { mtu: 1500, on_bridge: false, up: false, hairpin: false });
+    if let Some(p) = &mut seen.pod {
+        p.mtu = 1500;
+        p.addresses.clear();
+        p.default_gateway = None;
+    }
+    let found = problems(&spec(), &seen);
+    assert_eq!(found.len(), 7, "{found:#?}");
+    assert!(found.iter().any(|p| p.contains("MTU 1500 in the pod, want 1450")), "{found:#?}");
+    let gone = problems(&spec(), &Observed::default());
+    assert_eq!(gone, ["host end veth01020304 is missing", "eth0 is missing in the pod"]);
+}
+
+#[test]
+fn add_results_extend_a_previous_result() {
+    let prev: CniResult = serde_json::from_str(
+        r#"{"cniVersion":"1.0.0","interfaces":[{"name":"x"}],"ips":[{"address":"192.0.2.5/24","interface":0}],"dns":{"nameservers":["192.0.2.53"]}}"#,
+    )
+    .unwrap();
+    let conf = NetConf::parse(
+        &serde_json::to_vec(&serde_json::json!({"cniVersion":"1.1.0","name":"felt","prevResult":prev}))
+            .unwrap(),
+    )
+    .unwrap();
+    let made = link::Attached { bridge_mac: "b".into(), host_mac: "h".into(), pod_mac: "p".into() };
+    let r = add_result(&conf, &spec(), &made);
+    assert_eq!(r.interfaces.len(), 4);
+    assert_eq!(r.ips.len(), 2);
+    assert_eq!(r.ips[1].interface, Some(3), "the pod interface's index counts the previous ones");
+    assert_eq!(r.ips[1].address.to_string(), "10.244.1.2/24");
+    assert_eq!(r.dns.nameservers, ["192.0.2.53"], "DNS from the previous plugin is kept");
+    assert_eq!(r.interfaces[3].mtu, Some(1450));
+}
