@@ -14,6 +14,7 @@
 
 pub mod kernel;
 mod model;
+pub mod nft;
 mod plan;
 pub mod userspace;
 

@@ -1,0 +1,336 @@
+//! Egress masquerade in felt's own nftables table, over netlink.
+//!
+//! What Flannel's `ipMasq` does, in one table that belongs to felt alone
+//! (`table ip felt`); no other table (kube-proxy's, the host's) is read or
+//! touched:
+//! ```text
+//! table ip felt {
+//!   set nodes { type ipv4_addr; }                  # every node's underlay address
+//!   chain postrouting {
+//!     type nat hook postrouting priority srcnat; policy accept;
+//!     ip saddr CLUSTER ip daddr != CLUSTER ip daddr != 224.0.0.0/4
+//!       ip daddr != @nodes masquerade fully-random  # userdata: felt-masq-v1 CLUSTER
+//!   }
+//! }
+//! ```
+//! Pod-to-pod traffic (inside the cluster CIDR) and pod-to-node traffic
+//! (to `@nodes`, or delivered locally) are never NATed; everything else a
+//! pod sends leaves with the node's address.
+//!
+//! Observe → plan → apply, as for the VXLAN entries: [`Nft::observe`] dumps
+//! felt's chains, rules and set; [`plan`] (pure) says whether nothing, the
+//! set's elements, or the whole table must change; [`Nft::apply`] sends one
+//! batch, which the kernel commits atomically. A table that is already
+//! right is never rewritten; one changed by hand is replaced whole.
+
+pub mod msg;
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+
+use ipnet::Ipv4Net;
+use msg::{Dumped, Expr, Msg, MsgType};
+
+/// felt's table (family `ip`).
+pub const TABLE: &str = "felt";
+/// Its NAT chain.
+pub const CHAIN: &str = "postrouting";
+/// The set of node addresses.
+pub const NODES_SET: &str = "nodes";
+
+/// What the table should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Masquerade {
+    /// The cluster CIDR: pods' traffic leaving it is masqueraded.
+    pub cluster: Ipv4Net,
+    /// Every node's underlay address (this node's too): never masqueraded to.
+    pub nodes: BTreeSet<Ipv4Addr>,
+}
+
+impl Masquerade {
+    /// The rule's userdata: names the rule and what it was made for.
+    pub fn userdata(&self) -> Vec<u8> {
+        format!("felt-masq-v1 {}", self.cluster).into_bytes()
+    }
+
+    /// The rule's expressions.
+    pub fn exprs(&self) -> Vec<Expr> {
+        let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("a valid CIDR");
+        let mut e = Vec::new();
+        e.extend(Expr::ip_in(true, self.cluster, false));
+        e.extend(Expr::ip_in(false, self.cluster, true));
+        e.extend(Expr::ip_in(false, multicast, true));
+        e.push(Expr::NetworkHeader { offset: 16, len: 4 });
+        e.push(Expr::Lookup { set: NODES_SET.to_owned(), negate: true });
+        e.push(Expr::Masquerade);
+        e
+    }
+}
+
+/// What felt's table holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Chains: name and policy.
+    pub chains: Vec<(String, Option<u32>)>,
+    /// Rules: chain and userdata.
+    pub rules: Vec<(String, Vec<u8>)>,
+    /// The node set's elements; `None` when there is no such set.
+    pub nodes: Option<BTreeSet<Ipv4Addr>>,
+}
+
+impl Observed {
+    /// Whether felt's table holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.rules.is_empty() && self.nodes.is_none()
+    }
+}
+
+/// What to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The table is right.
+    Nothing,
+    /// Only the node set differs.
+    Elements {
+        /// Addresses to add.
+        add: Vec<Ipv4Addr>,
+        /// Addresses to remove.
+        del: Vec<Ipv4Addr>,
+    },
+    /// Build the table afresh (missing, or changed by hand), atomically.
+    Replace,
+    /// Masquerade is off: remove felt's table.
+    Remove,
+}
+
+/// The change that takes `seen` to `want` (`None`: masquerade off).
+pub fn plan(want: Option<&Masquerade>, seen: &Observed) -> Plan {
+    let Some(want) = want else {
+        return if seen.is_empty() { Plan::Nothing } else { Plan::Remove };
+    };
+    let shape_ok = seen.chains == [(CHAIN.to_owned(), Some(msg::POLICY_ACCEPT))]
+        && seen.rules == [(CHAIN.to_owned(), want.userdata())];
+    let Some(nodes) = seen.nodes.as_ref().filter(|_| shape_ok) else { return Plan::Replace };
+    let add: Vec<_> = want.nodes.difference(nodes).copied().collect();
+    let del: Vec<_> = nodes.difference(&want.nodes).copied().collect();
+    if add.is_empty() && del.is_empty() { Plan::Nothing } else { Plan::Elements { add, del } }
+}
+
+/// The messages of one batch for `plan`.
+pub fn messages(plan: &Plan, want: Option<&Masquerade>) -> Vec<Msg> {
+    match (plan, want) {
+        (Plan::Nothing, _) => Vec::new(),
+        (Plan::Remove, _) | (Plan::Replace, None) => {
+            // Adding first makes the delete succeed whether or not the table exists.
+            vec![msg::new_table(TABLE), msg::del_table(TABLE)]
+        }
+        (Plan::Elements { add, del }, _) => {
+            let mut m = Vec::new();
+            if !del.is_empty() {
+                m.push(msg::del_elements(TABLE, NODES_SET, del));
+            }
+            if !add.is_empty() {
+                m.push(msg::add_elements(TABLE, NODES_SET, add));
+            }
+            m
+        }
+        (Plan::Replace, Some(want)) => {
+            let mut m = vec![
+                msg::new_table(TABLE),
+                msg::del_table(TABLE),
+                msg::new_table(TABLE),
+                msg::new_ipv4_set(TABLE, NODES_SET),
+            ];
+            let nodes: Vec<Ipv4Addr> = want.nodes.iter().copied().collect();
+            if !nodes.is_empty() {
+                m.push(msg::add_elements(TABLE, NODES_SET, &nodes));
+            }
+            m.push(msg::new_nat_postrouting_chain(TABLE, CHAIN));
+            m.push(msg::new_rule(TABLE, CHAIN, &want.exprs(), &want.userdata()));
+            m
+        }
+    }
+}
+
+/// What went wrong talking to nf_tables.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The netlink socket could not be opened or used.
+    #[error("netlink (nf_tables) socket")]
+    Socket(#[source] io::Error),
+    /// The kernel refused a request.
+    #[error("nf_tables refused {what}")]
+    Refused {
+        /// The request.
+        what: &'static str,
+        /// The kernel's errno.
+        #[source]
+        source: io::Error,
+    },
+}
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+/// A netlink socket to nf_tables in the caller's network namespace.
+#[derive(Debug)]
+pub struct Nft {
+    sock: netlink_sys::Socket,
+    seq: u32,
+}
+
+impl Nft {
+    /// Opens the socket (answers within 5 s or fail).
+    pub fn open() -> Result<Nft, NftError> {
+        let mut sock = netlink_sys::Socket::new(msg::NETLINK_NETFILTER).map_err(NftError::Socket)?;
+        sock.bind_auto().map_err(NftError::Socket)?;
+        sock.connect(&netlink_sys::SocketAddr::new(0, 0)).map_err(NftError::Socket)?;
+        let timeout = nix::sys::time::TimeVal::new(5, 0);
+        nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(|e| NftError::Socket(e.into()))?;
+        Ok(Nft { sock, seq: 1 })
+    }
+
+    fn next_seq(&mut self, n: u32) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(n + 2);
+        s
+    }
+
+    /// Replies to `seq` until the dump is done; an `ENOENT` (no table, no
+    /// set) is an empty dump.
+    fn dump(
+        &mut self,
+        kind: MsgType,
+        set: Option<&str>,
+        what: &'static str,
+    ) -> Result<Vec<Dumped>, NftError> {
+        let seq = self.next_seq(0);
+        let mut out = Vec::new();
+        msg::dump(kind, TABLE, set).emit(seq, &mut out);
+        self.sock.send(&out, 0).map_err(NftError::Socket)?;
+        let mut found = Vec::new();
+        loop {
+            let (buf, _) = self.sock.recv_from_full().map_err(NftError::Socket)?;
+            for (kind, mseq, body) in split(&buf) {
+                if mseq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(found),
+                    NLMSG_ERROR => {
+                        let errno = error_of(body);
+                        if errno == 0 || errno == libc::ENOENT {
+                            return Ok(found);
+                        }
+                        return Err(NftError::Refused { what, source: io::Error::from_raw_os_error(errno) });
+                    }
+                    k => found.extend(msg::parse_dumped(k, body)),
+                }
+            }
+        }
+    }
+
+    /// What felt's table holds now.
+    pub fn observe(&mut self) -> Result<Observed, NftError> {
+        let mut seen = Observed::default();
+        for d in self.dump(MsgType::GetChain, None, "listing felt's chains")? {
+            if let Dumped::Chain { table, name, policy } = d
+                && table == TABLE
+            {
+                seen.chains.push((name, policy));
+            }
+        }
+        for d in self.dump(MsgType::GetRule, None, "listing felt's rules")? {
+            if let Dumped::Rule { table, chain, userdata } = d
+                && table == TABLE
+            {
+                seen.rules.push((chain, userdata));
+            }
+        }
+        if !seen.chains.is_empty() || !seen.rules.is_empty() {
+            // An empty set dumps nothing, like a missing one; but while felt's
+            // rule exists its set does (the kernel refuses to delete a set in use),
+            // and without the rule the plan replaces the table anyway.
+            let mut nodes = BTreeSet::new();
+            for d in self.dump(MsgType::GetSetElem, Some(NODES_SET), "listing felt's node set")? {
+                if let Dumped::Elements(a) = d {
+                    nodes.extend(a);
+                }
+            }
+            seen.nodes = Some(nodes);
+        }
+        Ok(seen)
+    }
+
+    /// Sends one batch and waits for every acknowledgement.
+    pub fn send(&mut self, msgs: &[Msg], what: &'static str) -> Result<(), NftError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let first = self.next_seq(msgs.len() as u32);
+        let (bytes, mut waiting) = msg::batch(msgs, first);
+        self.sock.send(&bytes, 0).map_err(NftError::Socket)?;
+        let mut failure = None;
+        while !waiting.is_empty() {
+            let (buf, _) = match self.sock.recv_from_full() {
+                Ok(r) => r,
+                // Nothing more comes after a failed batch's errors.
+                Err(_) if failure.is_some() => break,
+                Err(e) => return Err(NftError::Socket(e)),
+            };
+            for (kind, seq, body) in split(&buf) {
+                if kind != NLMSG_ERROR || !waiting.contains(&seq) {
+                    continue;
+                }
+                waiting.retain(|s| *s != seq);
+                let errno = error_of(body);
+                if errno != 0 && failure.is_none() {
+                    failure = Some(io::Error::from_raw_os_error(errno));
+                }
+            }
+        }
+        match failure {
+            Some(source) => Err(NftError::Refused { what, source }),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies `plan` in one batch.
+    pub fn apply(&mut self, plan: &Plan, want: Option<&Masquerade>) -> Result<(), NftError> {
+        self.send(&messages(plan, want), "updating felt's masquerade table")
+    }
+
+    /// Removes felt's table, whatever it holds; `Ok(true)` if it held chains or rules.
+    pub fn remove(&mut self) -> Result<bool, NftError> {
+        let existed = !self.observe()?.is_empty();
+        self.apply(&Plan::Remove, None)?;
+        Ok(existed)
+    }
+}
+
+/// The messages in one datagram: (type, seq, body after the header).
+fn split(mut buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    while buf.len() >= 16 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < 16 || len > buf.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        out.push((kind, seq, &buf[16..len]));
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+    }
+    out
+}
+
+/// The positive errno of an `NLMSG_ERROR` body (0 for an acknowledgement).
+fn error_of(body: &[u8]) -> i32 {
+    body.get(..4).map_or(libc::EIO, |b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[cfg(test)]
+mod tests;
