@@ -1,7 +1,7 @@
 //! The network configuration every agent of one cluster shares.
 //!
 //! ```json
-//! {"network":"10.244.0.0/16","subnetLen":24,
+//! {"network":"10.244.0.0/16","subnetLen":24,"ipMasq":true,
 //!  "backend":{"type":"vxlan","vni":1,"port":8472}}
 //! ```
 //! Every field but `network` has a default; `backend.mtu` defaults to the
@@ -25,6 +25,10 @@ pub struct NetConfig {
     /// The encapsulation.
     #[serde(default)]
     pub backend: BackendConfig,
+    /// Masquerade pods' traffic that leaves the cluster network (Flannel's
+    /// `ipMasq`); pod-to-pod and pod-to-node traffic never is.
+    #[serde(default = "default_ip_masq")]
+    pub ip_masq: bool,
 }
 
 /// The encapsulation's settings.
@@ -46,6 +50,9 @@ pub struct BackendConfig {
     pub mtu: Option<u32>,
 }
 
+fn default_ip_masq() -> bool {
+    true
+}
 fn default_subnet_len() -> u8 {
     24
 }
@@ -71,6 +78,7 @@ impl Default for NetConfig {
             network: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).expect("16 is a valid prefix"),
             subnet_len: default_subnet_len(),
             backend: BackendConfig::default(),
+            ip_masq: true,
         }
     }
 }
@@ -156,6 +164,9 @@ mod tests {
         let cfg = NetConfig::from_json(br#"{"network":"10.244.0.0/16"}"#).unwrap();
         assert_eq!(cfg, NetConfig::default());
         assert_eq!(cfg.overlay_mtu(1500), 1450);
+        assert!(cfg.ip_masq, "egress masquerade is on by default");
+        let off = NetConfig::from_json(br#"{"network":"10.244.0.0/16","ipMasq":false}"#).unwrap();
+        assert!(!off.ip_masq);
     }
 
     #[test]

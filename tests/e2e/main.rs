@@ -4,6 +4,7 @@
 
 mod cni;
 mod debug;
+mod egress;
 mod harness;
 mod kube;
 mod rootless;

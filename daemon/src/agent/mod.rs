@@ -269,6 +269,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         ifindex,
         shared,
         userspace,
+        nft: None,
         state: State::default(),
     };
     agent.publish().await;
@@ -347,6 +348,8 @@ struct Agent {
     ifindex: Arc<AtomicU32>,
     shared: Arc<Shared>,
     userspace: Option<Arc<UserspaceDataplane>>,
+    /// felt's nftables table (egress masquerade); opened on first use.
+    nft: Option<felt_overlay::nft::Nft>,
     state: State,
 }
 
@@ -375,7 +378,7 @@ impl Agent {
             network: self.cfg.net.network,
             subnet: self.me.pod_cidr,
             mtu: self.spec.mtu,
-            ip_masq: false,
+            ip_masq: self.cfg.net.ip_masq,
         };
         let text = subnet.render();
         if std::fs::read_to_string(&self.cfg.subnet_file).ok().as_deref() != Some(text.as_str()) {
@@ -511,7 +514,8 @@ impl Agent {
             self.shared.metrics.ops.get_or_create(&OpLabels { op: op.kind(), result: "error" }).inc();
             self.fail(format!("programming {} {} failed; will retry: {why}", op.kind(), describe(op)));
         }
-        let in_sync = report.failed.is_empty();
+        let egress_ok = self.reconcile_egress(&view.peers);
+        let in_sync = report.failed.is_empty() && egress_ok;
         let programmed_peers = if in_sync {
             view.peers.len()
         } else {
@@ -546,6 +550,52 @@ impl Agent {
             );
         }
         in_sync && synced
+    }
+
+    /// Keeps felt's masquerade table right for the cluster CIDR and every
+    /// node's underlay address (see `felt_overlay::nft`); `false` on failure.
+    fn reconcile_egress(&mut self, peers: &[Peer]) -> bool {
+        use felt_overlay::nft::{self, Masquerade, Nft, Plan};
+        let want = self.cfg.net.ip_masq.then(|| Masquerade {
+            cluster: self.cfg.net.network,
+            nodes: peers.iter().map(|p| p.underlay_ip).chain([self.underlay.ip]).collect(),
+        });
+        let result = (|| {
+            let n = match &mut self.nft {
+                Some(n) => n,
+                None => self.nft.insert(Nft::open()?),
+            };
+            let p = nft::plan(want.as_ref(), &n.observe()?);
+            n.apply(&p, want.as_ref()).map(|()| p)
+        })();
+        let (op, ok) = match &result {
+            Ok(Plan::Nothing) => return true,
+            Ok(Plan::Replace) => ("set_masquerade", true),
+            Ok(Plan::Elements { .. }) => ("set_masquerade_nodes", true),
+            Ok(Plan::Remove) => ("del_masquerade", true),
+            Err(_) => ("set_masquerade", false),
+        };
+        self.shared
+            .metrics
+            .ops
+            .get_or_create(&OpLabels { op, result: if ok { "ok" } else { "error" } })
+            .inc();
+        match result {
+            Ok(p) => {
+                info!(op, plan = ?p, table = nft::TABLE, "programmed");
+                true
+            }
+            Err(e) => {
+                // A socket that failed may be broken: open a fresh one next time.
+                self.nft = None;
+                self.fail(format!(
+                    "egress masquerade (nftables table ip {}) failed; will retry: {}",
+                    nft::TABLE,
+                    error_chain(&e)
+                ));
+                false
+            }
+        }
     }
 
     fn log_peer_changes(&mut self, peers: &[Peer]) {

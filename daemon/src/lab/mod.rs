@@ -19,6 +19,7 @@ pub mod probe;
 pub mod rootless;
 pub mod soak;
 mod topo;
+pub use topo::OUTSIDE_IP;
 pub mod watch;
 
 use std::collections::BTreeMap;

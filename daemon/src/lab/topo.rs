@@ -102,13 +102,20 @@ pub fn node_ip(underlay: Ipv4Net, index: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(underlay.network()) + 10 + index)
 }
 
+/// The lab's stand-in for the world outside the cluster: an address from a
+/// documentation range (RFC 5737), held by the underlay namespace, reachable
+/// only inside the lab (LAB-NETWORK.md rule 3). Pods' traffic to it must
+/// leave their node masqueraded.
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
 /// The underlay namespace with its bridge, which holds `host` (the lab's
-/// host address, where a lab's API server listens).
+/// host address, where a lab's API server listens) and [`OUTSIDE_IP`].
 pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", ns, "addr", "add", &format!("{host}/{prefix}"), "dev", "br0"])?;
+    ip(&["-n", ns, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "br0"])?;
     ip(&["-n", ns, "link", "set", "br0", "up"])
 }
 
@@ -137,7 +144,11 @@ pub fn make_node(
     if sum_on_send {
         tx_checksum_offload(ns, false)?;
     }
-    ip(&["-n", ns, "link", "set", "eth0", "up"])
+    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    // The outside host, through the lab host: the node's only route off its /24.
+    let lab_host = host_ip(Ipv4Net::new(addr, prefix).map_err(|e| LabError::Invalid(e.to_string()))?.trunc());
+    let outside = Ipv4Net::new(OUTSIDE_IP, 24).map_err(|e| LabError::Invalid(e.to_string()))?.trunc();
+    ip(&["-n", ns, "route", "add", &outside.to_string(), "via", &lab_host.to_string(), "dev", "eth0"])
 }
 
 /// Turns checksum offload on `eth0` of node namespace `ns` on or off (see [`make_node`]).

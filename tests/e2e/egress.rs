@@ -1,0 +1,197 @@
+//! felt's masquerade table against the real kernel's nf_tables.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use felt_overlay::nft::{self, Masquerade, Nft, Plan};
+
+use crate::harness::{TestLab, require_root, run, wait_until};
+
+/// A bare network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("{}-nft", TestLab::unique_name());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        Netns(name)
+    }
+    fn nft(&self, args: &[&str]) -> String {
+        let out = run(Command::new("ip").args(["netns", "exec", &self.0, "nft"]).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// Runs `f` with an nf_tables socket inside the namespace.
+    fn with_nft<T: Send + 'static>(&self, f: impl FnOnce(&mut Nft) -> T + Send + 'static) -> T {
+        felt::netns::run_in(&felt::netns::named(&self.0), move || {
+            f(&mut Nft::open().expect("nf_tables socket"))
+        })
+        .expect("entering the namespace")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+fn want(nodes: &[&str]) -> Masquerade {
+    Masquerade {
+        cluster: "10.244.0.0/16".parse().unwrap(),
+        nodes: nodes.iter().map(|n| n.parse().unwrap()).collect(),
+    }
+}
+
+/// Observe, plan, apply; returns the plan that was applied.
+fn reconcile(ns: &Netns, w: Option<Masquerade>) -> Plan {
+    ns.with_nft(move |n| {
+        let seen = n.observe().unwrap();
+        let p = nft::plan(w.as_ref(), &seen);
+        n.apply(&p, w.as_ref()).unwrap();
+        p
+    })
+}
+
+#[test]
+fn masquerade_table_is_built_kept_repaired_and_removed() {
+    if !require_root("masquerade_table_is_built_kept_repaired_and_removed") {
+        return;
+    }
+    let ns = Netns::new();
+    // Someone else's table, which felt must never touch.
+    ns.nft(&["add", "table", "ip", "host"]);
+    ns.nft(&["add", "chain", "ip", "host", "post", "{ type nat hook postrouting priority 100; }"]);
+    ns.nft(&["add", "rule", "ip", "host", "post", "ip", "saddr", "192.0.2.0/24", "masquerade"]);
+    let host_before = ns.nft(&["list", "table", "ip", "host"]);
+
+    assert_eq!(reconcile(&ns, Some(want(&["198.18.7.11", "198.18.7.12"]))), Plan::Replace);
+    let listed = ns.nft(&["list", "table", "ip", "felt"]);
+    for want in [
+        "type ipv4_addr",
+        "198.18.7.11",
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 ip daddr != @nodes masquerade fully-random",
+    ] {
+        assert!(listed.contains(want), "`{want}` missing from:\n{listed}");
+    }
+    // Right already: nothing is written.
+    assert_eq!(reconcile(&ns, Some(want(&["198.18.7.11", "198.18.7.12"]))), Plan::Nothing);
+    // A node leaves and one joins: only the set changes.
+    let p = reconcile(&ns, Some(want(&["198.18.7.11", "198.18.7.13"])));
+    assert!(matches!(p, Plan::Elements { .. }), "{p:?}");
+    let set = ns.nft(&["list", "set", "ip", "felt", "nodes"]);
+    assert!(set.contains("198.18.7.13") && !set.contains("198.18.7.12"), "{set}");
+    // Flushed by hand: rebuilt whole.
+    ns.nft(&["flush", "chain", "ip", "felt", "postrouting"]);
+    assert_eq!(reconcile(&ns, Some(want(&["198.18.7.11", "198.18.7.13"]))), Plan::Replace);
+    assert!(ns.nft(&["list", "table", "ip", "felt"]).contains("masquerade fully-random"));
+    // All nodes gone: an empty set is still a right table.
+    assert!(matches!(reconcile(&ns, Some(want(&[]))), Plan::Elements { .. }));
+    assert_eq!(reconcile(&ns, Some(want(&[]))), Plan::Nothing);
+    // Off: felt's table goes, the other stays as it was.
+    assert_eq!(reconcile(&ns, None), Plan::Remove);
+    let tables = ns.nft(&["list", "tables"]);
+    assert!(!tables.contains("felt"), "{tables}");
+    assert_eq!(ns.nft(&["list", "table", "ip", "host"]), host_before);
+    assert!(ns.with_nft(|n| !n.remove().unwrap()), "removing twice finds nothing and fails not");
+    let seen: BTreeSet<String> = tables.lines().map(str::to_owned).collect();
+    assert_eq!(seen, BTreeSet::from(["table ip host".to_owned()]));
+}
+
+/// Accepts one TCP connection on `addr` inside namespace `ns` within 10 s;
+/// returns the source address it came from. Listening before this returns.
+fn listen_once(ns: &str, addr: SocketAddr) -> std::thread::JoinHandle<IpAddr> {
+    let path = felt::netns::named(ns);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        felt::netns::run_in(&path, move || {
+            let l = TcpListener::bind(addr).expect("binding the listener");
+            l.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match l.accept() {
+                    Ok((_, from)) => return from.ip(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("no connection to {addr}: {e}"),
+                }
+            }
+        })
+        .expect("entering the namespace")
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("listener ready");
+    handle
+}
+
+/// Connects from namespace `ns` to `addr`; returns the source address the listener saw.
+fn seen_from(from_ns: &str, listen_ns: &str, addr: SocketAddr) -> IpAddr {
+    let seen = listen_once(listen_ns, addr);
+    felt::netns::run_in(&felt::netns::named(from_ns), move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting")
+    })
+    .expect("entering the pod namespace");
+    seen.join().expect("listener")
+}
+
+#[test]
+fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
+    if !require_root("pods_reach_the_outside_masqueraded_and_each_other_as_themselves") {
+        return;
+    }
+    let lab = TestLab::up(2, 1);
+    let status = lab.status();
+    let node = |n: &str| status["nodes"].as_array().unwrap().iter().find(|x| x["name"] == n).unwrap().clone();
+    let pod = |n: &str| status["pods"].as_array().unwrap().iter().find(|p| p["node"] == n).unwrap().clone();
+    let (n1, n2, p1, p2) = (node("n1"), node("n2"), pod("n1"), pod("n2"));
+    let ip = |v: &serde_json::Value, k: &str| -> IpAddr { v[k].as_str().unwrap().parse().unwrap() };
+    let p1_ns = p1["netns"].as_str().unwrap();
+    // Wait until n1's agent has built its table (it does so in its first reconcile).
+    let has_table = || {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.node_ns("n1"), "nft", "list", "table", "ip", "felt"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("masquerade"))
+    };
+    assert!(wait_until(Duration::from_secs(10), has_table).is_some(), "n1 has no masquerade table");
+
+    // To the outside: the node's address, never the pod's.
+    let outside = SocketAddr::new(felt::lab::OUTSIDE_IP.into(), 7001);
+    let ul = format!("{}-ul", lab.name);
+    assert_eq!(seen_from(p1_ns, &ul, outside), ip(&n1, "underlay_ip"), "egress leaves as the node");
+    // To a pod on another node: the pod's own address.
+    let to_pod = SocketAddr::new(ip(&p2, "ip"), 7002);
+    assert_eq!(
+        seen_from(p1_ns, p2["netns"].as_str().unwrap(), to_pod),
+        ip(&p1, "ip"),
+        "pod-to-pod is not NATed"
+    );
+    // To another node's underlay address: the pod's own address too.
+    let to_node = SocketAddr::new(ip(&n2, "underlay_ip"), 7003);
+    assert_eq!(seen_from(p1_ns, &lab.node_ns("n2"), to_node), ip(&p1, "ip"), "pod-to-node is not NATed");
+
+    // Deleted by hand, the table comes back within a resync (the lab's is 5 s).
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.node_ns("n1"),
+        "nft",
+        "delete",
+        "table",
+        "ip",
+        "felt",
+    ]));
+    assert!(!has_table(), "the table was deleted");
+    assert!(
+        wait_until(Duration::from_secs(12), has_table).is_some(),
+        "the masquerade table was not repaired"
+    );
+    assert_eq!(
+        seen_from(p1_ns, &ul, SocketAddr::new(felt::lab::OUTSIDE_IP.into(), 7004)),
+        ip(&n1, "underlay_ip")
+    );
+    lab.finish();
+}
