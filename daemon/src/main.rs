@@ -315,14 +315,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Daemon(args) => run_daemon(args),
         Command::Cni => return run_cni(),
-        Command::InstallCni { bin_dir, conf_dir, conf_name, conflist } => (|| {
-            let binary = std::env::current_exe().context("finding the felt binary")?;
-            let install = felt::cni::install::InstallCni { binary, bin_dir, conf_dir, conf_name, conflist };
-            for path in install.run()? {
-                println!("installed {}", path.display());
-            }
-            Ok(ExitCode::SUCCESS)
-        })(),
+        Command::InstallCni { bin_dir, conf_dir, conf_name, conflist } => {
+            run_install_cni(bin_dir, conf_dir, conf_name, conflist)
+        }
         Command::Status { addr, json } => run_status(addr, json),
         Command::Keeper { device, hold } => run_keeper(&device, hold),
         Command::Lab { command } => enter_rootless(&command).and_then(|rootless| {
@@ -414,6 +409,20 @@ fn enter_rootless(command: &LabCommand) -> anyhow::Result<Option<(lab::rootless:
         return Err(e.into());
     }
     Ok(Some((holder, true)))
+}
+
+fn run_install_cni(
+    bin_dir: PathBuf,
+    conf_dir: PathBuf,
+    conf_name: String,
+    conflist: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let binary = std::env::current_exe().context("finding the felt binary")?;
+    let install = felt::cni::install::InstallCni { binary, bin_dir, conf_dir, conf_name, conflist };
+    for path in install.run()? {
+        println!("installed {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_cni() -> ExitCode {

@@ -64,11 +64,6 @@ impl Command {
             Command::Status | Command::Gc => "1.1.0",
         }
     }
-
-    /// Whether the command needs `CNI_CONTAINERID` and `CNI_IFNAME`.
-    pub fn names_an_attachment(self) -> bool {
-        matches!(self, Command::Add | Command::Del | Command::Check)
-    }
 }
 
 /// Compares two `MAJOR.MINOR.PATCH` versions; `None` if either is malformed.

@@ -36,7 +36,14 @@ impl Call<'_> {
     }
 
     fn spawn(&self) -> std::process::Child {
-        let mut child = self.command().spawn().expect("spawning felt cni");
+        self.spawn_with(|_| {})
+    }
+
+    /// Starts the plugin with the runtime's command changed by `edit` first.
+    fn spawn_with(&self, edit: impl FnOnce(&mut Command)) -> std::process::Child {
+        let mut cmd = self.command();
+        edit(&mut cmd);
+        let mut child = cmd.spawn().expect("spawning felt cni");
         let mut stdin = child.stdin.take().expect("stdin");
         // A child killed before reading makes this fail: that is the point of some tests.
         let _ = stdin.write_all(self.conf.to_string().as_bytes());
@@ -45,7 +52,12 @@ impl Call<'_> {
 
     /// Exit success and the JSON printed (Null when nothing was).
     fn run(&self) -> (bool, Value) {
-        let out = self.spawn().wait_with_output().expect("felt cni");
+        self.run_with(|_| {})
+    }
+
+    /// As [`Call::run`], with the runtime's command changed by `edit` first.
+    fn run_with(&self, edit: impl FnOnce(&mut Command)) -> (bool, Value) {
+        let out = self.spawn_with(edit).wait_with_output().expect("felt cni");
         let json = if out.stdout.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -235,17 +247,9 @@ fn every_verb_answers_as_the_spec_says() {
     call(&lab, "n1", "ADD", "c1", json!("not a config")).fails(6);
     call(&lab, "n1", "ADD", "c1", json!({"cniVersion": "9.0.0", "name": "felt"})).fails(1);
     call(&lab, "n1", "ADD", "gone", c11.clone()).fails(3);
-    let (ok, v) = {
-        let c = call(&lab, "n1", "ADD", "c1", c11.clone());
-        let out = {
-            let mut cmd = c.command();
-            cmd.env_remove("CNI_CONTAINERID");
-            let mut child = cmd.spawn().unwrap();
-            child.stdin.take().unwrap().write_all(c11.to_string().as_bytes()).unwrap();
-            child.wait_with_output().unwrap()
-        };
-        (out.status.success(), serde_json::from_slice::<Value>(&out.stdout).unwrap())
-    };
+    let (ok, v) = call(&lab, "n1", "ADD", "c1", c11.clone()).run_with(|c| {
+        c.env_remove("CNI_CONTAINERID");
+    });
     assert!(!ok && v["code"] == 4, "{v}");
     call(&lab, "n1", "BOGUS", "c1", c11.clone()).fails(4);
 

@@ -555,7 +555,7 @@ impl Agent {
     /// Keeps felt's masquerade table right for the cluster CIDR and every
     /// node's underlay address (see `felt_overlay::nft`); `false` on failure.
     fn reconcile_egress(&mut self, peers: &[Peer]) -> bool {
-        use felt_overlay::nft::{self, Masquerade, Nft, Plan};
+        use felt_overlay::nft::{self, Masquerade, Nft};
         let want = self.cfg.net.ip_masq.then(|| Masquerade {
             cluster: self.cfg.net.network,
             nodes: peers.iter().map(|p| p.underlay_ip).chain([self.underlay.ip]).collect(),
@@ -568,24 +568,18 @@ impl Agent {
             let p = nft::plan(want.as_ref(), &n.observe()?);
             n.apply(&p, want.as_ref()).map(|()| p)
         })();
-        let (op, ok) = match &result {
-            Ok(Plan::Nothing) => return true,
-            Ok(Plan::Replace) => ("set_masquerade", true),
-            Ok(Plan::Elements { .. }) => ("set_masquerade_nodes", true),
-            Ok(Plan::Remove) => ("del_masquerade", true),
-            Err(_) => ("set_masquerade", false),
-        };
-        self.shared
-            .metrics
-            .ops
-            .get_or_create(&OpLabels { op, result: if ok { "ok" } else { "error" } })
-            .inc();
+        let count = |op, result| self.shared.metrics.ops.get_or_create(&OpLabels { op, result }).inc();
         match result {
             Ok(p) => {
-                info!(op, plan = ?p, table = nft::TABLE, "programmed");
+                if let Some(op) = p.kind() {
+                    count(op, "ok");
+                    info!(op, plan = ?p, table = nft::TABLE, "programmed");
+                }
                 true
             }
             Err(e) => {
+                // Failures count under the write that builds the table.
+                count("set_masquerade", "error");
                 // A socket that failed may be broken: open a fresh one next time.
                 self.nft = None;
                 self.fail(format!(

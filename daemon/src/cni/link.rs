@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use felt_proto::MacAddr;
 use felt_proto::cni::{CniError, ErrorCode};
 use futures::TryStreamExt;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoBridgePort, InfoPortData, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
@@ -38,6 +39,13 @@ pub struct AttachSpec {
     pub gateway: Ipv4Addr,
     /// The overlay MTU, for the bridge and both veth ends.
     pub mtu: u32,
+}
+
+impl AttachSpec {
+    /// The pod's address with the subnet's prefix length, as results list it.
+    pub fn address(&self) -> IpNet {
+        IpNet::V4(Ipv4Net::new(self.ip, self.prefix).expect("the prefix came from a valid subnet"))
+    }
 }
 
 /// MACs of what `attach` made.
@@ -90,7 +98,7 @@ fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> CniError
 }
 
 /// Runs a netlink job on a current-thread runtime in the caller's namespace.
-pub fn in_runtime<T, F, Fut>(job: F) -> Result<T, CniError>
+fn in_runtime<T, F, Fut>(job: F) -> Result<T, CniError>
 where
     F: FnOnce(Handle) -> Fut,
     Fut: std::future::Future<Output = Result<T, CniError>>,
@@ -205,6 +213,27 @@ fn is_up(l: &LinkMessage) -> bool {
     l.header.flags.contains(netlink_packet_route::link::LinkFlags::Up)
 }
 
+/// `ip -4 addr show dev INDEX`: addresses with their prefix lengths.
+async fn ipv4_addresses(h: &Handle, index: u32, whose: &str) -> Result<Vec<(Ipv4Addr, u8)>, CniError> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl(format!("listing {whose}'s addresses")))?;
+    Ok(msgs
+        .iter()
+        .flat_map(|a| {
+            a.attributes.iter().filter_map(move |x| match x {
+                AddressAttribute::Local(IpAddr::V4(v)) => Some((*v, a.header.prefix_len)),
+                _ => None,
+            })
+        })
+        .collect())
+}
+
 /// The bridge with the gateway address, up; made when missing. Concurrent
 /// plugins may race to make it: whoever loses finds the winner's.
 async fn ensure_bridge(h: &Handle, spec: &AttachSpec) -> Result<LinkMessage, CniError> {
@@ -221,17 +250,7 @@ async fn ensure_bridge(h: &Handle, spec: &AttachSpec) -> Result<LinkMessage, Cni
         }
     };
     let index = br.header.index;
-    let addrs: Vec<_> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("listing the bridge's addresses"))?;
-    let has_gw = addrs.iter().any(|a| {
-        a.attributes.iter().any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(v)) if *v == spec.gateway))
-    });
+    let has_gw = ipv4_addresses(h, index, "the bridge").await?.iter().any(|(a, _)| *a == spec.gateway);
     if !has_gw {
         // ip addr add GATEWAY/PREFIX dev BRIDGE
         match h.address().add(index, spec.gateway.into(), spec.prefix).execute().await {
@@ -359,24 +378,7 @@ pub fn inspect(spec: &AttachSpec) -> Result<Observed, CniError> {
     let ifname = spec.ifname.clone();
     let pod = in_netns(&spec.netns, move |h| async move {
         let Some(link) = link_by_name(&h, &ifname).await? else { return Ok(None) };
-        let index = link.header.index;
-        let addrs: Vec<_> = h
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing the pod's addresses"))?;
-        let addresses = addrs
-            .iter()
-            .flat_map(|a| {
-                a.attributes.iter().filter_map(move |x| match x {
-                    AddressAttribute::Local(IpAddr::V4(v)) => Some((*v, a.header.prefix_len)),
-                    _ => None,
-                })
-            })
-            .collect();
+        let addresses = ipv4_addresses(&h, link.header.index, "the pod").await?;
         let routes: Vec<_> = h
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())

@@ -36,7 +36,6 @@ use felt_ipam::{PodAddressStore, StoreError};
 pub use felt_proto::cni::NetConf;
 use felt_proto::cni::{CniError, CniResult, Command, ErrorCode, Interface, IpConfig, Route, VersionReply};
 use felt_proto::{MacAddr, SubnetFile};
-use ipnet::{IpNet, Ipv4Net};
 
 pub use link::{AttachSpec, HostSide, Observed, PodSide};
 
@@ -107,7 +106,8 @@ fn run(version: &mut String) -> Result<Option<String>, CniError> {
     let command = Command::parse(&name)
         .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, format!("unknown CNI_COMMAND {name}")))?;
     if command == Command::Version {
-        return Ok(Some(to_json(&VersionReply::default())));
+        // VERSION's stdin holds only a cniVersion, not a network config.
+        return Ok(Some(version_reply()));
     }
     let mut stdin = Vec::new();
     std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
@@ -125,17 +125,23 @@ fn run(version: &mut String) -> Result<Option<String>, CniError> {
             ),
         ));
     }
-    let pod = if command.names_an_attachment() { Some(Pod::from_env(command)?) } else { None };
-    match (command, pod) {
-        (Command::Add, Some(pod)) => {
-            add(&conf, &pod).map(|r| Some(to_json(&r.for_version(&conf.cni_version))))
+    match command {
+        Command::Add => {
+            add(&conf, &Pod::from_env(command)?).map(|r| Some(to_json(&r.for_version(&conf.cni_version))))
         }
-        (Command::Del, Some(pod)) => del(&conf, &pod.container_id, &pod.ifname).map(|()| None),
-        (Command::Check, Some(pod)) => check(&conf, &pod).map(|()| None),
-        (Command::Status, _) => status(&conf).map(|_| None),
-        (Command::Gc, _) => gc(&conf).map(|_| None),
-        _ => Err(CniError::new(ErrorCode::Internal, format!("{name} reached no handler"))),
+        Command::Del => {
+            let pod = Pod::from_env(command)?;
+            del(&conf, &pod.container_id, &pod.ifname).map(|()| None)
+        }
+        Command::Check => check(&conf, &Pod::from_env(command)?).map(|()| None),
+        Command::Status => status(&conf).map(|_| None),
+        Command::Gc => gc(&conf).map(|_| None),
+        Command::Version => Ok(Some(version_reply())),
     }
+}
+
+fn version_reply() -> String {
+    to_json(&VersionReply::default())
 }
 
 /// The host end's name: stable per pod interface, so DEL and GC find it without state.
@@ -223,10 +229,9 @@ fn add_result(conf: &NetConf, spec: &AttachSpec, made: &link::Attached) -> CniRe
             sandbox: Some(spec.netns.display().to_string()),
         },
     ]);
-    let address = Ipv4Net::new(spec.ip, spec.prefix).map(IpNet::V4).expect("prefix came from a valid subnet");
     r.ips.push(IpConfig {
         version: None,
-        address,
+        address: spec.address(),
         gateway: Some(IpAddr::V4(spec.gateway)),
         interface: Some(first + 2),
     });
@@ -256,7 +261,7 @@ fn check(conf: &NetConf, pod: &Pod) -> Result<(), CniError> {
     let spec = attach_spec(conf, pod, netns, &subnet, ip);
     let mut problems = problems(&spec, &link::inspect(&spec)?);
     if let Some(prev) = &conf.prev_result {
-        let want = IpNet::V4(Ipv4Net::new(ip, spec.prefix).expect("valid prefix"));
+        let want = spec.address();
         if !prev.ips.iter().any(|c| c.address == want) {
             problems.push(format!("prevResult does not list {want}"));
         }

@@ -105,6 +105,18 @@ pub enum Plan {
     Remove,
 }
 
+impl Plan {
+    /// The write's name in `felt_dataplane_ops_total{op}`; `None` for no write.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            Plan::Nothing => None,
+            Plan::Elements { .. } => Some("set_masquerade_nodes"),
+            Plan::Replace => Some("set_masquerade"),
+            Plan::Remove => Some("del_masquerade"),
+        }
+    }
+}
+
 /// The change that takes `seen` to `want` (`None`: masquerade off).
 pub fn plan(want: Option<&Masquerade>, seen: &Observed) -> Plan {
     let Some(want) = want else {

@@ -140,10 +140,6 @@ impl Attrs {
     fn data(self, kind: u16, value: &[u8]) -> Self {
         self.nest(kind, Attrs::default().raw(attr::DATA_VALUE, value))
     }
-    /// The encoded bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
 }
 
 /// One expression of a rule (`struct nft_expr_ops` by name).
