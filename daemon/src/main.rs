@@ -201,7 +201,9 @@ enum LabCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Probe every pod from every other pod (ICMP and TCP); exit 0 only if all pass.
+    /// Probe every pod from every other pod (ICMP and TCP, which must arrive
+    /// un-NATed) and the outside host from every pod (which must see the
+    /// node's address); exit 0 only if all pass.
     Check {
         #[command(flatten)]
         lab: LabName,
@@ -621,20 +623,44 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             }
         }
         LabCommand::Check { lab } => {
-            let results = open_lab(&lab)?.check()?;
-            let ok = results.iter().filter(|r| r.ok()).count();
-            for r in results.iter().filter(|r| !r.ok()) {
+            let report = open_lab(&lab)?.check()?;
+            let show = |r: &Result<std::net::Ipv4Addr, String>| match r {
+                Ok(seen) => format!("seen as {seen}"),
+                Err(e) => e.clone(),
+            };
+            for r in report.pairs.iter().filter(|r| !r.ok()) {
                 println!(
-                    "FAIL {} → {} ({}): icmp {}, tcp {}",
+                    "FAIL {} → {} ({}): icmp {}, tcp {} (want seen as {})",
                     r.from,
                     r.to,
                     r.ip,
                     if r.icmp { "ok" } else { "no reply" },
-                    r.tcp.as_ref().map_or_else(|e| e.clone(), |()| "ok".into())
+                    show(&r.tcp),
+                    r.from_ip
                 );
             }
-            println!("{ok}/{} pod pairs reachable", results.len());
-            if ok != results.len() || results.is_empty() {
+            for r in report.egress.iter().filter(|r| !r.ok()) {
+                println!(
+                    "FAIL {} ({}) → outside {}: {} (want seen as its node {})",
+                    r.from,
+                    r.from_ip,
+                    lab::OUTSIDE_IP,
+                    show(&r.seen),
+                    r.node_ip
+                );
+            }
+            let count = |oks: usize, all: usize| format!("{oks}/{all}");
+            println!(
+                "egress: {} pods reach the outside host {} as their node's address",
+                count(report.egress.iter().filter(|r| r.ok()).count(), report.egress.len()),
+                lab::OUTSIDE_IP
+            );
+            // Kept last, and worded as before: scripts read this line.
+            println!(
+                "{} pod pairs reachable",
+                count(report.pairs.iter().filter(|r| r.ok()).count(), report.pairs.len())
+            );
+            if !report.ok() {
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -173,7 +173,18 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     let to_node = SocketAddr::new(ip(&n2, "underlay_ip"), 7003);
     assert_eq!(seen_from(p1_ns, &lab.node_ns("n2"), to_node), ip(&p1, "ip"), "pod-to-node is not NATed");
 
-    // Deleted by hand, the table comes back within a resync (the lab's is 5 s).
+    // `felt lab check` proves the same for every pod.
+    let check = lab.felt(&["lab", "check"]);
+    assert!(
+        check.contains("egress: 2/2 pods reach the outside host 203.0.113.1 as their node's address"),
+        "{check}"
+    );
+
+    // Deleted by hand while n1's agent is stopped, the check sees n1's pod
+    // leave as itself; resumed, the agent puts the table back within a
+    // resync (the lab's is 5 s).
+    let n1_pid = n1["pid"].as_u64().unwrap().to_string();
+    run(Command::new("kill").args(["-STOP", &n1_pid]));
     run(Command::new("ip").args([
         "netns",
         "exec",
@@ -185,6 +196,20 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
         "felt",
     ]));
     assert!(!has_table(), "the table was deleted");
+    let out = lab.felt_command(&["lab", "check"]).output().unwrap();
+    run(Command::new("kill").args(["-CONT", &n1_pid]));
+    let check = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "the check passed without n1's masquerade:\n{check}");
+    // The outside host has no route to pod addresses: an un-NATed
+    // connection times out (a network that had one would see the pod).
+    let want = format!(
+        "FAIL {} ({}) → outside 203.0.113.1: connection timed out (want seen as its node {})",
+        p1["name"].as_str().unwrap(),
+        ip(&p1, "ip"),
+        ip(&n1, "underlay_ip")
+    );
+    assert!(check.contains(&want), "want `{want}` in:\n{check}");
+    assert!(check.contains("egress: 1/2 pods"), "{check}");
     assert!(
         wait_until(Duration::from_secs(12), has_table).is_some(),
         "the masquerade table was not repaired"
@@ -193,5 +218,6 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
         seen_from(p1_ns, &ul, SocketAddr::new(felt::lab::OUTSIDE_IP.into(), 7004)),
         ip(&n1, "underlay_ip")
     );
+    assert!(lab.felt(&["lab", "check"]).contains("egress: 2/2 pods"));
     lab.finish();
 }

@@ -136,6 +136,24 @@ pub struct PodState {
     pub ip: Ipv4Addr,
 }
 
+/// What `felt lab check` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Every ordered pod pair.
+    pub pairs: Vec<probe::PairResult>,
+    /// Every pod to the outside host.
+    pub egress: Vec<probe::EgressResult>,
+}
+
+impl CheckReport {
+    /// Every pair and every egress probe passed, and there was something to probe.
+    pub fn ok(&self) -> bool {
+        !self.egress.is_empty()
+            && self.pairs.iter().all(probe::PairResult::ok)
+            && self.egress.iter().all(probe::EgressResult::ok)
+    }
+}
+
 /// What `lab.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
@@ -549,10 +567,14 @@ impl Lab {
         entry["problems"] = problems.into();
     }
 
-    /// Probes every pod from every other pod, ICMP and TCP.
-    pub fn check(&self) -> Result<Vec<probe::PairResult>, LabError> {
+    /// Probes every ordered pod pair (ICMP echo and a TCP round trip, which
+    /// must arrive from the source pod's own address) and, from every pod,
+    /// the outside host (which must see the pod's node address, never the
+    /// pod's).
+    pub fn check(&self) -> Result<CheckReport, LabError> {
         let state = self.loaded()?;
-        let namespaces: Vec<PathBuf> = state.pods.iter().map(|p| netns::named(&p.netns)).collect();
+        let mut namespaces: Vec<PathBuf> = state.pods.iter().map(|p| netns::named(&p.netns)).collect();
+        namespaces.push(netns::named(&self.underlay_ns()));
         let _listeners = probe::EchoListeners::start(&namespaces, Duration::from_secs(120))
             .map_err(|e| LabError::Invalid(format!("starting echo listeners: {e}")))?;
         let workers: Vec<_> = state
@@ -565,16 +587,28 @@ impl Lab {
                     .filter(|d| d.name != src.name)
                     .map(|d| (d.name.clone(), d.ip))
                     .collect();
-                let (ns, name) = (netns::named(&src.netns), src.name.clone());
-                std::thread::spawn(move || probe::probe_from(&ns, &name, &targets))
+                let node_ip = state
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == src.node)
+                    .map_or(Ipv4Addr::UNSPECIFIED, |n| n.underlay_ip);
+                let pod = probe::Prober {
+                    netns: netns::named(&src.netns),
+                    name: src.name.clone(),
+                    ip: src.ip,
+                    node_ip,
+                };
+                std::thread::spawn(move || probe::probe_from(pod, &targets, topo::OUTSIDE_IP))
             })
             .collect();
-        let mut results = Vec::new();
+        let mut report = CheckReport::default();
         for w in workers {
             let r = w.join().map_err(|_| LabError::Invalid("a probe thread panicked".into()))?;
-            results.extend(r.map_err(|e| LabError::Invalid(format!("probing: {e}")))?);
+            let (pairs, egress) = r.map_err(|e| LabError::Invalid(format!("probing: {e}")))?;
+            report.pairs.extend(pairs);
+            report.egress.push(egress);
         }
-        Ok(results)
+        Ok(report)
     }
 
     /// Adds the next node with its pods. Returns it and how long after its

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -91,21 +91,25 @@ pub fn ping_series(
     Ok(SeriesReport { sent: u32::from(count), received: seen.iter().filter(|x| **x).count() as u32 })
 }
 
-/// One TCP round trip to `dst`'s echo listener within `timeout`.
-pub fn tcp_round_trip(dst: Ipv4Addr, timeout: Duration) -> std::io::Result<()> {
+/// One TCP round trip to `dst`'s echo listener within `timeout`. Returns the
+/// source address the listener saw the connection come from: the pod's own
+/// address across the overlay, its node's address when it was masqueraded.
+pub fn tcp_round_trip(dst: Ipv4Addr, timeout: Duration) -> std::io::Result<Ipv4Addr> {
     let mut c = TcpStream::connect_timeout(&SocketAddr::from((dst, ECHO_PORT)), timeout)?;
     c.set_read_timeout(Some(timeout))?;
     c.set_write_timeout(Some(timeout))?;
     c.write_all(b"felt?")?;
-    let mut got = [0u8; 5];
+    let mut got = [0u8; 9];
     c.read_exact(&mut got)?;
-    if &got != b"felt!" {
-        return Err(std::io::Error::other("echo listener answered garbage"));
+    match got.split_first_chunk::<5>() {
+        Some((b"felt!", seen)) => Ok(Ipv4Addr::from(<[u8; 4]>::try_from(seen).expect("4 bytes"))),
+        _ => Err(std::io::Error::other("echo listener answered garbage")),
     }
-    Ok(())
 }
 
-/// TCP echo listeners inside pod namespaces, stopped (and joined) on drop.
+/// TCP echo listeners inside namespaces, stopped (and joined) on drop. Each
+/// answers `felt?` with `felt!` and the four bytes of the IPv4 source
+/// address it saw.
 #[derive(Debug)]
 pub struct EchoListeners {
     stop: Arc<AtomicBool>,
@@ -143,12 +147,18 @@ impl Drop for EchoListeners {
 fn serve_echo(listener: &TcpListener, stop: &AtomicBool, deadline: Instant) {
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         match listener.accept() {
-            Ok((mut c, _)) => {
+            Ok((mut c, from)) => {
                 let _ = c.set_nonblocking(false);
                 let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let seen = match from.ip() {
+                    std::net::IpAddr::V4(ip) => ip,
+                    std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                };
                 let mut got = [0u8; 5];
                 if c.read_exact(&mut got).is_ok() && &got == b"felt?" {
-                    let _ = c.write_all(b"felt!");
+                    let mut answer = *b"felt!\0\0\0\0";
+                    answer[5..].copy_from_slice(&seen.octets());
+                    let _ = c.write_all(&answer);
                 }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -161,41 +171,86 @@ fn serve_echo(listener: &TcpListener, stop: &AtomicBool, deadline: Instant) {
 pub struct PairResult {
     /// Source pod.
     pub from: String,
+    /// Source pod's address.
+    pub from_ip: Ipv4Addr,
     /// Destination pod.
     pub to: String,
     /// Destination address.
     pub ip: Ipv4Addr,
     /// ICMP echo answered.
     pub icmp: bool,
-    /// TCP round trip done; the error otherwise.
-    pub tcp: Result<(), String>,
+    /// TCP round trip done, with the source address the destination saw;
+    /// the error otherwise.
+    pub tcp: Result<Ipv4Addr, String>,
 }
 
 impl PairResult {
-    /// Both probes passed.
+    /// Both probes passed, and the destination saw the source pod's own
+    /// address: pod-to-pod traffic is never NATed.
     pub fn ok(&self) -> bool {
-        self.icmp && self.tcp.is_ok()
+        self.icmp && self.tcp == Ok(self.from_ip)
     }
 }
 
-/// Probes every target from inside `src_ns`, one after the other.
+/// One pod's connection to the outside host.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EgressResult {
+    /// The pod.
+    pub from: String,
+    /// Its address.
+    pub from_ip: Ipv4Addr,
+    /// Its node's underlay address: what the outside host must see.
+    pub node_ip: Ipv4Addr,
+    /// The source address the outside host saw; the error otherwise.
+    pub seen: Result<Ipv4Addr, String>,
+}
+
+impl EgressResult {
+    /// The outside host saw the node's address, never the pod's.
+    pub fn ok(&self) -> bool {
+        self.seen == Ok(self.node_ip)
+    }
+}
+
+/// A pod probing from inside its namespace.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    /// Its namespace.
+    pub netns: PathBuf,
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its node's underlay address.
+    pub node_ip: Ipv4Addr,
+}
+
+/// Probes every target, then the outside host at `outside`, from inside the
+/// pod's namespace, one after the other.
 pub fn probe_from(
-    src_ns: &Path,
-    from: &str,
+    pod: Prober,
     targets: &[(String, Ipv4Addr)],
-) -> std::io::Result<Vec<PairResult>> {
-    let from = from.to_owned();
+    outside: Ipv4Addr,
+) -> std::io::Result<(Vec<PairResult>, EgressResult)> {
     let targets = targets.to_vec();
-    netns::run_in(src_ns, move || {
-        targets
+    netns::run_in(&pod.netns.clone(), move || {
+        let pairs = targets
             .iter()
             .map(|(to, ip)| PairResult {
-                from: from.clone(),
+                from: pod.name.clone(),
+                from_ip: pod.ip,
                 to: to.clone(),
                 ip: *ip,
                 icmp: ping(*ip, 3, Duration::from_millis(700)).unwrap_or(false),
                 tcp: tcp_round_trip(*ip, Duration::from_secs(2)).map_err(|e| e.to_string()),
             })
-            .collect()
+            .collect();
+        let egress = EgressResult {
+            from: pod.name.clone(),
+            from_ip: pod.ip,
+            node_ip: pod.node_ip,
+            seen: tcp_round_trip(outside, Duration::from_secs(2)).map_err(|e| e.to_string()),
+        };
+        (pairs, egress)
     })
 }
