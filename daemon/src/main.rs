@@ -47,6 +47,11 @@ enum Command {
         #[arg(long)]
         conflist: Option<PathBuf>,
     },
+    /// Take felt off this node once its DaemonSet is gone: the conflist,
+    /// felt's nftables table, its overlay devices and bridge, the subnet file,
+    /// the pod address store, and the plugin binary last. Refuses while an
+    /// agent answers or pods are attached, unless --force.
+    Cleanup(CleanupArgs),
     /// Ask a node's agent what it thinks the network is (from its debug endpoint).
     /// Exits non-zero when the node is not ready.
     Status {
@@ -73,6 +78,38 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+}
+
+#[derive(Debug, Args)]
+struct CleanupArgs {
+    /// The node bridge (the CNI config's `bridge`).
+    #[arg(long, default_value = "felt0")]
+    bridge: String,
+    /// An overlay device to remove (repeatable). Default: every VXLAN or TUN
+    /// device whose name starts with `felt.`.
+    #[arg(long = "device")]
+    devices: Vec<String>,
+    /// The CNI bin dir.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    /// The CNI config dir.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The conflist's file name in --conf-dir.
+    #[arg(long, default_value = "10-felt.conflist")]
+    conf_name: String,
+    /// The subnet file the agent wrote.
+    #[arg(long, default_value = "/run/felt/subnet.env")]
+    subnet_file: PathBuf,
+    /// The plugin's address store (the CNI config's `dataDir`).
+    #[arg(long, default_value = "/var/lib/cni/felt")]
+    data_dir: PathBuf,
+    /// The agent's debug endpoint, asked whether an agent still runs, or `off`.
+    #[arg(long, env = "FELT_DEBUG_ADDR", default_value = "127.0.0.1:9469", value_parser = parse_debug_addr)]
+    debug_addr: DebugAddr,
+    /// Go on while an agent answers, and remove attached pods' veths too.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -320,6 +357,7 @@ fn main() -> ExitCode {
         Command::InstallCni { bin_dir, conf_dir, conf_name, conflist } => {
             run_install_cni(bin_dir, conf_dir, conf_name, conflist)
         }
+        Command::Cleanup(args) => run_cleanup(args),
         Command::Status { addr, json } => run_status(addr, json),
         Command::Keeper { device, hold } => run_keeper(&device, hold),
         Command::Lab { command } => enter_rootless(&command).and_then(|rootless| {
@@ -423,6 +461,28 @@ fn run_install_cni(
     let install = felt::cni::install::InstallCni { binary, bin_dir, conf_dir, conf_name, conflist };
     for path in install.run()? {
         println!("installed {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
+    let cleanup = felt::cleanup::Cleanup {
+        bridge: args.bridge,
+        devices: args.devices,
+        cni_bin_dir: args.bin_dir,
+        cni_conf_dir: args.conf_dir,
+        conf_name: args.conf_name,
+        subnet_file: args.subnet_file,
+        data_dir: args.data_dir,
+        debug_addr: args.debug_addr.0,
+        force: args.force,
+    };
+    let removed = cleanup.run()?;
+    if removed.is_empty() {
+        println!("nothing of felt on this node: nothing to remove");
+    }
+    for what in removed {
+        println!("removed {what}");
     }
     Ok(ExitCode::SUCCESS)
 }

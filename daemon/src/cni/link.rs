@@ -398,6 +398,35 @@ pub fn inspect(spec: &AttachSpec) -> Result<Observed, CniError> {
     Ok(Observed { host, pod })
 }
 
+/// Every link in the plugin's namespace: its name and its kind (`vxlan`,
+/// `tun`, `bridge`, `veth`…), `None` for a link without one (`lo`, a NIC).
+pub fn links() -> Result<Vec<(String, Option<String>)>, CniError> {
+    in_runtime(|h| async move {
+        let links: Vec<LinkMessage> =
+            h.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
+        Ok(links
+            .iter()
+            .filter_map(|l| {
+                let mut name = None;
+                let mut kind = None;
+                for a in &l.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => name = Some(n.clone()),
+                        LinkAttribute::LinkInfo(infos) => {
+                            kind = infos.iter().find_map(|i| match i {
+                                LinkInfo::Kind(k) => Some(k.to_string()),
+                                _ => None,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                Some((name?, kind))
+            })
+            .collect())
+    })
+}
+
 /// The names of the bridge's ports; none when there is no bridge.
 pub fn bridge_ports(bridge: &str) -> Result<Vec<String>, CniError> {
     let bridge = bridge.to_owned();

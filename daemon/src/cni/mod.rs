@@ -25,7 +25,7 @@
 //!   to none, and temporaries of plugins killed mid-claim.
 
 pub mod install;
-mod link;
+pub(crate) mod link;
 
 use std::collections::HashSet;
 use std::io::Read;
