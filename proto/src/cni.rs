@@ -116,6 +116,12 @@ pub struct NetConf {
     /// With `GC`: the attachments the runtime still uses.
     #[serde(rename = "cni.dev/valid-attachments", default, skip_serializing_if = "Option::is_none")]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Delegate mode, when present (even `{}`): the interface work goes to
+    /// another plugin (`bridge` with `host-local` by default), as Flannel's
+    /// plugin does; this object is that plugin's config, and felt fills in
+    /// what it leaves out (the node's subnet, the MTU, the bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn default_subnet_file() -> PathBuf {
@@ -351,7 +357,8 @@ impl ErrorCode {
 #[serde(rename_all = "camelCase")]
 #[error("{msg}")]
 pub struct CniError {
-    /// The version of the reply.
+    /// The version of the reply (some plugins leave it out of errors).
+    #[serde(default)]
     pub cni_version: String,
     /// The spec's code.
     pub code: u32,

@@ -24,7 +24,7 @@ pub struct SubnetFile {
     pub subnet: Ipv4Net,
     /// The MTU to give pods.
     pub mtu: u32,
-    /// Whether traffic leaving the cluster CIDR is masqueraded (felt does not yet).
+    /// Whether traffic leaving the cluster CIDR is masqueraded (the agent does it, with nftables).
     pub ip_masq: bool,
 }
 

@@ -12,12 +12,14 @@ use serde_json::{Value, json};
 use crate::harness::{FELT, TestLab, ip_in, require_root, run};
 
 /// One plugin call: the runtime's environment and stdin.
-struct Call<'a> {
-    lab: &'a TestLab,
-    node: &'a str,
-    command: &'a str,
-    container: &'a str,
-    conf: Value,
+pub struct Call<'a> {
+    pub lab: &'a TestLab,
+    pub node: &'a str,
+    pub command: &'a str,
+    pub container: &'a str,
+    pub conf: Value,
+    /// `CNI_PATH`: where delegates are found.
+    pub cni_path: &'a str,
 }
 
 impl Call<'_> {
@@ -28,19 +30,19 @@ impl Call<'_> {
             .env("CNI_CONTAINERID", self.container)
             .env("CNI_NETNS", felt::netns::named(&pod_ns(self.lab, self.container)))
             .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/nonexistent")
+            .env("CNI_PATH", self.cni_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c
     }
 
-    fn spawn(&self) -> std::process::Child {
+    pub fn spawn(&self) -> std::process::Child {
         self.spawn_with(|_| {})
     }
 
     /// Starts the plugin with the runtime's command changed by `edit` first.
-    fn spawn_with(&self, edit: impl FnOnce(&mut Command)) -> std::process::Child {
+    pub fn spawn_with(&self, edit: impl FnOnce(&mut Command)) -> std::process::Child {
         let mut cmd = self.command();
         edit(&mut cmd);
         let mut child = cmd.spawn().expect("spawning felt cni");
@@ -51,12 +53,12 @@ impl Call<'_> {
     }
 
     /// Exit success and the JSON printed (Null when nothing was).
-    fn run(&self) -> (bool, Value) {
+    pub fn run(&self) -> (bool, Value) {
         self.run_with(|_| {})
     }
 
     /// As [`Call::run`], with the runtime's command changed by `edit` first.
-    fn run_with(&self, edit: impl FnOnce(&mut Command)) -> (bool, Value) {
+    pub fn run_with(&self, edit: impl FnOnce(&mut Command)) -> (bool, Value) {
         let out = self.spawn_with(edit).wait_with_output().expect("felt cni");
         let json = if out.stdout.iter().all(u8::is_ascii_whitespace) {
             Value::Null
@@ -68,14 +70,14 @@ impl Call<'_> {
         (out.status.success(), json)
     }
 
-    fn ok(&self) -> Value {
+    pub fn ok(&self) -> Value {
         let (ok, v) = self.run();
         assert!(ok, "CNI {} for {} failed: {v}", self.command, self.container);
         v
     }
 
     /// Fails with `code`; returns the error.
-    fn fails(&self, code: u64) -> Value {
+    pub fn fails(&self, code: u64) -> Value {
         let (ok, v) = self.run();
         assert!(!ok, "CNI {} for {} should have failed: {v}", self.command, self.container);
         assert_eq!(v["code"], code, "{v}");
@@ -84,11 +86,11 @@ impl Call<'_> {
     }
 }
 
-fn pod_ns(lab: &TestLab, container: &str) -> String {
+pub fn pod_ns(lab: &TestLab, container: &str) -> String {
     format!("{}-{container}", lab.name)
 }
 
-fn conf(lab: &TestLab, node: &str, version: &str) -> Value {
+pub fn conf(lab: &TestLab, node: &str, version: &str) -> Value {
     let dir = lab.node_dir(node);
     json!({
         "cniVersion": version,
@@ -99,16 +101,22 @@ fn conf(lab: &TestLab, node: &str, version: &str) -> Value {
     })
 }
 
-fn call<'a>(lab: &'a TestLab, node: &'a str, command: &'a str, container: &'a str, conf: Value) -> Call<'a> {
-    Call { lab, node, command, container, conf }
+pub fn call<'a>(
+    lab: &'a TestLab,
+    node: &'a str,
+    command: &'a str,
+    container: &'a str,
+    conf: Value,
+) -> Call<'a> {
+    Call { lab, node, command, container, conf, cni_path: "/nonexistent" }
 }
 
-fn new_pod(lab: &TestLab, container: &str) {
+pub fn new_pod(lab: &TestLab, container: &str) {
     run(Command::new("ip").args(["netns", "add", &pod_ns(lab, container)]));
 }
 
 /// Addresses held in the test's store on `node` (temporaries included).
-fn store_files(lab: &TestLab, node: &str) -> Vec<String> {
+pub fn store_files(lab: &TestLab, node: &str) -> Vec<String> {
     std::fs::read_dir(lab.node_dir(node).join("cni-e2e").join("felt"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
@@ -116,7 +124,7 @@ fn store_files(lab: &TestLab, node: &str) -> Vec<String> {
 
 /// Links in the node namespace that felt's plugin makes: host ends (`veth…`)
 /// and pod ends not yet moved (`p…` of 9 characters).
-fn plugin_links(lab: &TestLab, node: &str) -> Vec<String> {
+pub fn plugin_links(lab: &TestLab, node: &str) -> Vec<String> {
     ip_in(&lab.node_ns(node), &["-o", "link", "show"])
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
@@ -125,7 +133,7 @@ fn plugin_links(lab: &TestLab, node: &str) -> Vec<String> {
         .collect()
 }
 
-fn mtu_of(ns: &str, dev: &str) -> u32 {
+pub fn mtu_of(ns: &str, dev: &str) -> u32 {
     let line = ip_in(ns, &["-o", "link", "show", dev]);
     line.split_whitespace()
         .skip_while(|w| *w != "mtu")
@@ -134,13 +142,13 @@ fn mtu_of(ns: &str, dev: &str) -> u32 {
         .unwrap_or_else(|| panic!("no MTU in {line}"))
 }
 
-fn subnet_mtu(lab: &TestLab, node: &str) -> u32 {
+pub fn subnet_mtu(lab: &TestLab, node: &str) -> u32 {
     let text = std::fs::read_to_string(lab.node_dir(node).join("subnet.env")).unwrap();
     felt_proto::SubnetFile::parse(&text).unwrap().mtu
 }
 
 /// `ping -M do -s SIZE` from a pod namespace: (success, what it said).
-fn ping_df(ns: &str, dst: std::net::Ipv4Addr, size: u32) -> (bool, String) {
+pub fn ping_df(ns: &str, dst: std::net::Ipv4Addr, size: u32) -> (bool, String) {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "ping", "-M", "do", "-c", "3", "-i", "0.2", "-W", "1", "-s"])
         .arg(size.to_string())

@@ -5,6 +5,7 @@
 mod cleanup;
 mod cni;
 mod debug;
+mod delegate;
 mod egress;
 mod harness;
 mod kube;
