@@ -9,6 +9,7 @@ mod delegate;
 mod egress;
 mod harness;
 mod kube;
+mod podman;
 mod rootless;
 mod userspace;
 
