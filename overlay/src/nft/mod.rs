@@ -226,14 +226,14 @@ impl Nft {
         let mut found = Vec::new();
         loop {
             let (buf, _) = self.sock.recv_from_full().map_err(NftError::Socket)?;
-            for (kind, mseq, body) in split(&buf) {
+            for (kind, mseq, body) in msg::split(&buf) {
                 if mseq != seq {
                     continue;
                 }
                 match kind {
                     NLMSG_DONE => return Ok(found),
                     NLMSG_ERROR => {
-                        let errno = error_of(body);
+                        let errno = msg::error_of(body);
                         if errno == 0 || errno == libc::ENOENT {
                             return Ok(found);
                         }
@@ -293,12 +293,12 @@ impl Nft {
                 Err(_) if failure.is_some() => break,
                 Err(e) => return Err(NftError::Socket(e)),
             };
-            for (kind, seq, body) in split(&buf) {
+            for (kind, seq, body) in msg::split(&buf) {
                 if kind != NLMSG_ERROR || !waiting.contains(&seq) {
                     continue;
                 }
                 waiting.retain(|s| *s != seq);
-                let errno = error_of(body);
+                let errno = msg::error_of(body);
                 if errno != 0 && failure.is_none() {
                     failure = Some(io::Error::from_raw_os_error(errno));
                 }
@@ -321,27 +321,6 @@ impl Nft {
         self.apply(&Plan::Remove, None)?;
         Ok(existed)
     }
-}
-
-/// The messages in one datagram: (type, seq, body after the header).
-fn split(mut buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
-    let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
-        out.push((kind, seq, &buf[16..len]));
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-    }
-    out
-}
-
-/// The positive errno of an `NLMSG_ERROR` body (0 for an acknowledgement).
-fn error_of(body: &[u8]) -> i32 {
-    body.get(..4).map_or(libc::EIO, |b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 #[cfg(test)]

@@ -459,5 +459,26 @@ pub fn parse_dumped(kind: u16, body: &[u8]) -> Option<Dumped> {
     None
 }
 
+/// The messages in one datagram: (type, seq, body after the header).
+pub fn split(mut buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    while buf.len() >= 16 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < 16 || len > buf.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        out.push((kind, seq, &buf[16..len]));
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+    }
+    out
+}
+
+/// The positive errno of an `NLMSG_ERROR` body (0 for an acknowledgement).
+pub fn error_of(body: &[u8]) -> i32 {
+    body.get(..4).map_or(libc::EIO, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).wrapping_neg())
+}
+
 #[cfg(test)]
 mod tests;
