@@ -229,6 +229,10 @@ enum LabCommand {
         /// the underlay /24, see `felt lab address`).
         #[arg(long, required_if_eq("registry", "kube"))]
         kubeconfig: Option<PathBuf>,
+        /// Attach pods in CNI delegate mode, through the `bridge` and
+        /// `host-local` plugins found in this directory (Debian: /usr/lib/cni).
+        #[arg(long, value_name = "CNI_PATH")]
+        cni_delegate: Option<PathBuf>,
     },
     /// Show the lab's nodes and pods.
     Status {
@@ -573,9 +577,20 @@ fn open_lab(l: &LabName) -> anyhow::Result<Lab> {
 fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
     match command {
         LabCommand::Hold { .. } => match lab::rootless::hold()? {},
-        LabCommand::Up { lab, nodes, pods_per_node, mode, rootless, registry, kubeconfig } => {
+        LabCommand::Up { lab, nodes, pods_per_node, mode, rootless, registry, kubeconfig, cni_delegate } => {
             let l = open_lab(&lab)?;
             let mut opts = UpOptions::new(&lab.name);
+            if let Some(dir) = &cni_delegate {
+                for plugin in ["bridge", "host-local"] {
+                    if !dir.join(plugin).is_file() {
+                        bail!(
+                            "--cni-delegate {}: no {plugin} plugin there (Debian: apt-get install containernetworking-plugins, then /usr/lib/cni)",
+                            dir.display()
+                        );
+                    }
+                }
+            }
+            opts.cni_delegate = cni_delegate.map(|d| std::path::absolute(&d)).transpose()?;
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
             opts.mode = mode.unwrap_or(if rootless { Mode::Userspace } else { Mode::Kernel });

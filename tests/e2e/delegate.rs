@@ -174,3 +174,33 @@ fn delegate_mode_survives_concurrency_and_killed_adds() {
     assert!(plugin_links(&lab, "n1").is_empty(), "{:?}", plugin_links(&lab, "n1"));
     lab.finish();
 }
+
+#[test]
+fn a_lab_in_delegate_mode_passes_its_check() {
+    if !require_root("a_lab_in_delegate_mode_passes_its_check") {
+        return;
+    }
+    let lab = TestLab::up_named(&TestLab::unique_name(), 2, 2, &["--cni-delegate", DEBIAN_PLUGINS]);
+    let check = lab.felt(&["lab", "check"]);
+    assert!(check.contains("egress: 4/4 pods reach the outside host"), "{check}");
+    assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
+    let status = lab.status();
+    for pod in status["pods"].as_array().unwrap() {
+        assert_eq!(mtu_of(pod["netns"].as_str().unwrap(), "eth0"), subnet_mtu(&lab, "n1"), "{pod}");
+    }
+    // The pods' addresses came from host-local, through felt's delegate.
+    let lab_store = lab.node_dir("n1").join("cni").join("host-local").join("felt");
+    let held: HashSet<String> = std::fs::read_dir(&lab_store)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Ipv4Addr>().ok().map(|a| a.to_string()))
+        .collect();
+    let on_n1: HashSet<String> = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["node"] == "n1")
+        .map(|p| p["ip"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(held, on_n1);
+    lab.finish();
+}

@@ -93,6 +93,9 @@ pub struct UpOptions {
     pub mode: Mode,
     /// Registry.
     pub registry: LabRegistry,
+    /// Attach pods in CNI delegate mode, with `bridge` and `host-local`
+    /// from this directory; `None`: native mode.
+    pub cni_delegate: Option<PathBuf>,
 }
 
 impl UpOptions {
@@ -104,6 +107,7 @@ impl UpOptions {
             pods_per_node: 2,
             mode: Mode::Kernel,
             registry: LabRegistry::File,
+            cni_delegate: None,
         }
     }
 }
@@ -168,6 +172,9 @@ pub struct LabState {
     pub registry: LabRegistry,
     /// Pods per node, for `add-node`.
     pub pods_per_node: u32,
+    /// Pods attach in CNI delegate mode with the plugins in this directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_delegate: Option<PathBuf>,
     /// Nodes, in index order.
     pub nodes: Vec<NodeState>,
     /// Pods.
@@ -293,6 +300,7 @@ impl Lab {
             mode: opts.mode,
             registry,
             pods_per_node: opts.pods_per_node,
+            cni_delegate: opts.cni_delegate.clone(),
             nodes: Vec::new(),
             pods: Vec::new(),
         };
@@ -306,7 +314,7 @@ impl Lab {
         self.wait_leases(&state, Duration::from_secs(30))?;
         for node in state.nodes.clone() {
             for j in 1..=opts.pods_per_node {
-                let pod = self.add_pod(&node, j)?;
+                let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
                 progress(&format!("pod {} on {} at {}", pod.name, pod.node, pod.ip));
                 state.pods.push(pod);
                 self.save(&state)?;
@@ -381,18 +389,24 @@ impl Lab {
         topo::spawn_in(netns, &self.felt, &args, &self.log_path(node))
     }
 
-    fn add_pod(&self, node: &NodeState, j: u32) -> Result<PodState, LabError> {
+    /// Attaches pod `j` of `node` through `felt cni`, in delegate mode with
+    /// the plugins in `delegate` when given.
+    fn add_pod(&self, node: &NodeState, j: u32, delegate: Option<&Path>) -> Result<PodState, LabError> {
         let name = format!("{}-p{j}", node.name);
         let netns = format!("{}-{name}", self.name);
         topo::ip(&["netns", "add", &netns])?;
-        let conf = serde_json::json!({
+        let mut conf = serde_json::json!({
             "cniVersion": felt_proto::cni::CURRENT_VERSION,
             "name": "felt",
             "type": "felt",
             "subnetFile": self.node_dir(&node.name).join("subnet.env"),
             "dataDir": self.node_dir(&node.name).join("cni"),
         });
-        let reply = topo::cni(&node.netns, &self.felt, "ADD", &netns, &conf)?;
+        if delegate.is_some() {
+            conf["delegate"] = serde_json::json!({});
+        }
+        let cni_path = delegate.unwrap_or_else(|| self.felt.parent().unwrap_or(Path::new("/")));
+        let reply = topo::cni(&node.netns, &self.felt, "ADD", &netns, &conf, cni_path)?;
         let result: felt_proto::cni::CniResult = serde_json::from_value(reply.clone()).map_err(|e| {
             LabError::Invalid(format!("CNI ADD for {name} returned no result ({e}): {reply}"))
         })?;
@@ -627,7 +641,7 @@ impl Lab {
             .ok_or_else(|| LabError::Timeout(format!("a node did not program {}", node.name)))?;
         self.wait_programmed(&state, Duration::from_secs(30))?;
         for j in 1..=state.pods_per_node {
-            let pod = self.add_pod(&node, j)?;
+            let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
             state.pods.push(pod);
             self.save(&state)?;
         }

@@ -237,6 +237,7 @@ pub fn cni(
     command: &str,
     pod_ns: &str,
     conf: &serde_json::Value,
+    cni_path: &Path,
 ) -> Result<serde_json::Value, LabError> {
     let cmd = format!("CNI_COMMAND={command} felt cni (pod {pod_ns})");
     let mut child = Command::new("ip")
@@ -247,7 +248,7 @@ pub fn cni(
         .env("CNI_CONTAINERID", pod_ns)
         .env("CNI_NETNS", crate::netns::named(pod_ns))
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", felt.parent().unwrap_or(Path::new("/")))
+        .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
