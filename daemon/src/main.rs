@@ -221,14 +221,20 @@ enum LabCommand {
         #[arg(long)]
         rootless: bool,
         /// Where the agents register: a file registry in the lab, or a
-        /// Kubernetes API server (needs --kubeconfig).
+        /// Kubernetes API server (the lab's own, or --kubeconfig's).
         #[arg(long, value_enum, default_value = "file")]
         registry: RegistryKind,
         /// With --registry kube: a kubeconfig whose server listens inside the
         /// lab's underlay namespace NAME-ul, on the lab host address (.1 of
-        /// the underlay /24, see `felt lab address`).
-        #[arg(long, required_if_eq("registry", "kube"))]
+        /// the underlay /24, see `felt lab address`). Without it the lab
+        /// starts its own etcd and kube-apiserver there (see --control-plane).
+        #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// With --registry kube and no --kubeconfig: the directory holding
+        /// `kube-apiserver` and `etcd` (what `tests/k8s/build.sh` prints)
+        /// [default: $PATH].
+        #[arg(long, env = "FELT_K8S_BIN", value_name = "DIR")]
+        control_plane: Option<PathBuf>,
         /// Attach pods in CNI delegate mode, through the `bridge` and
         /// `host-local` plugins found in this directory (Debian: /usr/lib/cni).
         #[arg(long, value_name = "CNI_PATH")]
@@ -577,7 +583,17 @@ fn open_lab(l: &LabName) -> anyhow::Result<Lab> {
 fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
     match command {
         LabCommand::Hold { .. } => match lab::rootless::hold()? {},
-        LabCommand::Up { lab, nodes, pods_per_node, mode, rootless, registry, kubeconfig, cni_delegate } => {
+        LabCommand::Up {
+            lab,
+            nodes,
+            pods_per_node,
+            mode,
+            rootless,
+            registry,
+            kubeconfig,
+            control_plane,
+            cni_delegate,
+        } => {
             let l = open_lab(&lab)?;
             let mut opts = UpOptions::new(&lab.name);
             if let Some(dir) = &cni_delegate {
@@ -594,11 +610,15 @@ fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
             opts.mode = mode.unwrap_or(if rootless { Mode::Userspace } else { Mode::Kernel });
-            opts.registry = match (registry, kubeconfig) {
-                (RegistryKind::File, _) => LabRegistry::File,
-                (RegistryKind::Kube, Some(kubeconfig)) => LabRegistry::Kube { kubeconfig },
-                (RegistryKind::Kube, None) => bail!("--registry kube needs --kubeconfig"),
-            };
+            match (registry, kubeconfig) {
+                (RegistryKind::File, _) => opts.registry = LabRegistry::File,
+                (RegistryKind::Kube, Some(kubeconfig)) => {
+                    opts.registry = LabRegistry::Kube { kubeconfig, agent_kubeconfig: None }
+                }
+                (RegistryKind::Kube, None) => {
+                    opts.control_plane = Some(lab::control::Binaries::find(control_plane.as_deref())?)
+                }
+            }
             let state = l.up(&opts, &mut |line| eprintln!("felt lab: {line}"))?;
             println!(
                 "lab `{}` is up: {} nodes, {} pods. Next: felt lab check --name {}",

@@ -202,6 +202,11 @@ impl TestLab {
             .unwrap_or_default()
     }
 
+    /// The lab's state directory (its registry, nodes, control plane).
+    pub fn lab_dir(&self) -> PathBuf {
+        self.state.path().join(&self.name)
+    }
+
     /// A node's directory: its subnet file, CNI store and agent log.
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.state.path().join(&self.name).join(node)
@@ -393,4 +398,24 @@ pub fn sample_value(s: &prometheus_parse::Sample) -> Option<f64> {
         | prometheus_parse::Value::Untyped(v) => Some(v),
         _ => None,
     }
+}
+
+/// The directory holding the real `kube-apiserver` and `etcd`, built from
+/// the Go module `tests/k8s` by its `build.sh` on first use (minutes, once
+/// per machine: the binaries are cached outside the repository).
+pub fn control_plane_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/k8s/build.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("running tests/k8s/build.sh");
+        assert!(out.status.success(), "tests/k8s/build.sh failed: is Go 1.24+ installed?");
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(dir.join("kube-apiserver").exists(), "build.sh printed {}", dir.display());
+        dir
+    })
+    .clone()
 }

@@ -9,6 +9,7 @@ mod delegate;
 mod egress;
 mod harness;
 mod kube;
+mod kube_real;
 mod podman;
 mod rootless;
 mod userspace;

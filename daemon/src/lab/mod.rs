@@ -14,6 +14,7 @@
 //! built.
 
 pub mod bench;
+pub mod control;
 mod kube;
 pub mod probe;
 pub mod rootless;
@@ -74,8 +75,11 @@ pub enum LabRegistry {
     File,
     /// A Kubernetes API server listening inside the lab's underlay namespace.
     Kube {
-        /// The kubeconfig the lab and its agents use.
+        /// The kubeconfig the lab uses (and the agents, without `agent_kubeconfig`).
         kubeconfig: PathBuf,
+        /// The agents' own (the lab's control plane: the `felt` ServiceAccount's token).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -96,6 +100,9 @@ pub struct UpOptions {
     /// Attach pods in CNI delegate mode, with `bridge` and `host-local`
     /// from this directory; `None`: native mode.
     pub cni_delegate: Option<PathBuf>,
+    /// Start the lab's own control plane (etcd, kube-apiserver) with these
+    /// programs, and register the agents there (`registry` is then ignored).
+    pub control_plane: Option<control::Binaries>,
 }
 
 impl UpOptions {
@@ -108,6 +115,7 @@ impl UpOptions {
             mode: Mode::Kernel,
             registry: LabRegistry::File,
             cni_delegate: None,
+            control_plane: None,
         }
     }
 }
@@ -252,7 +260,7 @@ impl Lab {
 
     /// The registry's records, by node name.
     fn records_of(&self, registry: &LabRegistry) -> Result<BTreeMap<String, NodeRecord>, LabError> {
-        if let LabRegistry::Kube { kubeconfig } = registry {
+        if let LabRegistry::Kube { kubeconfig, .. } = registry {
             return kube::records(&netns::named(&self.underlay_ns()), kubeconfig);
         }
         let reg = FileRegistry::open(&self.registry_dir())
@@ -281,9 +289,29 @@ impl Lab {
             .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
         let underlay = topo::underlay_subnet(&self.name);
         topo::make_underlay(&self.underlay_ns(), topo::host_ip(underlay), underlay.prefix_len())?;
-        let registry = match &opts.registry {
-            LabRegistry::File => LabRegistry::File,
-            LabRegistry::Kube { kubeconfig } => {
+        let registry = match (&opts.control_plane, &opts.registry) {
+            (Some(bins), _) => {
+                progress("starting the lab's control plane (etcd, kube-apiserver)");
+                let cp = control::start(
+                    &self.dir.join("control-plane"),
+                    &self.underlay_ns(),
+                    topo::host_ip(underlay),
+                    bins,
+                    progress,
+                )?;
+                progress(&format!(
+                    "control plane up in {:.1?}; kubectl: ip netns exec {} kubectl --kubeconfig {}",
+                    cp.took,
+                    self.underlay_ns(),
+                    cp.admin_kubeconfig.display()
+                ));
+                LabRegistry::Kube {
+                    kubeconfig: cp.admin_kubeconfig,
+                    agent_kubeconfig: Some(cp.agent_kubeconfig),
+                }
+            }
+            (None, LabRegistry::File) => LabRegistry::File,
+            (None, LabRegistry::Kube { kubeconfig, agent_kubeconfig }) => {
                 let kubeconfig = kube::absolute(kubeconfig)?;
                 progress(&format!(
                     "waiting for the API server of {} (it listens inside namespace {})",
@@ -291,7 +319,7 @@ impl Lab {
                     self.underlay_ns()
                 ));
                 kube::wait_api(&netns::named(&self.underlay_ns()), &kubeconfig, Duration::from_secs(60))?;
-                LabRegistry::Kube { kubeconfig }
+                LabRegistry::Kube { kubeconfig, agent_kubeconfig: agent_kubeconfig.clone() }
             }
         };
         let mut state = LabState {
@@ -336,7 +364,7 @@ impl Lab {
         topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len(), sum_on_send)?;
         let dir = self.node_dir(&name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
-        if let LabRegistry::Kube { kubeconfig } = &state.registry {
+        if let LabRegistry::Kube { kubeconfig, .. } = &state.registry {
             // The controller-manager's job: one /24 per node, by index.
             let cidr = Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, (index - 1) as u8, 0), 24)
                 .map_err(|e| LabError::Invalid(e.to_string()))?;
@@ -362,11 +390,11 @@ impl Lab {
                 "--registry-dir".into(),
                 self.registry_dir().display().to_string(),
             ]),
-            LabRegistry::Kube { kubeconfig } => args.extend([
+            LabRegistry::Kube { kubeconfig, agent_kubeconfig } => args.extend([
                 "--registry".into(),
                 "kube".into(),
                 "--kubeconfig".into(),
-                kubeconfig.display().to_string(),
+                agent_kubeconfig.as_ref().unwrap_or(kubeconfig).display().to_string(),
                 // Marks the process as this lab's, for `down` (see topo::agent_alive).
                 "--registry-dir".into(),
                 self.registry_dir().display().to_string(),
@@ -709,7 +737,7 @@ impl Lab {
             LabRegistry::File => FileRegistry::open(&self.registry_dir())
                 .and_then(|reg| reg.remove(node))
                 .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?,
-            LabRegistry::Kube { kubeconfig } => {
+            LabRegistry::Kube { kubeconfig, .. } => {
                 kube::delete_node(&netns::named(&self.underlay_ns()), kubeconfig, node)?
             }
         }
@@ -754,7 +782,7 @@ impl Lab {
         progress: &mut dyn FnMut(&str),
     ) -> Result<Vec<Duration>, LabError> {
         let state = self.loaded()?;
-        let LabRegistry::Kube { kubeconfig } = &state.registry else {
+        let LabRegistry::Kube { kubeconfig, .. } = &state.registry else {
             return Err(LabError::Invalid(
                 "propagation is measured on a kube lab (felt lab up --registry kube)".into(),
             ));
