@@ -249,3 +249,31 @@ fn node_heartbeats_cause_no_work() {
     }
     lab.finish();
 }
+
+#[test]
+fn a_first_list_that_never_answers_is_started_over() {
+    if !require_root("a_first_list_that_never_answers_is_started_over") {
+        return;
+    }
+    // felt-test-apiserver: the real server cannot be asked to read a list
+    // request and never answer it (the fault behind two kube CI failures).
+    let (lab, api) = kube_lab(2, 0);
+    assert!(wait_until(Duration::from_secs(10), || readyz(&lab, "n2") == 200).is_some());
+    let lists_before = api.control("stats")["lists"].as_u64().unwrap();
+    api.control("stall-lists?count=1");
+    lab.felt(&["lab", "restart-agent", "n2"]);
+    let restarted = Instant::now();
+    // The stalled list keeps it unready for a while…
+    assert!(wait_until(Duration::from_secs(5), || readyz(&lab, "n2") == 503).is_some());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(readyz(&lab, "n2"), 503, "ready without a node list");
+    // …until the watcher starts over (LIST_TIMEOUT, 20 s) and its new list is answered.
+    let ready = wait_until(Duration::from_secs(40), || readyz(&lab, "n2") == 200);
+    assert!(ready.is_some(), "n2 never listed: {}", lab.log("n2"));
+    let took = restarted.elapsed();
+    eprintln!("a stalled first list: n2 ready {took:?} after its restart");
+    assert!(took >= Duration::from_secs(19), "ready in {took:?}: the list was not stalled");
+    assert!(lab.log("n2").contains("the node list did not complete in time; starting the watch over"));
+    assert!(api.control("stats")["lists"].as_u64().unwrap() >= lists_before + 2);
+    lab.finish();
+}

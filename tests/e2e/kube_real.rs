@@ -115,3 +115,169 @@ fn a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more() {
     assert!(ungranted.is_empty(), "used without a grant: {ungranted:?}");
     lab.finish();
 }
+
+/// The pid of the process named `comm` in the lab's underlay namespace.
+fn control_pid(lab: &TestLab, comm: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let ul = std::fs::metadata(felt::netns::named(&format!("{}-ul", lab.name))).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+                && std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ul.ino())
+        })
+        .unwrap_or_else(|| panic!("no {comm} in {}-ul", lab.name))
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+fn readyz(lab: &TestLab, node: &str) -> u16 {
+    lab.try_debug_get(node, "/readyz").map_or(0, |(c, _)| c)
+}
+
+fn writes(lab: &TestLab, nodes: &[&str]) -> f64 {
+    nodes
+        .iter()
+        .flat_map(|n| lab.metric_samples(n, "felt_dataplane_ops_total"))
+        .filter_map(|s| crate::harness::sample_value(&s))
+        .sum()
+}
+
+/// Pings from n2's pod to n1's pod at 50 per second for `seconds`, in the background.
+fn pinger(lab: &TestLab, seconds: u16) -> std::thread::JoinHandle<felt::lab::probe::SeriesReport> {
+    let target = lab.first_pod_ip("n1");
+    let src = felt::netns::named(&format!("{}-n2-p1", lab.name));
+    std::thread::spawn(move || {
+        felt::netns::run_in(&src, move || {
+            felt::lab::probe::ping_series(
+                target,
+                seconds * 50,
+                std::time::Duration::from_millis(20),
+                std::time::Duration::from_secs(1),
+            )
+        })
+        .unwrap()
+        .unwrap()
+    })
+}
+
+#[test]
+fn a_frozen_api_server_or_etcd_turns_readiness_false_and_traffic_flows() {
+    use nix::sys::signal::Signal;
+    use std::time::{Duration, Instant};
+    if !require_root("a_frozen_api_server_or_etcd_turns_readiness_false_and_traffic_flows") {
+        return;
+    }
+    let lab = real_lab(2, 1);
+    let nodes = ["n1", "n2"];
+    let all = |code: u16| nodes.iter().all(|n| readyz(&lab, n) == code);
+    assert!(crate::harness::wait_until(Duration::from_secs(10), || all(200)).is_some());
+    let before = writes(&lab, &nodes);
+    let pings = pinger(&lab, 100);
+
+    // kube-apiserver frozen: readiness false within the documented bound (15 s), then back.
+    let api = control_pid(&lab, "kube-apiserver");
+    signal(api, Signal::SIGSTOP);
+    let frozen = Instant::now();
+    let noticed = crate::harness::wait_until(Duration::from_secs(25), || all(503));
+    signal(api, Signal::SIGCONT);
+    let noticed = noticed.unwrap_or_else(|| panic!("readiness stayed true with a frozen API server"));
+    eprintln!("frozen kube-apiserver: both nodes not ready {:?} after SIGSTOP", frozen.elapsed());
+    // 10 s between probes + 5 s for the answer, then one reconcile pass.
+    assert!(noticed <= Duration::from_secs(20), "noticed after {noticed:?}");
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(30), || all(200)).is_some(),
+        "not ready after thaw"
+    );
+
+    // etcd stopped for 60 s: the server answers errors or nothing; readiness false, then back.
+    let etcd = control_pid(&lab, "etcd");
+    signal(etcd, Signal::SIGSTOP);
+    let stopped = Instant::now();
+    let noticed = crate::harness::wait_until(Duration::from_secs(25), || all(503));
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(stopped.elapsed()));
+    signal(etcd, Signal::SIGCONT);
+    assert!(noticed.is_some(), "readiness stayed true with etcd stopped");
+    let back = crate::harness::wait_until(Duration::from_secs(60), || all(200));
+    assert!(back.is_some(), "not ready after etcd came back");
+    eprintln!(
+        "etcd stopped 60 s: not ready after {:?}, ready again {:?} after SIGCONT",
+        noticed.unwrap(),
+        back.unwrap()
+    );
+
+    let report = pings.join().unwrap();
+    assert_eq!(report.received, report.sent, "lost {} pings", report.sent - report.received);
+    assert_eq!(writes(&lab, &nodes), before, "the outages caused data-plane writes");
+    lab.finish();
+}
+
+#[test]
+fn a_restarted_api_server_makes_agents_relist_and_write_nothing() {
+    use std::time::Duration;
+    if !require_root("a_restarted_api_server_makes_agents_relist_and_write_nothing") {
+        return;
+    }
+    let lab = real_lab(3, 0);
+    let nodes = ["n1", "n2", "n3"];
+    let all_ready = || nodes.iter().all(|n| readyz(&lab, n) == 200);
+    assert!(crate::harness::wait_until(Duration::from_secs(10), all_ready).is_some());
+    let before = writes(&lab, &nodes);
+    let lists = || {
+        requests_of(&lab, "system:serviceaccount:kube-system:felt")
+            .iter()
+            .filter(|(v, r, _)| v == "list" && r == "nodes")
+            .count()
+    };
+    let lists_before = lists();
+
+    // Stop it as the kubelet stops a static pod (SIGTERM; SIGKILL after a
+    // grace period: its graceful shutdown waits for watches that never end)
+    // and start it again with the same flags.
+    let pid = control_pid(&lab, "kube-apiserver");
+    let cmdline: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let gone = || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    if crate::harness::wait_until(Duration::from_secs(10), gone).is_none() {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(10), gone).is_some(),
+        "kube-apiserver did not stop"
+    );
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(lab.lab_dir().join("control-plane").join("kube-apiserver.log"))
+        .unwrap();
+    let mut restarted = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-ul", lab.name)])
+        .args(&cmdline)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("restarting kube-apiserver");
+
+    // Every agent lists again (its watch broke), writes nothing, and is ready.
+    let relisted =
+        crate::harness::wait_until(Duration::from_secs(60), || lists() >= lists_before + 3 && all_ready());
+    assert!(
+        relisted.is_some(),
+        "lists {} → {}, ready {:?}",
+        lists_before,
+        lists(),
+        nodes.map(|n| readyz(&lab, n))
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(writes(&lab, &nodes), before, "the restart caused data-plane writes");
+    lab.finish();
+    // `lab down` stopped it with the rest of the lab's namespace.
+    let _ = restarted.wait();
+}

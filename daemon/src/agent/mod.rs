@@ -423,7 +423,6 @@ impl Agent {
 
     async fn reconcile_inner(&mut self, started: Instant) -> bool {
         self.shared.metrics.relists.inc();
-        self.registry.recheck().await;
         let (snap, synced) = match self.registry.snapshot() {
             Ok(s) => s,
             Err(e) => {

@@ -12,7 +12,9 @@
 //!   the agent, so status heartbeats cause no work at all.
 //! - **outage**: the watcher backs off and relists; the store keeps the last
 //!   state meanwhile, and [`KubeRegistry::synced`] is false until a relist
-//!   completes.
+//!   completes. A server that goes silent (frozen, its etcd stopped) is found
+//!   by a bounded GET of this node every 10 s; a list that never completes
+//!   starts the watcher over after 20 s.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -93,6 +95,56 @@ pub enum KubeError {
 
 /// How long one API call (not a watch) may take.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the API server is asked whether it still answers (a GET of
+/// this node: N nodes cost the server N/10 requests per second).
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long that question may take: a server silent for longer makes the
+/// agent not ready, at most `HEALTH_INTERVAL + HEALTH_TIMEOUT` (15 s) after
+/// it froze.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a list may take before the watcher is started over: a list
+/// whose answer never comes (a lost response, a server that accepted the
+/// request and hung) would otherwise keep the agent "not listed" forever.
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+type NodeEvents = futures::stream::BoxStream<'static, Result<watcher::Event<Node>, watcher::Error>>;
+
+/// The Node watcher, started over when a list has not finished within
+/// [`LIST_TIMEOUT`]. A list is due when the watcher starts and after each
+/// error (it may relist, or resume silently); events end the wait.
+fn restarting_watcher(
+    api: Api<Node>,
+) -> impl futures::Stream<Item = Result<watcher::Event<Node>, watcher::Error>> {
+    let make =
+        move || -> NodeEvents { watcher(api.clone(), watcher::Config::default().any_semantic()).boxed() };
+    let due = || Some(tokio::time::Instant::now() + LIST_TIMEOUT);
+    futures::stream::unfold((make(), due(), make), move |(mut inner, mut deadline, make)| async move {
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, inner.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        warn!(after = ?LIST_TIMEOUT, "the node list did not complete in time; starting the watch over");
+                        inner = make();
+                        deadline = due();
+                        continue;
+                    }
+                },
+                None => inner.next().await,
+            };
+            let event = next?;
+            deadline = match &event {
+                Ok(watcher::Event::Init) | Err(_) => due(),
+                Ok(watcher::Event::InitApply(_)) => deadline,
+                Ok(_) => None,
+            };
+            return Some((event, (inner, deadline, make)));
+        }
+    })
+}
 
 /// One API call, bounded: a call that hangs (a stuck connection, a paused
 /// server) must not stall the agent's loop; the loop retries.
@@ -211,12 +263,9 @@ impl KubeRegistry {
         let (tx, rx) = mpsc::channel(1);
         let writer =
             self.writer.lock().unwrap_or_else(|p| p.into_inner()).take().expect("watch is called once");
-        let stream = reflector::reflector(
-            writer,
-            watcher(self.api.clone(), watcher::Config::default().any_semantic()),
-        )
-        .default_backoff();
+        let stream = reflector::reflector(writer, restarting_watcher(self.api.clone())).default_backoff();
         let (synced, listed) = (self.synced.clone(), self.listed.clone());
+        tokio::spawn(self.clone().health(tx.clone()));
         tokio::spawn(async move {
             let mut seen: BTreeMap<String, Result<NodeRecord, String>> = BTreeMap::new();
             let mut relist: Option<BTreeMap<String, Result<NodeRecord, String>>> = None;
@@ -269,18 +318,49 @@ impl KubeRegistry {
         rx
     }
 
-    /// After the watch failed, asks the API server whether it is back (a GET
-    /// of this node); if so the registry is in sync again. The watcher
-    /// resumes from its last resourceVersion on its own, so nothing is lost,
-    /// but it reports no event for that, and a quiet cluster would otherwise
-    /// stay "not synced" forever.
-    pub async fn recheck(&self) {
-        if self.synced() || !self.listed.load(Ordering::Relaxed) {
-            return;
-        }
-        let answered = bounded(String::new, self.api.get(&self.node)).await.is_ok();
-        if answered && !self.synced.swap(true, Ordering::Relaxed) {
-            info!("the API server answers again; node watch resumed");
+    /// Every [`HEALTH_INTERVAL`], a GET of this node bounded by
+    /// [`HEALTH_TIMEOUT`]: a server that stops answering (frozen, its etcd
+    /// gone) leaves a watch silent rather than broken, so without this the
+    /// agent would call itself in sync forever. No answer in time: not
+    /// synced (readiness false) until one comes. Wakes the agent on each change.
+    async fn health(self, tx: mpsc::Sender<()>) {
+        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if tx.is_closed() {
+                return;
+            }
+            if !self.listed.load(Ordering::Relaxed) {
+                continue;
+            }
+            let answer = tokio::time::timeout(HEALTH_TIMEOUT, self.api.get(&self.node)).await;
+            let changed = match answer {
+                Ok(Ok(_)) => {
+                    let back = !self.synced.swap(true, Ordering::Relaxed);
+                    if back {
+                        info!("the API server answers again; node watch resumed");
+                    }
+                    back
+                }
+                Ok(Err(e)) => {
+                    let lost = self.synced.swap(false, Ordering::Relaxed);
+                    if lost {
+                        warn!(error = %crate::util::error_chain(&e), node = %self.node, "the API server refused a GET of this node; not ready until it answers");
+                    }
+                    lost
+                }
+                Err(_) => {
+                    let lost = self.synced.swap(false, Ordering::Relaxed);
+                    if lost {
+                        warn!(node = %self.node, timeout = ?HEALTH_TIMEOUT, "the API server did not answer a GET of this node in time; not ready until it does");
+                    }
+                    lost
+                }
+            };
+            if changed {
+                let _ = tx.try_send(());
+            }
         }
     }
 

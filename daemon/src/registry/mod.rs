@@ -108,13 +108,6 @@ impl Registry {
         })
     }
 
-    /// Re-establishes "in sync" after an outage, where the registry needs to ask.
-    pub async fn recheck(&self) {
-        if let Registry::Kube(k) = self {
-            k.recheck().await;
-        }
-    }
-
     /// Every record, and whether the registry is in sync (a Kubernetes watch
     /// that is down still yields the last known nodes, not in sync).
     pub fn snapshot(&self) -> Result<(Snapshot, bool), RegistryError> {

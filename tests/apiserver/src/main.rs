@@ -11,7 +11,8 @@
 //! namespace, for tests and kubectl), and writes a kubeconfig for each.
 //! Fault injection for tests, on either listener:
 //! `POST /_test/compact`, `/_test/drop-watches`, `/_test/fail?status=503&seconds=N`,
-//! `/_test/pause?seconds=N`, `/_test/heal`; `GET /_test/stats`.
+//! `/_test/pause?seconds=N`, `/_test/stall-lists?count=N` (the next N lists
+//! are read and never answered), `/_test/heal`; `GET /_test/stats`.
 
 #![forbid(unsafe_code)]
 

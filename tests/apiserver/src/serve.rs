@@ -25,6 +25,8 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Faults {
     fail: Option<(u16, Instant)>,
     pause_until: Option<Instant>,
+    /// Lists still to leave unanswered forever (a response that never comes).
+    stall_lists: u64,
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +149,9 @@ fn control(cmd: &str, q: &HashMap<String, String>, server: &Server) -> Response<
             server.end_watches();
         }
         "pause" => server.faults().pause_until = Some(Instant::now() + Duration::from_secs(seconds)),
+        "stall-lists" => {
+            server.faults().stall_lists = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1)
+        }
         "heal" => *server.faults() = Faults::default(),
         "stats" => {
             let s = &server.stats;
@@ -218,6 +223,16 @@ async fn route(req: Request<Incoming>, path: &str, server: &Arc<Server>) -> Resu
                 Ok(watch_nodes(&q, server))
             } else {
                 server.stats.lists.fetch_add(1, Ordering::Relaxed);
+                let stall = {
+                    let mut f = server.faults();
+                    let stall = f.stall_lists > 0;
+                    f.stall_lists = f.stall_lists.saturating_sub(1);
+                    stall
+                };
+                if stall {
+                    // The request was read; its answer never comes (until the client gives up).
+                    std::future::pending::<()>().await;
+                }
                 let s = server.store();
                 Ok(full(
                     200,
