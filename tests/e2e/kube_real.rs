@@ -277,7 +277,181 @@ fn a_restarted_api_server_makes_agents_relist_and_write_nothing() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(writes(&lab, &nodes), before, "the restart caused data-plane writes");
+    // Their resumed watches were too old for the new server's cache: 410, then a list.
+    let expired = nodes.iter().filter(|n| lab.log(n).contains("node watch expired; listing again")).count();
+    eprintln!("{expired} of 3 agents saw 410 Gone on resuming their watch");
+    assert!(expired >= 1, "no agent resumed its watch into a 410");
     lab.finish();
     // `lab down` stopped it with the rest of the lab's namespace.
     let _ = restarted.wait();
+}
+
+fn node_json(lab: &TestLab, name: &str) -> Value {
+    let (ok, out, err) = kubectl(lab, &["get", "node", name, "-o", "json"]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn fdb(lab: &TestLab, node: &str) -> String {
+    crate::harness::bridge_in(&lab.node_ns(node), &["fdb", "show", "dev", "felt.1"])
+}
+
+#[test]
+fn kubectl_delete_and_add_node_reach_every_peer_within_a_second() {
+    use std::time::{Duration, Instant};
+    if !require_root("kubectl_delete_and_add_node_reach_every_peer_within_a_second") {
+        return;
+    }
+    let lab = real_lab(3, 0);
+    let n2_mac = lab.status()["nodes"][1]["vtep_mac"].as_str().unwrap().to_owned();
+    let deleted = Instant::now();
+    let (ok, _, err) = kubectl(&lab, &["delete", "node", "n2"]);
+    assert!(ok, "{err}");
+    for node in ["n1", "n3"] {
+        let left = Duration::from_secs(1).saturating_sub(deleted.elapsed());
+        let gone = crate::harness::wait_until(left, || !fdb(&lab, node).contains(&n2_mac));
+        assert!(
+            gone.is_some(),
+            "{node} still has n2 {n2_mac} after {:?}:\n{}",
+            deleted.elapsed(),
+            fdb(&lab, node)
+        );
+        let routes = crate::harness::ip_in(&lab.node_ns(node), &["route", "show", "dev", "felt.1"]);
+        assert_eq!(routes.lines().count(), 1, "{node}: {routes}");
+    }
+    let out = lab.felt(&["lab", "add-node"]);
+    let ms: u64 = out
+        .split(" ms")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(ms < 1000, "the new node reached every peer in {ms} ms: {out}");
+    lab.finish();
+}
+
+#[test]
+fn public_ip_overwrite_moves_peers_fdb_and_labels_stay_the_operators() {
+    use std::time::Duration;
+    if !require_root("public_ip_overwrite_moves_peers_fdb_and_labels_stay_the_operators") {
+        return;
+    }
+    let lab = real_lab(2, 0);
+    let underlay = felt::lab::underlay_subnet(&lab.name);
+    let new_ip = std::net::Ipv4Addr::from(u32::from(underlay.network()) + 99);
+    let (ok, _, err) =
+        kubectl(&lab, &["annotate", "node", "n2", &format!("felt.network/public-ip-overwrite={new_ip}")]);
+    assert!(ok, "{err}");
+    let moved = crate::harness::wait_until(Duration::from_secs(3), || {
+        fdb(&lab, "n1").contains(&format!("dst {new_ip} "))
+    });
+    assert!(moved.is_some(), "n1's FDB did not follow the overwrite:\n{}", fdb(&lab, "n1"));
+    assert_eq!(
+        fdb(&lab, "n1").lines().filter(|l| l.contains(" dst ")).count(),
+        1,
+        "exactly one remote for n2"
+    );
+    let republished = crate::harness::wait_until(Duration::from_secs(3), || {
+        node_json(&lab, "n2")["metadata"]["annotations"]["felt.network/public-ip"] == new_ip.to_string()
+    });
+    assert!(republished.is_some(), "n2 did not publish the overwrite as its public-ip");
+    // An operator's label survives felt's own patches.
+    let (ok, _, err) = kubectl(&lab, &["label", "node", "n1", "felt-test=yes"]);
+    assert!(ok, "{err}");
+    lab.felt(&["lab", "restart-agent", "n1"]);
+    assert!(crate::harness::wait_until(Duration::from_secs(10), || readyz(&lab, "n1") == 200).is_some());
+    assert_eq!(node_json(&lab, "n1")["metadata"]["labels"]["felt-test"], "yes");
+    lab.finish();
+}
+
+/// Runs `job` with an admin client of the lab's API server, inside the lab.
+fn with_admin<T: Send + 'static, Fut>(
+    lab: &TestLab,
+    job: impl FnOnce(kube::Client) -> Fut + Send + 'static,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let kubeconfig = lab.lab_dir().join("control-plane").join("admin.kubeconfig");
+    felt::netns::block_on_in(&felt::netns::named(&format!("{}-ul", lab.name)), move || async move {
+        job(felt::registry::kube::client(Some(&kubeconfig)).await.expect("admin client")).await
+    })
+    .expect("entering the underlay namespace")
+}
+
+#[test]
+fn node_heartbeats_cause_no_work() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use std::time::{Duration, Instant};
+    if !require_root("node_heartbeats_cause_no_work") {
+        return;
+    }
+    let lab = real_lab(2, 0);
+    let underlay = felt::lab::underlay_subnet(&lab.name);
+    // 50 more nodes: published peers without agents, as a busy cluster has.
+    with_admin(&lab, move |c| async move {
+        let api: Api<Node> = Api::all(c);
+        for i in 0..50u32 {
+            let ip = std::net::Ipv4Addr::from(u32::from(underlay.network()) + 100 + i);
+            let node: Node = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": format!("hb{i}"), "annotations": {
+                    "felt.network/backend-type": "vxlan",
+                    "felt.network/backend-data": format!(r#"{{"vni":1,"vtepMAC":"02:fe:00:00:00:{i:02x}"}}"#),
+                    "felt.network/public-ip": ip.to_string()}},
+                "spec": {"podCIDR": format!("10.244.{}.0/24", 100 + i), "podCIDRs": [format!("10.244.{}.0/24", 100 + i)]}}))
+            .unwrap();
+            api.create(&PostParams::default(), &node).await.expect("creating a node");
+        }
+    });
+    for node in ["n1", "n2"] {
+        let programmed = crate::harness::wait_until(Duration::from_secs(10), || {
+            crate::harness::ip_in(&lab.node_ns(node), &["route", "show", "dev", "felt.1"]).lines().count()
+                == 51
+        });
+        assert!(programmed.is_some(), "{node} did not program the 50 extra peers");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let counter = |lab: &TestLab, n: &str, family: &str| -> f64 {
+        lab.metric_samples(n, family).iter().filter_map(crate::harness::sample_value).sum()
+    };
+    let snapshot = |lab: &TestLab| {
+        ["n1", "n2"]
+            .map(|n| (counter(lab, n, "felt_dataplane_ops_total"), counter(lab, n, "felt_reconcile_total")))
+    };
+    let before = snapshot(&lab);
+    // Every 200 ms for 10 s, each of the 50 nodes sends a status heartbeat, as kubelets do.
+    let beats = with_admin(&lab, move |c| async move {
+        let api: Api<Node> = Api::all(c);
+        let start = Instant::now();
+        let mut beats = 0;
+        while start.elapsed() < Duration::from_secs(10) {
+            let round = Instant::now();
+            let t = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let patch = serde_json::json!({"status": {"conditions": [
+                {"type": "Ready", "status": "True", "lastHeartbeatTime": t, "reason": "KubeletReady"}]}});
+            let sends = (0..50).map(|i| {
+                let (api, patch) = (api.clone(), patch.clone());
+                async move {
+                    api.patch_status(&format!("hb{i}"), &PatchParams::default(), &Patch::Strategic(&patch))
+                        .await
+                }
+            });
+            for r in futures::future::join_all(sends).await {
+                r.expect("a heartbeat");
+                beats += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(200).saturating_sub(round.elapsed())).await;
+        }
+        beats
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let after = snapshot(&lab);
+    assert!(beats >= 1500, "only {beats} heartbeats sent");
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(b.0, a.0, "node {} wrote to netlink during heartbeats", i + 1);
+        // Only the resync timer may run a pass (every 5 s in the lab): at most 3 in 10.5 s.
+        assert!(a.1 - b.1 <= 3.0, "node {}: {} reconcile passes during heartbeats", i + 1, a.1 - b.1);
+    }
+    lab.finish();
 }

@@ -112,7 +112,7 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .split('&')
         .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
         .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_owned(), v.replace("%3D", "=").replace("%2C", ",")))
+        .map(|(k, v)| (k.to_owned(), v.replace("%3D", "=").replace("%2C", ",").replace("%21", "!")))
         .collect()
 }
 
@@ -234,10 +234,17 @@ async fn route(req: Request<Incoming>, path: &str, server: &Arc<Server>) -> Resu
                     std::future::pending::<()>().await;
                 }
                 let s = server.store();
+                let (labels, fields) = (q.get("labelSelector"), q.get("fieldSelector"));
+                let mut items = Vec::new();
+                for n in s.list() {
+                    if crate::store::selected(&n, labels.map(String::as_str), fields.map(String::as_str))? {
+                        items.push(n);
+                    }
+                }
                 Ok(full(
                     200,
                     &json!({"kind": "NodeList", "apiVersion": "v1",
-                    "metadata": {"resourceVersion": s.rv().to_string()}, "items": s.list()}),
+                    "metadata": {"resourceVersion": s.rv().to_string()}, "items": items}),
                 ))
             }
         }

@@ -64,6 +64,51 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// Whether `node` matches a `labelSelector` (equality-based: `k=v`, `k==v`,
+/// `k!=v`, `k`, `!k`, comma-separated, all must hold) and a `fieldSelector`
+/// (`metadata.name=x`, `metadata.name!=x`; other fields are refused, as the
+/// real server refuses fields it does not index).
+pub fn selected(node: &Value, labels: Option<&str>, fields: Option<&str>) -> Result<bool, ApiError> {
+    let label = |k: &str| node.pointer("/metadata/labels").and_then(|l| l.get(k)).and_then(Value::as_str);
+    for term in labels.unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let ok = if let Some((k, v)) = term.split_once("!=") {
+            label(k.trim()) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            label(k.trim()) == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            label(k.trim()).is_none()
+        } else {
+            label(term).is_some()
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    for term in fields.unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (key, want, equal) = match term.split_once("!=") {
+            Some((k, v)) => (k, v, false),
+            None => match term.split_once("==").or_else(|| term.split_once('=')) {
+                Some((k, v)) => (k, v, true),
+                None => {
+                    return Err(ApiError::new(400, "BadRequest", format!("invalid field selector {term:?}")));
+                }
+            },
+        };
+        if key.trim() != "metadata.name" {
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                format!("field label not supported: {}", key.trim()),
+            ));
+        }
+        if (name == want.trim()) != equal {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// RFC 7386 JSON merge patch.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(p) = patch else {
@@ -194,9 +239,7 @@ impl Store {
             }
         }
         if status_only {
-            let mut next = current.clone();
-            next["status"] = obj["status"].take();
-            obj = next;
+            obj["spec"] = current["spec"].clone();
         } else {
             obj["status"] = current["status"].clone();
         }
@@ -225,10 +268,10 @@ impl Store {
             }
         }
         if status_only {
-            // nodes/status changes status only.
-            let status = next["status"].take();
-            next = current.clone();
-            next["status"] = status;
+            // nodes/status changes status and metadata (as the real server's
+            // Node status strategy does: Flannel publishes its annotations
+            // that way), never spec.
+            next["spec"] = current["spec"].clone();
         } else {
             next["status"] = current["status"].clone();
         }
@@ -297,6 +340,34 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn selectors_select_as_the_real_server_does() {
+        let n = json!({"metadata": {"name": "n1", "labels": {"role": "edge"}}});
+        let sel = |l: Option<&str>, f: Option<&str>| selected(&n, l, f).unwrap();
+        assert!(sel(None, None));
+        assert!(!sel(Some("no=such"), None));
+        assert!(sel(Some("role=edge"), None) && sel(Some("role==edge,role"), None));
+        assert!(!sel(Some("role!=edge"), None) && !sel(Some("!role"), None) && sel(Some("!zone"), None));
+        assert!(!sel(None, Some("metadata.name=zzz")) && sel(None, Some("metadata.name=n1")));
+        assert!(sel(None, Some("metadata.name!=zzz")));
+        assert_eq!(selected(&n, None, Some("spec.podCIDR=x")).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn a_status_patch_keeps_metadata_and_never_spec() {
+        let mut s = Store::new(16);
+        s.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}))
+            .unwrap();
+        let patch = json!({"metadata": {"annotations": {"flannel.alpha.coreos.com/public-ip": "198.18.0.11"}},
+                           "spec": {"podCIDR": "10.244.9.0/24"},
+                           "status": {"conditions": [{"type": "NetworkUnavailable", "status": "False"}]}});
+        let n = s.patch("n1", "application/strategic-merge-patch+json", &patch, true).unwrap();
+        assert_eq!(n["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip"], "198.18.0.11");
+        assert_eq!(n["spec"]["podCIDR"], "10.244.1.0/24");
+        assert_eq!(n["status"]["conditions"][0]["type"], "NetworkUnavailable");
+    }
+
     use super::*;
 
     #[test]
