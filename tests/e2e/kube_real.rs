@@ -455,3 +455,60 @@ fn node_heartbeats_cause_no_work() {
     }
     lab.finish();
 }
+
+#[test]
+fn a_role_missing_a_verb_is_named_once_and_makes_the_agent_unready() {
+    use std::time::Duration;
+    if !require_root("a_role_missing_a_verb_is_named_once_and_makes_the_agent_unready") {
+        return;
+    }
+    let lab = real_lab(2, 0);
+    assert!(crate::harness::wait_until(Duration::from_secs(10), || readyz(&lab, "n1") == 200).is_some());
+    // Take `patch` on nodes away, then make n1 need it: its public-ip annotation goes.
+    let (ok, role, err) = kubectl(&lab, &["get", "clusterrole", "felt", "-o", "json"]);
+    assert!(ok, "{err}");
+    let role: Value = serde_json::from_str(&role).unwrap();
+    let rules = role["rules"].as_array().unwrap();
+    let nodes_rule = rules.iter().position(|r| r["resources"] == serde_json::json!(["nodes"])).unwrap();
+    let verbs: Vec<&str> = rules[nodes_rule]["verbs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|v| *v != "patch")
+        .collect();
+    let set_verbs = |verbs: &[&str]| {
+        let patch = serde_json::json!([{"op": "replace", "path": format!("/rules/{nodes_rule}/verbs"), "value": verbs}]);
+        let (ok, _, err) =
+            kubectl(&lab, &["patch", "clusterrole", "felt", "--type=json", "-p", &patch.to_string()]);
+        assert!(ok, "{err}");
+    };
+    set_verbs(&verbs);
+    let (ok, _, err) = kubectl(&lab, &["annotate", "node", "n1", "felt.network/public-ip-"]);
+    assert!(ok, "{err}");
+    let body = || lab.try_debug_get("n1", "/readyz").map(|(_, b)| b).unwrap_or_default();
+    let unready = crate::harness::wait_until(Duration::from_secs(15), || {
+        body().contains("RBAC forbids `patch` on `nodes` (grant it in felt's ClusterRole)")
+    });
+    assert!(unready.is_some(), "readiness does not name the missing verb: {}", body());
+    assert_eq!(readyz(&lab, "n1"), 503);
+    // Several resyncs (5 s each in the lab) retry it; the log says it once.
+    std::thread::sleep(Duration::from_secs(12));
+    let said = lab.log("n1").matches("the API server forbids `patch` on `nodes` to this agent").count();
+    assert_eq!(said, 1, "{}", lab.log("n1"));
+    assert!(lab.log("n1").matches("publishing node record failed").count() >= 2, "it retried");
+
+    // Granted again: published, ready, and the log says so.
+    let mut all: Vec<&str> = verbs.clone();
+    all.push("patch");
+    set_verbs(&all);
+    let back = crate::harness::wait_until(Duration::from_secs(15), || readyz(&lab, "n1") == 200);
+    assert!(back.is_some(), "not ready after the grant: {}", body());
+    let (_, out, _) = kubectl(
+        &lab,
+        &["get", "node", "n1", "-o", "jsonpath={.metadata.annotations.felt\\.network/public-ip}"],
+    );
+    assert_eq!(out.trim(), lab.status()["nodes"][0]["underlay_ip"].as_str().unwrap());
+    assert!(lab.log("n1").contains("the API server allows `patch` on `nodes` again"));
+    lab.finish();
+}

@@ -336,6 +336,8 @@ struct State {
     engine_peers: Option<Vec<Peer>>,
     /// What was last logged per bad document or record, so each is said once.
     complaints: BTreeMap<String, String>,
+    /// The last publish failed (a refused status patch, say): retry it.
+    publish_failed: bool,
 }
 
 struct Agent {
@@ -371,9 +373,20 @@ impl Agent {
             Ok(true) => info!(node = %record.name, public_ip = ?record.public_ip, "published node record"),
             Ok(false) => debug!("node record already up to date"),
             Err(e) => {
-                self.fail(format!("publishing node record failed; will retry on resync: {}", error_chain(&e)))
+                self.state.publish_failed = true;
+                self.fail(format!(
+                    "publishing node record failed; will retry on resync: {}",
+                    error_chain(&e)
+                ));
+                return self.write_subnet_file();
             }
         }
+        self.state.publish_failed = false;
+        self.write_subnet_file();
+    }
+
+    /// Writes the subnet file the CNI plugin reads, only when it changed.
+    fn write_subnet_file(&self) {
         let subnet = SubnetFile {
             network: self.cfg.net.network,
             subnet: self.me.pod_cidr,
@@ -436,7 +449,10 @@ impl Agent {
             }
         };
         let wanted = self.wanted_record();
-        if synced && self.registry.published(&snap, &self.me.name).as_ref() != Some(&wanted) {
+        if synced
+            && (self.state.publish_failed
+                || self.registry.published(&snap, &self.me.name).as_ref() != Some(&wanted))
+        {
             // Our record is missing, stale, or was changed under us: publish it.
             self.publish().await;
         }
@@ -460,6 +476,7 @@ impl Agent {
         {
             let mut st = self.shared.state();
             st.registry_synced = synced;
+            st.forbidden = self.registry.forbidden();
             st.peers = view.peers.clone();
             st.pending = view.pending.clone();
             st.rejected = view.rejected.clone();

@@ -125,6 +125,8 @@ pub struct AgentState {
     pub malformed: Vec<(String, String)>,
     /// The last registry read succeeded.
     pub registry_synced: bool,
+    /// What RBAC forbids the agent (Kubernetes registry), one reason each.
+    pub forbidden: Vec<String>,
     /// The last reconcile left the data plane as desired.
     pub programmed: bool,
     /// The last reconcile.
@@ -269,6 +271,7 @@ impl Shared {
         if !s.registry_synced {
             why.push("the registry has not been read successfully".to_owned());
         }
+        why.extend(s.forbidden.iter().cloned());
         if !s.programmed {
             why.push("the data plane does not match the desired state yet".to_owned());
         }

@@ -146,15 +146,14 @@ fn restarting_watcher(
     })
 }
 
-/// One API call, bounded: a call that hangs (a stuck connection, a paused
-/// server) must not stall the agent's loop; the loop retries.
-async fn bounded<T>(
-    what: impl FnOnce() -> String,
-    call: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, KubeError> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(r) => r.map_err(|source| KubeError::Api { what: what(), source }),
-        Err(_) => Err(KubeError::Timeout { what: what(), after: CALL_TIMEOUT }),
+/// The API status of a client error, for [`Denials::note`] (other errors
+/// are not refusals; they become a 500 that notes nothing).
+fn clone_api_error(e: &kube::Error) -> kube::Error {
+    match e {
+        kube::Error::Api(s) => kube::Error::Api(s.clone()),
+        other => kube::Error::Api(
+            kube::core::Status::failure(&other.to_string(), "ClientError").with_code(500).boxed(),
+        ),
     }
 }
 
@@ -229,6 +228,47 @@ pub struct KubeRegistry {
     writer: Arc<Mutex<Option<reflector::store::Writer<Node>>>>,
     synced: Arc<AtomicBool>,
     listed: Arc<AtomicBool>,
+    /// Requests the API server forbade, by "verb resource", until one succeeds.
+    denied: Denials,
+}
+
+/// What RBAC refused this agent, each said once.
+#[derive(Debug, Clone, Default)]
+struct Denials(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl Denials {
+    /// Records the outcome of `verb` on `resource`: a 403 is kept (and
+    /// logged the first time), anything else clears it.
+    fn note<T>(&self, verb: &str, resource: &str, r: &Result<T, kube::Error>) {
+        let key = format!("{verb} {resource}");
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                if map.insert(key, s.message.clone()).is_none() {
+                    tracing::error!(
+                        verb, resource, server = %s.message,
+                        "the API server forbids `{verb}` on `{resource}` to this agent: grant it in felt's ClusterRole (deploy/felt.yaml)"
+                    );
+                }
+            }
+            Err(_) => {}
+            Ok(_) => {
+                if map.remove(&key).is_some() {
+                    info!(verb, resource, "the API server allows `{verb}` on `{resource}` again");
+                }
+            }
+        }
+    }
+
+    fn reasons(&self) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys()
+            .map(|k| {
+                let (verb, resource) = k.split_once(' ').unwrap_or((k, ""));
+                format!("RBAC forbids `{verb}` on `{resource}` (grant it in felt's ClusterRole)")
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for KubeRegistry {
@@ -249,12 +289,35 @@ impl KubeRegistry {
             writer: Arc::new(Mutex::new(Some(writer))),
             synced: Arc::new(AtomicBool::new(false)),
             listed: Arc::new(AtomicBool::new(false)),
+            denied: Denials::default(),
         })
     }
 
     /// True when the last relist completed and the watch has not failed since.
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Relaxed)
+    }
+
+    /// What RBAC forbids this agent now, one reason per verb and resource.
+    pub fn forbidden(&self) -> Vec<String> {
+        self.denied.reasons()
+    }
+
+    /// One API call, bounded by [`CALL_TIMEOUT`], its 403s kept as denials.
+    async fn call<T>(
+        &self,
+        verb: &str,
+        resource: &str,
+        what: impl FnOnce() -> String,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, KubeError> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(r) => {
+                self.denied.note(verb, resource, &r);
+                r.map_err(|source| KubeError::Api { what: what(), source })
+            }
+            Err(_) => Err(KubeError::Timeout { what: what(), after: CALL_TIMEOUT }),
+        }
     }
 
     /// Starts the reflector; signals (coalesced) when something felt uses
@@ -264,7 +327,7 @@ impl KubeRegistry {
         let writer =
             self.writer.lock().unwrap_or_else(|p| p.into_inner()).take().expect("watch is called once");
         let stream = reflector::reflector(writer, restarting_watcher(self.api.clone())).default_backoff();
-        let (synced, listed) = (self.synced.clone(), self.listed.clone());
+        let (synced, listed, denied) = (self.synced.clone(), self.listed.clone(), self.denied.clone());
         tokio::spawn(self.clone().health(tx.clone()));
         tokio::spawn(async move {
             let mut seen: BTreeMap<String, Result<NodeRecord, String>> = BTreeMap::new();
@@ -283,6 +346,7 @@ impl KubeRegistry {
                         false
                     }
                     Ok(watcher::Event::InitDone) => {
+                        denied.note("list", "nodes", &Ok::<(), kube::Error>(()));
                         seen = relist.take().unwrap_or_default();
                         listed.store(true, Ordering::Relaxed);
                         if !synced.swap(true, Ordering::Relaxed) {
@@ -291,6 +355,7 @@ impl KubeRegistry {
                         true
                     }
                     Ok(watcher::Event::Apply(n)) => {
+                        denied.note("watch", "nodes", &Ok::<(), kube::Error>(()));
                         let name = n.metadata.name.clone().unwrap_or_default();
                         let rec = record_from_node(&n);
                         seen.insert(name, rec.clone()).as_ref() != Some(&rec)
@@ -304,6 +369,18 @@ impl KubeRegistry {
                         false
                     }
                     Err(e) => {
+                        match &e {
+                            watcher::Error::InitialListFailed(k) => {
+                                denied.note("list", "nodes", &Err::<(), _>(clone_api_error(k)))
+                            }
+                            watcher::Error::WatchFailed(k) => {
+                                denied.note("watch", "nodes", &Err::<(), _>(clone_api_error(k)))
+                            }
+                            watcher::Error::WatchError(status) => {
+                                denied.note("watch", "nodes", &Err::<(), _>(kube::Error::Api(status.clone())))
+                            }
+                            _ => {}
+                        }
                         if synced.swap(false, Ordering::Relaxed) {
                             warn!(error = %crate::util::error_chain(&e), "lost the node watch; keeping the last known nodes and retrying");
                         }
@@ -335,6 +412,9 @@ impl KubeRegistry {
                 continue;
             }
             let answer = tokio::time::timeout(HEALTH_TIMEOUT, self.api.get(&self.node)).await;
+            if let Ok(r) = &answer {
+                self.denied.note("get", "nodes", r);
+            }
             let changed = match answer {
                 Ok(Ok(_)) => {
                     let back = !self.synced.swap(true, Ordering::Relaxed);
@@ -382,7 +462,7 @@ impl KubeRegistry {
     }
 
     async fn own(&self) -> Result<Node, KubeError> {
-        bounded(|| format!("reading node `{}`", self.node), self.api.get(&self.node)).await
+        self.call("get", "nodes", || format!("reading node `{}`", self.node), self.api.get(&self.node)).await
     }
 
     /// This node's pod CIDR, checked against the cluster network.
@@ -429,7 +509,9 @@ impl KubeRegistry {
         let mut wrote = false;
         if want.iter().any(|(k, v)| have.get(*k) != Some(v)) {
             let patch = json!({"metadata": {"annotations": want}});
-            bounded(
+            self.call(
+                "patch",
+                "nodes",
                 || format!("annotating node `{}`", self.node),
                 self.api.patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch)),
             )
@@ -449,7 +531,9 @@ impl KubeRegistry {
                 "type": "NetworkUnavailable", "status": "False", "reason": "FeltIsUp",
                 "message": "felt is running on this node", "lastTransitionTime": now, "lastHeartbeatTime": now,
             }]}});
-            bounded(
+            self.call(
+                "patch",
+                "nodes/status",
                 || format!("setting NetworkUnavailable=False on `{}`", self.node),
                 self.api.patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(&patch)),
             )

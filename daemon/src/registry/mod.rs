@@ -108,6 +108,15 @@ impl Registry {
         })
     }
 
+    /// What the registry's access control forbids this agent now (RBAC),
+    /// one reason each.
+    pub fn forbidden(&self) -> Vec<String> {
+        match self {
+            Registry::File(_) => Vec::new(),
+            Registry::Kube(k) => k.forbidden(),
+        }
+    }
+
     /// Every record, and whether the registry is in sync (a Kubernetes watch
     /// that is down still yields the last known nodes, not in sync).
     pub fn snapshot(&self) -> Result<(Snapshot, bool), RegistryError> {
