@@ -331,6 +331,19 @@ enum LabCommand {
         #[command(flatten)]
         lab: LabName,
     },
+    /// Forwards loopback connections to the lab's API server inside NAME-ul
+    /// (started by `up --registry kube`; `down` stops it).
+    #[command(hide = true)]
+    ApiProxy {
+        #[command(flatten)]
+        lab: LabName,
+        /// The API server's address inside the lab.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// Where to write the loopback address once listening.
+        #[arg(long)]
+        addr_file: PathBuf,
+    },
     /// Print the lab's host address (where a Kubernetes API server for
     /// `up --registry kube` listens, inside namespace NAME-ul).
     Address {
@@ -407,6 +420,7 @@ impl LabCommand {
             | LabCommand::Bench { lab, .. }
             | LabCommand::Soak { lab, .. }
             | LabCommand::Hold { lab }
+            | LabCommand::ApiProxy { lab, .. }
             | LabCommand::Address { lab } => lab,
         }
     }
@@ -417,7 +431,7 @@ impl LabCommand {
 /// Returns the lab's holder and whether this call started it.
 fn enter_rootless(command: &LabCommand) -> anyhow::Result<Option<(lab::rootless::Holder, bool)>> {
     let name = command.lab().name.clone();
-    if matches!(command, LabCommand::Hold { .. }) {
+    if matches!(command, LabCommand::Hold { .. } | LabCommand::ApiProxy { .. }) {
         return Ok(None);
     }
     if let Some(holder) = lab::rootless::holder(&name) {
@@ -583,6 +597,10 @@ fn open_lab(l: &LabName) -> anyhow::Result<Lab> {
 fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
     match command {
         LabCommand::Hold { .. } => match lab::rootless::hold()? {},
+        LabCommand::ApiProxy { lab, to, addr_file } => {
+            let ns = felt::netns::named(&format!("{}-ul", lab.name));
+            lab::control::proxy((std::net::Ipv4Addr::LOCALHOST, 0).into(), &ns, to, &addr_file)?;
+        }
         LabCommand::Up {
             lab,
             nodes,

@@ -16,15 +16,12 @@ fn real_lab(nodes: u32, pods: u32) -> TestLab {
     TestLab::up_named(&TestLab::unique_name(), nodes, pods, &["--registry", "kube", "--control-plane", bin])
 }
 
-/// `kubectl` as the lab's admin, inside the lab's underlay namespace.
+/// `kubectl` as the lab's admin, from the host: the lab's loopback proxy
+/// carries it into the lab's underlay namespace.
 fn kubectl(lab: &TestLab, args: &[&str]) -> (bool, String, String) {
-    let kubeconfig = lab.lab_dir().join("control-plane").join("admin.kubeconfig");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &format!("{}-ul", lab.name), "kubectl", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .args(args)
-        .output()
-        .expect("kubectl");
+    let kubeconfig = lab.lab_dir().join("control-plane").join("local.kubeconfig");
+    let out =
+        Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(args).output().expect("kubectl");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -113,7 +110,17 @@ fn a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more() {
     assert!(unused.is_empty(), "granted but never used: {unused:?} (used: {used:?})");
     let ungranted: Vec<_> = used.difference(&granted).collect();
     assert!(ungranted.is_empty(), "used without a grant: {ungranted:?}");
+    let proxy: u32 = std::fs::read_to_string(lab.lab_dir().join("control-plane").join("proxy.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{proxy}")).exists(), "the loopback proxy runs");
     lab.finish();
+    let gone = crate::harness::wait_until(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{proxy}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    assert!(gone.is_some(), "lab down left the loopback proxy running");
 }
 
 /// The pid of the process named `comm` in the lab's underlay namespace.

@@ -20,6 +20,7 @@
 //! `tests/k8s/build.sh`.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -172,7 +173,7 @@ fn make_keys(dir: &Path, host: Ipv4Addr) -> Result<(), LabError> {
 }
 
 /// A kubeconfig for `server` with `token`, trusting the lab's CA.
-fn kubeconfig(dir: &Path, user: &str, server: &str, token: &str) -> Result<String, LabError> {
+fn kubeconfig_text(dir: &Path, user: &str, server: &str, token: &str) -> Result<String, LabError> {
     let ca = dir.join("ca.crt");
     Ok(serde_json::json!({
         "apiVersion": "v1",
@@ -249,7 +250,7 @@ pub fn start(
 
     let server = format!("https://{host}:{API_PORT}");
     let admin_kubeconfig = dir.join("admin.kubeconfig");
-    write(&admin_kubeconfig, &kubeconfig(dir, "felt-lab-admin", &server, &admin_token)?)?;
+    write(&admin_kubeconfig, &kubeconfig_text(dir, "felt-lab-admin", &server, &admin_token)?)?;
     let ns = netns::named(ul);
     let log_tail = |name: &str| {
         let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
@@ -267,7 +268,7 @@ pub fn start(
     progress(&format!("API server ready {:.1?} after start", started.elapsed()));
     let token = apply_rbac_and_issue_token(&ns, &admin_kubeconfig)?;
     let agent_kubeconfig = dir.join("felt-agent.kubeconfig");
-    write(&agent_kubeconfig, &kubeconfig(dir, "felt", &server, &token)?)?;
+    write(&agent_kubeconfig, &kubeconfig_text(dir, "felt", &server, &token)?)?;
     Ok(Started { admin_kubeconfig, agent_kubeconfig, audit_log, took: started.elapsed() })
 }
 
@@ -291,6 +292,103 @@ fn wait_readyz(ns: &Path, admin: &Path, timeout: Duration) -> Result<(), LabErro
     })
     .map_err(|e| LabError::io("entering", ns, e))?
     .map_err(LabError::Timeout)
+}
+
+/// Serves `listen` (loopback, in the caller's namespace) by connecting each
+/// client to `to` from inside namespace `ns`, bytes both ways, until either
+/// side closes. Writes the bound address to `addr_file` once listening.
+/// Runs until killed (`felt lab down` stops it by pid).
+pub fn proxy(
+    listen: std::net::SocketAddr,
+    ns: &Path,
+    to: std::net::SocketAddr,
+    addr_file: &Path,
+) -> std::io::Result<()> {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind(listen)?;
+    std::fs::write(addr_file, listener.local_addr()?.to_string())?;
+    for client in listener.incoming() {
+        let Ok(client) = client else { continue };
+        let ns = ns.to_owned();
+        std::thread::spawn(move || {
+            let Ok(Ok(server)) =
+                netns::run_in(&ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+            else {
+                return;
+            };
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else { return };
+            let up = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut client, mut server) = (client, server);
+            let _ = std::io::copy(&mut server, &mut client);
+            let _ = client.shutdown(std::net::Shutdown::Write);
+            let _ = up.join();
+        });
+    }
+    Ok(())
+}
+
+/// Starts [`proxy`] as its own process (`felt lab api-proxy`) for the lab's
+/// API server and writes a loopback kubeconfig for the user beside the
+/// admin one. Returns the proxy's pid and that kubeconfig.
+pub fn start_proxy(
+    felt: &Path,
+    lab: &str,
+    state_root: &Path,
+    dir: &Path,
+    host: Ipv4Addr,
+) -> Result<(u32, PathBuf), LabError> {
+    let addr_file = dir.join("proxy.addr");
+    let log = dir.join("proxy.log");
+    let out = std::fs::File::create(&log).map_err(|e| LabError::io("creating", &log, e))?;
+    let child = Command::new(felt)
+        .args(["lab", "api-proxy", "--name", lab, "--to", &format!("{host}:{API_PORT}"), "--addr-file"])
+        .arg(&addr_file)
+        .env("FELT_LAB_STATE", state_root)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(|e| LabError::io("opening", &log, e))?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| LabError::Command { cmd: "felt lab api-proxy".into(), stderr: e.to_string() })?;
+    let pid = child.id();
+    std::fs::write(dir.join("proxy.pid"), pid.to_string()).map_err(|e| LabError::io("writing", dir, e))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(&addr_file) {
+            if !a.is_empty() {
+                break a;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Timeout(format!(
+                "the API proxy did not listen: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let admin =
+        std::fs::read_to_string(dir.join("tokens.csv")).map_err(|e| LabError::io("reading", dir, e))?;
+    let token = admin.split(',').next().unwrap_or_default().to_owned();
+    let kubeconfig = dir.join("local.kubeconfig");
+    write(&kubeconfig, &kubeconfig_text(dir, "felt-lab-admin", &format!("https://{addr}"), &token)?)?;
+    Ok((pid, kubeconfig))
+}
+
+/// Stops the lab's API proxy, if one was started from `dir`; whether it did.
+pub fn stop_proxy(dir: &Path) -> bool {
+    let Ok(pid) = std::fs::read_to_string(dir.join("proxy.pid")) else { return false };
+    let Ok(pid) = pid.trim().parse::<i32>() else { return false };
+    // Only ours: a pid may have been reused since.
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("api-proxy"));
+    if ours {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    ours
 }
 
 /// The RBAC documents of `deploy/felt.yaml`.

@@ -299,11 +299,19 @@ impl Lab {
                     bins,
                     progress,
                 )?;
+                let state_root = self.dir.parent().unwrap_or(Path::new("/"));
+                let cp_dir = self.dir.join("control-plane");
+                let (proxy, local) = control::start_proxy(
+                    &self.felt,
+                    &self.name,
+                    state_root,
+                    &cp_dir,
+                    topo::host_ip(underlay),
+                )?;
                 progress(&format!(
-                    "control plane up in {:.1?}; kubectl: ip netns exec {} kubectl --kubeconfig {}",
+                    "control plane up in {:.1?}; from this host: kubectl --kubeconfig {} (loopback proxy, pid {proxy})",
                     cp.took,
-                    self.underlay_ns(),
-                    cp.admin_kubeconfig.display()
+                    local.display()
                 ));
                 LabRegistry::Kube {
                     kubeconfig: cp.admin_kubeconfig,
@@ -955,6 +963,9 @@ impl Lab {
         for pid in topo::agents_using(&self.registry_dir()) {
             kill_agent(pid, &self.registry_dir(), false);
             removed.push(format!("agent pid {pid}"));
+        }
+        if control::stop_proxy(&self.dir.join("control-plane")) {
+            removed.push("the API server's loopback proxy".to_owned());
         }
         let mut namespaces = topo::namespaces_with_prefix(&self.name)?;
         // Pods before nodes before the underlay: longest names first.
