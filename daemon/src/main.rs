@@ -34,15 +34,8 @@ enum Command {
     /// dir as `felt` and write the conflist, each atomically (the DaemonSet's
     /// init container runs this; it needs no shell).
     InstallCni {
-        /// The CNI bin dir.
-        #[arg(long, default_value = "/opt/cni/bin")]
-        bin_dir: PathBuf,
-        /// The CNI config dir.
-        #[arg(long, default_value = "/etc/cni/net.d")]
-        conf_dir: PathBuf,
-        /// The conflist's file name in --conf-dir.
-        #[arg(long, default_value = "10-felt.conflist")]
-        conf_name: String,
+        #[command(flatten)]
+        dirs: CniDirs,
         /// A conflist to install [default: felt, then portmap].
         #[arg(long)]
         conflist: Option<PathBuf>,
@@ -80,15 +73,9 @@ enum Command {
     },
 }
 
+/// Where a node keeps its CNI plugins and configs (`install-cni`, `cleanup`).
 #[derive(Debug, Args)]
-struct CleanupArgs {
-    /// The node bridge (the CNI config's `bridge`).
-    #[arg(long, default_value = "felt0")]
-    bridge: String,
-    /// An overlay device to remove (repeatable). Default: every VXLAN or TUN
-    /// device whose name starts with `felt.`.
-    #[arg(long = "device")]
-    devices: Vec<String>,
+struct CniDirs {
     /// The CNI bin dir.
     #[arg(long, default_value = "/opt/cni/bin")]
     bin_dir: PathBuf,
@@ -98,6 +85,19 @@ struct CleanupArgs {
     /// The conflist's file name in --conf-dir.
     #[arg(long, default_value = "10-felt.conflist")]
     conf_name: String,
+}
+
+#[derive(Debug, Args)]
+struct CleanupArgs {
+    /// The node bridge (the CNI config's `bridge`).
+    #[arg(long, default_value = "felt0")]
+    bridge: String,
+    /// An overlay device to remove (repeatable). Default: every VXLAN or TUN
+    /// device whose name starts with `felt.`.
+    #[arg(long = "device")]
+    devices: Vec<String>,
+    #[command(flatten)]
+    dirs: CniDirs,
     /// The subnet file the agent wrote.
     #[arg(long, default_value = "/run/felt/subnet.env")]
     subnet_file: PathBuf,
@@ -377,9 +377,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Daemon(args) => run_daemon(args),
         Command::Cni => return run_cni(),
-        Command::InstallCni { bin_dir, conf_dir, conf_name, conflist } => {
-            run_install_cni(bin_dir, conf_dir, conf_name, conflist)
-        }
+        Command::InstallCni { dirs, conflist } => run_install_cni(dirs, conflist),
         Command::Cleanup(args) => run_cleanup(args),
         Command::Status { addr, json } => run_status(addr, json),
         Command::Keeper { device, hold } => run_keeper(&device, hold),
@@ -475,13 +473,9 @@ fn enter_rootless(command: &LabCommand) -> anyhow::Result<Option<(lab::rootless:
     Ok(Some((holder, true)))
 }
 
-fn run_install_cni(
-    bin_dir: PathBuf,
-    conf_dir: PathBuf,
-    conf_name: String,
-    conflist: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+fn run_install_cni(dirs: CniDirs, conflist: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let binary = std::env::current_exe().context("finding the felt binary")?;
+    let CniDirs { bin_dir, conf_dir, conf_name } = dirs;
     let install = felt::cni::install::InstallCni { binary, bin_dir, conf_dir, conf_name, conflist };
     for path in install.run()? {
         println!("installed {}", path.display());
@@ -493,9 +487,9 @@ fn run_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     let cleanup = felt::cleanup::Cleanup {
         bridge: args.bridge,
         devices: args.devices,
-        cni_bin_dir: args.bin_dir,
-        cni_conf_dir: args.conf_dir,
-        conf_name: args.conf_name,
+        cni_bin_dir: args.dirs.bin_dir,
+        cni_conf_dir: args.dirs.conf_dir,
+        conf_name: args.dirs.conf_name,
         subnet_file: args.subnet_file,
         data_dir: args.data_dir,
         debug_addr: args.debug_addr.0,

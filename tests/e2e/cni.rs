@@ -283,6 +283,19 @@ fn every_verb_answers_as_the_spec_says() {
     lab.finish();
 }
 
+/// Runs every `ADD` at once; each must succeed. Returns the addresses given.
+pub fn add_all(calls: Vec<Call<'_>>) -> HashSet<String> {
+    let children: Vec<_> = calls.iter().map(Call::spawn).collect();
+    let mut addresses = HashSet::new();
+    for (call, child) in calls.iter().zip(children) {
+        let out = child.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "ADD {}: {v} {}", call.container, String::from_utf8_lossy(&out.stderr));
+        addresses.insert(v["ips"][0]["address"].as_str().unwrap().to_owned());
+    }
+    addresses
+}
+
 #[test]
 fn fifty_concurrent_adds_get_fifty_addresses() {
     if !require_root("fifty_concurrent_adds_get_fifty_addresses") {
@@ -294,14 +307,7 @@ fn fifty_concurrent_adds_get_fifty_addresses() {
     for n in &names {
         new_pod(&lab, n);
     }
-    let children: Vec<_> = names.iter().map(|n| call(&lab, "n1", "ADD", n, c.clone()).spawn()).collect();
-    let mut addresses = HashSet::new();
-    for (n, child) in names.iter().zip(children) {
-        let out = child.wait_with_output().unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(out.status.success(), "ADD {n}: {v} {}", String::from_utf8_lossy(&out.stderr));
-        addresses.insert(v["ips"][0]["address"].as_str().unwrap().to_owned());
-    }
+    let addresses = add_all(names.iter().map(|n| call(&lab, "n1", "ADD", n, c.clone())).collect());
     assert_eq!(addresses.len(), 50, "{addresses:?}");
     let ports = ip_in(&lab.node_ns("n1"), &["-o", "link", "show", "master", "felt0"]).lines().count();
     assert_eq!(ports, 50);

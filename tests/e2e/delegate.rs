@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::cni::{Call, call, conf, mtu_of, new_pod, ping_df, plugin_links, pod_ns, subnet_mtu};
+use crate::cni::{Call, add_all, call, conf, mtu_of, new_pod, ping_df, plugin_links, pod_ns, subnet_mtu};
 use crate::harness::{TestLab, ip_in, require_root, run};
 
 /// Where Debian's containernetworking-plugins puts `bridge` and `host-local`.
@@ -136,14 +136,7 @@ fn delegate_mode_survives_concurrency_and_killed_adds() {
     for n in &names {
         new_pod(&lab, n);
     }
-    let children: Vec<_> = names.iter().map(|n| dcall(&lab, "n1", "ADD", n, c.clone()).spawn()).collect();
-    let mut addresses = HashSet::new();
-    for (n, child) in names.iter().zip(children) {
-        let out = child.wait_with_output().unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(out.status.success(), "ADD {n}: {v}");
-        addresses.insert(v["ips"][0]["address"].as_str().unwrap().to_owned());
-    }
+    let addresses = add_all(names.iter().map(|n| dcall(&lab, "n1", "ADD", n, c.clone())).collect());
     assert_eq!(addresses.len(), 20, "{addresses:?}");
     assert_eq!(held(&lab, "n1").len(), 20);
 
