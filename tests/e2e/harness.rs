@@ -400,7 +400,7 @@ pub fn sample_value(s: &prometheus_parse::Sample) -> Option<f64> {
     }
 }
 
-/// The directory holding the real `kube-apiserver` and `etcd`, built from
+/// The directory holding the real `kube-apiserver`, `kubectl` and `etcd`, built from
 /// the Go module `tests/k8s` by its `build.sh` on first use (minutes, once
 /// per machine: the binaries are cached outside the repository).
 pub fn control_plane_bin() -> PathBuf {
@@ -414,7 +414,9 @@ pub fn control_plane_bin() -> PathBuf {
             .expect("running tests/k8s/build.sh");
         assert!(out.status.success(), "tests/k8s/build.sh failed: is Go 1.24+ installed?");
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(dir.join("kube-apiserver").exists(), "build.sh printed {}", dir.display());
+        for program in ["kube-apiserver", "kubectl", "etcd"] {
+            assert!(dir.join(program).exists(), "build.sh printed {}, which lacks {program}", dir.display());
+        }
         dir
     })
     .clone()

@@ -21,7 +21,8 @@ fn real_lab(nodes: u32, pods: u32) -> TestLab {
 fn kubectl(lab: &TestLab, args: &[&str]) -> (bool, String, String) {
     let kubeconfig = lab.lab_dir().join("control-plane").join("local.kubeconfig");
     let out =
-        Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(args).output().expect("kubectl");
+        // The kubectl of the server's release, built with it (the machine's may be too old).
+        Command::new(control_plane_bin().join("kubectl")).arg("--kubeconfig").arg(&kubeconfig).args(args).output().expect("kubectl");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
