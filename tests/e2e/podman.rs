@@ -116,10 +116,15 @@ impl Drop for Podman {
     }
 }
 
+/// The network namespaces podman made (its CNI backend names them `netns-<uuid>`;
+/// labs of tests running beside this one come and go under their own names).
 fn netns_names() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    names.retain(|n| n.starts_with("netns-"));
+    names.sort();
+    names
 }
 
 /// What a connection to `addr` from inside namespace `ns` reads; `None`

@@ -269,6 +269,9 @@ pub fn start(
     let token = apply_rbac_and_issue_token(&ns, &admin_kubeconfig)?;
     let agent_kubeconfig = dir.join("felt-agent.kubeconfig");
     write(&agent_kubeconfig, &kubeconfig_text(dir, "felt", &server, &token)?)?;
+    // The agents' token works (and the server has seen the ServiceAccount)
+    // before any agent depends on it.
+    super::kube::wait_api(&ns, &agent_kubeconfig, Duration::from_secs(60))?;
     Ok(Started { admin_kubeconfig, agent_kubeconfig, audit_log, took: started.elapsed() })
 }
 

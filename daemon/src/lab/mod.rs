@@ -459,7 +459,11 @@ impl Lab {
         Ok(PodState { name, netns, node: node.name.clone(), ip })
     }
 
+    /// Waits until every node's agent has written its subnet file. A kube
+    /// registry gets twice `timeout`: a freshly started API server on a
+    /// loaded machine can take seconds per request.
     fn wait_leases(&self, state: &LabState, timeout: Duration) -> Result<(), LabError> {
+        let timeout = if matches!(state.registry, LabRegistry::Kube { .. }) { timeout * 2 } else { timeout };
         let deadline = Instant::now() + timeout;
         loop {
             let missing: Vec<&str> = state
@@ -487,11 +491,48 @@ impl Lab {
             if Instant::now() > deadline {
                 let why: String = missing.iter().map(|n| self.log_tail(n, "no lease")).collect();
                 return Err(LabError::Timeout(format!(
-                    "nodes {missing:?} hold no lease after {timeout:?}{why}"
+                    "nodes {missing:?} hold no lease after {timeout:?}{why}{}",
+                    self.audit_of(&missing)
                 )));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// With the lab's own control plane: what its audit log says of requests
+    /// about `nodes` (did they reach the server, and how did it answer).
+    fn audit_of(&self, nodes: &[&str]) -> String {
+        let Ok(log) = std::fs::read_to_string(self.dir.join("control-plane").join("audit.log")) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for node in nodes {
+            let seen: Vec<String> = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| {
+                    e["objectRef"]["name"] == *node
+                        || e["requestURI"].as_str().is_some_and(|u| u.contains(node))
+                })
+                .map(|e| {
+                    format!(
+                        "{} {} {} {} {}",
+                        e["stageTimestamp"].as_str().unwrap_or("?"),
+                        e["stage"].as_str().unwrap_or("?"),
+                        e["verb"].as_str().unwrap_or("?"),
+                        e["requestURI"].as_str().unwrap_or("?"),
+                        e["responseStatus"]["code"]
+                    )
+                })
+                .collect();
+            let last = &seen[seen.len().saturating_sub(6)..];
+            out.push_str(&format!(
+                "\n{node}: the API server's audit log holds {} event(s) about it; the last:\n  {}",
+                seen.len(),
+                last.join("\n  ")
+            ));
+        }
+        out
     }
 
     /// The kernel ops still missing on each node for every peer the registry holds.
