@@ -102,6 +102,18 @@ pub struct TestLab {
     state: tempfile::TempDir,
     root_before: String,
     finished: bool,
+    /// Held for the lab's life by tests that must not share the machine (see [`exclusive`]).
+    exclusive: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+/// Runs the caller alone among the tests that take it: those that start a
+/// real control plane or podman (hundreds of MB and seconds of CPU each),
+/// and those that count every packet across agent restarts. On two cores,
+/// two of them side by side starve each other (a CI run saw an API request
+/// unanswered for 10 s, and 2 of 1,000 pings lost across userspace restarts).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl TestLab {
@@ -123,12 +135,18 @@ impl TestLab {
             state: tempfile::Builder::new().prefix("felt-e2e-").tempdir().expect("temp dir"),
             root_before: root_snapshot(),
             finished: false,
+            exclusive: None,
         };
         let (n, p) = (nodes.to_string(), pods.to_string());
         let mut args = vec!["lab", "up", "--nodes", n.as_str(), "--pods-per-node", p.as_str()];
         args.extend_from_slice(extra);
         lab.felt(&args);
         lab
+    }
+
+    /// Keeps `guard` (from [`exclusive`]) until the lab is gone.
+    pub fn hold(&mut self, guard: std::sync::MutexGuard<'static, ()>) {
+        self.exclusive = Some(guard);
     }
 
     /// Runs `felt <args> --name <lab>` (the name goes after the subcommand words).

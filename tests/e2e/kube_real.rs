@@ -13,7 +13,15 @@ use crate::harness::{TestLab, control_plane_bin, require_root};
 fn real_lab(nodes: u32, pods: u32) -> TestLab {
     let bin = control_plane_bin();
     let bin = bin.to_str().unwrap();
-    TestLab::up_named(&TestLab::unique_name(), nodes, pods, &["--registry", "kube", "--control-plane", bin])
+    let alone = crate::harness::exclusive();
+    let mut lab = TestLab::up_named(
+        &TestLab::unique_name(),
+        nodes,
+        pods,
+        &["--registry", "kube", "--control-plane", bin],
+    );
+    lab.hold(alone);
+    lab
 }
 
 /// `kubectl` as the lab's admin, from the host: the lab's loopback proxy

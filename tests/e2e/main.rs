@@ -162,6 +162,7 @@ fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
     if !require_root("agent_kill_and_restart_loses_no_packet_and_rewrites_nothing") {
         return;
     }
+    let _alone = crate::harness::exclusive();
     let lab = TestLab::up(2, 1);
     let target = lab.first_pod_ip("n1");
     let src = netns::named(&format!("{}-n2-p1", lab.name));

@@ -156,6 +156,7 @@ fn podman_containers_attach_through_felt_with_portmap() {
     if !require_root("podman_containers_attach_through_felt_with_portmap") {
         return;
     }
+    let _alone = crate::harness::exclusive();
     let lab = TestLab::up(2, 0);
     // A pod on n2 to reach, attached by the plugin directly.
     new_pod(&lab, "far");

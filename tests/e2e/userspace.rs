@@ -107,6 +107,7 @@ fn userspace_restarts_lose_nothing() {
     if !require_root("userspace_restarts_lose_nothing") {
         return;
     }
+    let _alone = crate::harness::exclusive();
     let lab = TestLab::up_named(&TestLab::unique_name(), 2, 1, &["--mode", "userspace"]);
     let target = lab.first_pod_ip("n2");
     let src = felt::netns::named(&format!("{}-n1-p1", lab.name));
