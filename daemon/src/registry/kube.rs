@@ -146,17 +146,6 @@ fn restarting_watcher(
     })
 }
 
-/// The API status of a client error, for [`Denials::note`] (other errors
-/// are not refusals; they become a 500 that notes nothing).
-fn clone_api_error(e: &kube::Error) -> kube::Error {
-    match e {
-        kube::Error::Api(s) => kube::Error::Api(s.clone()),
-        other => kube::Error::Api(
-            kube::core::Status::failure(&other.to_string(), "ClientError").with_code(500).boxed(),
-        ),
-    }
-}
-
 /// Reduces a Node to the record felt uses, or says why it cannot. An
 /// operator's `public-ip-overwrite` takes the place of `public-ip`.
 pub fn record_from_node(node: &Node) -> Result<NodeRecord, String> {
@@ -238,25 +227,34 @@ struct Denials(Arc<Mutex<BTreeMap<String, String>>>);
 
 impl Denials {
     /// Records the outcome of `verb` on `resource`: a 403 is kept (and
-    /// logged the first time), anything else clears it.
+    /// logged the first time), a success clears it.
     fn note<T>(&self, verb: &str, resource: &str, r: &Result<T, kube::Error>) {
-        let key = format!("{verb} {resource}");
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match r {
-            Err(kube::Error::Api(s)) if s.code == 403 => {
-                if map.insert(key, s.message.clone()).is_none() {
-                    tracing::error!(
-                        verb, resource, server = %s.message,
-                        "the API server forbids `{verb}` on `{resource}` to this agent: grant it in felt's ClusterRole (deploy/felt.yaml)"
-                    );
-                }
-            }
+            Ok(_) => self.allowed(verb, resource),
+            Err(kube::Error::Api(s)) => self.answered(verb, resource, s),
             Err(_) => {}
-            Ok(_) => {
-                if map.remove(&key).is_some() {
-                    info!(verb, resource, "the API server allows `{verb}` on `{resource}` again");
-                }
-            }
+        }
+    }
+
+    /// The server answered `verb` on `resource` with error status `s`: kept if a 403.
+    fn answered(&self, verb: &str, resource: &str, s: &kube::core::Status) {
+        if s.code != 403 {
+            return;
+        }
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.insert(format!("{verb} {resource}"), s.message.clone()).is_none() {
+            tracing::error!(
+                verb, resource, server = %s.message,
+                "the API server forbids `{verb}` on `{resource}` to this agent: grant it in felt's ClusterRole (deploy/felt.yaml)"
+            );
+        }
+    }
+
+    /// `verb` on `resource` succeeded: no longer forbidden.
+    fn allowed(&self, verb: &str, resource: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.remove(&format!("{verb} {resource}")).is_some() {
+            info!(verb, resource, "the API server allows `{verb}` on `{resource}` again");
         }
     }
 
@@ -346,7 +344,7 @@ impl KubeRegistry {
                         false
                     }
                     Ok(watcher::Event::InitDone) => {
-                        denied.note("list", "nodes", &Ok::<(), kube::Error>(()));
+                        denied.allowed("list", "nodes");
                         seen = relist.take().unwrap_or_default();
                         listed.store(true, Ordering::Relaxed);
                         if !synced.swap(true, Ordering::Relaxed) {
@@ -355,7 +353,7 @@ impl KubeRegistry {
                         true
                     }
                     Ok(watcher::Event::Apply(n)) => {
-                        denied.note("watch", "nodes", &Ok::<(), kube::Error>(()));
+                        denied.allowed("watch", "nodes");
                         let name = n.metadata.name.clone().unwrap_or_default();
                         let rec = record_from_node(&n);
                         seen.insert(name, rec.clone()).as_ref() != Some(&rec)
@@ -370,15 +368,11 @@ impl KubeRegistry {
                     }
                     Err(e) => {
                         match &e {
-                            watcher::Error::InitialListFailed(k) => {
-                                denied.note("list", "nodes", &Err::<(), _>(clone_api_error(k)))
+                            watcher::Error::InitialListFailed(kube::Error::Api(s)) => {
+                                denied.answered("list", "nodes", s)
                             }
-                            watcher::Error::WatchFailed(k) => {
-                                denied.note("watch", "nodes", &Err::<(), _>(clone_api_error(k)))
-                            }
-                            watcher::Error::WatchError(status) => {
-                                denied.note("watch", "nodes", &Err::<(), _>(kube::Error::Api(status.clone())))
-                            }
+                            watcher::Error::WatchFailed(kube::Error::Api(s))
+                            | watcher::Error::WatchError(s) => denied.answered("watch", "nodes", s),
                             _ => {}
                         }
                         if synced.swap(false, Ordering::Relaxed) {
