@@ -552,8 +552,8 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     cfg.probe_interval = args.probe_interval;
     cfg.offloads = args.userspace_offloads;
     cfg.backend = match args.backend {
-        BackendKind::Kernel => agent::Backend::Kernel,
-        BackendKind::Userspace => agent::Backend::Userspace,
+        BackendKind::Kernel => felt_overlay::DataplaneKind::Kernel,
+        BackendKind::Userspace => felt_overlay::DataplaneKind::Userspace,
     };
     // One thread is plenty for the agent's work and keeps its memory small
     // (every extra thread brings a malloc arena).
@@ -580,7 +580,7 @@ fn run_status(addr: std::net::SocketAddr, json: bool) -> anyhow::Result<ExitCode
     } else {
         print!("{}", felt::status::render(&state));
     }
-    Ok(if state["ready"] == true { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if state.ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn open_lab(l: &LabName) -> anyhow::Result<Lab> {
@@ -831,35 +831,33 @@ fn print_bench(results: &[lab::bench::PathResult]) {
     }
 }
 
-fn print_status(status: &serde_json::Value) {
-    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+fn print_status(status: &felt::lab::LabStatus) {
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "null".to_owned());
     println!(
         "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",
         "NODE", "NETNS", "UNDERLAY", "POD CIDR", "VTEP MAC", "AGENT", "READY", "PEERS", "REACHABLE"
     );
     let mut problems = Vec::new();
-    for n in status["nodes"].as_array().into_iter().flatten() {
-        let agent = if n["agent_running"].as_bool() == Some(true) { s(&n["pid"]) } else { "stopped".into() };
-        let ready = match n["ready"].as_bool() {
+    for n in &status.nodes {
+        let agent = if n.agent_running { n.pid.to_string() } else { "stopped".into() };
+        let ready = match n.ready {
             Some(true) => "ready",
             Some(false) => "NOT READY",
             None => "unknown",
         };
         println!(
             "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",
-            s(&n["name"]),
-            s(&n["netns"]),
-            s(&n["underlay_ip"]),
-            s(&n["pod_cidr"]),
-            s(&n["vtep_mac"]),
+            n.name,
+            n.netns,
+            n.underlay_ip.to_string(),
+            dash(n.pod_cidr.map(|c| c.to_string())),
+            dash(n.vtep_mac.map(|m| m.to_string())),
             agent,
             ready,
-            format!("{}/{}", s(&n["peers_programmed"]), s(&n["peers_desired"])),
-            format!("{}/{}", s(&n["peers_reachable"]), s(&n["peers_desired"])),
+            format!("{}/{}", n.peers_programmed, n.peers_desired),
+            format!("{}/{}", n.peers_reachable, n.peers_desired),
         );
-        for p in n["problems"].as_array().into_iter().flatten() {
-            problems.push(format!("{}: {}", s(&n["name"]), s(p)));
-        }
+        problems.extend(n.problems.iter().map(|p| format!("{}: {p}", n.name)));
     }
     if !problems.is_empty() {
         println!("\nproblems:");
@@ -869,8 +867,8 @@ fn print_status(status: &serde_json::Value) {
     }
     println!();
     println!("{:<10} {:<6} {:<16}", "POD", "NODE", "IP");
-    for p in status["pods"].as_array().into_iter().flatten() {
-        println!("{:<10} {:<6} {:<16}", s(&p["name"]), s(&p["node"]), s(&p["ip"]));
+    for p in &status.pods {
+        println!("{:<10} {:<6} {:<16}", p.name, p.node, p.ip.to_string());
     }
 }
 

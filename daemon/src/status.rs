@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use serde_json::Value;
+use felt_proto::debug::{ProbeStatus, State};
 
 /// Why the endpoint could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -48,94 +48,74 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), FetchError> {
     Ok((code, body.to_owned()))
 }
 
-/// `/debug/state` as JSON.
-pub fn fetch_state(addr: SocketAddr) -> Result<Value, FetchError> {
+/// `/debug/state`, typed.
+pub fn fetch_state(addr: SocketAddr) -> Result<State, FetchError> {
     let (code, body) = get(addr, "/debug/state")?;
     if code != 200 {
         return Err(FetchError::Garbled { addr, what: format!("HTTP {code}") });
     }
-    serde_json::from_str(&body).map_err(|e| FetchError::Garbled { addr, what: format!("not JSON: {e}") })
+    serde_json::from_str(&body)
+        .map_err(|e| FetchError::Garbled { addr, what: format!("not the debug API's state: {e}") })
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+fn or_dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 /// Everything wrong, most important first.
-pub fn problems(state: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    for w in state["not_ready"].as_array().into_iter().flatten() {
-        out.push(format!("not ready: {}", s(w)));
-    }
-    if let Some(e) = state["observe_error"].as_str() {
+pub fn problems(state: &State) -> Vec<String> {
+    let mut out: Vec<String> = state.not_ready.iter().map(|w| format!("not ready: {w}")).collect();
+    if let Some(e) = &state.observe_error {
         out.push(format!("cannot read the data plane: {e}"));
     }
-    for p in state["peers"].as_array().into_iter().flatten() {
-        let name = s(&p["name"]);
-        if p["in_sync"] == false {
-            let missing: Vec<&str> =
-                ["route", "neighbour", "fdb"].into_iter().filter(|k| p["programmed"][k] == false).collect();
-            out.push(format!("peer {name}: not programmed: {} missing", missing.join(", ")));
+    for p in &state.peers {
+        if let (Some(false), Some(programmed)) = (p.in_sync, p.programmed) {
+            out.push(format!("peer {}: not programmed: {} missing", p.name, programmed.missing().join(", ")));
         }
-        if p["probe"]["state"] == "unreachable" {
-            let failures = p["probe"]["consecutive_failures"].as_u64().unwrap_or(0);
+        if p.probe.state == ProbeStatus::Unreachable {
+            let failures = p.probe.consecutive_failures;
             out.push(format!(
-                "peer {name}: VTEP {} unreachable over the overlay ({failures} probe{} failed in a row)",
-                s(&p["vtep_ip"]),
+                "peer {}: VTEP {} unreachable over the overlay ({failures} probe{} failed in a row)",
+                p.name,
+                p.vtep_ip,
                 if failures == 1 { "" } else { "s" }
             ));
         }
     }
-    let stale: Vec<String> = state["diff"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|op| op["op"].as_str().is_some_and(|o| o.starts_with("del_")))
-        .map(|op| format!("{} {}", s(&op["op"]), op["entry"]))
-        .collect();
-    for d in stale {
-        out.push(format!("stale entry awaiting removal: {d}"));
+    for op in state.diff.iter().flatten().filter(|op| op.is_removal()) {
+        let entry = serde_json::to_value(op).map(|v| v["entry"].to_string()).unwrap_or_default();
+        out.push(format!("stale entry awaiting removal: {} {entry}", op.kind()));
     }
-    for r in state["rejected"].as_array().into_iter().flatten() {
-        out.push(format!("record {} refused ({}): {}", s(&r["node"]), s(&r["reason"]), s(&r["message"])));
+    for r in &state.rejected {
+        out.push(format!("record {} refused ({}): {}", r.node, r.reason.label(), r.message));
     }
-    for m in state["malformed"].as_array().into_iter().flatten() {
-        out.push(format!("document {} is malformed: {}", s(&m["document"]), s(&m["error"])));
+    for m in &state.malformed {
+        out.push(format!("document {} is malformed: {}", m.document, m.error));
     }
-    for e in state["recent_errors"].as_array().into_iter().flatten().rev().take(5) {
-        out.push(format!("error at {}: {}", s(&e["at"]), s(&e["message"])));
+    for e in state.recent_errors.iter().rev().take(5) {
+        out.push(format!("error at {}: {}", e.at, e.message));
     }
     out
 }
 
 /// The human summary `felt status` prints.
-pub fn render(state: &Value) -> String {
+pub fn render(state: &State) -> String {
     let mut out = String::new();
-    let lease = &state["lease"];
-    let ready = if state["ready"] == true { "ready" } else { "NOT READY" };
-    out.push_str(&format!(
-        "node {}: {ready}, backend {}\n",
-        s(&state["node"]),
-        s(&state["config"]["backend"])
-    ));
-    if lease.is_null() {
-        out.push_str("lease: none yet\n");
-    } else {
-        out.push_str(&format!(
+    let ready = if state.ready { "ready" } else { "NOT READY" };
+    out.push_str(&format!("node {}: {ready}, backend {}\n", state.node, state.config.backend));
+    match &state.lease {
+        None => out.push_str("lease: none yet\n"),
+        Some(l) => out.push_str(&format!(
             "lease: {} (VTEP {} {} on {}, mtu {}), underlay {} {} (mtu {})\n",
-            s(&lease["pod_cidr"]),
-            s(&lease["vtep_ip"]),
-            s(&lease["vtep_mac"]),
-            s(&lease["device"]),
-            s(&lease["mtu"]),
-            s(&lease["underlay_iface"]),
-            s(&lease["underlay_ip"]),
-            s(&lease["underlay_mtu"]),
-        ));
+            l.pod_cidr,
+            l.vtep_ip,
+            l.vtep_mac,
+            l.device,
+            l.mtu,
+            l.underlay_iface,
+            l.underlay_ip,
+            l.underlay_mtu,
+        )),
     }
     let problems = problems(state);
     if problems.is_empty() {
@@ -146,45 +126,43 @@ pub fn render(state: &Value) -> String {
             out.push_str(&format!("  - {p}\n"));
         }
     }
-    let peers = state["peers"].as_array().cloned().unwrap_or_default();
     out.push_str(&format!(
         "\n{:<12} {:<18} {:<16} {:<18} {:<6} {:<6} {:<6} {:<12} {:>9}\n",
         "PEER", "POD CIDR", "UNDERLAY", "VTEP MAC", "ROUTE", "NEIGH", "FDB", "PROBE", "RTT"
     ));
-    let yes = |v: &Value| match v {
-        Value::Bool(true) => "ok",
-        Value::Bool(false) => "MISSING",
-        _ => "?",
+    let yes = |v: Option<bool>| match v {
+        Some(true) => "ok",
+        Some(false) => "MISSING",
+        None => "?",
     };
-    for p in &peers {
-        let rtt = p["probe"]["rtt_ms"].as_f64().map_or("-".to_owned(), |r| format!("{r:.2} ms"));
+    for p in &state.peers {
+        let rtt = p.probe.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.2} ms"));
+        let probe = serde_json::to_value(p.probe.state).map(|v| v.as_str().unwrap_or("?").to_owned());
         out.push_str(&format!(
             "{:<12} {:<18} {:<16} {:<18} {:<6} {:<6} {:<6} {:<12} {:>9}\n",
-            s(&p["name"]),
-            s(&p["pod_cidr"]),
-            s(&p["underlay_ip"]),
-            s(&p["vtep_mac"]),
-            yes(&p["programmed"]["route"]),
-            yes(&p["programmed"]["neighbour"]),
-            yes(&p["programmed"]["fdb"]),
-            s(&p["probe"]["state"]),
+            p.name,
+            p.pod_cidr.to_string(),
+            p.underlay_ip.to_string(),
+            p.vtep_mac.to_string(),
+            yes(p.programmed.map(|x| x.route)),
+            yes(p.programmed.map(|x| x.neighbour)),
+            yes(p.programmed.map(|x| x.fdb)),
+            probe.unwrap_or_default(),
             rtt
         ));
     }
-    if peers.is_empty() {
+    if state.peers.is_empty() {
         out.push_str("(no peers)\n");
     }
-    let engine = &state["engine"];
-    if engine.is_object() {
-        let drops: u64 =
-            engine["drops"].as_object().map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
+    if let Some(engine) = &state.engine {
         out.push_str(&format!(
-            "\nengine (offloads {}): tx {} packets in {} super-packets, rx {} packets in {} coalesced writes, {drops} dropped\n",
-            s(&engine["offloads"]),
-            s(&engine["tx_packets"]),
-            s(&engine["tx_super_packets"]),
-            s(&engine["rx_packets"]),
-            s(&engine["rx_coalesced"]),
+            "\nengine (offloads {}): tx {} packets in {} super-packets, rx {} packets in {} coalesced writes, {} dropped\n",
+            or_dash(engine.offloads.as_deref()),
+            engine.tx_packets,
+            engine.tx_super_packets,
+            engine.rx_packets,
+            engine.rx_coalesced,
+            engine.dropped(),
         ));
     }
     out
@@ -198,23 +176,40 @@ mod tests {
 
     #[test]
     fn problems_come_first_and_name_the_cause() {
-        let state = json!({
+        let state: State = serde_json::from_value(json!({
             "node": "n1", "ready": false, "not_ready": ["the data plane does not match the desired state yet"],
-            "config": {"backend": "kernel"}, "lease": null,
-            "peers": [{"name": "n2", "vtep_ip": "10.244.1.0", "in_sync": false,
+            "config": {"registry": "file", "registry_location": "/r", "backend": "kernel",
+                       "network": "10.244.0.0/16", "subnet_len": 24, "vni": 1, "port": 8472,
+                       "resync_seconds": 30.0, "probe_interval_seconds": 5.0, "subnet_file": "/s",
+                       "userspace_offloads": null},
+            "lease": null,
+            "peers": [{"name": "n2", "pod_cidr": "10.244.1.0/24", "underlay_ip": "198.18.0.12",
+                       "vtep_ip": "10.244.1.0", "vtep_mac": "0a:00:00:00:00:02",
+                       "desired": {"route": {"dst": "10.244.1.0/24", "gateway": "10.244.1.0"},
+                                   "neighbour": {"ip": "10.244.1.0", "mac": "0a:00:00:00:00:02"},
+                                   "fdb": {"mac": "0a:00:00:00:00:02", "dst": "198.18.0.12"}},
+                       "in_sync": false,
                        "programmed": {"route": true, "neighbour": true, "fdb": false},
-                       "probe": {"state": "unreachable", "consecutive_failures": 2}}],
-            "diff": [{"op": "set_fdb", "entry": {}}, {"op": "del_route", "entry": "10.244.9.0/24"}],
+                       "probe": {"state": "unreachable", "rtt_ms": null, "last_probe": null,
+                                 "last_success": null, "consecutive_failures": 2}}],
+            "diff": [{"op": "set_fdb", "entry": {"mac": "0a:00:00:00:00:02", "dst": "198.18.0.12"}},
+                     {"op": "del_route", "entry": "10.244.9.0/24"}],
+            "observe_error": null, "pending": [], "registry_synced": true, "last_reconcile": null,
             "rejected": [{"node": "x", "reason": "clash", "message": "overlaps peer n2"}],
             "malformed": [{"document": "bad.json", "error": "EOF"}],
-            "recent_errors": [],
-        });
+            "recent_errors": [], "engine": null,
+        }))
+        .expect("the debug API's shape");
         let p = problems(&state);
         assert!(p[0].starts_with("not ready"), "{p:?}");
         assert!(!render(&state).contains("engine"), "kernel mode has no engine line");
         let mut userspace = state.clone();
-        userspace["engine"] = json!({"offloads": "tso,gso,gro", "tx_packets": 90, "tx_super_packets": 2,
-            "rx_packets": 45, "rx_coalesced": 1, "drops": {"bad_vni": 3, "unknown_peer": 4}});
+        userspace.engine = Some(
+            serde_json::from_value(json!({"offloads": "tso,gso,gro", "tx_packets": 90,
+            "tx_bytes": 0, "rx_bytes": 0, "tx_super_packets": 2, "rx_packets": 45, "rx_coalesced": 1,
+            "drops": {"bad_vni": 3, "unknown_peer": 4}}))
+            .unwrap(),
+        );
         let text = render(&userspace);
         assert!(
             text.contains("engine (offloads tso,gso,gro): tx 90 packets in 2 super-packets, rx 45 packets in 1 coalesced writes, 7 dropped"),
@@ -222,10 +217,10 @@ mod tests {
         );
         assert!(p.iter().any(|x| x.contains("n2: not programmed: fdb missing")), "{p:?}");
         assert!(p.iter().any(|x| x.contains("unreachable")), "{p:?}");
-        assert!(p.iter().any(|x| x.contains("stale entry awaiting removal: del_route")), "{p:?}");
+        assert!(p.iter().any(|x| x == "stale entry awaiting removal: del_route \"10.244.9.0/24\""), "{p:?}");
         assert!(p.iter().any(|x| x.contains("record x refused (clash)")), "{p:?}");
         let text = render(&state);
         assert!(text.find("problems:").unwrap() < text.find("PEER").unwrap());
-        assert!(text.contains("MISSING"));
+        assert!(text.contains("MISSING") && text.contains("unreachable"), "{text}");
     }
 }

@@ -6,18 +6,22 @@
 //! - [`plan`] compares desired with what the kernel holds ([`Observed`]) and
 //!   returns the [`Op`]s that close the gap, touching nothing that is right;
 //! - [`kernel`] is the thin netlink edge: it observes, applies ops, keeps the
-//!   VXLAN device itself in shape and reports netlink change events.
+//!   VXLAN device itself in shape and reports netlink change events;
+//! - [`dataplane`] says what each data plane (kernel or userspace) keeps in
+//!   the kernel and sets its device up; callers never apply those rules.
 //!
 //! Nothing here decides *who* the peers are: the daemon's cluster view does.
 
 #![deny(unsafe_code)]
 
+pub mod dataplane;
 pub mod kernel;
 mod model;
 pub mod nft;
 mod plan;
 pub mod userspace;
 
+pub use dataplane::{Dataplane, DataplaneKind};
 pub use model::{FdbEntry, Neighbour, Peer, Route};
 pub use plan::{Desired, Observed, ObservedRoute, Op, desired, plan};
 

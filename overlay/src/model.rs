@@ -1,4 +1,5 @@
-//! The domain: peers and the kernel objects that make them reachable.
+//! The domain: peers and the kernel objects that make them reachable
+//! (those are defined in `felt_proto::entry`, as the debug API shows them).
 
 use std::net::Ipv4Addr;
 
@@ -23,33 +24,8 @@ impl Peer {
     /// The peer's VTEP address: its pod subnet's network address (`.0`), as
     /// Flannel assigns it to `flannel.1`.
     pub fn vtep_ip(&self) -> Ipv4Addr {
-        self.pod_cidr.network()
+        crate::dataplane::vtep_ip(self.pod_cidr)
     }
 }
 
-/// `ip route replace <dst> via <gateway> dev <vxlan> onlink proto 76`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Route {
-    /// The peer's pod subnet.
-    pub dst: Ipv4Net,
-    /// The peer's VTEP address.
-    pub gateway: Ipv4Addr,
-}
-
-/// `ip neigh replace <ip> lladdr <mac> dev <vxlan> nud permanent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Neighbour {
-    /// The peer's VTEP address.
-    pub ip: Ipv4Addr,
-    /// The peer's VTEP MAC.
-    pub mac: MacAddr,
-}
-
-/// `bridge fdb replace <mac> dev <vxlan> dst <underlay ip> self permanent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct FdbEntry {
-    /// The peer's VTEP MAC.
-    pub mac: MacAddr,
-    /// The peer's underlay address.
-    pub dst: Ipv4Addr,
-}
+pub use felt_proto::entry::{FdbEntry, Neighbour, Route};

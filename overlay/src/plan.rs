@@ -17,6 +17,8 @@ use felt_proto::MacAddr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+pub use felt_proto::entry::Op;
+
 use crate::{FdbEntry, Neighbour, Peer, Route};
 
 /// The data-plane entries a set of peers needs.
@@ -65,38 +67,6 @@ pub struct Observed {
     pub neighbours: Vec<Neighbour>,
     /// FDB entries with a remote on felt's device.
     pub fdb: Vec<FdbEntry>,
-}
-
-/// One change to the data plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", content = "entry", rename_all = "snake_case")]
-pub enum Op {
-    /// Remove a felt route.
-    DelRoute(Ipv4Net),
-    /// Remove a permanent neighbour.
-    DelNeighbour(Neighbour),
-    /// Remove one remote of an FDB entry.
-    DelFdb(FdbEntry),
-    /// Create or replace a permanent neighbour.
-    SetNeighbour(Neighbour),
-    /// Create or replace an FDB entry.
-    SetFdb(FdbEntry),
-    /// Create or replace a route.
-    SetRoute(Route),
-}
-
-impl Op {
-    /// A short name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::DelRoute(_) => "del_route",
-            Op::DelNeighbour(_) => "del_neighbour",
-            Op::DelFdb(_) => "del_fdb",
-            Op::SetNeighbour(_) => "set_neighbour",
-            Op::SetFdb(_) => "set_fdb",
-            Op::SetRoute(_) => "set_route",
-        }
-    }
 }
 
 /// The ops that turn `observed` into `desired`, in the order they must run.

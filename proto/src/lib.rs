@@ -3,18 +3,22 @@
 //! This crate owns the shapes that cross a boundary: the node record peers
 //! publish (one JSON document per node in the file registry, annotations in
 //! Kubernetes), the network configuration, the subnet file handed to the CNI
-//! plugin, and the MAC address type. It does no I/O: callers read bytes and
+//! plugin, the CNI result, the data plane's entries, the debug API and the
+//! MAC address type. It does no I/O: callers read bytes and
 //! hand them here; every type is validated once, when it is parsed.
 
 #![forbid(unsafe_code)]
 
 pub mod cni;
 pub mod config;
+pub mod debug;
+pub mod entry;
 pub mod mac;
 pub mod node;
 pub mod subnet;
 
 pub use config::{BackendConfig, NetConfig};
+pub use debug::DataplaneKind;
 pub use mac::MacAddr;
 pub use node::{BackendData, BackendType, NodeRecord};
 pub use subnet::SubnetFile;

@@ -61,7 +61,7 @@ fn cleanup_takes_felt_off_a_node_and_nothing_else() {
     assert!(bin.join("felt").exists() && net_d.join("10-felt.conflist").exists());
 
     // The agent stops (as when its DaemonSet is deleted): it leaves its data plane.
-    let pid = lab.status()["nodes"][0]["pid"].as_u64().unwrap();
+    let pid = lab.status().nodes[0].pid;
     run(Command::new("kill").args(["-TERM", &pid.to_string()]));
     let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
     assert!(wait_until(Duration::from_secs(10), gone).is_some(), "n1's agent did not stop");

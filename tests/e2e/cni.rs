@@ -168,14 +168,10 @@ fn pods_get_the_overlay_mtu_on_both_veth_ends() {
     let mtu = subnet_mtu(&lab, "n1");
     assert_eq!(mtu, 1450, "the lab's underlay is 1500: overlay 1450");
     let status = lab.status();
-    for pod in status["pods"].as_array().unwrap() {
-        let ns = pod["netns"].as_str().unwrap();
-        assert_eq!(mtu_of(ns, "eth0"), mtu, "pod {ns} eth0");
+    for pod in &status.pods {
+        assert_eq!(mtu_of(&pod.netns, "eth0"), mtu, "pod {} eth0", pod.netns);
     }
-    let n1_pod = status["pods"].as_array().unwrap().iter().find(|p| p["node"] == "n1").unwrap()["netns"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let n1_pod = status.pods.iter().find(|p| p.node == "n1").unwrap().netns.clone();
     let n2_ip = lab.first_pod_ip("n2");
     // A packet of exactly the MTU crosses; one byte more fails at the sender, loudly.
     let (ok, said) = ping_df(&n1_pod, n2_ip, mtu - 28);

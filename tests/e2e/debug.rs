@@ -3,7 +3,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use felt_proto::debug::{PeerReply, ProbeStatus};
+use felt_proto::entry::Op;
 
 use crate::harness::{TestLab, bridge_in, ip_in, require_root, run, sample_value, wait_until};
 
@@ -33,13 +34,21 @@ fn endpoints_report_readiness_metrics_state_and_drift() {
     assert!(!lab.metric_samples("n1", "felt_dataplane_ops_total").is_empty());
 
     let st = lab.debug_state("n1");
-    assert_eq!(st["node"], "n1");
-    assert_eq!(st["ready"], true);
-    assert_eq!(st["peers"][0]["name"], "n2");
-    assert_eq!(st["peers"][0]["in_sync"], true, "{st}");
-    assert_eq!(st["diff"].as_array().map(Vec::len), Some(0), "{st}");
-    assert_eq!(lab.debug_get("n1", "/debug/peers/n2").0, 200);
-    assert_eq!(lab.debug_get("n1", "/debug/peers/nobody").0, 404);
+    assert_eq!(st.node, "n1");
+    assert!(st.ready, "{st:?}");
+    assert_eq!(st.peers[0].name, "n2");
+    assert_eq!(st.peers[0].in_sync, Some(true), "{st:?}");
+    assert_eq!(st.diff.as_ref().map(Vec::len), Some(0), "{st:?}");
+    let (code, body) = lab.debug_get("n1", "/debug/peers/n2");
+    assert_eq!(code, 200);
+    match serde_json::from_str::<PeerReply>(&body) {
+        Ok(PeerReply::Peer(p)) => assert_eq!(*p, st.peers[0], "one peer, as /debug/state shows it"),
+        other => panic!("/debug/peers/n2 is not a peer: {other:?} {body}"),
+    }
+    let (code, body) = lab.debug_get("n1", "/debug/peers/nobody");
+    assert_eq!(code, 404);
+    let error: felt_proto::debug::ErrorReply = serde_json::from_str(&body).unwrap();
+    assert_eq!(error.error, "no peer named `nobody`");
 
     // Drift: delete n2's FDB entry by hand; the state shows it until the repair.
     let n1 = lab.node_ns("n1");
@@ -50,15 +59,15 @@ fn endpoints_report_readiness_metrics_state_and_drift() {
     run(Command::new("ip")
         .args(["netns", "exec", &n1, "bridge", "fdb", "del", &mac, "dev", "felt.1", "dst", &dst, "self"]));
     let st = lab.debug_state("n1");
-    assert_eq!(st["peers"][0]["programmed"]["fdb"], false, "drift not shown: {st}");
-    assert_eq!(st["peers"][0]["in_sync"], false);
-    assert!(st["diff"].as_array().unwrap().iter().any(|op| op["op"] == "set_fdb"), "{st}");
+    assert_eq!(st.peers[0].programmed.map(|p| p.fdb), Some(false), "drift not shown: {st:?}");
+    assert_eq!(st.peers[0].in_sync, Some(false));
+    assert!(st.diff.iter().flatten().any(|op| matches!(op, Op::SetFdb(_))), "{st:?}");
     let (code, body) = lab.debug_get("n1", "/readyz");
     assert_eq!(code, 503, "drift must make the node not ready: {body}");
     assert!(body.contains("differs from the desired state"), "{body}");
     let repaired =
-        wait_until(Duration::from_secs(6), || lab.debug_state("n1")["peers"][0]["in_sync"] == true);
-    assert!(repaired.is_some(), "not repaired within one resync: {}", lab.debug_state("n1"));
+        wait_until(Duration::from_secs(6), || lab.debug_state("n1").peers[0].in_sync == Some(true));
+    assert!(repaired.is_some(), "not repaired within one resync: {:?}", lab.debug_state("n1"));
     assert_eq!(lab.debug_get("n1", "/readyz").0, 200);
 
     // A bad document is counted by reason.
@@ -68,7 +77,7 @@ fn endpoints_report_readiness_metrics_state_and_drift() {
         gauge(&lab.metric_samples("n1", "felt_bad_records_total"), ("reason", "malformed")) == Some(1.0)
     });
     assert!(counted.is_some(), "{:?}", lab.metric_samples("n1", "felt_bad_records_total"));
-    assert_eq!(lab.debug_state("n1")["malformed"][0]["document"], "bad.json");
+    assert_eq!(lab.debug_state("n1").malformed[0].document, "bad.json");
 
     // `felt status` inside the node: the summary, exit 0 when ready.
     let out = run(Command::new("ip").args(["netns", "exec", &n1]).arg(crate::harness::FELT).arg("status"));
@@ -85,10 +94,13 @@ fn a_cut_underlay_shows_unreachable_within_two_probe_intervals() {
     let lab = TestLab::up(2, 0);
     let probe = |lab: &TestLab| {
         let (_, body) = lab.debug_get("n1", "/debug/peers/n2");
-        serde_json::from_str::<Value>(&body).unwrap()["probe"]["state"].as_str().unwrap_or("").to_owned()
+        match serde_json::from_str::<PeerReply>(&body) {
+            Ok(PeerReply::Peer(p)) => p.probe.state,
+            other => panic!("/debug/peers/n2 is not a peer: {other:?} {body}"),
+        }
     };
     assert!(
-        wait_until(Duration::from_secs(5), || probe(&lab) == "reachable").is_some(),
+        wait_until(Duration::from_secs(5), || probe(&lab) == ProbeStatus::Reachable).is_some(),
         "n2 never reachable"
     );
 
@@ -97,9 +109,9 @@ fn a_cut_underlay_shows_unreachable_within_two_probe_intervals() {
     let port = lab.node_ns("n2");
     ip_in(&underlay, &["link", "set", &port, "down"]);
     let cut = Instant::now();
-    let seen = wait_until(Duration::from_secs(5), || probe(&lab) == "unreachable");
+    let seen = wait_until(Duration::from_secs(5), || probe(&lab) == ProbeStatus::Unreachable);
     let took = cut.elapsed();
-    assert!(seen.is_some(), "n2 still {} after the cut", probe(&lab));
+    assert!(seen.is_some(), "n2 still {:?} after the cut", probe(&lab));
     assert!(
         took <= Duration::from_millis(2100),
         "unreachable shown after {took:?}, more than two probe intervals"
@@ -108,7 +120,7 @@ fn a_cut_underlay_shows_unreachable_within_two_probe_intervals() {
 
     ip_in(&underlay, &["link", "set", &port, "up"]);
     assert!(
-        wait_until(Duration::from_secs(5), || probe(&lab) == "reachable").is_some(),
+        wait_until(Duration::from_secs(5), || probe(&lab) == ProbeStatus::Reachable).is_some(),
         "n2 did not come back"
     );
     lab.finish();

@@ -178,8 +178,8 @@ fn a_lab_in_delegate_mode_passes_its_check() {
     assert!(check.contains("egress: 4/4 pods reach the outside host"), "{check}");
     assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
     let status = lab.status();
-    for pod in status["pods"].as_array().unwrap() {
-        assert_eq!(mtu_of(pod["netns"].as_str().unwrap(), "eth0"), subnet_mtu(&lab, "n1"), "{pod}");
+    for pod in &status.pods {
+        assert_eq!(mtu_of(&pod.netns, "eth0"), subnet_mtu(&lab, "n1"), "{pod:?}");
     }
     // The pods' addresses came from host-local, through felt's delegate.
     let lab_store = lab.node_dir("n1").join("cni").join("host-local").join("felt");
@@ -187,13 +187,8 @@ fn a_lab_in_delegate_mode_passes_its_check() {
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Ipv4Addr>().ok().map(|a| a.to_string()))
         .collect();
-    let on_n1: HashSet<String> = status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["node"] == "n1")
-        .map(|p| p["ip"].as_str().unwrap().to_owned())
-        .collect();
+    let on_n1: HashSet<String> =
+        status.pods.iter().filter(|p| p.node == "n1").map(|p| p.ip.to_string()).collect();
     assert_eq!(held, on_n1);
     lab.finish();
 }

@@ -144,11 +144,10 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     }
     let lab = TestLab::up(2, 1);
     let status = lab.status();
-    let node = |n: &str| status["nodes"].as_array().unwrap().iter().find(|x| x["name"] == n).unwrap().clone();
-    let pod = |n: &str| status["pods"].as_array().unwrap().iter().find(|p| p["node"] == n).unwrap().clone();
+    let node = |n: &str| status.nodes.iter().find(|x| x.name == n).unwrap().clone();
+    let pod = |n: &str| status.pods.iter().find(|p| p.node == n).unwrap().clone();
     let (n1, n2, p1, p2) = (node("n1"), node("n2"), pod("n1"), pod("n2"));
-    let ip = |v: &serde_json::Value, k: &str| -> IpAddr { v[k].as_str().unwrap().parse().unwrap() };
-    let p1_ns = p1["netns"].as_str().unwrap();
+    let p1_ns = p1.netns.as_str();
     // Wait until n1's agent has built its table (it does so in its first reconcile).
     let has_table = || {
         Command::new("ip")
@@ -161,17 +160,17 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     // To the outside: the node's address, never the pod's.
     let outside = SocketAddr::new(felt::lab::OUTSIDE_IP.into(), 7001);
     let ul = format!("{}-ul", lab.name);
-    assert_eq!(seen_from(p1_ns, &ul, outside), ip(&n1, "underlay_ip"), "egress leaves as the node");
+    assert_eq!(seen_from(p1_ns, &ul, outside), IpAddr::from(n1.underlay_ip), "egress leaves as the node");
     // To a pod on another node: the pod's own address.
-    let to_pod = SocketAddr::new(ip(&p2, "ip"), 7002);
-    assert_eq!(
-        seen_from(p1_ns, p2["netns"].as_str().unwrap(), to_pod),
-        ip(&p1, "ip"),
-        "pod-to-pod is not NATed"
-    );
+    let to_pod = SocketAddr::new(IpAddr::from(p2.ip), 7002);
+    assert_eq!(seen_from(p1_ns, &p2.netns, to_pod), IpAddr::from(p1.ip), "pod-to-pod is not NATed");
     // To another node's underlay address: the pod's own address too.
-    let to_node = SocketAddr::new(ip(&n2, "underlay_ip"), 7003);
-    assert_eq!(seen_from(p1_ns, &lab.node_ns("n2"), to_node), ip(&p1, "ip"), "pod-to-node is not NATed");
+    let to_node = SocketAddr::new(IpAddr::from(n2.underlay_ip), 7003);
+    assert_eq!(
+        seen_from(p1_ns, &lab.node_ns("n2"), to_node),
+        IpAddr::from(p1.ip),
+        "pod-to-node is not NATed"
+    );
 
     // `felt lab check` proves the same for every pod.
     let check = lab.felt(&["lab", "check"]);
@@ -183,7 +182,7 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     // Deleted by hand while n1's agent is stopped, the check sees n1's pod
     // leave as itself; resumed, the agent puts the table back within a
     // resync (the lab's is 5 s).
-    let n1_pid = n1["pid"].as_u64().unwrap().to_string();
+    let n1_pid = n1.pid.to_string();
     run(Command::new("kill").args(["-STOP", &n1_pid]));
     run(Command::new("ip").args([
         "netns",
@@ -204,9 +203,9 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     // connection times out (a network that had one would see the pod).
     let want = format!(
         "FAIL {} ({}) → outside 203.0.113.1: connection timed out (want seen as its node {})",
-        p1["name"].as_str().unwrap(),
-        ip(&p1, "ip"),
-        ip(&n1, "underlay_ip")
+        p1.name,
+        IpAddr::from(p1.ip),
+        IpAddr::from(n1.underlay_ip)
     );
     assert!(check.contains(&want), "want `{want}` in:\n{check}");
     assert!(check.contains("egress: 1/2 pods"), "{check}");
@@ -216,7 +215,7 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     );
     assert_eq!(
         seen_from(p1_ns, &ul, SocketAddr::new(felt::lab::OUTSIDE_IP.into(), 7004)),
-        ip(&n1, "underlay_ip")
+        IpAddr::from(n1.underlay_ip)
     );
     assert!(lab.felt(&["lab", "check"]).contains("egress: 2/2 pods"));
     lab.finish();

@@ -166,22 +166,15 @@ impl TestLab {
         format!("{}-{node}", self.name)
     }
 
-    /// The lab's status JSON.
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.felt(&["lab", "status", "--json"])).expect("status --json is JSON")
+    /// The lab's status (`felt lab status --json`).
+    pub fn status(&self) -> felt::lab::LabStatus {
+        serde_json::from_str(&self.felt(&["lab", "status", "--json"]))
+            .expect("status --json is the lab's status")
     }
 
     /// The address of the first pod on `node`.
     pub fn first_pod_ip(&self, node: &str) -> std::net::Ipv4Addr {
-        let status = self.status();
-        let pod = status["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["node"] == node)
-            .expect("a pod on the node")
-            .clone();
-        pod["ip"].as_str().unwrap().parse().unwrap()
+        self.status().pods.into_iter().find(|p| p.node == node).expect("a pod on the node").ip
     }
 
     /// `GET path` on `node`'s debug endpoint, from inside its namespace; `None`
@@ -199,10 +192,11 @@ impl TestLab {
     }
 
     /// `node`'s `/debug/state`.
-    pub fn debug_state(&self, node: &str) -> serde_json::Value {
+    pub fn debug_state(&self, node: &str) -> felt_proto::debug::State {
         let (code, body) = self.debug_get(node, "/debug/state");
         assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).expect("/debug/state is JSON")
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/debug/state is not the debug API's state ({e}): {body}"))
     }
 
     /// Samples of one metric family on `node`, parsed with a Prometheus text parser.

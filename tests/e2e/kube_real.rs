@@ -71,12 +71,12 @@ fn a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more() {
     assert!(ok, "{err}");
     let nodes: Value = serde_json::from_str(&nodes).unwrap();
     let status = lab.status();
-    for n in status["nodes"].as_array().unwrap() {
-        let name = n["name"].as_str().unwrap();
+    for n in &status.nodes {
+        let name = n.name.as_str();
         let node = nodes["items"].as_array().unwrap().iter().find(|x| x["metadata"]["name"] == name).unwrap();
         let ann = &node["metadata"]["annotations"];
         assert_eq!(ann["felt.network/backend-type"], "vxlan", "{name}: {ann}");
-        assert_eq!(ann["felt.network/public-ip"], n["underlay_ip"], "{name}: {ann}");
+        assert_eq!(ann["felt.network/public-ip"], n.underlay_ip.to_string(), "{name}: {ann}");
         let nu = node["status"]["conditions"]
             .as_array()
             .unwrap()
@@ -351,7 +351,7 @@ fn kubectl_delete_and_add_node_reach_every_peer_within_a_second() {
         return;
     }
     let lab = real_lab(3, 0);
-    let n2_mac = lab.status()["nodes"][1]["vtep_mac"].as_str().unwrap().to_owned();
+    let n2_mac = lab.status().nodes[1].vtep_mac.expect("n2 published its VTEP").to_string();
     let deleted = Instant::now();
     let (ok, _, err) = kubectl(&lab, &["delete", "node", "n2"]);
     assert!(ok, "{err}");
@@ -556,7 +556,7 @@ fn a_role_missing_a_verb_is_named_once_and_makes_the_agent_unready() {
         &lab,
         &["get", "node", "n1", "-o", "jsonpath={.metadata.annotations.felt\\.network/public-ip}"],
     );
-    assert_eq!(out.trim(), lab.status()["nodes"][0]["underlay_ip"].as_str().unwrap());
+    assert_eq!(out.trim(), lab.status().nodes[0].underlay_ip.to_string());
     assert!(lab.log("n1").contains("the API server allows `patch` on `nodes` again"));
     lab.finish();
 }

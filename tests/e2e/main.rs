@@ -37,11 +37,9 @@ fn entries(lab: &TestLab, node: &str) -> (Vec<String>, Vec<String>, Vec<String>)
     (routes, neigh, fdb)
 }
 
-fn pod_cidr(status: &serde_json::Value, node: &str) -> String {
-    status["nodes"].as_array().unwrap().iter().find(|n| n["name"] == node).unwrap()["pod_cidr"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+fn pod_cidr(status: &felt::lab::LabStatus, node: &str) -> String {
+    let node = status.nodes.iter().find(|n| n.name == node).unwrap();
+    node.pod_cidr.expect("the node's record has a pod CIDR").to_string()
 }
 
 #[test]
@@ -54,30 +52,26 @@ fn three_nodes_reach_every_pod_pair() {
     assert_eq!(check.lines().last(), Some("30/30 pod pairs reachable"), "{check}");
 
     let status = lab.status();
-    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
-    assert_eq!(status["pods"].as_array().unwrap().len(), 6);
-    for key in ["name", "netns", "underlay_ip", "pod_cidr", "vtep_mac", "pid"] {
-        assert!(!status["nodes"][0][key].is_null(), "status node lacks {key}: {status}");
-    }
-    for key in ["name", "netns", "node", "ip"] {
-        assert!(!status["pods"][0][key].is_null(), "status pod lacks {key}: {status}");
-    }
+    assert_eq!(status.nodes.len(), 3);
+    assert_eq!(status.pods.len(), 6);
+    let n1 = &status.nodes[0];
+    assert!(n1.pod_cidr.is_some() && n1.vtep_mac.is_some() && n1.pid != 0, "status node incomplete: {n1:?}");
 
-    for node in status["nodes"].as_array().unwrap() {
-        let name = node["name"].as_str().unwrap();
+    for node in &status.nodes {
+        let name = node.name.as_str();
         let ns = lab.node_ns(name);
         let link = ip_in(&ns, &["-d", "link", "show", "felt.1"]);
-        let underlay = node["underlay_ip"].as_str().unwrap();
+        let underlay = node.underlay_ip.to_string();
         for want in
             ["mtu 1450", "vxlan id 1 ", &format!("local {underlay} dev eth0"), "dstport 8472", "nolearning"]
         {
             assert!(link.contains(want), "{name}: `{want}` missing in\n{link}");
         }
         assert!(
-            link.contains(node["vtep_mac"].as_str().unwrap()),
+            link.contains(&node.vtep_mac.unwrap().to_string()),
             "{name}: VTEP MAC is not the published one"
         );
-        let cidr = node["pod_cidr"].as_str().unwrap();
+        let cidr = node.pod_cidr.unwrap().to_string();
         let vtep = format!("{}/32", cidr.split('/').next().unwrap());
         assert!(ip_in(&ns, &["addr", "show", "felt.1"]).contains(&vtep), "{name}: no {vtep} on felt.1");
 
@@ -86,11 +80,11 @@ fn three_nodes_reach_every_pod_pair() {
         assert!(routes.iter().all(|r| r.contains("proto 76") && r.contains("onlink")), "{routes:?}");
         assert_eq!(neigh.len(), 2, "{name} neighbours: {neigh:?}");
         assert_eq!(fdb.len(), 2, "{name} fdb: {fdb:?}");
-        for peer in status["nodes"].as_array().unwrap().iter().filter(|p| p["name"] != name) {
-            let pcidr = peer["pod_cidr"].as_str().unwrap();
-            let pvtep = pcidr.split('/').next().unwrap();
-            let pmac = peer["vtep_mac"].as_str().unwrap();
-            let pip = peer["underlay_ip"].as_str().unwrap();
+        for peer in status.nodes.iter().filter(|p| p.name != name) {
+            let pcidr = peer.pod_cidr.unwrap();
+            let pvtep = pcidr.network();
+            let pmac = peer.vtep_mac.unwrap();
+            let pip = peer.underlay_ip;
             assert!(
                 routes.iter().any(|r| r.starts_with(&format!("{pcidr} via {pvtep} "))),
                 "{name}: no route to {pcidr}"
@@ -240,7 +234,7 @@ fn bad_records_are_logged_and_ignored() {
     }
     let lab = TestLab::up(3, 1);
     let status = lab.status();
-    let n1_ip = status["nodes"][0]["underlay_ip"].as_str().unwrap().to_owned();
+    let n1_ip = status.nodes[0].underlay_ip.to_string();
     let n2_cidr = pod_cidr(&status, "n2");
     let nodes = lab.registry_nodes();
     // Written the way a careful writer does (temp file, rename), so the agent sees one document.

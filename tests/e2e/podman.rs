@@ -162,7 +162,7 @@ fn podman_containers_attach_through_felt_with_portmap() {
     new_pod(&lab, "far");
     let far = call(&lab, "n2", "ADD", "far", conf(&lab, "n2", "1.1.0")).ok();
     let far_ip = far["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
-    let n1_ip = lab.status()["nodes"][0]["underlay_ip"].as_str().unwrap().to_owned();
+    let n1_ip = lab.status().nodes[0].underlay_ip.to_string();
     let data_dir = "podman-cni";
 
     for (mode, delegate) in [("native", None), ("delegate", Some(json!({})))] {

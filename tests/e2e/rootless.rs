@@ -122,11 +122,11 @@ fn rootless_labs_run_as_nobody() {
         assert_eq!(check.lines().last(), Some(&*format!("{pairs} pod pairs reachable")), "{check}");
 
         // Everything runs as nobody, and nothing of the lab is visible on the host.
-        let status: serde_json::Value =
+        let status: felt::lab::LabStatus =
             serde_json::from_str(&nobody.ok(&name, &["lab", "status", "--json"])).unwrap();
-        for n in status["nodes"].as_array().unwrap() {
-            assert_eq!(n["ready"], true, "{n}");
-            assert_eq!(uid_of(n["pid"].as_u64().unwrap()), Some(nobody.uid), "{n}");
+        for n in &status.nodes {
+            assert_eq!(n.ready, Some(true), "{n:?}");
+            assert_eq!(uid_of(u64::from(n.pid)), Some(nobody.uid), "{n:?}");
         }
         let holders = holders_of(&name);
         assert_eq!(holders.len(), 1, "one holder per rootless lab");
@@ -141,12 +141,11 @@ fn rootless_labs_run_as_nobody() {
         let check = nobody.ok(&name, &["lab", "check"]);
         assert_eq!(check.lines().last(), Some(&*format!("{pairs} pod pairs reachable")), "{check}");
 
-        let status: serde_json::Value =
+        let status: felt::lab::LabStatus =
             serde_json::from_str(&nobody.ok(&name, &["lab", "status", "--json"])).unwrap();
         assert!(nobody.ok(&name, &["lab", "down"]).contains("removed"));
         assert!(holders_of(&name).is_empty(), "the holder stops with the lab");
-        let agents: Vec<u64> =
-            status["nodes"].as_array().unwrap().iter().filter_map(|n| n["pid"].as_u64()).collect();
+        let agents: Vec<u64> = status.nodes.iter().map(|n| u64::from(n.pid)).collect();
         for pid in agents {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             assert!(!String::from_utf8_lossy(&cmd).contains(&name), "agent {pid} outlived the lab");

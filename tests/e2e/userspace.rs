@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use felt_overlay::DataplaneKind;
 use serde_json::Value;
 
 use crate::harness::{TestLab, assert_all_answered, ip_in, require_root, sample_value, wait_until};
@@ -19,16 +20,16 @@ fn userspace_and_mixed_labs_reach_every_pair() {
     let link = ip_in(&lab.node_ns("n1"), &["-d", "link", "show", "felt.1"]);
     assert!(link.contains("tun") && !link.contains("vxlan"), "felt.1 should be a TUN: {link}");
     let st = lab.debug_state("n1");
-    assert_eq!(st["config"]["backend"], "userspace");
-    assert!(st["engine"]["tx_packets"].as_u64().unwrap() > 0, "{}", st["engine"]);
-    assert!(st["engine"]["rx_packets"].as_u64().unwrap() > 0, "{}", st["engine"]);
+    assert_eq!(st.config.backend, DataplaneKind::Userspace);
+    let engine = st.engine.expect("a userspace agent reports its engine");
+    assert!(engine.tx_packets > 0 && engine.rx_packets > 0, "{engine:?}");
     lab.finish();
 
     let lab = TestLab::up_named(&TestLab::unique_name(), 4, 1, &["--mode", "mixed"]);
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
-    assert_eq!(lab.debug_state("n1")["config"]["backend"], "kernel");
-    assert_eq!(lab.debug_state("n2")["config"]["backend"], "userspace");
+    assert_eq!(lab.debug_state("n1").config.backend, DataplaneKind::Kernel);
+    assert_eq!(lab.debug_state("n2").config.backend, DataplaneKind::Userspace);
     // The bench runs every path of a mixed lab; its figures are for the README, not asserted.
     let bench: Value =
         serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();

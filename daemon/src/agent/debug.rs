@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use felt_overlay::kernel::Kernel;
-use felt_overlay::{Observed, Op, Peer, desired, plan};
+use felt_overlay::userspace::DropReason;
+use felt_overlay::{Observed, Op, Peer, dataplane, desired, plan};
+use felt_proto::debug::{self, PeerReply};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
@@ -28,7 +30,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::status::Shared;
@@ -77,8 +78,8 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     r
 }
 
-fn json_reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
-    let mut body = serde_json::to_vec_pretty(v).expect("JSON values serialise");
+fn json_reply(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(v).expect("debug types serialise");
     body.push(b'\n');
     reply(status, "application/json", body)
 }
@@ -100,7 +101,10 @@ async fn handle(
             match live(&shared, &kernel).await {
                 Ok(observed) => {
                     let backend = shared.backend();
-                    let diff = plan(&backend.desired(&shared.state().peers), &backend.owned(observed));
+                    let diff = plan(
+                        &dataplane::desired(backend, &shared.state().peers),
+                        &dataplane::owned(backend, observed),
+                    );
                     if !diff.is_empty() && why.is_empty() {
                         why.push(format!(
                             "the data plane differs from the desired state by {} entries (repair pending)",
@@ -126,20 +130,21 @@ async fn handle(
                 shared.metrics.encode(),
             )
         }
-        "/debug/state" => json_reply(StatusCode::OK, &state_json(&shared, live(&shared, &kernel).await)),
+        "/debug/state" => json_reply(StatusCode::OK, &state(&shared, live(&shared, &kernel).await)),
         p if p.starts_with("/debug/peers/") => {
             let name = &p["/debug/peers/".len()..];
-            let state = state_json(&shared, live(&shared, &kernel).await);
-            let found =
-                state["peers"].as_array().and_then(|ps| ps.iter().find(|x| x["name"] == name)).cloned();
-            let rejected =
-                state["rejected"].as_array().and_then(|rs| rs.iter().find(|x| x["node"] == name)).cloned();
+            let state = state(&shared, live(&shared, &kernel).await);
+            let found = state.peers.into_iter().find(|x| x.name == name);
+            let rejected = state.rejected.into_iter().find(|x| x.node == name);
             match (found, rejected) {
-                (Some(peer), _) => json_reply(StatusCode::OK, &peer),
-                (None, Some(r)) => json_reply(StatusCode::OK, &json!({"name": name, "rejected": r})),
-                (None, None) => {
-                    json_reply(StatusCode::NOT_FOUND, &json!({"error": format!("no peer named `{name}`")}))
+                (Some(peer), _) => json_reply(StatusCode::OK, &PeerReply::Peer(Box::new(peer))),
+                (None, Some(rejected)) => {
+                    json_reply(StatusCode::OK, &PeerReply::Rejected { name: name.to_owned(), rejected })
                 }
+                (None, None) => json_reply(
+                    StatusCode::NOT_FOUND,
+                    &debug::ErrorReply { error: format!("no peer named `{name}`") },
+                ),
             }
         }
         _ => reply(
@@ -177,61 +182,69 @@ async fn live(shared: &Shared, kernel: &Kernel) -> Result<Observed, String> {
     kernel.observe(index).await.map_err(|e| crate::util::error_chain(&e))
 }
 
-/// The whole state as JSON, with desired vs programmed per peer.
-pub fn state_json(shared: &Shared, observed: Result<Observed, String>) -> Value {
+/// The whole state, with desired vs programmed per peer.
+pub fn state(shared: &Shared, observed: Result<Observed, String>) -> debug::State {
     let st = shared.state().clone();
     let probes = shared.probes().clone();
     let not_ready = shared.not_ready();
     let backend = shared.backend();
-    let observed = observed.map(|o| backend.owned(o));
-    let peer_json = |p: &Peer| {
+    let observed = observed.map(|o| dataplane::owned(backend, o));
+    let peer_state = |p: &Peer| {
         let want = desired(std::slice::from_ref(p));
         let programmed = observed.as_ref().ok().map(|o| {
-            let missing = plan(&backend.desired(std::slice::from_ref(p)), o);
+            let missing = plan(&dataplane::desired(backend, std::slice::from_ref(p)), o);
             // Only Set ops concern this peer alone, plus removal of extra
             // remotes for its MAC; other peers' entries show up as Del ops.
             let lacks = |f: &dyn Fn(&Op) -> bool| missing.iter().any(f);
-            json!({
-                "route": !lacks(&|op| matches!(op, Op::SetRoute(_))),
-                "neighbour": !lacks(&|op| matches!(op, Op::SetNeighbour(_))),
-                "fdb": !lacks(&|op| matches!(op, Op::SetFdb(_)) || matches!(op, Op::DelFdb(f) if f.mac == p.vtep_mac)),
-            })
+            debug::Programmed {
+                route: !lacks(&|op| matches!(op, Op::SetRoute(_))),
+                neighbour: !lacks(&|op| matches!(op, Op::SetNeighbour(_))),
+                fdb: !lacks(&|op| {
+                    matches!(op, Op::SetFdb(_)) || matches!(op, Op::DelFdb(f) if f.mac == p.vtep_mac)
+                }),
+            }
         });
-        let in_sync =
-            programmed.as_ref().map(|p| p.as_object().is_some_and(|o| o.values().all(|v| v == true)));
-        json!({
-            "name": p.name,
-            "pod_cidr": p.pod_cidr,
-            "underlay_ip": p.underlay_ip,
-            "vtep_ip": p.vtep_ip(),
-            "vtep_mac": p.vtep_mac,
-            "desired": {"route": want.routes[0], "neighbour": want.neighbours[0], "fdb": want.fdb[0]},
-            "programmed": programmed,
-            "in_sync": in_sync,
-            "probe": probes.get(&p.name).cloned().unwrap_or_else(|| super::status::ProbeState { state: "unknown", ..Default::default() }),
-        })
+        debug::PeerState {
+            name: p.name.clone(),
+            pod_cidr: p.pod_cidr,
+            underlay_ip: p.underlay_ip,
+            vtep_ip: p.vtep_ip(),
+            vtep_mac: p.vtep_mac,
+            desired: debug::Entries {
+                route: want.routes[0],
+                neighbour: want.neighbours[0],
+                fdb: want.fdb[0],
+            },
+            in_sync: programmed.map(|p| p.all()),
+            programmed,
+            probe: probes.get(&p.name).cloned().unwrap_or_default(),
+        }
     };
-    let diff = observed.as_ref().ok().map(|o| plan(&backend.desired(&st.peers), o));
-    json!({
-        "node": shared.node,
-        "ready": not_ready.is_empty(),
-        "not_ready": not_ready,
-        "lease": st.lease,
-        "config": shared.config,
-        "peers": st.peers.iter().map(peer_json).collect::<Vec<_>>(),
-        "diff": diff,
-        "observe_error": observed.as_ref().err(),
-        "pending": st.pending,
-        "rejected": st.rejected,
-        "malformed": st.malformed.iter().map(|(d, e)| json!({"document": d, "error": e})).collect::<Vec<_>>(),
-        "registry_synced": st.registry_synced,
-        "last_reconcile": st.last_reconcile,
-        "recent_errors": st.recent_errors,
-        "engine": shared.engine_counters().map(|c| json!({
-            "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes, "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
-            "tx_super_packets": c.tx_super_packets, "rx_coalesced": c.rx_coalesced,
-            "offloads": shared.engine_offloads(),
-            "drops": felt_overlay::userspace::DropReason::ALL.iter().zip(c.drops).map(|(r, n)| (r.label(), n)).collect::<std::collections::BTreeMap<_, _>>(),
-        })),
-    })
+    let diff = observed.as_ref().ok().map(|o| plan(&dataplane::desired(backend, &st.peers), o));
+    debug::State {
+        node: shared.node.clone(),
+        ready: not_ready.is_empty(),
+        not_ready,
+        lease: st.lease.clone(),
+        config: shared.config.clone(),
+        peers: st.peers.iter().map(peer_state).collect(),
+        diff,
+        observe_error: observed.as_ref().err().cloned(),
+        pending: st.pending,
+        rejected: st.rejected,
+        malformed: st.malformed,
+        registry_synced: st.registry_synced,
+        last_reconcile: st.last_reconcile,
+        recent_errors: st.recent_errors.into(),
+        engine: shared.engine_counters().map(|c| debug::Engine {
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_super_packets: c.tx_super_packets,
+            rx_coalesced: c.rx_coalesced,
+            offloads: shared.engine_offloads(),
+            drops: DropReason::ALL.iter().zip(c.drops).map(|(r, n)| (r.label().to_owned(), n)).collect(),
+        }),
+    }
 }

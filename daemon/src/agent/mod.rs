@@ -20,17 +20,18 @@ pub mod status;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use felt_overlay::dataplane::{self, Dataplane, DataplaneKind, StartError};
 use felt_overlay::kernel::{Kernel, KernelError, Underlay, UnderlayChoice, VxlanSpec, change_events};
-use felt_overlay::userspace::{EngineConfig, Offloads, UserspaceDataplane, keeper};
-use felt_overlay::{Op, Peer, desired, plan};
+use felt_overlay::userspace::{Offloads, UserspaceDataplane, keeper};
+use felt_overlay::{Op, Peer, plan};
 use felt_proto::{BackendData, BackendType, MacAddr, NetConfig, NodeRecord, SubnetFile};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -38,7 +39,7 @@ use crate::registry::file::write_atomic;
 use crate::registry::{Registry, RegistryConfig, RegistryError};
 use crate::util::error_chain;
 use metrics::{CauseLabel, Metrics, OpLabels, PeerState, ReasonLabel, ResultLabel, StateLabel};
-use status::{ConfigView, LeaseView, ReconcileView, Shared, rfc3339};
+use status::{ConfigView, LeaseView, Malformed, ReconcileView, Shared, rfc3339};
 use view::Me;
 
 /// How long a netlink change on felt's device settles before the repair pass.
@@ -67,50 +68,9 @@ pub struct AgentConfig {
     /// How often every peer's VTEP is probed over the overlay.
     pub probe_interval: Duration,
     /// The data plane.
-    pub backend: Backend,
+    pub backend: DataplaneKind,
     /// The userspace data plane's offloads (userspace backend only).
     pub offloads: Offloads,
-}
-
-/// The data plane: a closed set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// The kernel's VXLAN device, programmed over netlink.
-    #[default]
-    Kernel,
-    /// felt's own VXLAN engine on a TUN device and a UDP socket.
-    Userspace,
-}
-
-impl Backend {
-    /// `kernel` or `userspace`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Kernel => "kernel",
-            Backend::Userspace => "userspace",
-        }
-    }
-
-    /// What this data plane keeps in the kernel for `peers`: everything in
-    /// kernel mode; only the routes to the TUN in userspace mode (the engine
-    /// holds the rest).
-    pub fn desired(self, peers: &[Peer]) -> felt_overlay::Desired {
-        let mut d = desired(peers);
-        if self == Backend::Userspace {
-            d.neighbours.clear();
-            d.fdb.clear();
-        }
-        d
-    }
-
-    /// The part of `observed` this data plane owns.
-    pub fn owned(self, mut observed: felt_overlay::Observed) -> felt_overlay::Observed {
-        if self == Backend::Userspace {
-            observed.neighbours.clear();
-            observed.fdb.clear();
-        }
-        observed
-    }
 }
 
 impl AgentConfig {
@@ -126,7 +86,7 @@ impl AgentConfig {
             device: None,
             debug_addr: Some(SocketAddr::from(([127, 0, 0, 1], debug::DEFAULT_PORT))),
             probe_interval: Duration::from_secs(5),
-            backend: Backend::Kernel,
+            backend: DataplaneKind::Kernel,
             offloads: Offloads::ALL,
         }
     }
@@ -142,16 +102,8 @@ pub enum AgentError {
     #[error("netlink")]
     Kernel(#[from] KernelError),
     /// The userspace data plane could not start.
-    #[error("starting the userspace data plane (TUN device {device}, UDP port {port})")]
-    Userspace {
-        /// The TUN device.
-        device: String,
-        /// The VXLAN port.
-        port: u16,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Userspace(#[from] StartError),
     /// The debug endpoint cannot listen.
     #[error("debug endpoint on {addr}")]
     Debug {
@@ -189,7 +141,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let vtep_mac = MacAddr::derive(cfg.node_name.as_bytes());
     let spec = VxlanSpec {
-        name: cfg.device.clone().unwrap_or_else(|| format!("felt.{}", cfg.net.backend.vni)),
+        name: cfg.device.clone().unwrap_or_else(|| dataplane::default_device(cfg.net.backend.vni)),
         vni: cfg.net.backend.vni,
         port: cfg.net.backend.port,
         local: underlay.ip,
@@ -200,7 +152,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     info!(node = %cfg.node_name, %pod_cidr, vtep_mac = %vtep_mac, device = %spec.name, mtu = spec.mtu, "lease held");
     shared.state().lease = Some(LeaseView {
         pod_cidr,
-        vtep_ip: vtep_ip(pod_cidr),
+        vtep_ip: dataplane::vtep_ip(pod_cidr),
         vtep_mac,
         underlay_iface: underlay.name.clone(),
         underlay_ip: underlay.ip,
@@ -208,45 +160,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         device: spec.name.clone(),
         mtu: spec.mtu,
     });
-
-    let userspace = match cfg.backend {
-        Backend::Kernel => None,
-        Backend::Userspace => {
-            let engine = EngineConfig { vni: spec.vni, mac: vtep_mac, port: spec.port };
-            let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
-            match kernel.remove_vxlan(&spec.name).await {
-                Ok(true) => {
-                    info!(device = %spec.name, "removed the kernel VXLAN device of the same name (was kernel mode)")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(error = %e, device = %spec.name, "cannot remove the VXLAN device in the TUN's way")
-                }
-            }
-            // A previous agent may have left its descriptors with a keeper.
-            let adopted = if cfg.offloads == Offloads::NONE {
-                None
-            } else {
-                match keeper::take_over(&spec.name, spec.port) {
-                    Ok(Some(h)) => {
-                        info!(device = %spec.name, "took the data plane over from the previous agent's keeper");
-                        Some(h)
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        warn!(error = %e, "a keeper answered but its descriptors are unusable; starting afresh");
-                        None
-                    }
-                }
-            };
-            let dp = UserspaceDataplane::start(engine, &spec.name, bind, cfg.offloads, adopted).map_err(
-                |source| AgentError::Userspace { device: spec.name.clone(), port: spec.port, source },
-            )?;
-            let dp = Arc::new(dp);
-            shared.set_engine(dp.clone());
-            Some(dp)
-        }
+    let dataplane = match cfg.backend {
+        DataplaneKind::Kernel => Dataplane::kernel(spec),
+        DataplaneKind::Userspace => Dataplane::userspace(&kernel, spec, cfg.offloads).await?,
     };
+    if let Some(engine) = dataplane.engine() {
+        shared.set_engine(engine.clone());
+    }
 
     // Watch before the first list, so no change falls between the two.
     let ifindex = Arc::new(AtomicU32::new(0));
@@ -263,12 +183,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         cfg,
         kernel,
         registry,
-        spec,
+        dataplane,
         me,
         underlay,
         ifindex,
         shared,
-        userspace,
         nft: None,
         state: State::default(),
     };
@@ -303,7 +222,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 _ = resync.tick() => break "timer",
                 _ = shutdown.changed() => {
                     info!("shutting down; the data plane stays as it is");
-                    if let Some(dp) = &agent.userspace {
+                    if let Some(dp) = agent.dataplane.engine() {
                         spawn_keeper(dp);
                     }
                     return Ok(());
@@ -317,7 +236,7 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
     ConfigView {
         registry: cfg.registry.kind(),
         registry_location: cfg.registry.location(),
-        backend: cfg.backend.name(),
+        backend: cfg.backend,
         network: cfg.net.network,
         subnet_len: cfg.net.subnet_len,
         vni: cfg.net.backend.vni,
@@ -325,7 +244,7 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
         resync_seconds: cfg.resync.as_secs_f64(),
         probe_interval_seconds: cfg.probe_interval.as_secs_f64(),
         subnet_file: cfg.subnet_file.display().to_string(),
-        userspace_offloads: (cfg.backend == Backend::Userspace).then(|| cfg.offloads.to_string()),
+        userspace_offloads: (cfg.backend == DataplaneKind::Userspace).then(|| cfg.offloads.to_string()),
     }
 }
 
@@ -344,12 +263,12 @@ struct Agent {
     cfg: AgentConfig,
     kernel: Kernel,
     registry: Registry,
-    spec: VxlanSpec,
+    /// Owns the device and the rule of what the kernel holds.
+    dataplane: Dataplane,
     me: Me,
     underlay: Underlay,
     ifindex: Arc<AtomicU32>,
     shared: Arc<Shared>,
-    userspace: Option<Arc<UserspaceDataplane>>,
     /// felt's nftables table (egress masquerade); opened on first use.
     nft: Option<felt_overlay::nft::Nft>,
     state: State,
@@ -362,7 +281,8 @@ impl Agent {
         record.pod_cidrs = vec![IpNet::V4(self.me.pod_cidr)];
         record.public_ip = Some(self.registry.public_ip(self.underlay.ip));
         record.backend_type = Some(BackendType::Vxlan);
-        record.backend_data = Some(BackendData { vni: self.spec.vni, vtep_mac: self.me.vtep_mac });
+        record.backend_data =
+            Some(BackendData { vni: self.dataplane.spec().vni, vtep_mac: self.me.vtep_mac });
         record
     }
 
@@ -390,7 +310,7 @@ impl Agent {
         let subnet = SubnetFile {
             network: self.cfg.net.network,
             subnet: self.me.pod_cidr,
-            mtu: self.spec.mtu,
+            mtu: self.dataplane.spec().mtu,
             ip_masq: self.cfg.net.ip_masq,
         };
         let text = subnet.render();
@@ -480,26 +400,24 @@ impl Agent {
             st.peers = view.peers.clone();
             st.pending = view.pending.clone();
             st.rejected = view.rejected.clone();
-            st.malformed = snap.malformed.clone();
+            st.malformed = snap
+                .malformed
+                .iter()
+                .map(|(document, error)| Malformed { document: document.clone(), error: error.clone() })
+                .collect();
         }
 
-        let vtep = self.me.pod_cidr.network();
-        let device = match &self.userspace {
-            Some(dp) => {
-                // The first table too, even empty: the workers wait for it.
-                if self.state.engine_peers.as_ref() != Some(&view.peers) {
-                    dp.set_peers(&view.peers);
-                    self.state.engine_peers = Some(view.peers.clone());
-                }
-                self.shared.refresh_engine_metrics();
-                self.kernel.ensure_tun(dp.name(), self.spec.mtu, vtep).await
-            }
-            None => self.kernel.ensure_device(&self.spec, vtep).await,
-        };
+        // The first table too, even empty: the userspace workers wait for it.
+        if self.dataplane.engine().is_some() && self.state.engine_peers.as_ref() != Some(&view.peers) {
+            self.dataplane.set_peers(&view.peers);
+            self.state.engine_peers = Some(view.peers.clone());
+        }
+        self.shared.refresh_engine_metrics();
+        let device = self.dataplane.ensure_device(&self.kernel, self.me.pod_cidr).await;
         let index = match device {
             Ok((index, changes)) => {
                 if !changes.is_empty() {
-                    info!(device = %self.spec.name, changes = ?changes, "VXLAN device set up");
+                    info!(device = %self.dataplane.spec().name, changes = ?changes, "VXLAN device set up");
                 }
                 index
             }
@@ -519,8 +437,7 @@ impl Agent {
                 return false;
             }
         };
-        let backend = self.cfg.backend;
-        let ops = plan(&backend.desired(&view.peers), &backend.owned(observed));
+        let ops = plan(&self.dataplane.desired(&view.peers), &self.dataplane.owned(observed));
         let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
         for op in &report.applied {
             info!(op = op.kind(), entry = %describe(op), "programmed");
@@ -732,9 +649,4 @@ fn shutdown_signal() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
-}
-
-/// The VTEP address for a pod subnet.
-pub fn vtep_ip(pod_cidr: Ipv4Net) -> Ipv4Addr {
-    pod_cidr.network()
 }

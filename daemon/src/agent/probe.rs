@@ -16,7 +16,7 @@ use socket2::SockAddr;
 use tracing::warn;
 
 use super::metrics::{PeerLabel, ResultLabel};
-use super::status::{Shared, rfc3339};
+use super::status::{ProbeStatus, Shared, rfc3339};
 use crate::icmp::{echo_request, parse_echo_reply, raw_socket};
 
 /// Starts the prober thread.
@@ -91,7 +91,7 @@ fn record(
         let label = PeerLabel { peer: name.clone() };
         match rtts.get(ip) {
             Some(rtt) => {
-                p.state = "reachable";
+                p.state = ProbeStatus::Reachable;
                 p.rtt_ms = Some(rtt.as_secs_f64() * 1e3);
                 p.last_success = Some(rfc3339(now));
                 p.consecutive_failures = 0;
@@ -100,7 +100,7 @@ fn record(
                 m.probes.get_or_create(&ResultLabel { result: "ok" }).inc();
             }
             None => {
-                p.state = "unreachable";
+                p.state = ProbeStatus::Unreachable;
                 p.consecutive_failures += 1;
                 m.peer_reachable.get_or_create(&label).set(0);
                 m.probes.get_or_create(&ResultLabel { result: "error" }).inc();

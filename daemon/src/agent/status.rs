@@ -3,117 +3,30 @@
 //! the probe results; readers take short locks and copy.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use felt_overlay::Peer;
-use felt_proto::MacAddr;
-use ipnet::Ipv4Net;
-use serde::Serialize;
+use std::sync::Arc;
+
+use felt_overlay::userspace::{Counters, DropReason, UserspaceDataplane};
+use felt_overlay::{DataplaneKind, Peer};
+pub use felt_proto::debug::{
+    Config as ConfigView, ErrorEntry, Lease as LeaseView, Malformed, Probe as ProbeState, ProbeStatus,
+    Reconcile as ReconcileView, Rejection,
+};
 
 use super::metrics::{DirectionLabel, Metrics, ReasonLabel};
-use super::view::Rejection;
-use felt_overlay::userspace::{Counters, DropReason, UserspaceDataplane};
-use std::sync::Arc;
 
 /// How many recent errors `/debug/state` keeps.
 const RECENT_ERRORS: usize = 32;
 
-/// The lease and the VTEP built on it.
-#[derive(Debug, Clone, Serialize)]
-pub struct LeaseView {
-    /// This node's pod subnet.
-    pub pod_cidr: Ipv4Net,
-    /// The VTEP address (`.0`).
-    pub vtep_ip: Ipv4Addr,
-    /// The VTEP MAC.
-    pub vtep_mac: MacAddr,
-    /// The underlay interface.
-    pub underlay_iface: String,
-    /// The underlay (public) address.
-    pub underlay_ip: Ipv4Addr,
-    /// The underlay MTU.
-    pub underlay_mtu: u32,
-    /// The VXLAN device.
-    pub device: String,
-    /// The overlay MTU.
-    pub mtu: u32,
-}
-
-/// The configuration in force.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConfigView {
-    /// Registry kind.
-    pub registry: &'static str,
-    /// Where the registry is.
-    pub registry_location: String,
-    /// Data plane.
-    pub backend: &'static str,
-    /// Cluster network.
-    pub network: Ipv4Net,
-    /// Node subnet length.
-    pub subnet_len: u8,
-    /// VNI.
-    pub vni: u32,
-    /// VXLAN UDP port.
-    pub port: u16,
-    /// Resync period, seconds.
-    pub resync_seconds: f64,
-    /// Peer probe interval, seconds.
-    pub probe_interval_seconds: f64,
-    /// The subnet file.
-    pub subnet_file: String,
-    /// The userspace data plane's offloads asked for (`tso,gso,gro`, or
-    /// `none`); absent in kernel mode.
-    pub userspace_offloads: Option<String>,
-}
-
-/// One past error.
-#[derive(Debug, Clone, Serialize)]
-pub struct ErrorEntry {
-    /// When (RFC 3339).
-    pub at: String,
-    /// What.
-    pub message: String,
-}
-
-/// The last reconcile pass.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReconcileView {
-    /// When it ended (RFC 3339).
-    pub at: String,
-    /// How long it took.
-    pub duration_ms: f64,
-    /// Ops applied.
-    pub applied: usize,
-    /// Ops refused by the kernel.
-    pub failed: usize,
-}
-
-/// A peer's probe state.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ProbeState {
-    /// `reachable`, `unreachable` or `unknown` (not probed yet).
-    pub state: &'static str,
-    /// Round trip of the last successful probe.
-    pub rtt_ms: Option<f64>,
-    /// When the last probe was sent (RFC 3339).
-    pub last_probe: Option<String>,
-    /// When a probe last succeeded (RFC 3339).
-    pub last_success: Option<String>,
-    /// Probes failed in a row.
-    pub consecutive_failures: u32,
-}
-
 /// Everything the reconcile loop reports.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct AgentState {
     /// The lease, once held.
     pub lease: Option<LeaseView>,
     /// The VXLAN device's index (0 before it exists).
-    #[serde(skip)]
     pub device_index: u32,
     /// Accepted peers.
     pub peers: Vec<Peer>,
@@ -121,8 +34,8 @@ pub struct AgentState {
     pub pending: Vec<String>,
     /// Refused records.
     pub rejected: Vec<Rejection>,
-    /// Documents that did not parse: (document, error).
-    pub malformed: Vec<(String, String)>,
+    /// Documents that did not parse.
+    pub malformed: Vec<Malformed>,
     /// The last registry read succeeded.
     pub registry_synced: bool,
     /// What RBAC forbids the agent (Kubernetes registry), one reason each.
@@ -257,8 +170,8 @@ impl Shared {
     }
 
     /// The data plane in force.
-    pub fn backend(&self) -> super::Backend {
-        if self.config.backend == "userspace" { super::Backend::Userspace } else { super::Backend::Kernel }
+    pub fn backend(&self) -> DataplaneKind {
+        self.config.backend
     }
 
     /// Why the agent is not ready; empty when it is.

@@ -32,51 +32,7 @@ pub struct Me {
     pub vtep_mac: MacAddr,
 }
 
-/// Why a record is refused; the label of `felt_bad_records_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectReason {
-    /// Not a vxlan backend.
-    Backend,
-    /// Another VNI.
-    Vni,
-    /// Pod CIDR outside the cluster network, or too small.
-    OutsideNetwork,
-    /// Pod CIDR overlapping ours.
-    OverlapsOurs,
-    /// Our underlay IP.
-    ClaimsOurUnderlay,
-    /// Our VTEP MAC.
-    ClaimsOurMac,
-    /// Clashes with an accepted peer (CIDR, underlay IP or MAC).
-    Clash,
-}
-
-impl RejectReason {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            RejectReason::Backend => "backend",
-            RejectReason::Vni => "vni",
-            RejectReason::OutsideNetwork => "outside_network",
-            RejectReason::OverlapsOurs => "overlaps_ours",
-            RejectReason::ClaimsOurUnderlay => "claims_our_underlay",
-            RejectReason::ClaimsOurMac => "claims_our_mac",
-            RejectReason::Clash => "clash",
-        }
-    }
-}
-
-/// One refused record.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub struct Rejection {
-    /// The node the record names.
-    pub node: String,
-    /// Why, as a label.
-    pub reason: RejectReason,
-    /// Why, for people.
-    pub message: String,
-}
+pub use felt_proto::debug::{RejectReason, Rejection};
 
 /// The outcome of [`build`].
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use felt_overlay::kernel::Kernel;
-use felt_overlay::{Peer, plan};
+use felt_overlay::{DataplaneKind, dataplane, plan};
+use felt_proto::debug::ProbeStatus;
 use felt_proto::{NetConfig, NodeRecord};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -55,13 +56,12 @@ pub enum Mode {
 
 impl Mode {
     /// The data plane of node `index` in a lab of this mode.
-    pub fn backend_of(self, index: u32) -> crate::agent::Backend {
-        use crate::agent::Backend;
+    pub fn backend_of(self, index: u32) -> DataplaneKind {
         match self {
-            Mode::Kernel => Backend::Kernel,
-            Mode::Userspace => Backend::Userspace,
-            Mode::Mixed if index % 2 == 1 => Backend::Kernel,
-            Mode::Mixed => Backend::Userspace,
+            Mode::Kernel => DataplaneKind::Kernel,
+            Mode::Userspace => DataplaneKind::Userspace,
+            Mode::Mixed if index % 2 == 1 => DataplaneKind::Kernel,
+            Mode::Mixed => DataplaneKind::Userspace,
         }
     }
 }
@@ -146,6 +146,44 @@ pub struct PodState {
     pub node: String,
     /// Its address.
     pub ip: Ipv4Addr,
+}
+
+/// `felt lab status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabStatus {
+    /// Every node, in index order.
+    pub nodes: Vec<NodeStatus>,
+    /// Every pod.
+    pub pods: Vec<PodState>,
+}
+
+/// One node as the lab and its agent see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node name (`n1`).
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Its pod subnet, once its record has one.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Its VTEP MAC, once published.
+    pub vtep_mac: Option<felt_proto::MacAddr>,
+    /// The agent's process id.
+    pub pid: u32,
+    /// That process is a felt agent and alive.
+    pub agent_running: bool,
+    /// The agent's readiness; `None` when its endpoint did not answer.
+    pub ready: Option<bool>,
+    /// Peers the agent accepted.
+    pub peers_desired: usize,
+    /// Peers whose entries are all programmed.
+    pub peers_programmed: usize,
+    /// Peers whose VTEP answers probes.
+    pub peers_reachable: usize,
+    /// What the agent says is wrong (or why it could not be asked).
+    pub problems: Vec<String>,
 }
 
 /// What `felt lab check` found.
@@ -368,7 +406,7 @@ impl Lab {
         let underlay_ip = topo::node_ip(state.underlay, index);
         let backend = state.mode.backend_of(index);
         // Only a kernel VXLAN node that sends to userspace nodes: see make_node.
-        let sum_on_send = state.mode == Mode::Mixed && backend == crate::agent::Backend::Kernel;
+        let sum_on_send = state.mode == Mode::Mixed && backend == DataplaneKind::Kernel;
         topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len(), sum_on_send)?;
         let dir = self.node_dir(&name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
@@ -385,7 +423,7 @@ impl Lab {
     fn spawn_agent(
         &self,
         registry: &LabRegistry,
-        backend: crate::agent::Backend,
+        backend: DataplaneKind,
         node: &str,
         netns: &str,
     ) -> Result<u32, LabError> {
@@ -537,26 +575,30 @@ impl Lab {
 
     /// The kernel ops still missing on each node for every peer the registry holds.
     pub fn pending_ops(&self, state: &LabState) -> Result<BTreeMap<String, usize>, LabError> {
-        let records = self.records_of(&state.registry)?;
+        let records: Vec<NodeRecord> = self.records_of(&state.registry)?.into_values().collect();
+        let net = felt_proto::NetConfig::default();
+        let device = dataplane::default_device(net.backend.vni);
         let mut out = BTreeMap::new();
         for node in &state.nodes {
-            let peers: Vec<Peer> = records
-                .values()
-                .filter(|r| r.name != node.name)
-                .filter_map(|r| {
-                    Some(Peer {
-                        name: r.name.clone(),
-                        pod_cidr: r.pod_cidr_v4()?,
-                        vtep_mac: r.backend_data?.vtep_mac,
-                        underlay_ip: r.public_ip?,
-                    })
+            // The peers this node's agent would accept, by the agent's own rules.
+            let Some(me) = records.iter().find(|r| r.name == node.name).and_then(|r| {
+                Some(crate::agent::view::Me {
+                    name: r.name.clone(),
+                    pod_cidr: r.pod_cidr_v4()?,
+                    underlay_ip: r.public_ip?,
+                    vtep_mac: r.backend_data?.vtep_mac,
                 })
-                .collect();
+            }) else {
+                out.insert(node.name.clone(), usize::MAX);
+                continue;
+            };
+            let peers = crate::agent::view::build(&records, &me, &net, &Default::default()).peers;
             let backend = state.mode.backend_of(node.index);
-            let want = backend.desired(&peers);
-            let observed = netns::block_on_in(&netns::named(&node.netns), || async {
+            let want = dataplane::desired(backend, &peers);
+            let device = device.clone();
+            let observed = netns::block_on_in(&netns::named(&node.netns), || async move {
                 let k = Kernel::connect()?;
-                match k.link("felt.1").await? {
+                match k.link(&device).await? {
                     Some(l) => k.observe(l.index).await.map(Some),
                     None => Ok(None),
                 }
@@ -566,7 +608,7 @@ impl Lab {
                 LabError::Invalid(crate::util::error_chain(&e))
             })?;
             let missing = match observed {
-                Some(o) => plan(&want, &backend.owned(o)).len(),
+                Some(o) => plan(&want, &dataplane::owned(backend, o)).len(),
                 None => usize::MAX,
             };
             out.insert(node.name.clone(), missing);
@@ -597,7 +639,7 @@ impl Lab {
                 let mut why = String::new();
                 for (node, n) in pending.iter().filter(|(_, n)| **n != 0) {
                     let missing = if *n == usize::MAX {
-                        "no VXLAN device".to_owned()
+                        "no record of its own or no VXLAN device yet".to_owned()
                     } else {
                         format!("{n} ops pending")
                     };
@@ -610,52 +652,33 @@ impl Lab {
     }
 
     /// Everything `lab status --json` prints.
-    pub fn status(&self) -> Result<serde_json::Value, LabError> {
+    pub fn status(&self) -> Result<LabStatus, LabError> {
         let state = self.loaded()?;
         let records = self.records_of(&state.registry)?;
-        let nodes: Vec<serde_json::Value> = state
+        let nodes = state
             .nodes
             .iter()
             .map(|n| {
                 let r = records.get(&n.name);
-                let mut v = serde_json::json!({
-                    "name": n.name,
-                    "netns": n.netns,
-                    "underlay_ip": n.underlay_ip,
-                    "pod_cidr": r.and_then(NodeRecord::pod_cidr_v4),
-                    "vtep_mac": r.and_then(|r| r.backend_data).map(|d| d.vtep_mac),
-                    "pid": n.pid,
-                    "agent_running": topo::agent_alive(n.pid, &self.registry_dir()),
-                });
-                self.add_agent_view(&n.netns, &mut v);
-                v
+                let mut status = NodeStatus {
+                    name: n.name.clone(),
+                    netns: n.netns.clone(),
+                    underlay_ip: n.underlay_ip,
+                    pod_cidr: r.and_then(NodeRecord::pod_cidr_v4),
+                    vtep_mac: r.and_then(|r| r.backend_data).map(|d| d.vtep_mac),
+                    pid: n.pid,
+                    agent_running: topo::agent_alive(n.pid, &self.registry_dir()),
+                    ready: None,
+                    peers_desired: 0,
+                    peers_programmed: 0,
+                    peers_reachable: 0,
+                    problems: Vec::new(),
+                };
+                add_agent_view(&n.netns, &mut status);
+                status
             })
             .collect();
-        Ok(serde_json::json!({ "nodes": nodes, "pods": state.pods }))
-    }
-
-    /// Adds what the node's agent says of itself (from its debug endpoint,
-    /// read inside the node's namespace) to a status entry.
-    fn add_agent_view(&self, netns_name: &str, entry: &mut serde_json::Value) {
-        let (ready, problems, desired, programmed, reachable) = match agent_state(netns_name) {
-            Ok(Ok(state)) => {
-                let peers = state["peers"].as_array().cloned().unwrap_or_default();
-                (
-                    serde_json::json!(state["ready"] == true),
-                    crate::status::problems(&state),
-                    peers.len(),
-                    peers.iter().filter(|p| p["in_sync"] == true).count(),
-                    peers.iter().filter(|p| p["probe"]["state"] == "reachable").count(),
-                )
-            }
-            Ok(Err(e)) => (serde_json::Value::Null, vec![crate::util::error_chain(&e)], 0, 0, 0),
-            Err(e) => (serde_json::Value::Null, vec![format!("entering {netns_name}: {e}")], 0, 0, 0),
-        };
-        entry["ready"] = ready;
-        entry["peers_desired"] = desired.into();
-        entry["peers_programmed"] = programmed.into();
-        entry["peers_reachable"] = reachable.into();
-        entry["problems"] = problems.into();
+        Ok(LabStatus { nodes, pods: state.pods })
     }
 
     /// Probes every ordered pod pair (ICMP echo and a TCP round trip, which
@@ -889,9 +912,9 @@ impl Lab {
         seconds: f64,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Vec<bench::PathResult>, LabError> {
-        use crate::agent::Backend;
         let state = self.loaded()?;
-        let node_of = |b: Backend| state.nodes.iter().filter(move |n| state.mode.backend_of(n.index) == b);
+        let node_of =
+            |b: DataplaneKind| state.nodes.iter().filter(move |n| state.mode.backend_of(n.index) == b);
         let pod_of = |node: &NodeState| {
             state
                 .pods
@@ -899,8 +922,8 @@ impl Lab {
                 .find(|p| p.node == node.name)
                 .map(|p| bench::End { netns: p.netns.clone(), ip: p.ip })
         };
-        let kernel: Vec<&NodeState> = node_of(Backend::Kernel).collect();
-        let user: Vec<&NodeState> = node_of(Backend::Userspace).collect();
+        let kernel: Vec<&NodeState> = node_of(DataplaneKind::Kernel).collect();
+        let user: Vec<&NodeState> = node_of(DataplaneKind::Userspace).collect();
         let mut paths: Vec<(&str, bench::End, bench::End)> = Vec::new();
         let (a, b) = (&state.nodes[0], state.nodes.get(1));
         if let Some(b) = b {
@@ -1035,9 +1058,28 @@ impl Lab {
 
 /// The `/debug/state` of the agent in node namespace `netns_name` (its
 /// debug endpoint listens on loopback there).
-fn agent_state(netns_name: &str) -> std::io::Result<Result<serde_json::Value, crate::status::FetchError>> {
+fn agent_state(
+    netns_name: &str,
+) -> std::io::Result<Result<felt_proto::debug::State, crate::status::FetchError>> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::agent::debug::DEFAULT_PORT));
     netns::run_in(&netns::named(netns_name), move || crate::status::fetch_state(addr))
+}
+
+/// Adds what the node's agent says of itself (from its debug endpoint,
+/// read inside the node's namespace) to its status.
+fn add_agent_view(netns_name: &str, status: &mut NodeStatus) {
+    match agent_state(netns_name) {
+        Ok(Ok(state)) => {
+            status.ready = Some(state.ready);
+            status.problems = crate::status::problems(&state);
+            status.peers_desired = state.peers.len();
+            status.peers_programmed = state.peers.iter().filter(|p| p.in_sync == Some(true)).count();
+            status.peers_reachable =
+                state.peers.iter().filter(|p| p.probe.state == ProbeStatus::Reachable).count();
+        }
+        Ok(Err(e)) => status.problems = vec![crate::util::error_chain(&e)],
+        Err(e) => status.problems = vec![format!("entering {netns_name}: {e}")],
+    }
 }
 
 /// Tears a half-built lab down when `up` fails.

@@ -243,10 +243,10 @@ fn felt_drops(ns: &str) -> Result<BTreeMap<String, u64>, LabError> {
     let state = super::agent_state(ns)
         .map_err(|e| LabError::io("entering", &netns::named(ns), e))?
         .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
-    let drops = state["engine"]["drops"]
-        .as_object()
+    let engine = state
+        .engine
         .ok_or_else(|| LabError::Invalid(format!("{ns}: the agent reports no userspace engine")))?;
-    Ok(drops.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+    Ok(engine.drops)
 }
 
 fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
@@ -355,12 +355,14 @@ impl Lab {
         max_seconds: f64,
         progress: &mut dyn FnMut(&str),
     ) -> Result<SoakReport, LabError> {
-        use crate::agent::Backend;
         let state: LabState = self.loaded()?;
-        let target: &NodeState =
-            state.nodes.iter().find(|n| state.mode.backend_of(n.index) == Backend::Userspace).ok_or_else(
-                || LabError::Invalid("soak needs a userspace node (--mode userspace or mixed)".into()),
-            )?;
+        let target: &NodeState = state
+            .nodes
+            .iter()
+            .find(|n| state.mode.backend_of(n.index) == felt_overlay::DataplaneKind::Userspace)
+            .ok_or_else(|| {
+                LabError::Invalid("soak needs a userspace node (--mode userspace or mixed)".into())
+            })?;
         let peer = state
             .nodes
             .iter()

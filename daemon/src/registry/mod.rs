@@ -41,10 +41,11 @@ pub enum RegistryConfig {
 
 impl RegistryConfig {
     /// `file` or `kube`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> felt_proto::debug::RegistryKind {
+        use felt_proto::debug::RegistryKind;
         match self {
-            RegistryConfig::File { .. } => "file",
-            RegistryConfig::Kube { .. } => "kube",
+            RegistryConfig::File { .. } => RegistryKind::File,
+            RegistryConfig::Kube { .. } => RegistryKind::Kube,
         }
     }
 
