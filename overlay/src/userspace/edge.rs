@@ -68,25 +68,6 @@ impl Offloads {
     /// None: one plain TUN read or write per packet.
     pub const NONE: Offloads = Offloads { tso: false, gso: false, gro: false };
 
-    /// Parses `all`, `none`, or a comma-separated subset of `tso,gso,gro`.
-    pub fn parse(s: &str) -> Result<Offloads, String> {
-        match s.trim() {
-            "all" => return Ok(Offloads::ALL),
-            "none" | "" => return Ok(Offloads::NONE),
-            _ => {}
-        }
-        let mut o = Offloads::NONE;
-        for word in s.split(',').map(str::trim) {
-            match word {
-                "tso" => o.tso = true,
-                "gso" => o.gso = true,
-                "gro" => o.gro = true,
-                _ => return Err(format!("`{word}`: want all, none, or some of tso,gso,gro")),
-            }
-        }
-        Ok(o)
-    }
-
     /// Whether the TUN needs a `virtio_net_hdr` (TSO in, or coalesced writes out).
     fn vnet(self) -> bool {
         self.tso || self.gro

@@ -1,0 +1,139 @@
+//! The human reports of `felt lab`; `--json` prints the same types as JSON.
+
+use felt::lab::{self, CheckReport};
+
+/// The bench table.
+pub fn bench(results: &[lab::bench::PathResult]) {
+    let ratio = |r: &lab::bench::PathResult| r.ratio_to_kernel.map_or("-".to_owned(), |x| format!("{x:.2}"));
+    println!("TCP, pod to pod (underlay: node to node)");
+    println!("{:<10} {:>7} {:>10} {:>10} {:>14}", "PATH", "STREAMS", "GBIT/S", "× KERNEL", "CORES/GBIT/S");
+    for r in results.iter().filter(|r| r.test == "tcp") {
+        println!(
+            "{:<10} {:>7} {:>10.2} {:>10} {:>14.2}",
+            r.path,
+            r.streams,
+            r.gbit_per_s,
+            ratio(r),
+            r.cores_per_gbit
+        );
+    }
+    println!("\nUDP, {}-byte datagrams, one sender", lab::bench::UDP_PAYLOAD);
+    println!("{:<10} {:>10} {:>10} {:>8} {:>12}", "PATH", "KPPS", "× KERNEL", "LOSS", "CORES/MPPS");
+    for r in results.iter().filter(|r| r.test == "udp") {
+        println!(
+            "{:<10} {:>10.0} {:>10} {:>7.1}% {:>12}",
+            r.path,
+            r.packets_per_s.unwrap_or(0.0) / 1e3,
+            ratio(r),
+            r.loss.unwrap_or(0.0) * 100.0,
+            r.cores_per_mpps.map_or("-".to_owned(), |c| format!("{c:.2}"))
+        );
+    }
+}
+
+/// The lab's nodes and pods, problems after the table.
+pub fn status(status: &felt::lab::LabStatus) {
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "null".to_owned());
+    println!(
+        "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",
+        "NODE", "NETNS", "UNDERLAY", "POD CIDR", "VTEP MAC", "AGENT", "READY", "PEERS", "REACHABLE"
+    );
+    let mut problems = Vec::new();
+    for n in &status.nodes {
+        let agent = if n.agent_running { n.pid.to_string() } else { "stopped".into() };
+        let ready = match n.ready {
+            Some(true) => "ready",
+            Some(false) => "NOT READY",
+            None => "unknown",
+        };
+        println!(
+            "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",
+            n.name,
+            n.netns,
+            n.underlay_ip.to_string(),
+            dash(n.pod_cidr.map(|c| c.to_string())),
+            dash(n.vtep_mac.map(|m| m.to_string())),
+            agent,
+            ready,
+            format!("{}/{}", n.peers_programmed, n.peers_desired),
+            format!("{}/{}", n.peers_reachable, n.peers_desired),
+        );
+        problems.extend(n.problems.iter().map(|p| format!("{}: {p}", n.name)));
+    }
+    if !problems.is_empty() {
+        println!("\nproblems:");
+        for p in problems {
+            println!("  - {p}");
+        }
+    }
+    println!();
+    println!("{:<10} {:<6} {:<16}", "POD", "NODE", "IP");
+    for p in &status.pods {
+        println!("{:<10} {:<6} {:<16}", p.name, p.node, p.ip.to_string());
+    }
+}
+
+/// Every failed probe, then the egress line, then the pair line (kept last,
+/// and worded as before: scripts read it).
+pub fn check(report: &CheckReport) {
+    let show = |r: &Result<std::net::Ipv4Addr, String>| match r {
+        Ok(seen) => format!("seen as {seen}"),
+        Err(e) => e.clone(),
+    };
+    for r in report.pairs.iter().filter(|r| !r.ok()) {
+        println!(
+            "FAIL {} → {} ({}): icmp {}, tcp {} (want seen as {})",
+            r.from,
+            r.to,
+            r.ip,
+            if r.icmp { "ok" } else { "no reply" },
+            show(&r.tcp),
+            r.from_ip
+        );
+    }
+    for r in report.egress.iter().filter(|r| !r.ok()) {
+        println!(
+            "FAIL {} ({}) → outside {}: {} (want seen as its node {})",
+            r.from,
+            r.from_ip,
+            lab::OUTSIDE_IP,
+            show(&r.seen),
+            r.node_ip
+        );
+    }
+    let count = |oks: usize, all: usize| format!("{oks}/{all}");
+    println!(
+        "egress: {} pods reach the outside host {} as their node's address",
+        count(report.egress.iter().filter(|r| r.ok()).count(), report.egress.len()),
+        lab::OUTSIDE_IP
+    );
+    println!(
+        "{} pod pairs reachable",
+        count(report.pairs.iter().filter(|r| r.ok()).count(), report.pairs.len())
+    );
+}
+
+/// Where every garbage datagram went, and how the fabric fared.
+pub fn soak(r: &lab::soak::SoakReport) {
+    println!(
+        "{} datagrams at {} in {:.1} s ({:.0}/s): felt counted {}, the kernel dropped {} before felt \
+         read them, {} unaccounted",
+        r.sent,
+        r.target,
+        r.seconds,
+        r.sent as f64 / r.seconds.max(1e-9),
+        r.counted_by_felt.values().sum::<u64>(),
+        r.dropped_by_kernel,
+        r.unaccounted
+    );
+    for (reason, n) in &r.counted_by_felt {
+        println!("  {reason:<18} {n}");
+    }
+    println!(
+        "pings during the flood: {}/{} answered; right after: {}; agent {}",
+        r.pings_answered,
+        r.pings_sent,
+        if r.recovered { "answered" } else { "NO ANSWER" },
+        if r.agent_alive { "running" } else { "NOT RUNNING" }
+    );
+}
