@@ -10,6 +10,7 @@
 //! one sender of 64-byte datagrams as fast as it can and one counting
 //! receiver. Every loop is bounded by the deadline.
 
+use felt_overlay::DataplaneKind;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -20,6 +21,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::netns;
+
+use super::state::{Mode, NodeState};
+use super::{Lab, LabError, topo};
+use crate::registry::file::write_atomic;
 
 const PORT: u16 = 7947;
 const UDP_PORT: u16 = 7948;
@@ -224,4 +229,106 @@ pub fn describe(src: &End, dst: &End) -> String {
 /// Where the results of the last bench are kept.
 pub fn results_path(lab_dir: &std::path::Path) -> PathBuf {
     lab_dir.join("bench.json")
+}
+
+impl Lab {
+    /// Measures every path the lab has, in one run (see [`bench`]).
+    pub fn bench(&self, seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<Vec<PathResult>, LabError> {
+        let state = self.loaded()?;
+        let node_of =
+            |b: DataplaneKind| state.nodes.iter().filter(move |n| state.mode.backend_of(n.index) == b);
+        let pod_of = |node: &NodeState| {
+            state.pods.iter().find(|p| p.node == node.name).map(|p| End { netns: p.netns.clone(), ip: p.ip })
+        };
+        let kernel: Vec<&NodeState> = node_of(DataplaneKind::Kernel).collect();
+        let user: Vec<&NodeState> = node_of(DataplaneKind::Userspace).collect();
+        let mut paths: Vec<(&str, End, End)> = Vec::new();
+        let (a, b) = (&state.nodes[0], state.nodes.get(1));
+        if let Some(b) = b {
+            let end = |n: &NodeState| End { netns: n.netns.clone(), ip: n.underlay_ip };
+            paths.push(("underlay", end(a), end(b)));
+        }
+        let mut pods_between = |label: &'static str, x: Option<&&NodeState>, y: Option<&&NodeState>| {
+            if let (Some(x), Some(y)) = (x.and_then(|n| pod_of(n)), y.and_then(|n| pod_of(n))) {
+                paths.push((label, x, y));
+            }
+        };
+        pods_between("kernel", kernel.first(), kernel.get(1));
+        pods_between("userspace", user.first(), user.get(1));
+        pods_between("mixed", kernel.first(), user.first());
+        if paths.len() < 2 {
+            return Err(LabError::Invalid("nothing to compare: need two nodes with a pod each (a mixed lab of 4 nodes measures every path)".into()));
+        }
+        // Kernel nodes of a mixed lab send with checksum offload off (see
+        // topo::make_node); the paths that do not reach a userspace node are
+        // measured with it on, as on a real NIC.
+        let offloaded: Vec<&str> = if state.mode == Mode::Mixed {
+            kernel.iter().map(|n| n.netns.as_str()).collect()
+        } else {
+            Vec::new()
+        };
+        let with_offload = |label: &str, on: bool| -> Result<(), LabError> {
+            if label == "underlay" || label == "kernel" {
+                for ns in &offloaded {
+                    topo::tx_checksum_offload(ns, on)?;
+                }
+            }
+            Ok(())
+        };
+        let mut results = Vec::new();
+        for streams in [1u32, 4] {
+            for (label, src, dst) in &paths {
+                progress(&format!("tcp, {label}, {streams} stream(s): {}", describe(src, dst)));
+                with_offload(label, true)?;
+                let measured = tcp(src, dst, streams, seconds);
+                with_offload(label, false)?;
+                let (gbit, cores) = measured.map_err(|e| LabError::Invalid(format!("bench {label}: {e}")))?;
+                results.push(PathResult {
+                    test: "tcp".into(),
+                    path: (*label).to_owned(),
+                    between: describe(src, dst),
+                    streams,
+                    gbit_per_s: gbit,
+                    packets_per_s: None,
+                    loss: None,
+                    ratio_to_kernel: None,
+                    cores_per_gbit: cores,
+                    cores_per_mpps: None,
+                });
+            }
+        }
+        for (label, src, dst) in &paths {
+            progress(&format!("udp, {label}: {}", describe(src, dst)));
+            with_offload(label, true)?;
+            let measured = udp_rate(src, dst, seconds);
+            with_offload(label, false)?;
+            let r = measured.map_err(|e| LabError::Invalid(format!("bench udp {label}: {e}")))?;
+            let gbit = r.received_per_s * (UDP_PAYLOAD * 8) as f64 / 1e9;
+            results.push(PathResult {
+                test: "udp".into(),
+                path: (*label).to_owned(),
+                between: describe(src, dst),
+                streams: 1,
+                gbit_per_s: gbit,
+                packets_per_s: Some(r.received_per_s),
+                loss: Some(r.loss),
+                ratio_to_kernel: None,
+                cores_per_gbit: if gbit > 0.0 { r.cores / gbit } else { f64::INFINITY },
+                cores_per_mpps: (r.received_per_s > 0.0).then(|| r.cores / (r.received_per_s / 1e6)),
+            });
+        }
+        let kernel_of = |r: &PathResult, rs: &[PathResult]| {
+            rs.iter()
+                .find(|k| k.path == "kernel" && k.test == r.test && k.streams == r.streams)
+                .map(|k| if k.test == "udp" { k.packets_per_s.unwrap_or(0.0) } else { k.gbit_per_s })
+        };
+        let snapshot = results.clone();
+        for r in &mut results {
+            let mine = if r.test == "udp" { r.packets_per_s.unwrap_or(0.0) } else { r.gbit_per_s };
+            r.ratio_to_kernel = kernel_of(r, &snapshot).filter(|k| *k > 0.0).map(|k| mine / k);
+        }
+        let json = serde_json::to_vec_pretty(&results).expect("results serialise");
+        let _ = write_atomic(&results_path(&self.dir), &json);
+        Ok(results)
+    }
 }

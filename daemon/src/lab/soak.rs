@@ -240,7 +240,7 @@ impl DropPoints {
 
 /// The target engine's drops by reason, from its debug endpoint.
 fn felt_drops(ns: &str) -> Result<BTreeMap<String, u64>, LabError> {
-    let state = super::agent_state(ns)
+    let state = super::status::agent_state(ns)
         .map_err(|e| LabError::io("entering", &netns::named(ns), e))?
         .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
     let engine = state

@@ -1,0 +1,193 @@
+//! Nodes joining and leaving a running lab, agents restarting, and how fast
+//! the other nodes follow.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::state::{LabRegistry, LabState, NodeState};
+use super::{Lab, LabError, kill_agent, kube, topo, watch};
+use crate::netns;
+use crate::registry::file::FileRegistry;
+
+impl Lab {
+    /// Adds the next node with its pods. Returns it and how long after its
+    /// record was published the last existing node had its route (timed by
+    /// netlink notifications inside each node, see [`watch`]).
+    pub fn add_node(&self) -> Result<(NodeState, Duration), LabError> {
+        let mut state = self.loaded()?;
+        let watches = self.route_watches(&state)?;
+        let index = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+        let node = self.start_node(&state, index)?;
+        state.nodes.push(node.clone());
+        self.save(&state)?;
+        self.wait_leases(&state, Duration::from_secs(30))?;
+        let published = self.wait_record(&state.registry, &node.name, Duration::from_secs(30))?;
+        let programmed = watch::wait_all(watches, watch::RouteChange::Added, Duration::from_secs(30))
+            .ok_or_else(|| LabError::Timeout(format!("a node did not program {}", node.name)))?;
+        self.wait_programmed(&state, Duration::from_secs(30))?;
+        for j in 1..=state.pods_per_node {
+            let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
+            state.pods.push(pod);
+            self.save(&state)?;
+        }
+        Ok((node, programmed.duration_since(published).unwrap_or_default()))
+    }
+
+    pub(super) fn route_watches(&self, state: &LabState) -> Result<Vec<watch::RouteWatch>, LabError> {
+        state
+            .nodes
+            .iter()
+            .map(|n| {
+                watch::RouteWatch::open(&netns::named(&n.netns))
+                    .map_err(|e| LabError::io("watching routes in", &netns::named(&n.netns), e))
+            })
+            .collect()
+    }
+
+    /// When `node`'s record became complete: its file's mtime, or, on
+    /// Kubernetes, when a poll first saw its annotations (later than the
+    /// write by up to one poll).
+    pub(super) fn wait_record(
+        &self,
+        registry: &LabRegistry,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<std::time::SystemTime, LabError> {
+        let path = self.registry_dir().join("nodes").join(format!("{node}.json"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.records_of(registry)?.get(node) {
+                if r.backend_data.is_some() && r.pod_cidr_v4().is_some() {
+                    if matches!(registry, LabRegistry::Kube { .. }) {
+                        return Ok(std::time::SystemTime::now());
+                    }
+                    let meta = std::fs::metadata(&path).map_err(|e| LabError::io("reading", &path, e))?;
+                    return meta.modified().map_err(|e| LabError::io("reading", &path, e));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout(format!("node {node} published no record")));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Removes a node: its agent, its record and lease, its pods, its
+    /// namespace. Returns how long after the record went every remaining
+    /// node had dropped it.
+    pub fn remove_node(&self, node: &str) -> Result<Duration, LabError> {
+        let mut state = self.loaded()?;
+        let n = state
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .cloned()
+            .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
+        // The agent first, or it would publish its record again.
+        kill_agent(n.pid, &self.registry_dir(), false);
+        state.pods.retain(|p| p.node != node);
+        state.nodes.retain(|x| x.name != node);
+        self.save(&state)?;
+        let watches = self.route_watches(&state)?;
+        let removed_at = std::time::SystemTime::now();
+        match &state.registry {
+            LabRegistry::File => FileRegistry::open(&self.registry_dir())
+                .and_then(|reg| reg.remove(node))
+                .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?,
+            LabRegistry::Kube { kubeconfig, .. } => {
+                kube::delete_node(&netns::named(&self.underlay_ns()), kubeconfig, node)?
+            }
+        }
+        let dropped = watch::wait_all(watches, watch::RouteChange::Removed, Duration::from_secs(30))
+            .ok_or_else(|| LabError::Timeout(format!("a node did not drop {node}")))?;
+        self.wait_programmed(&state, Duration::from_secs(30))?;
+        let propagation = dropped.duration_since(removed_at).unwrap_or_default();
+        let mut namespaces = topo::namespaces_with_prefix(&n.netns)?;
+        namespaces.push(n.netns.clone());
+        for ns in namespaces {
+            topo::kill_processes_in(&ns);
+            topo::ip(&["netns", "delete", &ns])?;
+        }
+        Ok(propagation)
+    }
+
+    /// Stops a node's agent (SIGKILL when `kill`, else SIGTERM) and starts it again.
+    pub fn restart_agent(&self, node: &str, kill: bool) -> Result<u32, LabError> {
+        let mut state = self.loaded()?;
+        let (registry, mode) = (state.registry.clone(), state.mode);
+        let n = state
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
+        kill_agent(n.pid, &self.registry_dir(), kill);
+        n.pid = self.spawn_agent(&registry, mode.backend_of(n.index), &n.name, &n.netns)?;
+        let pid = n.pid;
+        self.save(&state)?;
+        Ok(pid)
+    }
+
+    /// Changes a node's `public-ip-overwrite` `changes` times (round robin over
+    /// the nodes, alternating between two unused underlay addresses) and
+    /// times each from the API request to the moment the last other node's
+    /// kernel held the new FDB entry. Needs a kube lab. Traffic to the
+    /// changed node stops while its overwrite points nowhere; the overwrite
+    /// is removed at the end.
+    pub fn bench_propagation(
+        &self,
+        changes: u32,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Vec<Duration>, LabError> {
+        let state = self.loaded()?;
+        let LabRegistry::Kube { kubeconfig, .. } = &state.registry else {
+            return Err(LabError::Invalid(
+                "propagation is measured on a kube lab (felt lab up --registry kube)".into(),
+            ));
+        };
+        if state.nodes.len() < 2 {
+            return Err(LabError::Invalid("need at least two nodes".into()));
+        }
+        let ul = netns::named(&self.underlay_ns());
+        const KEY: &str = "felt.network/public-ip-overwrite";
+        let mut samples = Vec::new();
+        for i in 0..changes {
+            let target = &state.nodes[i as usize % state.nodes.len()];
+            let offset = 200 + (i / state.nodes.len() as u32 % 2) * 20 + target.index;
+            let new_ip = Ipv4Addr::from(u32::from(state.underlay.network()) + offset);
+            let watches: Vec<watch::RouteWatch> = state
+                .nodes
+                .iter()
+                .filter(|n| n.name != target.name)
+                .map(|n| {
+                    watch::RouteWatch::open_fdb(&netns::named(&n.netns))
+                        .map_err(|e| LabError::io("watching", &ul, e))
+                })
+                .collect::<Result<_, _>>()?;
+            let sent = kube::annotate(&ul, kubeconfig, &target.name, KEY, Some(new_ip.to_string()))?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let waiters: Vec<_> = watches
+                .into_iter()
+                .map(|w| std::thread::spawn(move || w.wait_fdb(new_ip, deadline)))
+                .collect();
+            let mut last = sent;
+            for w in waiters {
+                let at = w.join().ok().flatten().ok_or_else(|| {
+                    LabError::Timeout(format!(
+                        "change {i}: a node did not program {new_ip} for {}",
+                        target.name
+                    ))
+                })?;
+                last = last.max(at);
+            }
+            samples.push(last.duration_since(sent).unwrap_or_default());
+            if (i + 1) % 20 == 0 {
+                progress(&format!("{} changes", i + 1));
+            }
+        }
+        for n in &state.nodes {
+            kube::annotate(&ul, kubeconfig, &n.name, KEY, None)?;
+        }
+        self.wait_programmed(&state, Duration::from_secs(30))?;
+        Ok(samples)
+    }
+}

@@ -1,0 +1,181 @@
+//! What a lab is made of (`lab.json`), and reading and writing it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use felt_overlay::DataplaneKind;
+use felt_proto::NodeRecord;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::{Lab, LabError, control, kube};
+use crate::netns;
+use crate::registry::file::{FileRegistry, write_atomic};
+
+/// The data plane a lab's agents run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The kernel's VXLAN device, programmed over netlink.
+    Kernel,
+    /// felt's userspace VXLAN engine on every node.
+    Userspace,
+    /// Alternating: odd nodes kernel, even nodes userspace.
+    Mixed,
+}
+
+impl Mode {
+    /// The data plane of node `index` in a lab of this mode.
+    pub fn backend_of(self, index: u32) -> DataplaneKind {
+        match self {
+            Mode::Kernel => DataplaneKind::Kernel,
+            Mode::Userspace => DataplaneKind::Userspace,
+            Mode::Mixed if index % 2 == 1 => DataplaneKind::Kernel,
+            Mode::Mixed => DataplaneKind::Userspace,
+        }
+    }
+}
+
+/// Where a lab's agents register.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LabRegistry {
+    /// A file registry in the lab's state directory.
+    #[default]
+    File,
+    /// A Kubernetes API server listening inside the lab's underlay namespace.
+    Kube {
+        /// The kubeconfig the lab uses (and the agents, without `agent_kubeconfig`).
+        kubeconfig: PathBuf,
+        /// The agents' own (the lab's control plane: the `felt` ServiceAccount's token).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpOptions {
+    /// Lab name: prefixes every namespace.
+    pub name: String,
+    /// Number of nodes.
+    pub nodes: u32,
+    /// Pods on each node.
+    pub pods_per_node: u32,
+    /// Data plane.
+    pub mode: Mode,
+    /// Registry.
+    pub registry: LabRegistry,
+    /// Attach pods in CNI delegate mode, with `bridge` and `host-local`
+    /// from this directory; `None`: native mode.
+    pub cni_delegate: Option<PathBuf>,
+    /// Start the lab's own control plane (etcd, kube-apiserver) with these
+    /// programs, and register the agents there (`registry` is then ignored).
+    pub control_plane: Option<control::Binaries>,
+}
+
+impl UpOptions {
+    /// The defaults: `felt`, 3 nodes, 2 pods each, kernel mode.
+    pub fn new(name: impl Into<String>) -> Self {
+        UpOptions {
+            name: name.into(),
+            nodes: 3,
+            pods_per_node: 2,
+            mode: Mode::Kernel,
+            registry: LabRegistry::File,
+            cni_delegate: None,
+            control_plane: None,
+        }
+    }
+}
+
+/// One lab node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Node name in the registry (`n1`).
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its index (`i` in `n<i>`).
+    pub index: u32,
+    /// Its underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Its agent's pid.
+    pub pid: u32,
+}
+
+/// One lab pod.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    /// Pod name (`n1-p1`).
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its node.
+    pub node: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+/// What `lab.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// Lab name.
+    pub name: String,
+    /// The underlay /24.
+    pub underlay: Ipv4Net,
+    /// Data plane.
+    pub mode: Mode,
+    /// Registry.
+    #[serde(default)]
+    pub registry: LabRegistry,
+    /// Pods per node, for `add-node`.
+    pub pods_per_node: u32,
+    /// Pods attach in CNI delegate mode with the plugins in this directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_delegate: Option<PathBuf>,
+    /// Nodes, in index order.
+    pub nodes: Vec<NodeState>,
+    /// Pods.
+    pub pods: Vec<PodState>,
+}
+
+impl Lab {
+    /// Reads `lab.json`; `None` when the lab is not up.
+    pub fn load(&self) -> Result<Option<LabState>, LabError> {
+        match std::fs::read(self.state_path()) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| LabError::Invalid(format!("{}: {e}", self.state_path().display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LabError::io("reading", &self.state_path(), e)),
+        }
+    }
+
+    pub(super) fn loaded(&self) -> Result<LabState, LabError> {
+        self.load()?.ok_or_else(|| {
+            LabError::Invalid(format!("lab `{}` is not up (felt lab up --name {})", self.name, self.name))
+        })
+    }
+
+    pub(super) fn save(&self, state: &LabState) -> Result<(), LabError> {
+        let bytes = serde_json::to_vec_pretty(state).expect("lab state serialises");
+        write_atomic(&self.state_path(), &bytes).map_err(|e| LabError::io("writing", &self.state_path(), e))
+    }
+
+    /// The registry's records, by node name.
+    pub(super) fn records_of(
+        &self,
+        registry: &LabRegistry,
+    ) -> Result<BTreeMap<String, NodeRecord>, LabError> {
+        if let LabRegistry::Kube { kubeconfig, .. } = registry {
+            return kube::records(&netns::named(&self.underlay_ns()), kubeconfig);
+        }
+        let reg = FileRegistry::open(&self.registry_dir())
+            .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
+        let snap = reg.list().map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;
+        Ok(snap.records.into_iter().map(|r| (r.name.clone(), r)).collect())
+    }
+}

@@ -1,0 +1,211 @@
+//! `felt lab up`: namespaces, agents and pods, then wait for the fabric.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use felt_overlay::DataplaneKind;
+use felt_proto::NetConfig;
+use ipnet::Ipv4Net;
+
+use super::state::{LabRegistry, LabState, Mode, NodeState, PodState, UpOptions};
+use super::teardown::TeardownOnError;
+use super::{Lab, LabError, control, kube, topo};
+use crate::netns;
+use crate::registry::file::write_atomic;
+
+impl Lab {
+    /// Builds the lab and returns once every node has programmed every peer.
+    pub fn up(&self, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<LabState, LabError> {
+        if self.load()?.is_some() || !topo::namespaces_with_prefix(&self.name)?.is_empty() {
+            return Err(LabError::Invalid(format!(
+                "lab `{}` already exists; remove it first with `felt lab down --name {}`",
+                self.name, self.name
+            )));
+        }
+        if opts.nodes == 0 || opts.nodes > 200 || opts.pods_per_node > 50 {
+            return Err(LabError::Invalid("want 1..=200 nodes and 0..=50 pods per node".into()));
+        }
+        let started = Instant::now();
+        let mut guard = TeardownOnError { lab: self, armed: true };
+        std::fs::create_dir_all(&self.dir).map_err(|e| LabError::io("creating", &self.dir, e))?;
+        let net = NetConfig::default();
+        let net_json = serde_json::to_vec_pretty(&net).expect("net config serialises");
+        write_atomic(&self.net_conf_path(), &net_json)
+            .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
+        let underlay = topo::underlay_subnet(&self.name);
+        topo::make_underlay(&self.underlay_ns(), topo::host_ip(underlay), underlay.prefix_len())?;
+        let registry = match (&opts.control_plane, &opts.registry) {
+            (Some(bins), _) => {
+                progress("starting the lab's control plane (etcd, kube-apiserver)");
+                let cp = control::start(
+                    &self.dir.join("control-plane"),
+                    &self.underlay_ns(),
+                    topo::host_ip(underlay),
+                    bins,
+                    progress,
+                )?;
+                let state_root = self.dir.parent().unwrap_or(Path::new("/"));
+                let cp_dir = self.dir.join("control-plane");
+                let (proxy, local) = control::start_proxy(
+                    &self.felt,
+                    &self.name,
+                    state_root,
+                    &cp_dir,
+                    topo::host_ip(underlay),
+                )?;
+                progress(&format!(
+                    "control plane up in {:.1?}; from this host: kubectl --kubeconfig {} (loopback proxy, pid {proxy})",
+                    cp.took,
+                    local.display()
+                ));
+                LabRegistry::Kube {
+                    kubeconfig: cp.admin_kubeconfig,
+                    agent_kubeconfig: Some(cp.agent_kubeconfig),
+                }
+            }
+            (None, LabRegistry::File) => LabRegistry::File,
+            (None, LabRegistry::Kube { kubeconfig, agent_kubeconfig }) => {
+                let kubeconfig = kube::absolute(kubeconfig)?;
+                progress(&format!(
+                    "waiting for the API server of {} (it listens inside namespace {})",
+                    kubeconfig.display(),
+                    self.underlay_ns()
+                ));
+                kube::wait_api(&netns::named(&self.underlay_ns()), &kubeconfig, Duration::from_secs(60))?;
+                LabRegistry::Kube { kubeconfig, agent_kubeconfig: agent_kubeconfig.clone() }
+            }
+        };
+        let mut state = LabState {
+            name: self.name.clone(),
+            underlay,
+            mode: opts.mode,
+            registry,
+            pods_per_node: opts.pods_per_node,
+            cni_delegate: opts.cni_delegate.clone(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+        };
+        self.save(&state)?;
+        for i in 1..=opts.nodes {
+            let node = self.start_node(&state, i)?;
+            progress(&format!("node {} ({}) agent pid {}", node.name, node.underlay_ip, node.pid));
+            state.nodes.push(node);
+            self.save(&state)?;
+        }
+        self.wait_leases(&state, Duration::from_secs(30))?;
+        for node in state.nodes.clone() {
+            for j in 1..=opts.pods_per_node {
+                let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
+                progress(&format!("pod {} on {} at {}", pod.name, pod.node, pod.ip));
+                state.pods.push(pod);
+                self.save(&state)?;
+            }
+        }
+        self.wait_programmed(&state, Duration::from_secs(60))?;
+        progress(&format!("fabric programmed on {} nodes in {:.1?}", state.nodes.len(), started.elapsed()));
+        guard.armed = false;
+        Ok(state)
+    }
+
+    pub(super) fn start_node(&self, state: &LabState, index: u32) -> Result<NodeState, LabError> {
+        let name = format!("n{index}");
+        let netns = format!("{}-{name}", self.name);
+        let underlay_ip = topo::node_ip(state.underlay, index);
+        let backend = state.mode.backend_of(index);
+        // Only a kernel VXLAN node that sends to userspace nodes: see make_node.
+        let sum_on_send = state.mode == Mode::Mixed && backend == DataplaneKind::Kernel;
+        topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len(), sum_on_send)?;
+        let dir = self.node_dir(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
+        if let LabRegistry::Kube { kubeconfig, .. } = &state.registry {
+            // The controller-manager's job: one /24 per node, by index.
+            let cidr = Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, (index - 1) as u8, 0), 24)
+                .map_err(|e| LabError::Invalid(e.to_string()))?;
+            kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &name, cidr)?;
+        }
+        let pid = self.spawn_agent(&state.registry, backend, &name, &netns)?;
+        Ok(NodeState { name, netns, index, underlay_ip, pid })
+    }
+
+    pub(super) fn spawn_agent(
+        &self,
+        registry: &LabRegistry,
+        backend: DataplaneKind,
+        node: &str,
+        netns: &str,
+    ) -> Result<u32, LabError> {
+        let dir = self.node_dir(node);
+        let mut args: Vec<String> = vec!["daemon".into(), "--node-name".into(), node.into()];
+        match registry {
+            LabRegistry::File => args.extend([
+                "--registry".into(),
+                "file".into(),
+                "--registry-dir".into(),
+                self.registry_dir().display().to_string(),
+            ]),
+            LabRegistry::Kube { kubeconfig, agent_kubeconfig } => args.extend([
+                "--registry".into(),
+                "kube".into(),
+                "--kubeconfig".into(),
+                agent_kubeconfig.as_ref().unwrap_or(kubeconfig).display().to_string(),
+                // Marks the process as this lab's, for `down` (see topo::agent_alive).
+                "--registry-dir".into(),
+                self.registry_dir().display().to_string(),
+            ]),
+        }
+        args.extend([
+            "--underlay-iface".into(),
+            "eth0".into(),
+            "--backend".into(),
+            backend.name().into(),
+            "--net-conf".into(),
+            self.net_conf_path().display().to_string(),
+            "--subnet-file".into(),
+            dir.join("subnet.env").display().to_string(),
+            "--resync-period".into(),
+            "5s".into(),
+            "--probe-interval".into(),
+            "1s".into(),
+        ]);
+        topo::spawn_in(netns, &self.felt, &args, &self.log_path(node))
+    }
+
+    /// Attaches pod `j` of `node` through `felt cni`, in delegate mode with
+    /// the plugins in `delegate` when given.
+    pub(super) fn add_pod(
+        &self,
+        node: &NodeState,
+        j: u32,
+        delegate: Option<&Path>,
+    ) -> Result<PodState, LabError> {
+        let name = format!("{}-p{j}", node.name);
+        let netns = format!("{}-{name}", self.name);
+        topo::ip(&["netns", "add", &netns])?;
+        let mut conf = serde_json::json!({
+            "cniVersion": felt_proto::cni::CURRENT_VERSION,
+            "name": "felt",
+            "type": "felt",
+            "subnetFile": self.node_dir(&node.name).join("subnet.env"),
+            "dataDir": self.node_dir(&node.name).join("cni"),
+        });
+        if delegate.is_some() {
+            conf["delegate"] = serde_json::json!({});
+        }
+        let cni_path = delegate.unwrap_or_else(|| self.felt.parent().unwrap_or(Path::new("/")));
+        let reply = topo::cni(&node.netns, &self.felt, "ADD", &netns, &conf, cni_path)?;
+        let result: felt_proto::cni::CniResult = serde_json::from_value(reply.clone()).map_err(|e| {
+            LabError::Invalid(format!("CNI ADD for {name} returned no result ({e}): {reply}"))
+        })?;
+        let ip = result
+            .ips
+            .iter()
+            .find_map(|c| match c.address {
+                ipnet::IpNet::V4(a) => Some(a.addr()),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .ok_or_else(|| {
+                LabError::Invalid(format!("CNI ADD for {name} returned no IPv4 address: {reply}"))
+            })?;
+        Ok(PodState { name, netns, node: node.name.clone(), ip })
+    }
+}
