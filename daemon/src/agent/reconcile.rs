@@ -1,0 +1,333 @@
+//! One reconcile pass: registry → peers → data plane → report, plus what
+//! the node publishes about itself (its record and the subnet file).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use felt_overlay::kernel::ApplyReport;
+use felt_overlay::{Op, Peer, plan};
+use felt_proto::{BackendData, BackendType, NodeRecord, SubnetFile};
+use ipnet::IpNet;
+use tracing::{debug, info, warn};
+
+use super::metrics::{OpLabels, PeerState, ReasonLabel, ResultLabel, StateLabel};
+use super::status::{Malformed, ReconcileView, rfc3339};
+use super::{Agent, view};
+use crate::registry::Snapshot;
+use crate::registry::file::write_atomic;
+use crate::util::error_chain;
+
+impl Agent {
+    /// The record this node should have in the registry.
+    fn wanted_record(&self) -> NodeRecord {
+        let mut record = NodeRecord::new(&self.me.name);
+        record.pod_cidrs = vec![IpNet::V4(self.me.pod_cidr)];
+        record.public_ip = Some(self.registry.public_ip(self.underlay.ip));
+        record.backend_type = Some(BackendType::Vxlan);
+        record.backend_data =
+            Some(BackendData { vni: self.dataplane.spec().vni, vtep_mac: self.me.vtep_mac });
+        record
+    }
+
+    /// Publishes our record and writes the subnet file, each only when it changed.
+    pub(super) async fn publish(&mut self) {
+        let record = self.wanted_record();
+        match self.registry.publish(&record).await {
+            Ok(true) => info!(node = %record.name, public_ip = ?record.public_ip, "published node record"),
+            Ok(false) => debug!("node record already up to date"),
+            Err(e) => {
+                self.state.publish_failed = true;
+                self.fail(format!(
+                    "publishing node record failed; will retry on resync: {}",
+                    error_chain(&e)
+                ));
+                return self.write_subnet_file();
+            }
+        }
+        self.state.publish_failed = false;
+        self.write_subnet_file();
+    }
+
+    /// Writes the subnet file the CNI plugin reads, only when it changed.
+    fn write_subnet_file(&self) {
+        let subnet = SubnetFile {
+            network: self.cfg.net.network,
+            subnet: self.me.pod_cidr,
+            mtu: self.dataplane.spec().mtu,
+            ip_masq: self.cfg.net.ip_masq,
+        };
+        let text = subnet.render();
+        if std::fs::read_to_string(&self.cfg.subnet_file).ok().as_deref() != Some(text.as_str()) {
+            let written = self
+                .cfg
+                .subnet_file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| write_atomic(&self.cfg.subnet_file, text.as_bytes()));
+            match written {
+                Ok(()) => info!(path = %self.cfg.subnet_file.display(), "wrote subnet file"),
+                Err(e) => {
+                    warn!(path = %self.cfg.subnet_file.display(), error = %e, "writing subnet file failed")
+                }
+            }
+        }
+    }
+
+    /// Logs a bad document or record once per distinct reason, and counts it.
+    fn complain_once(&mut self, key: String, why: &str, label: &'static str, what: &str) {
+        if self.state.complaints.get(&key).map(String::as_str) != Some(why) {
+            warn!(record = %key, reason = %why, "{what}");
+            self.shared.metrics.bad_records.get_or_create(&ReasonLabel { reason: label }).inc();
+            self.state.complaints.insert(key, why.to_owned());
+        }
+    }
+
+    /// Logs an error and keeps it for `/debug/state`.
+    fn fail(&self, message: String) {
+        warn!("{message}");
+        self.shared.error(message);
+    }
+
+    /// One full observe → plan → apply pass.
+    /// One full pass: read the registry, decide the peers, program the data
+    /// plane, report. Counted as ok only when everything is as desired.
+    pub(super) async fn reconcile(&mut self) {
+        let started = Instant::now();
+        let ok = self.reconcile_inner(started).await;
+        let m = &self.shared.metrics;
+        m.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        m.reconciles.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    async fn reconcile_inner(&mut self, started: Instant) -> bool {
+        let Some((snap, synced)) = self.read_registry().await else { return false };
+        let view = self.accept(&snap, synced);
+        let Some(index) = self.ensure_device(&view.peers).await else { return false };
+        let observed = match self.kernel.observe(index).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.shared.state().programmed = false;
+                self.fail(format!("cannot read the data plane; will retry: {}", error_chain(&e)));
+                return false;
+            }
+        };
+        let ops = plan(&self.dataplane.desired(&view.peers), &self.dataplane.owned(observed));
+        let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
+        self.count_applied(&report);
+        let egress_ok = self.reconcile_egress(&view.peers);
+        let in_sync = report.failed.is_empty() && egress_ok;
+        self.report(&view.peers, &report, in_sync, started.elapsed());
+        in_sync && synced
+    }
+
+    /// The registry's records, publishing ours again when it is missing,
+    /// stale or was changed under us; `None` (the data plane kept as it is)
+    /// when the registry cannot be read.
+    async fn read_registry(&mut self) -> Option<(Snapshot, bool)> {
+        self.shared.metrics.relists.inc();
+        let (snap, synced) = match self.registry.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                self.shared.metrics.registry_errors.inc();
+                self.shared.state().registry_synced = false;
+                self.fail(format!(
+                    "cannot read the registry; keeping the data plane as it is: {}",
+                    error_chain(&e)
+                ));
+                return None;
+            }
+        };
+        let wanted = self.wanted_record();
+        if synced
+            && (self.state.publish_failed
+                || self.registry.published(&snap, &self.me.name).as_ref() != Some(&wanted))
+        {
+            self.publish().await;
+        }
+        Some((snap, synced))
+    }
+
+    /// Turns records into peers (see [`view::build`]), says once why each bad
+    /// one is skipped, and shows the result in the metrics and the state.
+    fn accept(&mut self, snap: &Snapshot, synced: bool) -> view::View {
+        let mut live = BTreeSet::new();
+        for (file, why) in &snap.malformed {
+            live.insert(file.clone());
+            self.complain_once(file.clone(), why, "malformed", "ignoring malformed node document");
+        }
+        let stable: BTreeSet<String> = self.state.peers.iter().map(|p| p.name.clone()).collect();
+        let view = view::build(&snap.records, &self.me, &self.cfg.net, &stable);
+        for r in &view.rejected {
+            live.insert(r.node.clone());
+            self.complain_once(r.node.clone(), &r.message, r.reason.label(), "ignoring node record");
+        }
+        self.state.complaints.retain(|k, _| live.contains(k));
+        self.log_peer_changes(&view.peers);
+        let m = &self.shared.metrics;
+        m.peers.get_or_create(&StateLabel { state: PeerState::desired }).set(view.peers.len() as i64);
+        m.peers.get_or_create(&StateLabel { state: PeerState::rejected }).set(view.rejected.len() as i64);
+        m.peers.get_or_create(&StateLabel { state: PeerState::pending }).set(view.pending.len() as i64);
+        let mut st = self.shared.state();
+        st.registry_synced = synced;
+        st.forbidden = self.registry.forbidden();
+        st.peers = view.peers.clone();
+        st.pending = view.pending.clone();
+        st.rejected = view.rejected.clone();
+        st.malformed = snap
+            .malformed
+            .iter()
+            .map(|(document, error)| Malformed { document: document.clone(), error: error.clone() })
+            .collect();
+        drop(st);
+        view
+    }
+
+    /// Hands the engine its peers (the first table too, even empty: the
+    /// userspace workers wait for it) and creates or repairs the device;
+    /// its index, or `None` when it cannot be set up.
+    async fn ensure_device(&mut self, peers: &[Peer]) -> Option<u32> {
+        if self.dataplane.engine().is_some() && self.state.engine_peers.as_deref() != Some(peers) {
+            self.dataplane.set_peers(peers);
+            self.state.engine_peers = Some(peers.to_vec());
+        }
+        self.shared.refresh_engine_metrics();
+        match self.dataplane.ensure_device(&self.kernel, self.me.pod_cidr).await {
+            Ok((index, changes)) => {
+                if !changes.is_empty() {
+                    info!(device = %self.dataplane.spec().name, changes = ?changes, "VXLAN device set up");
+                }
+                self.ifindex.store(index, Ordering::Relaxed);
+                self.shared.state().device_index = index;
+                Some(index)
+            }
+            Err(e) => {
+                self.shared.state().programmed = false;
+                self.fail(format!("cannot set up the VXLAN device; will retry: {}", error_chain(&e)));
+                None
+            }
+        }
+    }
+
+    /// Logs and counts every op the kernel took or refused.
+    fn count_applied(&self, report: &ApplyReport) {
+        for op in &report.applied {
+            info!(op = op.kind(), entry = %describe(op), "programmed");
+            self.shared.metrics.ops.get_or_create(&OpLabels { op: op.kind(), result: "ok" }).inc();
+        }
+        for (op, why) in &report.failed {
+            self.shared.metrics.ops.get_or_create(&OpLabels { op: op.kind(), result: "error" }).inc();
+            self.fail(format!("programming {} {} failed; will retry: {why}", op.kind(), describe(op)));
+        }
+    }
+
+    /// The pass's outcome in the metrics, the state and the log.
+    fn report(&self, peers: &[Peer], report: &ApplyReport, in_sync: bool, elapsed: Duration) {
+        let programmed_peers = if in_sync {
+            peers.len()
+        } else {
+            peers.iter().filter(|p| !report.failed.iter().any(|(op, _)| concerns(op, p))).count()
+        };
+        let m = &self.shared.metrics;
+        m.peers.get_or_create(&StateLabel { state: PeerState::programmed }).set(programmed_peers as i64);
+        if in_sync {
+            let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            m.last_sync.set(now.as_secs_f64());
+        }
+        let (applied, failed) = (report.applied.len(), report.failed.len());
+        {
+            let mut st = self.shared.state();
+            st.programmed = in_sync;
+            st.last_reconcile = Some(ReconcileView {
+                at: rfc3339(SystemTime::now()),
+                duration_ms: elapsed.as_secs_f64() * 1e3,
+                applied,
+                failed,
+            });
+        }
+        if applied + failed == 0 {
+            debug!(peers = peers.len(), ?elapsed, "in sync");
+        } else {
+            info!(peers = peers.len(), applied, failed, ?elapsed, "reconciled");
+        }
+    }
+
+    /// Keeps felt's masquerade table right for the cluster CIDR and every
+    /// node's underlay address (see `felt_overlay::nft`); `false` on failure.
+    fn reconcile_egress(&mut self, peers: &[Peer]) -> bool {
+        use felt_overlay::nft::{self, Masquerade, Nft};
+        let want = self.cfg.net.ip_masq.then(|| Masquerade {
+            cluster: self.cfg.net.network,
+            nodes: peers.iter().map(|p| p.underlay_ip).chain([self.underlay.ip]).collect(),
+        });
+        let result = (|| {
+            let n = match &mut self.nft {
+                Some(n) => n,
+                None => self.nft.insert(Nft::open()?),
+            };
+            let p = nft::plan(want.as_ref(), &n.observe()?);
+            n.apply(&p, want.as_ref()).map(|()| p)
+        })();
+        let count = |op, result| self.shared.metrics.ops.get_or_create(&OpLabels { op, result }).inc();
+        match result {
+            Ok(p) => {
+                if let Some(op) = p.kind() {
+                    count(op, "ok");
+                    info!(op, plan = ?p, table = nft::TABLE, "programmed");
+                }
+                true
+            }
+            Err(e) => {
+                // Failures count under the write that builds the table.
+                count("set_masquerade", "error");
+                // A socket that failed may be broken: open a fresh one next time.
+                self.nft = None;
+                self.fail(format!(
+                    "egress masquerade (nftables table ip {}) failed; will retry: {}",
+                    nft::TABLE,
+                    error_chain(&e)
+                ));
+                false
+            }
+        }
+    }
+
+    fn log_peer_changes(&mut self, peers: &[Peer]) {
+        let old: BTreeMap<&str, &Peer> = self.state.peers.iter().map(|p| (p.name.as_str(), p)).collect();
+        let new: BTreeMap<&str, &Peer> = peers.iter().map(|p| (p.name.as_str(), p)).collect();
+        for (name, p) in &new {
+            match old.get(name) {
+                None => {
+                    info!(peer = %name, pod_cidr = %p.pod_cidr, underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer joined")
+                }
+                Some(o) if o != p => {
+                    info!(peer = %name, pod_cidr = %p.pod_cidr, underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer changed")
+                }
+                _ => {}
+            }
+        }
+        for name in old.keys().filter(|n| !new.contains_key(*n)) {
+            info!(peer = %name, "peer left");
+        }
+        self.state.peers = peers.to_vec();
+    }
+}
+
+fn describe(op: &Op) -> String {
+    match op {
+        Op::DelRoute(dst) => dst.to_string(),
+        Op::SetRoute(r) => format!("{} via {}", r.dst, r.gateway),
+        Op::SetNeighbour(n) | Op::DelNeighbour(n) => format!("{} lladdr {}", n.ip, n.mac),
+        Op::SetFdb(f) | Op::DelFdb(f) => format!("{} dst {}", f.mac, f.dst),
+    }
+}
+
+/// True when `op` sets or removes one of peer `p`'s entries.
+fn concerns(op: &Op, p: &Peer) -> bool {
+    match op {
+        Op::SetRoute(r) => r.dst == p.pod_cidr,
+        Op::DelRoute(dst) => *dst == p.pod_cidr,
+        Op::SetNeighbour(n) | Op::DelNeighbour(n) => n.ip == p.vtep_ip(),
+        Op::SetFdb(f) | Op::DelFdb(f) => f.mac == p.vtep_mac,
+    }
+}

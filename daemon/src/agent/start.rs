@@ -1,0 +1,212 @@
+//! Bringing the agent up, and letting it go: signals and the keeper that
+//! holds the userspace data plane across a restart.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use felt_overlay::dataplane::{self, Dataplane, DataplaneKind};
+use felt_overlay::kernel::{Kernel, Underlay, VxlanSpec, change_events};
+use felt_overlay::userspace::{UserspaceDataplane, keeper};
+use felt_proto::MacAddr;
+use ipnet::Ipv4Net;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::metrics::Metrics;
+use super::status::{ConfigView, LeaseView, Shared};
+use super::view::Me;
+use super::{Agent, AgentConfig, AgentError, State, Wakeups, debug, probe};
+use crate::registry::Registry;
+use crate::util::error_chain;
+
+/// Brings the agent up: netlink, the registry, the debug endpoint, the
+/// underlay and the lease (each retried until it works, or `None` on
+/// shutdown), the data plane, and the watches, opened before the first list
+/// so no change falls between the two.
+pub(super) async fn start(
+    cfg: AgentConfig,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<(Agent, Wakeups)>, AgentError> {
+    let kernel = Kernel::connect()?;
+    let registry = Registry::open(&cfg.registry, &cfg.node_name).await?;
+    let shared =
+        Arc::new(Shared::new(cfg.node_name.clone(), config_view(&cfg), Metrics::new(cfg.backend.name())));
+    if let Some(addr) = cfg.debug_addr {
+        debug::serve(addr, shared.clone(), kernel.clone())
+            .await
+            .map_err(|source| AgentError::Debug { addr, source })?;
+    }
+
+    let Some(underlay) =
+        retry("finding the underlay interface", &shared, shutdown, || kernel.underlay(&cfg.underlay)).await
+    else {
+        return Ok(None);
+    };
+    info!(iface = %underlay.name, ip = %underlay.ip, mtu = underlay.mtu, "underlay");
+    let Some(pod_cidr) =
+        retry("leasing a pod subnet", &shared, shutdown, || registry.lease(&cfg.node_name, &cfg.net)).await
+    else {
+        return Ok(None);
+    };
+    let spec = device_spec(&cfg, &underlay);
+    info!(node = %cfg.node_name, %pod_cidr, vtep_mac = %spec.mac, device = %spec.name, mtu = spec.mtu, "lease held");
+    shared.state().lease = Some(lease_view(pod_cidr, &underlay, &spec));
+    let vtep_mac = spec.mac;
+    let dataplane = match cfg.backend {
+        DataplaneKind::Kernel => Dataplane::kernel(spec),
+        DataplaneKind::Userspace => Dataplane::userspace(&kernel, spec, cfg.offloads).await?,
+    };
+    if let Some(engine) = dataplane.engine() {
+        shared.set_engine(engine.clone());
+    }
+
+    // Watch before the first list, so no change falls between the two.
+    let ifindex = Arc::new(AtomicU32::new(0));
+    let registry_events = registry.watch()?;
+    let netlink_events = change_events(ifindex.clone())?;
+    if let Err(e) = probe::spawn(shared.clone(), cfg.probe_interval) {
+        let message = format!("peer probes are off: cannot start their thread: {e}");
+        warn!("{message}");
+        shared.error(message);
+    }
+
+    let me = Me { name: cfg.node_name.clone(), pod_cidr, underlay_ip: underlay.ip, vtep_mac };
+    let mut resync = tokio::time::interval(cfg.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let wakeups = Wakeups { registry: registry_events, netlink: netlink_events, resync };
+    let (nft, state) = (None, State::default());
+    let agent = Agent { cfg, kernel, registry, dataplane, me, underlay, ifindex, shared, nft, state };
+    Ok(Some((agent, wakeups)))
+}
+
+/// The device this node's data plane runs: `felt.<vni>` unless named, the
+/// overlay MTU of the underlay's, and a VTEP MAC derived from the node name
+/// (the same across restarts, so peers never reprogram it).
+fn device_spec(cfg: &AgentConfig, underlay: &Underlay) -> VxlanSpec {
+    VxlanSpec {
+        name: cfg.device.clone().unwrap_or_else(|| dataplane::default_device(cfg.net.backend.vni)),
+        vni: cfg.net.backend.vni,
+        port: cfg.net.backend.port,
+        local: underlay.ip,
+        underlay_index: underlay.index,
+        mtu: cfg.net.overlay_mtu(underlay.mtu),
+        mac: MacAddr::derive(cfg.node_name.as_bytes()),
+    }
+}
+
+/// The lease as `/debug/state` shows it.
+fn lease_view(pod_cidr: Ipv4Net, underlay: &Underlay, spec: &VxlanSpec) -> LeaseView {
+    LeaseView {
+        pod_cidr,
+        vtep_ip: dataplane::vtep_ip(pod_cidr),
+        vtep_mac: spec.mac,
+        underlay_iface: underlay.name.clone(),
+        underlay_ip: underlay.ip,
+        underlay_mtu: underlay.mtu,
+        device: spec.name.clone(),
+        mtu: spec.mtu,
+    }
+}
+
+fn config_view(cfg: &AgentConfig) -> ConfigView {
+    ConfigView {
+        registry: cfg.registry.kind(),
+        registry_location: cfg.registry.location(),
+        backend: cfg.backend,
+        network: cfg.net.network,
+        subnet_len: cfg.net.subnet_len,
+        vni: cfg.net.backend.vni,
+        port: cfg.net.backend.port,
+        resync_seconds: cfg.resync.as_secs_f64(),
+        probe_interval_seconds: cfg.probe_interval.as_secs_f64(),
+        subnet_file: cfg.subnet_file.display().to_string(),
+        userspace_offloads: (cfg.backend == DataplaneKind::Userspace).then(|| cfg.offloads.to_string()),
+    }
+}
+
+/// Runs `attempt` until it succeeds, backing off from 1 s to 30 s; `None` on shutdown.
+async fn retry<T, E, F, Fut>(
+    what: &str,
+    shared: &Shared,
+    shutdown: &watch::Receiver<bool>,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::error::Error,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_secs(1);
+    let mut shutdown = shutdown.clone();
+    loop {
+        shared.beat();
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let message = format!("{what} failed; retrying in {delay:?}: {}", error_chain(&e));
+                warn!("{message}");
+                shared.error(message);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// How long a keeper waits for the next agent before it lets the
+/// descriptors go.
+pub const KEEPER_HOLD: Duration = Duration::from_secs(10);
+
+/// Hands the userspace data plane's descriptors to a `felt keeper` child,
+/// so packets wait in the kernel until the next agent takes them over (see
+/// `felt_overlay::userspace::keeper`). Failing that, the persistent TUN
+/// still keeps the routes.
+pub(super) fn spawn_keeper(dp: &UserspaceDataplane) {
+    let run = || -> std::io::Result<u32> {
+        let handover = dp.handover()?;
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["keeper", "--device", dp.name(), "--hold"])
+            .arg(format!("{}ms", KEEPER_HOLD.as_millis()))
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(std::process::Stdio::null())
+            // Its own process group: a Ctrl-C meant for the agent does not reach it.
+            .process_group(0)
+            .spawn()?;
+        keeper::hand_over(&mut ours, &handover)?;
+        Ok(child.id())
+    };
+    match run() {
+        Ok(pid) => {
+            info!(pid, hold = ?KEEPER_HOLD, "the data plane's descriptors wait with a keeper for the next agent")
+        }
+        Err(e) => {
+            warn!(error = %e, "no keeper for the next agent: packets arriving before it starts are lost")
+        }
+    }
+}
+
+/// A receiver that flips to `true` on SIGTERM or SIGINT.
+pub(super) fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
