@@ -12,7 +12,9 @@ mod engine;
 pub mod keeper;
 pub mod offload;
 mod sys;
+mod udp;
 pub mod wire;
+mod workers;
 
 pub use edge::{Handover, Offloads, UserspaceDataplane};
 pub use engine::{Counters, Decap, DropReason, Encap, EncapMany, Engine, EngineConfig, HEADROOM};
