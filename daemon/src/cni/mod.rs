@@ -25,6 +25,7 @@
 //!   to none, and temporaries of plugins killed mid-claim.
 
 pub mod delegate;
+mod delegated;
 pub mod install;
 pub(crate) mod link;
 
@@ -127,7 +128,7 @@ fn run(version: &mut String) -> Result<Option<String>, CniError> {
         ));
     }
     if let Some(user) = &conf.delegate {
-        return delegated(&conf, user, command);
+        return delegated::run(&conf, user, command);
     }
     match command {
         Command::Add => {
@@ -140,119 +141,6 @@ fn run(version: &mut String) -> Result<Option<String>, CniError> {
         Command::Check => check(&conf, &Pod::from_env(command)?).map(|()| None),
         Command::Status => status(&conf).map(|_| None),
         Command::Gc => gc(&conf).map(|_| None),
-        Command::Version => Ok(Some(version_reply())),
-    }
-}
-
-/// Delegate mode (see [`delegate`]): one command.
-fn delegated(
-    conf: &NetConf,
-    user: &serde_json::Map<String, serde_json::Value>,
-    command: Command,
-) -> Result<Option<String>, CniError> {
-    use delegate::{Invocation, Kept, KeptEntry};
-    let cni_path = std::env::var("CNI_PATH").unwrap_or_default();
-    let kept = Kept::of(conf);
-    let plugin_of = |d: &serde_json::Map<String, serde_json::Value>| {
-        delegate::find_plugin(d.get("type").and_then(|t| t.as_str()).unwrap_or_default(), &cni_path)
-    };
-    // The runtime's prevResult, shaped for the version the delegate speaks.
-    let with_prev = |mut d: serde_json::Map<String, serde_json::Value>| {
-        if let Some(prev) = &conf.prev_result {
-            let version = d["cniVersion"].as_str().unwrap_or(&conf.cni_version).to_owned();
-            d.insert("prevResult".into(), serde_json::json!(prev.clone().for_version(&version)));
-        }
-        serde_json::Value::Object(d).to_string()
-    };
-    match command {
-        Command::Add => {
-            let pod = Pod::from_env(command)?;
-            let subnet = read_subnet(&conf.subnet_file)?;
-            let mut d = delegate::delegate_conf(conf, user, &subnet);
-            let plugin = plugin_of(&d)?;
-            let version = delegate::negotiate(
-                &conf.cni_version,
-                &delegate::versions(&plugin, &conf.cni_version)?,
-                command,
-            )?;
-            d.insert("cniVersion".into(), version.into());
-            // Kept before the delegate runs: a plugin killed mid-ADD leaves
-            // something GC can undo.
-            kept.save(&KeptEntry {
-                container_id: pod.container_id.clone(),
-                ifname: pod.ifname.clone(),
-                netns: pod.netns.clone(),
-                delegate: d.clone(),
-            })?;
-            let add = Invocation { plugin: &plugin, command: "ADD", attachment: None };
-            match add.run(with_prev(d.clone()).as_bytes()) {
-                Ok(out) => Ok(Some(to_json(&delegate::result_for(&out, &conf.cni_version)?))),
-                Err(e) => {
-                    let undo = Invocation { command: "DEL", ..add };
-                    if undo.run(serde_json::Value::Object(d).to_string().as_bytes()).is_ok() {
-                        let _ = kept.forget(&pod.container_id, &pod.ifname);
-                    }
-                    Err(e)
-                }
-            }
-        }
-        Command::Del => {
-            let pod = Pod::from_env(command)?;
-            // Nothing kept: never added, or deleted already.
-            let Some(k) = kept.load(&pod.container_id, &pod.ifname)? else { return Ok(None) };
-            let plugin = plugin_of(&k.delegate)?;
-            Invocation { plugin: &plugin, command: "DEL", attachment: None }
-                .run(with_prev(k.delegate).as_bytes())?;
-            kept.forget(&pod.container_id, &pod.ifname)?;
-            Ok(None)
-        }
-        Command::Check => {
-            let pod = Pod::from_env(command)?;
-            let Some(k) = kept.load(&pod.container_id, &pod.ifname)? else {
-                return Err(CniError::new(
-                    ErrorCode::AttachmentChanged,
-                    format!("{}/{} was not added through felt on this node", pod.container_id, pod.ifname),
-                ));
-            };
-            let plugin = plugin_of(&k.delegate)?;
-            Invocation { plugin: &plugin, command: "CHECK", attachment: None }
-                .run(with_prev(k.delegate).as_bytes())?;
-            Ok(None)
-        }
-        Command::Status => {
-            status(conf)?;
-            let d = delegate::delegate_conf(conf, user, &read_subnet(&conf.subnet_file)?);
-            let not_ready =
-                |e: CniError| CniError::new(ErrorCode::NotAvailable, format!("not ready: {}", e.msg));
-            plugin_of(&d).map_err(not_ready)?;
-            if let Some(ipam) = d.get("ipam").and_then(|i| i["type"].as_str()) {
-                delegate::find_plugin(ipam, &cni_path).map_err(not_ready)?;
-            }
-            Ok(None)
-        }
-        Command::Gc => {
-            let valid: HashSet<(String, String)> = conf
-                .valid_attachments
-                .iter()
-                .flatten()
-                .map(|a| (a.container_id.clone(), a.ifname.clone()))
-                .collect();
-            for k in kept.entries()? {
-                if valid.contains(&(k.container_id.clone(), k.ifname.clone())) {
-                    continue;
-                }
-                let plugin = plugin_of(&k.delegate)?;
-                let netns = k.netns.as_deref().filter(|n| n.exists());
-                Invocation {
-                    plugin: &plugin,
-                    command: "DEL",
-                    attachment: Some((&k.container_id, &k.ifname, netns)),
-                }
-                .run(serde_json::Value::Object(k.delegate).to_string().as_bytes())?;
-                kept.forget(&k.container_id, &k.ifname)?;
-            }
-            Ok(None)
-        }
         Command::Version => Ok(Some(version_reply())),
     }
 }
