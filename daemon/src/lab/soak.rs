@@ -356,38 +356,15 @@ impl Lab {
         progress: &mut dyn FnMut(&str),
     ) -> Result<SoakReport, LabError> {
         let state: LabState = self.loaded()?;
-        let target: &NodeState = state
-            .nodes
-            .iter()
-            .find(|n| state.mode.backend_of(n.index) == felt_overlay::DataplaneKind::Userspace)
-            .ok_or_else(|| {
-                LabError::Invalid("soak needs a userspace node (--mode userspace or mixed)".into())
-            })?;
-        let peer = state
-            .nodes
-            .iter()
-            .find(|n| n.name != target.name)
-            .ok_or_else(|| LabError::Invalid("soak needs two nodes".into()))?;
-        let records = self.records_of(&state.registry)?;
-        let record = |n: &NodeState| {
-            let r =
-                records.get(&n.name).ok_or_else(|| LabError::Invalid(format!("{} has no record", n.name)))?;
-            match (r.pod_cidr_v4(), r.backend_data) {
-                (Some(cidr), Some(data)) => Ok((cidr, data.vtep_mac)),
-                _ => Err(LabError::Invalid(format!("{}'s record has no subnet or VTEP yet", n.name))),
-            }
-        };
-        let ((target_cidr, target_mac), (peer_cidr, peer_mac)) = (record(target)?, record(peer)?);
-        let frame = Frame { vni: 1, target_mac, peer_mac, peer_cidr, target_cidr };
-        let to = SocketAddrV4::new(target.underlay_ip, felt_proto::NetConfig::default().backend.port);
+        let soak = Soak::new(self, &state)?;
+        let (target, peer, to) = (soak.target, soak.peer, soak.to);
         let pod_on = |n: &NodeState| state.pods.iter().find(|p| p.node == n.name);
-
         let drop_points = DropPoints {
             underlay_ns: self.underlay_ns(),
             sender_ns: peer.netns.clone(),
             target_ns: target.netns.clone(),
         };
-        let (felt_before, kernel_before) = (felt_drops(&target.netns)?, drop_points.read()?);
+        let before = (felt_drops(&target.netns)?, drop_points.read()?);
         let stop = Arc::new(AtomicBool::new(false));
         let pings = match (pod_on(peer), pod_on(target)) {
             (Some(src), Some(dst)) => Some(pinger(&src.netns, dst.ip, stop.clone())),
@@ -401,34 +378,7 @@ impl Lab {
             peer.name
         ));
         let start = Instant::now();
-        let deadline = start + Duration::from_secs_f64(max_seconds);
-        let unknown = datagrams / 16;
-        let from_peer = Flood {
-            ns: peer.netns.clone(),
-            from: peer.underlay_ip,
-            count: datagrams - unknown,
-            seed: 0x9e37_79b9_7f4a_7c15,
-            peer: true,
-        }
-        .start(to, deadline, frame);
-        let from_host = Flood {
-            ns: self.underlay_ns(),
-            from: topo::host_ip(state.underlay),
-            count: unknown,
-            seed: 0xd1b5_4a32_d192_ed03,
-            peer: false,
-        }
-        .start(to, deadline, frame);
-        let mut sent_by_kind = BTreeMap::new();
-        for sender in [from_peer, from_host] {
-            let by_kind = sender
-                .join()
-                .map_err(|_| LabError::Invalid("a soak sender panicked".into()))?
-                .map_err(|e| LabError::io("sending from", &netns::named(&peer.netns), e))?;
-            for (k, n) in by_kind {
-                *sent_by_kind.entry(k).or_insert(0) += n;
-            }
-        }
+        let sent_by_kind = soak.flood(datagrams, start + Duration::from_secs_f64(max_seconds))?;
         let seconds = start.elapsed().as_secs_f64();
         let sent: u64 = sent_by_kind.values().sum();
         progress(&format!("sent {sent} in {seconds:.1} s; waiting for the counters to settle"));
@@ -437,25 +387,7 @@ impl Lab {
             Some(p) => p.join().unwrap_or((0, 0)),
             None => (0, 0),
         };
-        // Until every datagram is accounted for, or 5 s of no change.
-        let mut last = (BTreeMap::new(), 0u64);
-        let mut still = Instant::now();
-        loop {
-            let now = (
-                delta(&felt_drops(&target.netns)?, &felt_before),
-                drop_points.read()?.saturating_sub(kernel_before),
-            );
-            let total = now.0.values().sum::<u64>() + now.1;
-            if now != last {
-                still = Instant::now();
-            }
-            last = now;
-            if total >= sent || still.elapsed() > Duration::from_secs(5) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let (counted_by_felt, dropped_by_kernel) = last;
+        let (counted_by_felt, dropped_by_kernel) = settle(&drop_points, &target.netns, &before, sent)?;
         let recovered = match (pod_on(peer), pod_on(target)) {
             (Some(src), Some(dst)) => {
                 let ip = dst.ip;
@@ -477,6 +409,109 @@ impl Lab {
             recovered,
             agent_alive: topo::agent_alive(target.pid, &self.registry_dir()),
         })
+    }
+}
+
+/// A soak's two ends: the userspace node flooded and the peer most of the
+/// garbage comes from, with the frame the senders mutate.
+struct Soak<'a> {
+    underlay_ns: String,
+    host_ip: Ipv4Addr,
+    target: &'a NodeState,
+    peer: &'a NodeState,
+    to: SocketAddrV4,
+    frame: Frame,
+}
+
+impl<'a> Soak<'a> {
+    fn new(lab: &Lab, state: &'a LabState) -> Result<Self, LabError> {
+        let target: &NodeState = state
+            .nodes
+            .iter()
+            .find(|n| state.mode.backend_of(n.index) == felt_overlay::DataplaneKind::Userspace)
+            .ok_or_else(|| {
+                LabError::Invalid("soak needs a userspace node (--mode userspace or mixed)".into())
+            })?;
+        let peer = state
+            .nodes
+            .iter()
+            .find(|n| n.name != target.name)
+            .ok_or_else(|| LabError::Invalid("soak needs two nodes".into()))?;
+        let records = lab.records_of(&state.registry)?;
+        let record = |n: &NodeState| {
+            let r =
+                records.get(&n.name).ok_or_else(|| LabError::Invalid(format!("{} has no record", n.name)))?;
+            match (r.pod_cidr_v4(), r.backend_data) {
+                (Some(cidr), Some(data)) => Ok((cidr, data.vtep_mac)),
+                _ => Err(LabError::Invalid(format!("{}'s record has no subnet or VTEP yet", n.name))),
+            }
+        };
+        let ((target_cidr, target_mac), (peer_cidr, peer_mac)) = (record(target)?, record(peer)?);
+        Ok(Soak {
+            underlay_ns: lab.underlay_ns(),
+            host_ip: topo::host_ip(state.underlay),
+            target,
+            peer,
+            to: SocketAddrV4::new(target.underlay_ip, felt_proto::NetConfig::default().backend.port),
+            frame: Frame { vni: 1, target_mac, peer_mac, peer_cidr, target_cidr },
+        })
+    }
+
+    /// Sends `datagrams` until `deadline`: 1 in 16 from the lab host (no
+    /// peer), the rest from the peer; how many of each kind were sent.
+    fn flood(&self, datagrams: u64, deadline: Instant) -> Result<BTreeMap<String, u64>, LabError> {
+        let unknown = datagrams / 16;
+        let from_peer = Flood {
+            ns: self.peer.netns.clone(),
+            from: self.peer.underlay_ip,
+            count: datagrams - unknown,
+            seed: 0x9e37_79b9_7f4a_7c15,
+            peer: true,
+        }
+        .start(self.to, deadline, self.frame);
+        let from_host = Flood {
+            ns: self.underlay_ns.clone(),
+            from: self.host_ip,
+            count: unknown,
+            seed: 0xd1b5_4a32_d192_ed03,
+            peer: false,
+        }
+        .start(self.to, deadline, self.frame);
+        let mut sent_by_kind = BTreeMap::new();
+        for sender in [from_peer, from_host] {
+            let by_kind = sender
+                .join()
+                .map_err(|_| LabError::Invalid("a soak sender panicked".into()))?
+                .map_err(|e| LabError::io("sending from", &netns::named(&self.peer.netns), e))?;
+            for (k, n) in by_kind {
+                *sent_by_kind.entry(k).or_insert(0) += n;
+            }
+        }
+        Ok(sent_by_kind)
+    }
+}
+
+/// Felt's drop counters (by reason, since `before`) and the kernel's drops,
+/// once every one of `sent` datagrams is accounted for or nothing moved for 5 s.
+fn settle(
+    drop_points: &DropPoints,
+    target_ns: &str,
+    before: &(BTreeMap<String, u64>, u64),
+    sent: u64,
+) -> Result<(BTreeMap<String, u64>, u64), LabError> {
+    let mut last = (BTreeMap::new(), 0u64);
+    let mut still = Instant::now();
+    loop {
+        let now = (delta(&felt_drops(target_ns)?, &before.0), drop_points.read()?.saturating_sub(before.1));
+        let total = now.0.values().sum::<u64>() + now.1;
+        if now != last {
+            still = Instant::now();
+        }
+        last = now;
+        if total >= sent || still.elapsed() > Duration::from_secs(5) {
+            return Ok(last);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
