@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::netns;
 
-use super::state::{Mode, NodeState};
+use super::state::{LabState, Mode, NodeState};
 use super::{Lab, LabError, topo};
 use crate::registry::file::write_atomic;
 
@@ -232,30 +232,10 @@ pub fn results_path(lab_dir: &std::path::Path) -> PathBuf {
 }
 
 impl Lab {
-    /// Measures every path the lab has, in one run (see [`bench`]).
+    /// Measures every path the lab has, in one run (see [`bench`](self)).
     pub fn bench(&self, seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<Vec<PathResult>, LabError> {
         let state = self.loaded()?;
-        let node_of =
-            |b: DataplaneKind| state.nodes.iter().filter(move |n| state.mode.backend_of(n.index) == b);
-        let pod_of = |node: &NodeState| {
-            state.pods.iter().find(|p| p.node == node.name).map(|p| End { netns: p.netns.clone(), ip: p.ip })
-        };
-        let kernel: Vec<&NodeState> = node_of(DataplaneKind::Kernel).collect();
-        let user: Vec<&NodeState> = node_of(DataplaneKind::Userspace).collect();
-        let mut paths: Vec<(&str, End, End)> = Vec::new();
-        let (a, b) = (&state.nodes[0], state.nodes.get(1));
-        if let Some(b) = b {
-            let end = |n: &NodeState| End { netns: n.netns.clone(), ip: n.underlay_ip };
-            paths.push(("underlay", end(a), end(b)));
-        }
-        let mut pods_between = |label: &'static str, x: Option<&&NodeState>, y: Option<&&NodeState>| {
-            if let (Some(x), Some(y)) = (x.and_then(|n| pod_of(n)), y.and_then(|n| pod_of(n))) {
-                paths.push((label, x, y));
-            }
-        };
-        pods_between("kernel", kernel.first(), kernel.get(1));
-        pods_between("userspace", user.first(), user.get(1));
-        pods_between("mixed", kernel.first(), user.first());
+        let paths = paths_of(&state);
         if paths.len() < 2 {
             return Err(LabError::Invalid("nothing to compare: need two nodes with a pod each (a mixed lab of 4 nodes measures every path)".into()));
         }
@@ -263,7 +243,7 @@ impl Lab {
         // topo::make_node); the paths that do not reach a userspace node are
         // measured with it on, as on a real NIC.
         let offloaded: Vec<&str> = if state.mode == Mode::Mixed {
-            kernel.iter().map(|n| n.netns.as_str()).collect()
+            nodes_of(&state, DataplaneKind::Kernel).map(|n| n.netns.as_str()).collect()
         } else {
             Vec::new()
         };
@@ -283,18 +263,7 @@ impl Lab {
                 let measured = tcp(src, dst, streams, seconds);
                 with_offload(label, false)?;
                 let (gbit, cores) = measured.map_err(|e| LabError::Invalid(format!("bench {label}: {e}")))?;
-                results.push(PathResult {
-                    test: "tcp".into(),
-                    path: (*label).to_owned(),
-                    between: describe(src, dst),
-                    streams,
-                    gbit_per_s: gbit,
-                    packets_per_s: None,
-                    loss: None,
-                    ratio_to_kernel: None,
-                    cores_per_gbit: cores,
-                    cores_per_mpps: None,
-                });
+                results.push(PathResult::tcp(label, describe(src, dst), streams, gbit, cores));
             }
         }
         for (label, src, dst) in &paths {
@@ -303,32 +272,86 @@ impl Lab {
             let measured = udp_rate(src, dst, seconds);
             with_offload(label, false)?;
             let r = measured.map_err(|e| LabError::Invalid(format!("bench udp {label}: {e}")))?;
-            let gbit = r.received_per_s * (UDP_PAYLOAD * 8) as f64 / 1e9;
-            results.push(PathResult {
-                test: "udp".into(),
-                path: (*label).to_owned(),
-                between: describe(src, dst),
-                streams: 1,
-                gbit_per_s: gbit,
-                packets_per_s: Some(r.received_per_s),
-                loss: Some(r.loss),
-                ratio_to_kernel: None,
-                cores_per_gbit: if gbit > 0.0 { r.cores / gbit } else { f64::INFINITY },
-                cores_per_mpps: (r.received_per_s > 0.0).then(|| r.cores / (r.received_per_s / 1e6)),
-            });
+            results.push(PathResult::udp(label, describe(src, dst), &r));
         }
-        let kernel_of = |r: &PathResult, rs: &[PathResult]| {
-            rs.iter()
-                .find(|k| k.path == "kernel" && k.test == r.test && k.streams == r.streams)
-                .map(|k| if k.test == "udp" { k.packets_per_s.unwrap_or(0.0) } else { k.gbit_per_s })
-        };
-        let snapshot = results.clone();
-        for r in &mut results {
-            let mine = if r.test == "udp" { r.packets_per_s.unwrap_or(0.0) } else { r.gbit_per_s };
-            r.ratio_to_kernel = kernel_of(r, &snapshot).filter(|k| *k > 0.0).map(|k| mine / k);
-        }
+        set_ratios(&mut results);
         let json = serde_json::to_vec_pretty(&results).expect("results serialise");
         let _ = write_atomic(&results_path(&self.dir), &json);
         Ok(results)
+    }
+}
+
+fn nodes_of(state: &LabState, kind: DataplaneKind) -> impl Iterator<Item = &NodeState> {
+    state.nodes.iter().filter(move |n| state.mode.backend_of(n.index) == kind)
+}
+
+/// Every path the lab has: node to node on the underlay, then pod to pod
+/// between two kernel nodes, two userspace nodes, and kernel to userspace.
+fn paths_of(state: &LabState) -> Vec<(&'static str, End, End)> {
+    let pod_of = |node: &NodeState| {
+        state.pods.iter().find(|p| p.node == node.name).map(|p| End { netns: p.netns.clone(), ip: p.ip })
+    };
+    let kernel: Vec<&NodeState> = nodes_of(state, DataplaneKind::Kernel).collect();
+    let user: Vec<&NodeState> = nodes_of(state, DataplaneKind::Userspace).collect();
+    let mut paths = Vec::new();
+    if let (Some(a), Some(b)) = (state.nodes.first(), state.nodes.get(1)) {
+        let end = |n: &NodeState| End { netns: n.netns.clone(), ip: n.underlay_ip };
+        paths.push(("underlay", end(a), end(b)));
+    }
+    let mut pods_between = |label: &'static str, x: Option<&&NodeState>, y: Option<&&NodeState>| {
+        if let (Some(x), Some(y)) = (x.and_then(|n| pod_of(n)), y.and_then(|n| pod_of(n))) {
+            paths.push((label, x, y));
+        }
+    };
+    pods_between("kernel", kernel.first(), kernel.get(1));
+    pods_between("userspace", user.first(), user.get(1));
+    pods_between("mixed", kernel.first(), user.first());
+    paths
+}
+
+/// Each result as a ratio to the kernel VXLAN path of the same test.
+fn set_ratios(results: &mut [PathResult]) {
+    let figure = |r: &PathResult| if r.test == "udp" { r.packets_per_s.unwrap_or(0.0) } else { r.gbit_per_s };
+    let kernel: Vec<(String, u32, f64)> = results
+        .iter()
+        .filter(|k| k.path == "kernel")
+        .map(|k| (k.test.clone(), k.streams, figure(k)))
+        .collect();
+    for r in results.iter_mut() {
+        let base = kernel.iter().find(|(test, streams, _)| *test == r.test && *streams == r.streams);
+        r.ratio_to_kernel = base.map(|b| b.2).filter(|k| *k > 0.0).map(|k| figure(r) / k);
+    }
+}
+
+impl PathResult {
+    fn tcp(path: &str, between: String, streams: u32, gbit: f64, cores: f64) -> PathResult {
+        PathResult {
+            test: "tcp".into(),
+            path: path.to_owned(),
+            between,
+            streams,
+            gbit_per_s: gbit,
+            packets_per_s: None,
+            loss: None,
+            ratio_to_kernel: None,
+            cores_per_gbit: cores,
+            cores_per_mpps: None,
+        }
+    }
+
+    fn udp(path: &str, between: String, r: &UdpRate) -> PathResult {
+        let gbit = r.received_per_s * (UDP_PAYLOAD * 8) as f64 / 1e9;
+        PathResult {
+            test: "udp".into(),
+            path: path.to_owned(),
+            between,
+            streams: 1,
+            gbit_per_s: gbit,
+            packets_per_s: Some(r.received_per_s),
+            loss: Some(r.loss),
+            ratio_to_kernel: None,
+            cores_per_gbit: if gbit > 0.0 { r.cores / gbit } else { f64::INFINITY },
+            cores_per_mpps: (r.received_per_s > 0.0).then(|| r.cores / (r.received_per_s / 1e6)),
+        }
     }
 }
