@@ -209,43 +209,14 @@ pub fn start(
         "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n",
     )?;
     let audit_log = dir.join("audit.log");
-    let path = |p: &str| dir.join(p).display().to_string();
-    let etcd_args: Vec<String> = [
-        "--name=lab".into(),
-        format!("--data-dir={}", path("etcd")),
-        "--listen-client-urls=http://127.0.0.1:2379".into(),
-        "--advertise-client-urls=http://127.0.0.1:2379".into(),
-        "--listen-peer-urls=http://127.0.0.1:2380".into(),
-        "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
-        "--initial-cluster=lab=http://127.0.0.1:2380".into(),
-        "--log-level=warn".into(),
-        // A lab's etcd dies with the lab: durability buys nothing here.
-        "--unsafe-no-fsync".into(),
-    ]
-    .into();
-    let etcd = topo::spawn_in(ul, &bins.etcd, &etcd_args, &dir.join("etcd.log"))?;
+    let etcd = topo::spawn_in(ul, &bins.etcd, &etcd_args(dir), &dir.join("etcd.log"))?;
     progress(&format!("etcd pid {etcd} in {ul}"));
-    let api_args: Vec<String> = vec![
-        "--etcd-servers=http://127.0.0.1:2379".into(),
-        format!("--bind-address={host}"),
-        format!("--advertise-address={host}"),
-        format!("--secure-port={API_PORT}"),
-        format!("--tls-cert-file={}", path("apiserver.crt")),
-        format!("--tls-private-key-file={}", path("apiserver.key")),
-        format!("--cert-dir={}", path("certs")),
-        format!("--token-auth-file={}", path("tokens.csv")),
-        "--authorization-mode=RBAC".into(),
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-        format!("--service-account-key-file={}", path("sa.pub")),
-        format!("--service-account-signing-key-file={}", path("sa.key")),
-        "--service-cluster-ip-range=10.96.0.0/16".into(),
-        format!("--audit-policy-file={}", path("audit-policy.yaml")),
-        format!("--audit-log-path={}", audit_log.display()),
-        "--audit-log-format=json".into(),
-        "--profiling=false".into(),
-        "--v=1".into(),
-    ];
-    let api = topo::spawn_in(ul, &bins.kube_apiserver, &api_args, &dir.join("kube-apiserver.log"))?;
+    let api = topo::spawn_in(
+        ul,
+        &bins.kube_apiserver,
+        &apiserver_args(dir, host, &audit_log),
+        &dir.join("kube-apiserver.log"),
+    )?;
     progress(&format!("kube-apiserver pid {api} on https://{host}:{API_PORT} in {ul}"));
 
     let server = format!("https://{host}:{API_PORT}");
@@ -273,6 +244,50 @@ pub fn start(
     // before any agent depends on it.
     super::kube::wait_api(&ns, &agent_kubeconfig, Duration::from_secs(60))?;
     Ok(Started { admin_kubeconfig, agent_kubeconfig, audit_log, took: started.elapsed() })
+}
+
+/// etcd on loopback inside the lab's underlay namespace.
+fn etcd_args(dir: &Path) -> Vec<String> {
+    let path = |p: &str| dir.join(p).display().to_string();
+    [
+        "--name=lab".into(),
+        format!("--data-dir={}", path("etcd")),
+        "--listen-client-urls=http://127.0.0.1:2379".into(),
+        "--advertise-client-urls=http://127.0.0.1:2379".into(),
+        "--listen-peer-urls=http://127.0.0.1:2380".into(),
+        "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+        "--initial-cluster=lab=http://127.0.0.1:2380".into(),
+        "--log-level=warn".into(),
+        // A lab's etcd dies with the lab: durability buys nothing here.
+        "--unsafe-no-fsync".into(),
+    ]
+    .into()
+}
+
+/// kube-apiserver on the lab host address: token and ServiceAccount auth,
+/// RBAC, and an audit log of every request's metadata.
+fn apiserver_args(dir: &Path, host: Ipv4Addr, audit_log: &Path) -> Vec<String> {
+    let path = |p: &str| dir.join(p).display().to_string();
+    vec![
+        "--etcd-servers=http://127.0.0.1:2379".into(),
+        format!("--bind-address={host}"),
+        format!("--advertise-address={host}"),
+        format!("--secure-port={API_PORT}"),
+        format!("--tls-cert-file={}", path("apiserver.crt")),
+        format!("--tls-private-key-file={}", path("apiserver.key")),
+        format!("--cert-dir={}", path("certs")),
+        format!("--token-auth-file={}", path("tokens.csv")),
+        "--authorization-mode=RBAC".into(),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+        format!("--service-account-key-file={}", path("sa.pub")),
+        format!("--service-account-signing-key-file={}", path("sa.key")),
+        "--service-cluster-ip-range=10.96.0.0/16".into(),
+        format!("--audit-policy-file={}", path("audit-policy.yaml")),
+        format!("--audit-log-path={}", audit_log.display()),
+        "--audit-log-format=json".into(),
+        "--profiling=false".into(),
+        "--v=1".into(),
+    ]
 }
 
 /// Waits for `/readyz` to answer 200: the server's post-start hooks are

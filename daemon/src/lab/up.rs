@@ -34,7 +34,48 @@ impl Lab {
             .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
         let underlay = topo::underlay_subnet(&self.name);
         topo::make_underlay(&self.underlay_ns(), topo::host_ip(underlay), underlay.prefix_len())?;
-        let registry = match (&opts.control_plane, &opts.registry) {
+        let registry = self.registry_for(opts, underlay, progress)?;
+        let mut state = LabState {
+            name: self.name.clone(),
+            underlay,
+            mode: opts.mode,
+            registry,
+            pods_per_node: opts.pods_per_node,
+            cni_delegate: opts.cni_delegate.clone(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+        };
+        self.save(&state)?;
+        for i in 1..=opts.nodes {
+            let node = self.start_node(&state, i)?;
+            progress(&format!("node {} ({}) agent pid {}", node.name, node.underlay_ip, node.pid));
+            state.nodes.push(node);
+            self.save(&state)?;
+        }
+        self.wait_leases(&state, Duration::from_secs(30))?;
+        for node in state.nodes.clone() {
+            for j in 1..=opts.pods_per_node {
+                let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
+                progress(&format!("pod {} on {} at {}", pod.name, pod.node, pod.ip));
+                state.pods.push(pod);
+                self.save(&state)?;
+            }
+        }
+        self.wait_programmed(&state, Duration::from_secs(60))?;
+        progress(&format!("fabric programmed on {} nodes in {:.1?}", state.nodes.len(), started.elapsed()));
+        guard.armed = false;
+        Ok(state)
+    }
+
+    /// Where the agents register: the file registry, the lab's own control
+    /// plane (started here), or a given API server (waited for).
+    fn registry_for(
+        &self,
+        opts: &UpOptions,
+        underlay: Ipv4Net,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<LabRegistry, LabError> {
+        Ok(match (&opts.control_plane, &opts.registry) {
             (Some(bins), _) => {
                 progress("starting the lab's control plane (etcd, kube-apiserver)");
                 let cp = control::start(
@@ -74,37 +115,7 @@ impl Lab {
                 kube::wait_api(&netns::named(&self.underlay_ns()), &kubeconfig, Duration::from_secs(60))?;
                 LabRegistry::Kube { kubeconfig, agent_kubeconfig: agent_kubeconfig.clone() }
             }
-        };
-        let mut state = LabState {
-            name: self.name.clone(),
-            underlay,
-            mode: opts.mode,
-            registry,
-            pods_per_node: opts.pods_per_node,
-            cni_delegate: opts.cni_delegate.clone(),
-            nodes: Vec::new(),
-            pods: Vec::new(),
-        };
-        self.save(&state)?;
-        for i in 1..=opts.nodes {
-            let node = self.start_node(&state, i)?;
-            progress(&format!("node {} ({}) agent pid {}", node.name, node.underlay_ip, node.pid));
-            state.nodes.push(node);
-            self.save(&state)?;
-        }
-        self.wait_leases(&state, Duration::from_secs(30))?;
-        for node in state.nodes.clone() {
-            for j in 1..=opts.pods_per_node {
-                let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
-                progress(&format!("pod {} on {} at {}", pod.name, pod.node, pod.ip));
-                state.pods.push(pod);
-                self.save(&state)?;
-            }
-        }
-        self.wait_programmed(&state, Duration::from_secs(60))?;
-        progress(&format!("fabric programmed on {} nodes in {:.1?}", state.nodes.len(), started.elapsed()));
-        guard.armed = false;
-        Ok(state)
+        })
     }
 
     pub(super) fn start_node(&self, state: &LabState, index: u32) -> Result<NodeState, LabError> {
