@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use felt_overlay::kernel::Kernel;
 use felt_overlay::{dataplane, plan};
-use felt_proto::NodeRecord;
+use felt_proto::{MacAddr, NodeRecord, SubnetFile};
 
 use super::state::{LabRegistry, LabState, NodeState};
 use super::{Lab, LabError, topo};
@@ -96,17 +96,22 @@ impl Lab {
         let device = dataplane::default_device(net.backend.vni);
         let mut out = BTreeMap::new();
         for node in &state.nodes {
-            // The peers this node's agent would accept, by the agent's own rules.
-            let Some(me) = records.iter().find(|r| r.name == node.name).and_then(|r| {
-                Some(crate::agent::view::Me {
-                    name: r.name.clone(),
-                    pod_cidr: r.pod_cidr_v4()?,
-                    underlay_ip: r.public_ip?,
-                    vtep_mac: r.backend_data?.vtep_mac,
-                })
-            }) else {
+            // The peers this node's agent would accept, by the agent's own
+            // rules, from what it holds: its lease (the subnet file it wrote),
+            // its underlay address and its name's VTEP MAC. Not from its own
+            // record, which may be gone (a Node deleted by hand) or lag.
+            let subnet = std::fs::read_to_string(self.node_dir(&node.name).join("subnet.env"))
+                .ok()
+                .and_then(|text| SubnetFile::parse(&text).ok());
+            let Some(subnet) = subnet else {
                 out.insert(node.name.clone(), usize::MAX);
                 continue;
+            };
+            let me = crate::agent::view::Me {
+                name: node.name.clone(),
+                pod_cidr: subnet.subnet,
+                underlay_ip: node.underlay_ip,
+                vtep_mac: MacAddr::derive(node.name.as_bytes()),
             };
             let peers = crate::agent::view::build(&records, &me, &net, &Default::default()).peers;
             let backend = state.mode.backend_of(node.index);
@@ -155,7 +160,7 @@ impl Lab {
                 let mut why = String::new();
                 for (node, n) in pending.iter().filter(|(_, n)| **n != 0) {
                     let missing = if *n == usize::MAX {
-                        "no record of its own or no VXLAN device yet".to_owned()
+                        "no lease (subnet file) or no VXLAN device yet".to_owned()
                     } else {
                         format!("{n} ops pending")
                     };
