@@ -1,25 +1,20 @@
 //! `felt status`: read a node's debug endpoint and say, at a glance, what
 //! it believes and what is wrong. Problems come first.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use felt_proto::debug::{ProbeStatus, State};
+use felt_proto::debug::{PeerState, ProbeStatus, State};
+
+use crate::http::{self, HttpError};
 
 /// Why the endpoint could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// Connecting, sending or receiving failed.
-    #[error("talking to the debug endpoint at {addr}")]
-    Io {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The answer was not HTTP or not JSON.
+    /// No answer.
+    #[error("talking to the debug endpoint")]
+    Http(#[from] HttpError),
+    /// The answer was not what the debug API says.
     #[error("the debug endpoint at {addr} answered something unexpected: {what}")]
     Garbled {
         /// The endpoint.
@@ -31,21 +26,7 @@ pub enum FetchError {
 
 /// One `GET path` with a 3 s budget; returns the status code and body.
 pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), FetchError> {
-    let io = |source| FetchError::Io { addr, source };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(io)?;
-    s.set_write_timeout(Some(Duration::from_secs(3))).map_err(io)?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(io)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(io)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| FetchError::Garbled { addr, what: "no HTTP header".into() })?;
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| {
-        FetchError::Garbled { addr, what: format!("status line `{}`", head.lines().next().unwrap_or("")) }
-    })?;
-    Ok((code, body.to_owned()))
+    Ok(http::get(addr, path, Duration::from_secs(3))?)
 }
 
 /// `/debug/state`, typed.
@@ -126,6 +107,27 @@ pub fn render(state: &State) -> String {
             out.push_str(&format!("  - {p}\n"));
         }
     }
+    out.push_str(&peer_table(&state.peers));
+    if state.peers.is_empty() {
+        out.push_str("(no peers)\n");
+    }
+    if let Some(engine) = &state.engine {
+        out.push_str(&format!(
+            "\nengine (offloads {}): tx {} packets in {} super-packets, rx {} packets in {} coalesced writes, {} dropped\n",
+            or_dash(engine.offloads.as_deref()),
+            engine.tx_packets,
+            engine.tx_super_packets,
+            engine.rx_packets,
+            engine.rx_coalesced,
+            engine.dropped(),
+        ));
+    }
+    out
+}
+
+/// One row per peer: its entries and how it answers probes.
+fn peer_table(peers: &[PeerState]) -> String {
+    let mut out = String::new();
     out.push_str(&format!(
         "\n{:<12} {:<18} {:<16} {:<18} {:<6} {:<6} {:<6} {:<12} {:>9}\n",
         "PEER", "POD CIDR", "UNDERLAY", "VTEP MAC", "ROUTE", "NEIGH", "FDB", "PROBE", "RTT"
@@ -135,7 +137,7 @@ pub fn render(state: &State) -> String {
         Some(false) => "MISSING",
         None => "?",
     };
-    for p in &state.peers {
+    for p in peers {
         let rtt = p.probe.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.2} ms"));
         let probe = serde_json::to_value(p.probe.state).map(|v| v.as_str().unwrap_or("?").to_owned());
         out.push_str(&format!(
@@ -149,20 +151,6 @@ pub fn render(state: &State) -> String {
             yes(p.programmed.map(|x| x.fdb)),
             probe.unwrap_or_default(),
             rtt
-        ));
-    }
-    if state.peers.is_empty() {
-        out.push_str("(no peers)\n");
-    }
-    if let Some(engine) = &state.engine {
-        out.push_str(&format!(
-            "\nengine (offloads {}): tx {} packets in {} super-packets, rx {} packets in {} coalesced writes, {} dropped\n",
-            or_dash(engine.offloads.as_deref()),
-            engine.tx_packets,
-            engine.tx_super_packets,
-            engine.rx_packets,
-            engine.rx_coalesced,
-            engine.dropped(),
         ));
     }
     out

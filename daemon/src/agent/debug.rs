@@ -95,33 +95,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let resp = match path.as_str() {
         "/healthz" => healthz(&shared),
-        "/readyz" => {
-            let mut why = shared.not_ready();
-            // "Programmed equals desired" is checked against the kernel now.
-            match live(&shared, &kernel).await {
-                Ok(observed) => {
-                    let backend = shared.backend();
-                    let diff = plan(
-                        &dataplane::desired(backend, &shared.state().peers),
-                        &dataplane::owned(backend, observed),
-                    );
-                    if !diff.is_empty() && why.is_empty() {
-                        why.push(format!(
-                            "the data plane differs from the desired state by {} entries (repair pending)",
-                            diff.len()
-                        ));
-                    }
-                }
-                Err(e) if why.is_empty() => why.push(e),
-                Err(_) => {}
-            }
-            if why.is_empty() {
-                reply(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                let body: String = why.iter().map(|w| format!("not ready: {w}\n")).collect();
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
-            }
-        }
+        "/readyz" => readyz(&shared, &kernel).await,
         "/metrics" => {
             shared.refresh_engine_metrics();
             reply(
@@ -154,6 +128,35 @@ async fn handle(
         ),
     };
     Ok(resp)
+}
+
+/// Ready when nothing in [`Shared::not_ready`] holds and the kernel,
+/// read now, matches the desired state.
+async fn readyz(shared: &Shared, kernel: &Kernel) -> Response<Full<Bytes>> {
+    let mut why = shared.not_ready();
+    match live(shared, kernel).await {
+        Ok(observed) => {
+            let backend = shared.backend();
+            let diff = plan(
+                &dataplane::desired(backend, &shared.state().peers),
+                &dataplane::owned(backend, observed),
+            );
+            if !diff.is_empty() && why.is_empty() {
+                why.push(format!(
+                    "the data plane differs from the desired state by {} entries (repair pending)",
+                    diff.len()
+                ));
+            }
+        }
+        Err(e) if why.is_empty() => why.push(e),
+        Err(_) => {}
+    }
+    if why.is_empty() {
+        reply(StatusCode::OK, "text/plain", "ready\n")
+    } else {
+        let body: String = why.iter().map(|w| format!("not ready: {w}\n")).collect();
+        reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
+    }
 }
 
 /// Healthy while the loop has shown life within twice the resync period

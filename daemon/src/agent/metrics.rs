@@ -125,7 +125,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric. Long on purpose: one registration per
+    /// metric, the catalogue `/metrics` serves, read top to bottom.
     pub fn new(backend: &'static str) -> Self {
         let mut registry = Registry::with_prefix("felt");
         let m = Metrics {

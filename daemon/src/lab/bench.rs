@@ -151,6 +151,38 @@ fn busy_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// Accepts `streams` connections and counts what they carry into
+/// `received` until they close or `deadline`.
+fn tcp_sink(
+    listener: TcpListener,
+    streams: u32,
+    deadline: Instant,
+    received: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut readers = Vec::new();
+        for _ in 0..streams {
+            let Ok((mut c, _)) = listener.accept() else { break };
+            let received = received.clone();
+            readers.push(std::thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = vec![0u8; 256 * 1024];
+                while Instant::now() < deadline {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            received.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        for r in readers {
+            let _ = r.join();
+        }
+    })
+}
+
 /// Runs `streams` TCP streams from `src` to `dst` for `seconds`; returns
 /// (Gbit/s, busy cores per Gbit/s).
 pub fn tcp(src: &End, dst: &End, streams: u32, seconds: f64) -> std::io::Result<(f64, f64)> {
@@ -160,31 +192,7 @@ pub fn tcp(src: &End, dst: &End, streams: u32, seconds: f64) -> std::io::Result<
     let received = Arc::new(AtomicU64::new(0));
     let run = Duration::from_secs_f64(seconds);
     let deadline = Instant::now() + run + Duration::from_secs(10);
-    let sink = {
-        let received = received.clone();
-        std::thread::spawn(move || {
-            let mut readers = Vec::new();
-            for _ in 0..streams {
-                let Ok((mut c, _)) = listener.accept() else { break };
-                let received = received.clone();
-                readers.push(std::thread::spawn(move || {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                    let mut buf = vec![0u8; 256 * 1024];
-                    while Instant::now() < deadline {
-                        match c.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                received.fetch_add(n as u64, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }));
-            }
-            for r in readers {
-                let _ = r.join();
-            }
-        })
-    };
+    let sink = tcp_sink(listener, streams, deadline, received.clone());
     let to = SocketAddr::from((dst.ip, PORT));
     let conns: Vec<TcpStream> = netns::run_in(&netns::named(&src.netns), move || {
         (0..streams)

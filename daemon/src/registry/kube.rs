@@ -275,6 +275,75 @@ impl std::fmt::Debug for KubeRegistry {
     }
 }
 
+/// What the reflector's events mean to the agent: a wake-up when a record
+/// felt uses changed, or at the end of a relist; readiness and RBAC notes
+/// on the way.
+struct Tracker {
+    /// Each Node's record (or why it is not one) as last seen.
+    seen: BTreeMap<String, Result<NodeRecord, String>>,
+    /// A relist in progress.
+    relist: Option<BTreeMap<String, Result<NodeRecord, String>>>,
+    synced: Arc<AtomicBool>,
+    listed: Arc<AtomicBool>,
+    denied: Denials,
+}
+
+impl Tracker {
+    /// Whether `event` should wake the agent.
+    fn on(&mut self, event: Result<watcher::Event<Node>, watcher::Error>) -> bool {
+        match event {
+            Ok(watcher::Event::Init) => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            Ok(watcher::Event::InitApply(n)) => {
+                if let Some(r) = self.relist.as_mut() {
+                    r.insert(n.metadata.name.clone().unwrap_or_default(), record_from_node(&n));
+                }
+                false
+            }
+            Ok(watcher::Event::InitDone) => {
+                self.denied.allowed("list", "nodes");
+                self.seen = self.relist.take().unwrap_or_default();
+                self.listed.store(true, Ordering::Relaxed);
+                if !self.synced.swap(true, Ordering::Relaxed) {
+                    info!(nodes = self.seen.len(), "node list synced");
+                }
+                true
+            }
+            Ok(watcher::Event::Apply(n)) => {
+                self.denied.allowed("watch", "nodes");
+                let name = n.metadata.name.clone().unwrap_or_default();
+                let rec = record_from_node(&n);
+                self.seen.insert(name, rec.clone()).as_ref() != Some(&rec)
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                self.seen.remove(&n.metadata.name.clone().unwrap_or_default()).is_some()
+            }
+            // 410 Gone: history moved on; the watcher lists again. Routine, and the store stays whole.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                info!(reason = %status.message, "node watch expired; listing again");
+                false
+            }
+            Err(e) => {
+                match &e {
+                    watcher::Error::InitialListFailed(kube::Error::Api(s)) => {
+                        self.denied.answered("list", "nodes", s)
+                    }
+                    watcher::Error::WatchFailed(kube::Error::Api(s)) | watcher::Error::WatchError(s) => {
+                        self.denied.answered("watch", "nodes", s)
+                    }
+                    _ => {}
+                }
+                if self.synced.swap(false, Ordering::Relaxed) {
+                    warn!(error = %crate::util::error_chain(&e), "lost the node watch; keeping the last known nodes and retrying");
+                }
+                true
+            }
+        }
+    }
+}
+
 impl KubeRegistry {
     /// Connects with `kubeconfig`, or in-cluster / `KUBECONFIG` when `None`.
     pub async fn connect(kubeconfig: Option<&Path>, node: &str) -> Result<Self, KubeError> {
@@ -327,61 +396,11 @@ impl KubeRegistry {
         let stream = reflector::reflector(writer, restarting_watcher(self.api.clone())).default_backoff();
         let (synced, listed, denied) = (self.synced.clone(), self.listed.clone(), self.denied.clone());
         tokio::spawn(self.clone().health(tx.clone()));
+        let mut tracker = Tracker { seen: BTreeMap::new(), relist: None, synced, listed, denied };
         tokio::spawn(async move {
-            let mut seen: BTreeMap<String, Result<NodeRecord, String>> = BTreeMap::new();
-            let mut relist: Option<BTreeMap<String, Result<NodeRecord, String>>> = None;
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
-                let wake = match event {
-                    Ok(watcher::Event::Init) => {
-                        relist = Some(BTreeMap::new());
-                        false
-                    }
-                    Ok(watcher::Event::InitApply(n)) => {
-                        if let Some(r) = relist.as_mut() {
-                            r.insert(n.metadata.name.clone().unwrap_or_default(), record_from_node(&n));
-                        }
-                        false
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        denied.allowed("list", "nodes");
-                        seen = relist.take().unwrap_or_default();
-                        listed.store(true, Ordering::Relaxed);
-                        if !synced.swap(true, Ordering::Relaxed) {
-                            info!(nodes = seen.len(), "node list synced");
-                        }
-                        true
-                    }
-                    Ok(watcher::Event::Apply(n)) => {
-                        denied.allowed("watch", "nodes");
-                        let name = n.metadata.name.clone().unwrap_or_default();
-                        let rec = record_from_node(&n);
-                        seen.insert(name, rec.clone()).as_ref() != Some(&rec)
-                    }
-                    Ok(watcher::Event::Delete(n)) => {
-                        seen.remove(&n.metadata.name.clone().unwrap_or_default()).is_some()
-                    }
-                    // 410 Gone: history moved on; the watcher lists again. Routine, and the store stays whole.
-                    Err(watcher::Error::WatchError(status)) if status.code == 410 => {
-                        info!(reason = %status.message, "node watch expired; listing again");
-                        false
-                    }
-                    Err(e) => {
-                        match &e {
-                            watcher::Error::InitialListFailed(kube::Error::Api(s)) => {
-                                denied.answered("list", "nodes", s)
-                            }
-                            watcher::Error::WatchFailed(kube::Error::Api(s))
-                            | watcher::Error::WatchError(s) => denied.answered("watch", "nodes", s),
-                            _ => {}
-                        }
-                        if synced.swap(false, Ordering::Relaxed) {
-                            warn!(error = %crate::util::error_chain(&e), "lost the node watch; keeping the last known nodes and retrying");
-                        }
-                        true
-                    }
-                };
-                if wake && tx.try_send(()).is_err() && tx.is_closed() {
+                if tracker.on(event) && tx.try_send(()).is_err() && tx.is_closed() {
                     break;
                 }
             }
