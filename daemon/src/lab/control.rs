@@ -401,8 +401,10 @@ pub fn stop_proxy(dir: &Path) -> bool {
     let Ok(pid) = std::fs::read_to_string(dir.join("proxy.pid")) else { return false };
     let Ok(pid) = pid.trim().parse::<i32>() else { return false };
     // Only ours: a pid may have been reused since.
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("api-proxy"));
+    let ours = u32::try_from(pid)
+        .ok()
+        .and_then(super::topo::cmdline)
+        .is_some_and(|args| args.iter().any(|a| a == "api-proxy"));
     if ours {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }

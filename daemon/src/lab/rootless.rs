@@ -54,11 +54,10 @@ fn pid_file(name: &str) -> PathBuf {
 
 /// True when `pid` is a live `felt lab hold` for lab `name`.
 fn is_holder(pid: i32, name: &str) -> bool {
-    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-    let has = |s: &str| args.contains(&s.as_bytes());
-    let live = u32::try_from(pid).is_ok_and(|p| !super::topo::is_zombie_or_gone(p));
-    live && has("lab") && has("hold") && has(name)
+    let Ok(pid) = u32::try_from(pid) else { return false };
+    let Some(args) = super::topo::cmdline(pid) else { return false };
+    let has = |s: &str| args.iter().any(|a| a == s);
+    !super::topo::is_zombie_or_gone(pid) && has("lab") && has("hold") && has(name)
 }
 
 /// A rootless lab's holder process.

@@ -272,9 +272,15 @@ pub fn cni(
     Ok(value)
 }
 
-fn cmdline(pid: u32) -> Option<String> {
+/// A process's arguments, from `/proc/<pid>/cmdline`; `None` when it is gone.
+pub(crate) fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
 }
 
 pub(crate) fn is_zombie_or_gone(pid: u32) -> bool {
@@ -287,7 +293,10 @@ pub(crate) fn is_zombie_or_gone(pid: u32) -> bool {
 /// True when `pid` is a live felt agent of the lab whose registry is `registry`.
 pub fn agent_alive(pid: u32, registry: &Path) -> bool {
     !is_zombie_or_gone(pid)
-        && cmdline(pid).is_some_and(|c| c.contains(" daemon ") && c.contains(&registry.display().to_string()))
+        && cmdline(pid).is_some_and(|args| {
+            let registry = registry.display().to_string();
+            args.iter().any(|a| a == "daemon") && args.iter().any(|a| a.contains(&registry))
+        })
 }
 
 /// Every live felt agent using `registry`.
