@@ -364,21 +364,11 @@ impl ApiServer {
 
     /// One HTTP request on the loopback listener; returns (code, body).
     pub fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&self.local, Duration::from_secs(5))
-            .expect("connecting to the API server");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.local,
-            body.len()
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_owned())
+        let method = method.parse().expect("an HTTP method");
+        let body = Some((content_type, body.as_bytes().to_vec()));
+        let (status, body) = felt::http::request(self.local, method, path, body, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{}", felt::util::error_chain(&e)));
+        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
     }
 
     /// `POST /_test/<cmd>`.

@@ -233,24 +233,15 @@ fn a_frozen_api_server_or_etcd_turns_readiness_false_and_traffic_flows() {
 
 /// One JSON request to etcd's HTTP gateway (loopback inside the lab's underlay namespace).
 fn etcd(lab: &TestLab, path: &str, body: &Value) -> Value {
-    use std::io::{Read, Write};
-    let (path, body) = (path.to_owned(), body.to_string());
-    let raw = felt::netns::run_in(&felt::netns::named(&format!("{}-ul", lab.name)), move || {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:2379")?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        Ok::<_, std::io::Error>(raw)
+    let (path, body) = (path.to_owned(), body.to_string().into_bytes());
+    let (status, reply) = felt::netns::run_in(&felt::netns::named(&format!("{}-ul", lab.name)), move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 2379));
+        let body = Some(("application/json", body));
+        felt::http::request(addr, hyper::Method::POST, &path, body, std::time::Duration::from_secs(10))
     })
     .unwrap()
-    .expect("etcd answers");
-    let json = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("etcd said {raw:?}: {e}"))
+    .unwrap_or_else(|e| panic!("etcd answers: {}", felt::util::error_chain(&e)));
+    serde_json::from_slice(&reply).unwrap_or_else(|e| panic!("etcd said {status} {reply:?}: {e}"))
 }
 
 #[test]
