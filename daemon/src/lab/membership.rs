@@ -167,7 +167,7 @@ impl Lab {
             let deadline = Instant::now() + Duration::from_secs(5);
             let waiters: Vec<_> = watches
                 .into_iter()
-                .map(|w| std::thread::spawn(move || w.wait_fdb(new_ip, deadline)))
+                .map(|mut w| std::thread::spawn(move || w.wait_fdb(new_ip, deadline)))
                 .collect();
             let mut last = sent;
             for w in waiters {

@@ -1,25 +1,27 @@
 //! Timing joins and leaves: a netlink listener per node namespace that
 //! notes when felt's routes appear or go, stamped on receipt.
 //!
-//! It listens on `RTNLGRP_IPV4_ROUTE` from a socket opened inside the node's
-//! namespace *before* the change, so nothing is missed, and it costs nothing
-//! while waiting (a blocking read with a timeout), unlike polling dumps.
+//! It listens on `RTNLGRP_IPV4_ROUTE` (or `RTNLGRP_NEIGH`) from a socket
+//! opened inside the node's namespace *before* the change, so nothing is
+//! missed, and it costs nothing while waiting, unlike polling dumps. The
+//! socket is rtnetlink's, as the agent's own change listener
+//! (`felt_overlay::kernel::change_events`), driven by a current-thread
+//! runtime of its own so callers stay synchronous.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use felt_overlay::ROUTE_PROTOCOL;
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-use std::net::Ipv4Addr;
+use rtnetlink::MulticastGroup;
 
 use crate::netns;
-
-const RTNLGRP_NEIGH: u32 = 3;
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
 
 /// Which change to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,34 +35,34 @@ pub enum RouteChange {
 /// A route listener inside one namespace.
 #[derive(Debug)]
 pub struct RouteWatch {
-    sock: Socket,
+    rt: tokio::runtime::Runtime,
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>,
 }
 
 impl RouteWatch {
     /// Opens the listener inside the namespace at `ns`.
     pub fn open(ns: &Path) -> io::Result<Self> {
-        Self::open_group(ns, RTNLGRP_IPV4_ROUTE)
+        Self::open_group(ns, MulticastGroup::Ipv4Route)
     }
 
     /// Opens a listener for neighbour and FDB changes inside `ns`.
     pub fn open_fdb(ns: &Path) -> io::Result<Self> {
-        Self::open_group(ns, RTNLGRP_NEIGH)
+        Self::open_group(ns, MulticastGroup::Neigh)
     }
 
-    fn open_group(ns: &Path, group: u32) -> io::Result<Self> {
-        let sock = netns::run_in(ns, move || -> io::Result<Socket> {
-            let mut s = Socket::new(NETLINK_ROUTE)?;
-            s.bind(&SocketAddr::new(0, 0))?;
-            s.add_membership(group)?;
-            socket2::SockRef::from(&s).set_read_timeout(Some(Duration::from_millis(50)))?;
-            Ok(s)
-        })??;
-        Ok(RouteWatch { sock })
+    fn open_group(ns: &Path, group: MulticastGroup) -> io::Result<Self> {
+        netns::run_in(ns, move || -> io::Result<Self> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (conn, _handle, messages) =
+                rt.block_on(async { rtnetlink::new_multicast_connection(&[group]) })?;
+            rt.spawn(conn);
+            Ok(RouteWatch { rt, messages })
+        })?
     }
 
     /// Blocks until a felt route changes as `want` says, or `deadline`;
     /// returns when the notification arrived.
-    pub fn wait(&self, want: RouteChange, deadline: Instant) -> Option<SystemTime> {
+    pub fn wait(&mut self, want: RouteChange, deadline: Instant) -> Option<SystemTime> {
         self.wait_for(deadline, |m| match (m, want) {
             (RouteNetlinkMessage::NewRoute(r), RouteChange::Added)
             | (RouteNetlinkMessage::DelRoute(r), RouteChange::Removed) => {
@@ -71,7 +73,7 @@ impl RouteWatch {
     }
 
     /// Blocks until an FDB entry pointing at `dst` appears, or `deadline`.
-    pub fn wait_fdb(&self, dst: Ipv4Addr, deadline: Instant) -> Option<SystemTime> {
+    pub fn wait_fdb(&mut self, dst: Ipv4Addr, deadline: Instant) -> Option<SystemTime> {
         self.wait_for(deadline, |m| match m {
             RouteNetlinkMessage::NewNeighbour(n) if n.header.family == AddressFamily::Bridge => {
                 n.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) if raw.as_slice() == dst.octets()))
@@ -80,27 +82,24 @@ impl RouteWatch {
         })
     }
 
-    /// Blocks until a message matching `hit` arrives, or `deadline`.
+    /// Blocks until a message matching `hit` arrives, or `deadline`;
+    /// returns when it arrived.
     pub fn wait_for(
-        &self,
+        &mut self,
         deadline: Instant,
         hit: impl Fn(&RouteNetlinkMessage) -> bool,
     ) -> Option<SystemTime> {
-        while Instant::now() < deadline {
-            let Ok((buf, _)) = self.sock.recv_from_full() else { continue };
-            let arrived = SystemTime::now();
-            let mut off = 0;
-            while off < buf.len() {
-                let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..]) else { break };
-                let len = (msg.header.length as usize).max(16);
-                off += (len + 3) & !3;
-                let hit = matches!(&msg.payload, NetlinkPayload::InnerMessage(m) if hit(m));
-                if hit {
+        let messages = &mut self.messages;
+        self.rt.block_on(async {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            loop {
+                let (msg, _) = tokio::time::timeout_at(deadline, messages.next()).await.ok()??;
+                let arrived = SystemTime::now();
+                if matches!(&msg.payload, NetlinkPayload::InnerMessage(m) if hit(m)) {
                     return Some(arrived);
                 }
             }
-        }
-        None
+        })
     }
 }
 
@@ -108,7 +107,7 @@ impl RouteWatch {
 pub fn wait_all(watches: Vec<RouteWatch>, want: RouteChange, timeout: Duration) -> Option<SystemTime> {
     let deadline = Instant::now() + timeout;
     let waiters: Vec<_> =
-        watches.into_iter().map(|w| std::thread::spawn(move || w.wait(want, deadline))).collect();
+        watches.into_iter().map(|mut w| std::thread::spawn(move || w.wait(want, deadline))).collect();
     let mut latest = None;
     for w in waiters {
         let t = w.join().ok()??;
