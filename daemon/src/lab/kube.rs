@@ -78,7 +78,7 @@ pub fn delete_node(ns: &Path, kubeconfig: &Path, name: &str) -> Result<(), LabEr
     in_ns(ns, kubeconfig, move |api| async move {
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == hyper::StatusCode::NOT_FOUND.as_u16() => Ok(()),
             Err(e) => Err(format!("deleting node {name}: {e}")),
         }
     })

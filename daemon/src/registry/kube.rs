@@ -238,7 +238,7 @@ impl Denials {
 
     /// The server answered `verb` on `resource` with error status `s`: kept if a 403.
     fn answered(&self, verb: &str, resource: &str, s: &kube::core::Status) {
-        if s.code != 403 {
+        if s.code != hyper::StatusCode::FORBIDDEN.as_u16() {
             return;
         }
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -321,7 +321,7 @@ impl Tracker {
                 self.seen.remove(&n.metadata.name.clone().unwrap_or_default()).is_some()
             }
             // 410 Gone: history moved on; the watcher lists again. Routine, and the store stays whole.
-            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+            Err(watcher::Error::WatchError(status)) if status.code == hyper::StatusCode::GONE.as_u16() => {
                 info!(reason = %status.message, "node watch expired; listing again");
                 false
             }

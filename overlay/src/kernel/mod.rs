@@ -398,11 +398,12 @@ impl Kernel {
     pub async fn apply(&self, ifindex: u32, ops: &[Op]) -> ApplyReport {
         let mut report = ApplyReport::default();
         for op in ops {
-            let is_del = matches!(op, Op::DelRoute(_) | Op::DelNeighbour(_) | Op::DelFdb(_));
             match self.send(msg::op_request(ifindex, op)).await {
                 Ok(_) => report.applied.push(*op),
-                // Already gone: the goal of a removal is met.
-                Err(e) if is_del && matches!(e.raw_os_error(), Some(2 | 3)) => report.applied.push(*op),
+                // Already gone (no such entry, or route: ESRCH): the goal of a removal is met.
+                Err(e) if op.is_removal() && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+                    report.applied.push(*op)
+                }
                 Err(e) => report.failed.push((*op, e.to_string())),
             }
         }
