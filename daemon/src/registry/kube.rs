@@ -83,13 +83,23 @@ pub enum KubeError {
     /// The node has no pod CIDR yet.
     #[error("node `{0}` has no spec.podCIDRs yet; waiting for the controller-manager to assign one")]
     NoPodCidr(String),
-    /// The node's pod CIDR is unusable.
-    #[error("node `{node}`: {why}")]
+    /// The node's own Node object does not make a record.
+    #[error("node `{node}`")]
+    BadNode {
+        /// The node.
+        node: String,
+        /// Why.
+        #[source]
+        source: NodeError,
+    },
+    /// The node's pod CIDR is not usable in the cluster network.
+    #[error("node `{node}`'s pod subnet")]
     BadPodCidr {
         /// The node.
         node: String,
         /// Why.
-        why: String,
+        #[source]
+        source: felt_ipam::subnets::CidrError,
     },
 }
 
@@ -146,13 +156,43 @@ fn restarting_watcher(
     })
 }
 
+/// Why a Node does not make a record.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A pod CIDR that does not parse.
+    #[error("spec.podCIDRs: `{0}` is not a CIDR")]
+    PodCidr(String),
+    /// A backend felt does not speak.
+    #[error("{BACKEND_TYPE}: unknown backend `{0}`")]
+    Backend(String),
+    /// Backend data that does not parse.
+    #[error("{BACKEND_DATA}: `{value}` is not backend data")]
+    BackendData {
+        /// The annotation's value.
+        value: String,
+        /// The parser's complaint.
+        source: serde_json::Error,
+    },
+    /// An address annotation that is not an IPv4 address.
+    #[error("{key}: `{value}` is not an IPv4 address")]
+    Address {
+        /// The annotation.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The record the Node makes is invalid.
+    #[error(transparent)]
+    Record(#[from] felt_proto::node::RecordError),
+}
+
 /// Reduces a Node to the record felt uses, or says why it cannot. An
 /// operator's `public-ip-overwrite` takes the place of `public-ip`.
-pub fn record_from_node(node: &Node) -> Result<NodeRecord, String> {
+pub fn record_from_node(node: &Node) -> Result<NodeRecord, NodeError> {
     record_from_node_with(node, true)
 }
 
-fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Result<NodeRecord, String> {
+fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Result<NodeRecord, NodeError> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let mut record = NodeRecord::new(&name);
     let spec = node.spec.as_ref();
@@ -161,29 +201,30 @@ fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Result<NodeReco
         None => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
     };
     for c in cidrs {
-        record.pod_cidrs.push(c.parse::<IpNet>().map_err(|_| format!("spec.podCIDRs: `{c}` is not a CIDR"))?);
+        record.pod_cidrs.push(c.parse::<IpNet>().map_err(|_| NodeError::PodCidr(c.clone()))?);
     }
     let empty = BTreeMap::new();
     let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
     if let Some(t) = ann.get(BACKEND_TYPE) {
         record.backend_type = Some(match t.as_str() {
             "vxlan" => BackendType::Vxlan,
-            other => return Err(format!("{BACKEND_TYPE}: unknown backend `{other}`")),
+            other => return Err(NodeError::Backend(other.to_owned())),
         });
     }
     if let Some(d) = ann.get(BACKEND_DATA) {
         record.backend_data = Some(
-            serde_json::from_str::<BackendData>(d).map_err(|e| format!("{BACKEND_DATA}: {e} in `{d}`"))?,
+            serde_json::from_str::<BackendData>(d)
+                .map_err(|source| NodeError::BackendData { value: d.clone(), source })?,
         );
     }
-    let ip = |key: &str| -> Result<Option<Ipv4Addr>, String> {
+    let ip = |key: &'static str| -> Result<Option<Ipv4Addr>, NodeError> {
         ann.get(key)
-            .map(|v| v.parse::<Ipv4Addr>().map_err(|_| format!("{key}: `{v}` is not an IPv4 address")))
+            .map(|v| v.parse::<Ipv4Addr>().map_err(|_| NodeError::Address { key, value: v.clone() }))
             .transpose()
     };
     let overwrite = if honour_overwrite { ip(PUBLIC_IP_OVERWRITE)? } else { None };
     record.public_ip = overwrite.or(ip(PUBLIC_IP)?);
-    record.validate().map_err(|e| e.to_string())?;
+    record.validate()?;
     Ok(record)
 }
 
@@ -298,7 +339,10 @@ impl Tracker {
             }
             Ok(watcher::Event::InitApply(n)) => {
                 if let Some(r) = self.relist.as_mut() {
-                    r.insert(n.metadata.name.clone().unwrap_or_default(), record_from_node(&n));
+                    r.insert(
+                        n.metadata.name.clone().unwrap_or_default(),
+                        record_from_node(&n).map_err(|e| crate::util::error_chain(&e)),
+                    );
                 }
                 false
             }
@@ -314,7 +358,7 @@ impl Tracker {
             Ok(watcher::Event::Apply(n)) => {
                 self.denied.allowed("watch", "nodes");
                 let name = n.metadata.name.clone().unwrap_or_default();
-                let rec = record_from_node(&n);
+                let rec = record_from_node(&n).map_err(|e| crate::util::error_chain(&e));
                 self.seen.insert(name, rec.clone()).as_ref() != Some(&rec)
             }
             Ok(watcher::Event::Delete(n)) => {
@@ -467,7 +511,7 @@ impl KubeRegistry {
             let name = n.metadata.name.clone().unwrap_or_default();
             match record_from_node(&n) {
                 Ok(r) => snap.records.push(r),
-                Err(why) => snap.malformed.push((format!("node/{name}"), why)),
+                Err(why) => snap.malformed.push((format!("node/{name}"), crate::util::error_chain(&why))),
             }
         }
         snap.records.sort_by(|a, b| a.name.cmp(&b.name));
@@ -481,11 +525,11 @@ impl KubeRegistry {
     /// This node's pod CIDR, checked against the cluster network.
     pub async fn lease(&self, network: Ipv4Net) -> Result<Ipv4Net, KubeError> {
         let node = self.own().await?;
-        let record =
-            record_from_node(&node).map_err(|why| KubeError::BadPodCidr { node: self.node.clone(), why })?;
+        let record = record_from_node(&node)
+            .map_err(|source| KubeError::BadNode { node: self.node.clone(), source })?;
         let cidr = record.pod_cidr_v4().ok_or_else(|| KubeError::NoPodCidr(self.node.clone()))?;
         felt_ipam::subnets::validate_pod_cidr(cidr, network)
-            .map_err(|e| KubeError::BadPodCidr { node: self.node.clone(), why: e.to_string() })?;
+            .map_err(|source| KubeError::BadPodCidr { node: self.node.clone(), source })?;
         Ok(cidr)
     }
 
@@ -616,9 +660,16 @@ mod tests {
             ((BACKEND_DATA, r#"{"vni":1,"vtepMAC":"01:00:5e:00:00:01"}"#), "unicast"),
         ] {
             let err = record_from_node(&node(&[ann], Some(vec!["10.244.2.0/24"]), None)).unwrap_err();
+            let err = crate::util::error_chain(&err);
             assert!(err.contains(want), "{ann:?}: {err}");
         }
         let err = record_from_node(&node(&[], Some(vec!["banana"]), None)).unwrap_err();
-        assert!(err.contains("not a CIDR"), "{err}");
+        assert!(matches!(&err, NodeError::PodCidr(c) if c == "banana"), "{err}");
+        let err = record_from_node(&node(&[(BACKEND_DATA, "{not json")], Some(vec!["10.244.2.0/24"]), None));
+        let chain = crate::util::error_chain(&err.unwrap_err());
+        assert!(
+            chain.contains("is not backend data: key must be a string"),
+            "the parser's cause follows: {chain}"
+        );
     }
 }

@@ -68,13 +68,23 @@ pub enum RegistryError {
     /// The Kubernetes registry.
     #[error("kubernetes registry")]
     Kube(#[from] KubeError),
-    /// The lease cannot be had.
-    #[error("leasing a pod subnet for node `{node}`: {why}")]
+    /// The node's pod CIDR is not usable in the cluster network.
+    #[error("node `{node}`'s pod subnet")]
+    BadPodCidr {
+        /// The node.
+        node: String,
+        /// Why.
+        #[source]
+        source: felt_ipam::subnets::CidrError,
+    },
+    /// The lease store refused the claim or has no free subnet.
+    #[error("leasing a pod subnet for node `{node}`")]
     Lease {
         /// The node.
         node: String,
         /// Why.
-        why: String,
+        #[source]
+        source: felt_ipam::StoreError,
     },
     /// The node list has not been read yet.
     #[error("the node list has not been read yet")]
@@ -170,10 +180,11 @@ impl Registry {
 /// The file registry's lease: the pod CIDR the node's record already
 /// carries, or a free subnet allocated atomically.
 fn file_lease(registry: &FileRegistry, node: &str, net: &NetConfig) -> Result<Ipv4Net, RegistryError> {
-    let lease_err = |why: String| RegistryError::Lease { node: node.to_owned(), why };
+    let lease_err = |source| RegistryError::Lease { node: node.to_owned(), source };
     if let Some(cidr) = registry.get(node)?.and_then(|r| r.pod_cidr_v4()) {
-        felt_ipam::subnets::validate_pod_cidr(cidr, net.network).map_err(|e| lease_err(e.to_string()))?;
-        registry.leases().claim(cidr, node).map_err(|e| lease_err(e.to_string()))?;
+        felt_ipam::subnets::validate_pod_cidr(cidr, net.network)
+            .map_err(|source| RegistryError::BadPodCidr { node: node.to_owned(), source })?;
+        registry.leases().claim(cidr, node).map_err(lease_err)?;
         return Ok(cidr);
     }
     let others: Vec<Ipv4Net> = registry
@@ -183,8 +194,5 @@ fn file_lease(registry: &FileRegistry, node: &str, net: &NetConfig) -> Result<Ip
         .filter(|r| r.name != node)
         .filter_map(NodeRecord::pod_cidr_v4)
         .collect();
-    registry
-        .leases()
-        .allocate(net.network, net.subnet_len, node, &others)
-        .map_err(|e| lease_err(e.to_string()))
+    registry.leases().allocate(net.network, net.subnet_len, node, &others).map_err(lease_err)
 }
