@@ -13,3 +13,72 @@ pub fn error_chain(e: &dyn Error) -> String {
     }
     out
 }
+
+/// Writes `bytes` to `path` so readers see the old file or the whole new
+/// one: a temporary file in the same directory (see [`temporary_pid`]),
+/// fsync, rename. The temporary is removed on failure.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, None)
+}
+
+/// [`write_atomic`], with the file's permission bits set to `mode` when given.
+pub fn write_atomic_mode(path: &std::path::Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}{TEMPORARY}{}-{seq}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if let Some(mode) = mode {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// What [`write_atomic`] puts between a file's name and the writer's pid.
+const TEMPORARY: &str = ".tmp-";
+
+/// The pid of the process writing `file_name`, when it is a temporary of
+/// [`write_atomic`]: a writer killed mid-write leaves one, which whoever
+/// lists the directory may remove once that process is gone.
+pub fn temporary_pid(file_name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(TEMPORARY)?;
+    tail.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_leave_no_temporary_and_name_their_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic_mode(&path, b"two", Some(0o640)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["conf.json"]);
+        assert_eq!(temporary_pid(".conf.json.tmp-4242-7"), Some(4242));
+        assert_eq!(temporary_pid("conf.json"), None);
+        assert_eq!(temporary_pid(".hidden"), None);
+        // A write that cannot finish leaves nothing behind.
+        assert!(write_atomic(&dir.path().join("no-such-dir").join("x"), b"x").is_err());
+    }
+}

@@ -15,8 +15,8 @@ use super::metrics::{OpLabels, PeerState, ReasonLabel, ResultLabel, StateLabel};
 use super::status::{Malformed, ReconcileView, rfc3339};
 use super::{Agent, view};
 use crate::registry::Snapshot;
-use crate::registry::file::write_atomic;
 use crate::util::error_chain;
+use crate::util::write_atomic;
 
 impl Agent {
     /// The record this node should have in the registry.

@@ -203,17 +203,8 @@ impl Kept {
     pub fn save(&self, entry: &KeptEntry) -> Result<(), CniError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io("creating the delegate store", e))?;
         let target = self.path(&entry.container_id, &entry.ifname);
-        let tmp = self.dir.join(format!(".tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &target)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            self.io("keeping a delegate config", e)
-        })
+        let bytes = serde_json::to_vec(entry).map_err(|e| self.io("keeping a delegate config", e))?;
+        crate::util::write_atomic(&target, &bytes).map_err(|e| self.io("keeping a delegate config", e))
     }
 
     /// What was kept for `container`/`ifname`, if anything.
@@ -247,8 +238,8 @@ impl Kept {
         for entry in dir {
             let path = entry.map_err(|e| self.io("listing the delegate store", e))?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if let Some(pid) = name.strip_prefix(".tmp-") {
-                if !Path::new("/proc").join(pid).exists() {
+            if let Some(pid) = crate::util::temporary_pid(&name) {
+                if !Path::new("/proc").join(pid.to_string()).exists() {
                     let _ = std::fs::remove_file(&path);
                 }
                 continue;
@@ -357,11 +348,14 @@ mod tests {
         kept.save(&entry("c1")).unwrap();
         kept.save(&entry("c2")).unwrap();
         assert_eq!(kept.load("c1", "eth0").unwrap(), Some(entry("c1")));
-        std::fs::write(kept.dir.join(".tmp-4194304999"), b"half").unwrap();
+        std::fs::write(kept.dir.join(".c1-eth0.json.tmp-4194304999-0"), b"half").unwrap();
         let mut names: Vec<String> = kept.entries().unwrap().into_iter().map(|e| e.container_id).collect();
         names.sort();
         assert_eq!(names, ["c1", "c2"]);
-        assert!(!kept.dir.join(".tmp-4194304999").exists(), "a dead plugin's temporary is swept");
+        assert!(
+            !kept.dir.join(".c1-eth0.json.tmp-4194304999-0").exists(),
+            "a dead plugin's temporary is swept"
+        );
         kept.forget("c1", "eth0").unwrap();
         kept.forget("c1", "eth0").unwrap();
         assert_eq!(kept.entries().unwrap().len(), 1);

@@ -8,7 +8,7 @@
 //! before it is written.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use felt_proto::cni::NetConf;
@@ -83,24 +83,9 @@ pub fn check_conflist(list: &Value) -> Result<(), String> {
 
 /// Writes `bytes` to `dir/name` through a temporary file and a rename.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-    let tmp = dir.join(format!(".{name}.felt-tmp-{}", std::process::id()));
     let target = dir.join(name);
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("writing", &tmp)(e));
-    }
-    fs::rename(&tmp, &target).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err("renaming into", &target)(e)
-    })
+    crate::util::write_atomic_mode(&target, bytes, Some(mode)).map_err(io_err("writing", &target))
 }
 
 impl InstallCni {

@@ -24,7 +24,7 @@ use crate::netns;
 
 use super::state::{LabState, Mode, NodeState};
 use super::{Lab, LabError, topo};
-use crate::registry::file::write_atomic;
+use crate::util::write_atomic;
 
 const PORT: u16 = 7947;
 const UDP_PORT: u16 = 7948;

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Lab, LabError, control, kube};
 use crate::netns;
-use crate::registry::file::{FileRegistry, write_atomic};
+use crate::registry::file::FileRegistry;
+use crate::util::write_atomic;
 
 /// The data plane a lab's agents run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

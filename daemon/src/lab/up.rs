@@ -11,7 +11,7 @@ use super::state::{LabRegistry, LabState, Mode, NodeState, PodState, UpOptions};
 use super::teardown::TeardownOnError;
 use super::{Lab, LabError, control, kube, topo};
 use crate::netns;
-use crate::registry::file::write_atomic;
+use crate::util::write_atomic;
 
 impl Lab {
     /// Builds the lab and returns once every node has programmed every peer.

@@ -10,7 +10,7 @@
 //! resync). It is the embedded default: the lab runs a whole cluster on it.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use felt_ipam::LeaseDir;
@@ -44,18 +44,6 @@ pub enum FileRegistryError {
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileRegistryError {
     let path = path.to_owned();
     move |source| FileRegistryError::Io { action, path, source }
-}
-
-/// Writes `bytes` to `path` atomically: a temp file in the same directory,
-/// fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
 }
 
 /// A file registry rooted at one directory.
@@ -130,7 +118,7 @@ impl FileRegistry {
             return Ok(false);
         }
         let path = self.path_of(&record.name);
-        write_atomic(&path, &record.to_json()).map_err(io_err("writing", &path))?;
+        crate::util::write_atomic(&path, &record.to_json()).map_err(io_err("writing", &path))?;
         Ok(true)
     }
 
