@@ -14,6 +14,7 @@ pub mod http;
 pub mod icmp;
 pub mod lab;
 pub mod netns;
+pub mod process;
 pub mod registry;
 pub mod status;
 pub mod util;

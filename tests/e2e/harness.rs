@@ -266,15 +266,11 @@ pub fn assert_all_answered(report: &felt::lab::probe::SeriesReport) {
 /// Live (not zombie) processes whose command line (arguments joined by
 /// spaces) satisfies `matches`.
 pub fn processes_where(matches: impl Fn(&str) -> bool) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    use felt::process;
+    process::pids()
         .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !zombie && matches(&String::from_utf8_lossy(&cmd).replace('\0', " "))
+            !process::is_zombie_or_gone(*pid)
+                && process::cmdline(*pid).is_some_and(|args| matches(&args.join(" ")))
         })
         .collect()
 }

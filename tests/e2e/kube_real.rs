@@ -127,22 +127,17 @@ fn a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more() {
     assert!(std::path::Path::new(&format!("/proc/{proxy}")).exists(), "the loopback proxy runs");
     lab.finish();
     let gone = crate::harness::wait_until(std::time::Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{proxy}/stat")).map_or(true, |s| s.contains(") Z "))
+        felt::process::is_zombie_or_gone(proxy)
     });
     assert!(gone.is_some(), "lab down left the loopback proxy running");
 }
 
 /// The pid of the process named `comm` in the lab's underlay namespace.
 fn control_pid(lab: &TestLab, comm: &str) -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    let ul = std::fs::metadata(felt::netns::named(&format!("{}-ul", lab.name))).unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-                && std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ul.ino())
-        })
+    use felt::process;
+    let ul = felt::netns::named(&format!("{}-ul", lab.name));
+    process::pids()
+        .find(|pid| process::comm(*pid).as_deref() == Some(comm) && process::in_netns(*pid, &ul))
         .unwrap_or_else(|| panic!("no {comm} in {}-ul", lab.name))
 }
 
@@ -277,13 +272,8 @@ fn after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing
     // grace period: its graceful shutdown waits for watches that never end)
     // and start it again with the same flags.
     let pid = control_pid(&lab, "kube-apiserver");
-    let cmdline: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-        .unwrap()
-        .split('\0')
-        .filter(|a| !a.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let gone = || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+    let cmdline = felt::process::cmdline(pid).expect("kube-apiserver runs");
+    let gone = || felt::process::is_zombie_or_gone(pid);
     signal(pid, nix::sys::signal::Signal::SIGTERM);
     if crate::harness::wait_until(Duration::from_secs(10), gone).is_none() {
         signal(pid, nix::sys::signal::Signal::SIGKILL);

@@ -145,10 +145,10 @@ fn rootless_labs_run_as_nobody() {
             serde_json::from_str(&nobody.ok(&name, &["lab", "status", "--json"])).unwrap();
         assert!(nobody.ok(&name, &["lab", "down"]).contains("removed"));
         assert!(holders_of(&name).is_empty(), "the holder stops with the lab");
-        let agents: Vec<u64> = status.nodes.iter().map(|n| u64::from(n.pid)).collect();
+        let agents: Vec<u32> = status.nodes.iter().map(|n| n.pid).collect();
         for pid in agents {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            assert!(!String::from_utf8_lossy(&cmd).contains(&name), "agent {pid} outlived the lab");
+            let cmd = felt::process::cmdline(pid).unwrap_or_default().join(" ");
+            assert!(!cmd.contains(&name), "agent {pid} outlived the lab");
         }
     }
     assert_eq!(root_before, root_snapshot(), "the root network namespace changed");

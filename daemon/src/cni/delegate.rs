@@ -239,7 +239,7 @@ impl Kept {
             let path = entry.map_err(|e| self.io("listing the delegate store", e))?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if let Some(pid) = crate::util::temporary_pid(&name) {
-                if !Path::new("/proc").join(pid.to_string()).exists() {
+                if crate::process::is_zombie_or_gone(pid) {
                     let _ = std::fs::remove_file(&path);
                 }
                 continue;

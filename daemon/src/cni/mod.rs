@@ -350,7 +350,7 @@ fn gc(conf: &NetConf) -> Result<Collected, CniError> {
     let store = store(conf)?;
     let mut done = Collected {
         temporaries: store
-            .sweep_temporaries(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .sweep_temporaries(|pid| !crate::process::is_zombie_or_gone(pid))
             .map_err(store_error)?,
         ..Collected::default()
     };

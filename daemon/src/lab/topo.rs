@@ -174,19 +174,13 @@ pub fn tx_checksum_offload(ns: &str, on: bool) -> Result<(), LabError> {
 /// Stops every process still inside named namespace `ns` (a stopped
 /// agent's keeper, say): SIGTERM, then SIGKILL after a second. Returns how many.
 pub fn kill_processes_in(ns: &str) -> usize {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(target) = std::fs::metadata(crate::netns::named(ns)) else { return 0 };
-    let inside = |pid: u32| {
-        std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            .is_ok_and(|m| m.ino() == target.ino() && m.dev() == target.dev())
-            && !is_zombie_or_gone(pid)
-    };
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != std::process::id() && inside(*pid))
-        .collect();
+    let netns = crate::netns::named(ns);
+    if !netns.exists() {
+        return 0;
+    }
+    let inside = |pid: u32| crate::process::in_netns(pid, &netns) && !is_zombie_or_gone(pid);
+    let pids: Vec<u32> =
+        crate::process::pids().filter(|pid| *pid != std::process::id() && inside(*pid)).collect();
     for pid in &pids {
         if let Ok(raw) = i32::try_from(*pid) {
             let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
@@ -272,23 +266,7 @@ pub fn cni(
     Ok(value)
 }
 
-/// A process's arguments, from `/proc/<pid>/cmdline`; `None` when it is gone.
-pub(crate) fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
-}
-
-pub(crate) fn is_zombie_or_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => true,
-    }
-}
+pub(crate) use crate::process::{cmdline, is_zombie_or_gone};
 
 /// True when `pid` is a live felt agent of the lab whose registry is `registry`.
 pub fn agent_alive(pid: u32, registry: &Path) -> bool {
@@ -301,11 +279,7 @@ pub fn agent_alive(pid: u32, registry: &Path) -> bool {
 
 /// Every live felt agent using `registry`.
 pub fn agents_using(registry: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != std::process::id() && agent_alive(*pid, registry))
-        .collect()
+    crate::process::pids().filter(|pid| *pid != std::process::id() && agent_alive(*pid, registry)).collect()
 }
 
 /// Stops a lab agent: SIGTERM (or SIGKILL), then SIGKILL after 3 s. Only a
