@@ -239,15 +239,20 @@ pub fn state(shared: &Shared, observed: Result<Observed, String>) -> debug::Stat
         registry_synced: st.registry_synced,
         last_reconcile: st.last_reconcile,
         recent_errors: st.recent_errors.into(),
-        engine: shared.engine_counters().map(|c| debug::Engine {
-            tx_packets: c.tx_packets,
-            tx_bytes: c.tx_bytes,
-            rx_packets: c.rx_packets,
-            rx_bytes: c.rx_bytes,
-            tx_super_packets: c.tx_super_packets,
-            rx_coalesced: c.rx_coalesced,
-            offloads: shared.engine_offloads(),
-            drops: DropReason::ALL.iter().zip(c.drops).map(|(r, n)| (r.label().to_owned(), n)).collect(),
-        }),
+        engine: engine(shared),
     }
+}
+
+/// The userspace engine's counters, when there is an engine.
+fn engine(shared: &Shared) -> Option<debug::Engine> {
+    shared.engine_counters().map(|c| debug::Engine {
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_super_packets: c.tx_super_packets,
+        rx_coalesced: c.rx_coalesced,
+        offloads: shared.engine_offloads(),
+        drops: DropReason::ALL.iter().zip(c.drops).map(|(r, n)| (r.label().to_owned(), n)).collect(),
+    })
 }
