@@ -21,10 +21,9 @@ fn readyz(lab: &TestLab, node: &str) -> u16 {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn a_first_list_that_never_answers_is_started_over() {
-    if !require_root("a_first_list_that_never_answers_is_started_over") {
-        return;
-    }
+    require_root();
     // felt-test-apiserver: the real server cannot be asked to read a list
     // request and never answer it (the fault behind two kube CI failures).
     let (lab, api) = kube_lab(2, 0);

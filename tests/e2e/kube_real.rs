@@ -58,10 +58,9 @@ fn requests_of(lab: &TestLab, user: &str) -> Vec<(String, String, String)> {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more() {
-    if !require_root("a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more") {
-        return;
-    }
+    require_root();
     let lab = real_lab(3, 1);
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("6/6 pod pairs reachable"), "{check}");
@@ -176,12 +175,11 @@ fn pinger(lab: &TestLab, seconds: u16) -> std::thread::JoinHandle<felt::lab::pro
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn a_frozen_api_server_or_etcd_turns_readiness_false_and_traffic_flows() {
     use nix::sys::signal::Signal;
     use std::time::{Duration, Instant};
-    if !require_root("a_frozen_api_server_or_etcd_turns_readiness_false_and_traffic_flows") {
-        return;
-    }
+    require_root();
     let lab = real_lab(2, 1);
     let nodes = ["n1", "n2"];
     let all = |code: u16| nodes.iter().all(|n| readyz(&lab, n) == code);
@@ -240,11 +238,10 @@ fn etcd(lab: &TestLab, path: &str, body: &Value) -> Value {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing() {
     use std::time::Duration;
-    if !require_root("after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing") {
-        return;
-    }
+    require_root();
     let lab = real_lab(3, 0);
     let nodes = ["n1", "n2", "n3"];
     let all_ready = || nodes.iter().all(|n| readyz(&lab, n) == 200);
@@ -326,11 +323,10 @@ fn fdb(lab: &TestLab, node: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn kubectl_delete_and_add_node_reach_every_peer_within_a_second() {
     use std::time::{Duration, Instant};
-    if !require_root("kubectl_delete_and_add_node_reach_every_peer_within_a_second") {
-        return;
-    }
+    require_root();
     let lab = real_lab(3, 0);
     let n2_mac = lab.status().nodes[1].vtep_mac.expect("n2 published its VTEP").to_string();
     let deleted = Instant::now();
@@ -360,11 +356,10 @@ fn kubectl_delete_and_add_node_reach_every_peer_within_a_second() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn public_ip_overwrite_moves_peers_fdb_and_labels_stay_the_operators() {
     use std::time::Duration;
-    if !require_root("public_ip_overwrite_moves_peers_fdb_and_labels_stay_the_operators") {
-        return;
-    }
+    require_root();
     let lab = real_lab(2, 0);
     let underlay = felt::lab::underlay_subnet(&lab.name);
     let new_ip = std::net::Ipv4Addr::from(u32::from(underlay.network()) + 99);
@@ -409,13 +404,12 @@ where
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn node_heartbeats_cause_no_work() {
     use k8s_openapi::api::core::v1::Node;
     use kube::api::{Api, Patch, PatchParams, PostParams};
     use std::time::{Duration, Instant};
-    if !require_root("node_heartbeats_cause_no_work") {
-        return;
-    }
+    require_root();
     let lab = real_lab(2, 0);
     let underlay = felt::lab::underlay_subnet(&lab.name);
     // 50 more nodes: published peers without agents, as a busy cluster has.
@@ -486,11 +480,10 @@ fn node_heartbeats_cause_no_work() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn a_role_missing_a_verb_is_named_once_and_makes_the_agent_unready() {
     use std::time::Duration;
-    if !require_root("a_role_missing_a_verb_is_named_once_and_makes_the_agent_unready") {
-        return;
-    }
+    require_root();
     let lab = real_lab(2, 0);
     assert!(crate::harness::wait_until(Duration::from_secs(10), || readyz(&lab, "n1") == 200).is_some());
     // Take `patch` on nodes away, then make n1 need it: its public-ip annotation goes.

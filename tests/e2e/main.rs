@@ -43,10 +43,9 @@ fn pod_cidr(status: &felt::lab::LabStatus, node: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn three_nodes_reach_every_pod_pair() {
-    if !require_root("three_nodes_reach_every_pod_pair") {
-        return;
-    }
+    require_root();
     let lab = TestLab::up(3, 2);
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("30/30 pod pairs reachable"), "{check}");
@@ -103,10 +102,9 @@ fn three_nodes_reach_every_pod_pair() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn joins_and_leaves_reach_every_peer() {
-    if !require_root("joins_and_leaves_reach_every_peer") {
-        return;
-    }
+    require_root();
     let lab = TestLab::up(3, 1);
     let out = lab.felt(&["lab", "add-node"]);
     assert!(out.contains("n4 joined"), "{out}");
@@ -152,10 +150,9 @@ fn stop(mut child: std::process::Child) -> String {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
-    if !require_root("agent_kill_and_restart_loses_no_packet_and_rewrites_nothing") {
-        return;
-    }
+    require_root();
     let _alone = crate::harness::exclusive();
     let lab = TestLab::up(2, 1);
     let target = lab.first_pod_ip("n1");
@@ -198,10 +195,9 @@ fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn deleted_entries_come_back_within_one_resync() {
-    if !require_root("deleted_entries_come_back_within_one_resync") {
-        return;
-    }
+    require_root();
     let lab = TestLab::up(2, 1);
     let n1 = lab.node_ns("n1");
     let (routes, neigh, fdb) = entries(&lab, "n1");
@@ -228,10 +224,9 @@ fn deleted_entries_come_back_within_one_resync() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn bad_records_are_logged_and_ignored() {
-    if !require_root("bad_records_are_logged_and_ignored") {
-        return;
-    }
+    require_root();
     let lab = TestLab::up(3, 1);
     let status = lab.status();
     let n1_ip = status.nodes[0].underlay_ip.to_string();
@@ -273,10 +268,9 @@ fn bad_records_are_logged_and_ignored() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn down_is_idempotent_and_up_refuses_a_live_lab() {
-    if !require_root("down_is_idempotent_and_up_refuses_a_live_lab") {
-        return;
-    }
+    require_root();
     let lab = TestLab::up(1, 1);
     let again = lab.felt_command(&["lab", "up"]).output().unwrap();
     assert!(!again.status.success(), "a second `up` of a live lab must fail");
