@@ -10,13 +10,13 @@
 //! and its workers drain what queued up. A keeper nobody claims exits after
 //! its hold time, and the descriptors close with it.
 
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
 
 use super::edge::Handover;
 use super::sys;
@@ -32,21 +32,16 @@ fn send_fds(stream: &UnixStream, fds: [RawFd; 2]) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives two descriptors (TUN, UDP) from a unix stream.
-fn recv_fds(stream: &UnixStream) -> io::Result<[RawFd; 2]> {
-    let mut byte = [0u8; 2];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 2]);
-    let msg =
-        recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let [tun, udp] = fds[..] {
-                return Ok([tun, udp]);
-            }
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "no descriptors in the keeper's message"))
+/// Receives two descriptors (TUN, UDP) from a unix stream. Every
+/// descriptor that arrives is owned at once, so a message with more or
+/// fewer than two closes what it brought instead of leaking it.
+fn recv_fds(stream: &UnixStream) -> io::Result<[OwnedFd; 2]> {
+    <[OwnedFd; 2]>::try_from(sys::recv_descriptors(stream)?).map_err(|fds| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the keeper's message carried {} descriptors, not 2", fds.len()),
+        )
+    })
 }
 
 /// Hands `h` to a keeper whose stdin is the other end of `to_keeper`, and
@@ -61,10 +56,11 @@ pub fn hand_over(to_keeper: &mut UnixStream, h: &Handover) -> io::Result<()> {
 
 /// The keeper: receives the descriptors on `from_agent`, tells the agent it
 /// listens, and hands them to the first agent that connects within `hold`.
-/// Returns whether one did. The descriptors stay raw: this process only
-/// keeps them open and passes them on.
+/// Returns whether one did. This process only keeps them open and passes
+/// them on; they close when it returns.
 pub fn keep(device: &str, mut from_agent: UnixStream, hold: Duration) -> io::Result<bool> {
-    let fds = recv_fds(&from_agent)?;
+    let owned = recv_fds(&from_agent)?;
+    let fds = [owned[0].as_raw_fd(), owned[1].as_raw_fd()];
     let listener = UnixListener::bind_addr(&address(device)?)?;
     listener.set_nonblocking(true)?;
     from_agent.write_all(b"k")?;
@@ -100,7 +96,7 @@ pub fn take_over(device: &str, port: u16) -> io::Result<Option<Handover>> {
     };
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let [tun, udp] = recv_fds(&stream)?;
-    let (tun, udp) = sys::adopt(tun, udp);
+    let (tun, udp) = (std::fs::File::from(tun), std::net::UdpSocket::from(udp));
     if udp.local_addr()?.port() != port {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -108,4 +104,45 @@ pub fn take_over(device: &str, port: u16) -> io::Result<Option<Handover>> {
         ));
     }
     Ok(Some(Handover { tun, udp }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Descriptors of this process open on /dev/null (other tests running
+    /// alongside open sockets, not this).
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == Path::new("/dev/null")))
+            })
+            .count()
+    }
+
+    fn send(fds: &[RawFd]) -> io::Result<[OwnedFd; 2]> {
+        let (a, b) = UnixStream::pair().unwrap();
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        sendmsg::<UnixAddr>(a.as_raw_fd(), &[IoSlice::new(b"fd")], &cmsg, MsgFlags::empty(), None).unwrap();
+        recv_fds(&b)
+    }
+
+    #[test]
+    fn descriptors_that_are_not_two_are_closed_not_leaked() {
+        let files: Vec<std::fs::File> = (0..3).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let before = open_fds();
+        for n in [1, 3] {
+            let err = send(&raw[..n]).unwrap_err();
+            assert!(err.to_string().contains(&format!("carried {n} descriptors")), "{err}");
+        }
+        let got = send(&raw[..2]).expect("two are taken");
+        assert_eq!(open_fds(), before + 2, "only the two taken stay open");
+        drop(got);
+        assert_eq!(open_fds(), before, "and close with their owner");
+    }
 }

@@ -70,12 +70,27 @@ pub fn set_persist(tun: &File, persist: bool) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Takes ownership of a TUN and a UDP socket descriptor received from a
-/// keeper over `SCM_RIGHTS`.
-pub fn adopt(tun: std::os::fd::RawFd, udp: std::os::fd::RawFd) -> (File, std::net::UdpSocket) {
-    use std::os::fd::FromRawFd;
-    // SAFETY: both descriptors were just installed in this process by
-    // recvmsg(SCM_RIGHTS); nothing else refers to them, so each gets
-    // exactly one owner here and is closed exactly once.
-    unsafe { (File::from_raw_fd(tun), std::net::UdpSocket::from_raw_fd(udp)) }
+/// Receives one message on `stream` and owns every descriptor it carried
+/// (`SCM_RIGHTS`, up to 8), at the point they arrive: whatever the caller
+/// does with them, each is closed exactly once.
+pub fn recv_descriptors(stream: &std::os::unix::net::UnixStream) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let mut byte = [0u8; 2];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    // Room for more than anyone sends, so extras arrive (and are closed)
+    // rather than being cut off by the kernel.
+    let mut space = nix::cmsg_space!([RawFd; 8]);
+    let msg =
+        recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: recvmsg(SCM_RIGHTS) just installed each of these in
+            // this process and its number is known only from this message;
+            // nothing else refers to it, so it gets exactly one owner here.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(fds)
 }
