@@ -34,6 +34,9 @@ fn a_first_list_that_never_answers_is_started_over() {
     let restarted = Instant::now();
     // The stalled list keeps it unready for a while…
     assert!(wait_until(Duration::from_secs(5), || readyz(&lab, "n2") == 503).is_some());
+    // Its list reached the server (and stalls there) before "still unready" means anything.
+    let listed = || api.control("stats")["lists"].as_u64().unwrap() > lists_before;
+    assert!(wait_until(Duration::from_secs(10), listed).is_some(), "n2 never asked for the list");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(readyz(&lab, "n2"), 503, "ready without a node list");
     // …until the watcher starts over (LIST_TIMEOUT, 20 s) and its new list is answered.

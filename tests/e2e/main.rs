@@ -133,20 +133,57 @@ fn joins_and_leaves_reach_every_peer() {
 }
 
 /// Starts `cmd` (a netlink monitor) with its stdout captured.
-fn monitor(ns: &str, tool: &str, args: &[&str]) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns, tool, "monitor"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting a monitor")
+/// `ip monitor …` or `bridge monitor …` in a namespace, its lines collected as they come.
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
-fn stop(mut child: std::process::Child) -> String {
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("monitor output");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+impl Monitor {
+    fn start(ns: &str, tool: &str, args: &[&str]) -> Monitor {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, tool, "monitor"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting a monitor");
+        let out = child.stdout.take().expect("piped stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        Monitor { child, lines, reader }
+    }
+
+    /// Pokes (a change the monitor must report) until the monitor prints a
+    /// line containing `what`: proof that it is subscribed and would print
+    /// what follows. The first pokes may come before it subscribed.
+    fn proves(&self, what: &str, poke: impl Fn()) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            poke();
+            if wait_until(Duration::from_millis(100), || self.lines.lock().unwrap().contains(what)).is_some()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        std::sync::Arc::try_unwrap(self.lines).map(|m| m.into_inner().unwrap()).unwrap_or_default()
+    }
 }
 
 #[test]
@@ -158,9 +195,23 @@ fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
     let target = lab.first_pod_ip("n1");
     let src = netns::named(&format!("{}-n2-p1", lab.name));
     let n1 = lab.node_ns("n1");
-    let routes = monitor(&n1, "ip", &["route", "neigh"]);
-    let fdb = monitor(&n1, "bridge", &["fdb"]);
-    std::thread::sleep(Duration::from_millis(200));
+    let routes = Monitor::start(&n1, "ip", &["route", "neigh"]);
+    let fdb = Monitor::start(&n1, "bridge", &["fdb"]);
+    // Both monitors must be seen to see before their silence means anything:
+    // a route and an FDB entry on devices of the test's own, then gone.
+    ip_in(&n1, &["link", "add", "fprobe", "type", "bridge"]);
+    let poke_route = || {
+        ip_in(&n1, &["route", "add", "blackhole", "192.0.2.99/32"]);
+        ip_in(&n1, &["route", "del", "blackhole", "192.0.2.99/32"]);
+    };
+    let fdb_entry = ["02:00:5e:00:53:01", "dev", "fprobe", "self", "permanent"];
+    let poke_fdb = || {
+        bridge_in(&n1, &[&["fdb", "add"][..], &fdb_entry].concat());
+        bridge_in(&n1, &[&["fdb", "del"][..], &fdb_entry].concat());
+    };
+    assert!(routes.proves("192.0.2.99", poke_route), "the route monitor saw nothing");
+    assert!(fdb.proves("02:00:5e:00:53:01", poke_fdb), "the FDB monitor saw nothing");
+    ip_in(&n1, &["link", "del", "fprobe"]);
 
     // 20 s at 50 packets per second, across a SIGKILL and restart of n1's agent.
     let pinger = std::thread::spawn(move || {
@@ -174,10 +225,15 @@ fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
     let restarted = wait_until(Duration::from_secs(10), || lab.log("n1")[before..].contains("lease held"));
     assert!(restarted.is_some(), "the agent did not come back:\n{}", lab.log("n1"));
     let report = pinger.join().unwrap().unwrap().unwrap();
-    // Give the restarted agent a full pass before reading the monitors.
-    std::thread::sleep(Duration::from_millis(500));
-    let route_events = stop(routes);
-    let fdb_events = stop(fdb);
+    // The restarted agent has finished a full pass before the monitors stop.
+    let passed = wait_until(Duration::from_secs(10), || {
+        lab.metric_samples("n1", "felt_reconcile_total").iter().any(|s| {
+            s.labels.get("result") == Some("ok") && crate::harness::sample_value(s).is_some_and(|v| v >= 1.0)
+        })
+    });
+    assert!(passed.is_some(), "the restarted agent never finished a pass:\n{}", lab.log("n1"));
+    let route_events = routes.stop();
+    let fdb_events = fdb.stop();
 
     assert_all_answered(&report);
     // The kernel's own IPv6 link-local routes (DAD finishing) are not the agent's doing.
@@ -261,8 +317,17 @@ fn bad_records_are_logged_and_ignored() {
     assert_eq!(routes.len(), 2, "n3 must keep exactly n1 and n2: {routes:?}");
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("6/6 pod pairs reachable"), "{check}");
-    // Logged once, not on every resync (the lab resyncs every 5 s).
-    std::thread::sleep(Duration::from_millis(5500));
+    // Logged once, not on every resync: wait until n1 has resynced on its
+    // timer since (every 5 s in the lab), then count.
+    let timer_wakeups = || {
+        lab.metric_samples("n1", "felt_wakeups_total")
+            .iter()
+            .filter(|s| s.labels.get("cause") == Some("timer"))
+            .filter_map(crate::harness::sample_value)
+            .sum::<f64>()
+    };
+    let seen = timer_wakeups();
+    assert!(wait_until(Duration::from_secs(12), || timer_wakeups() > seen).is_some(), "n1 never resynced");
     assert_eq!(lab.log("n1").matches("ignoring malformed node document").count(), 1);
     lab.finish();
 }
