@@ -346,3 +346,32 @@ fn down_is_idempotent_and_up_refuses_a_live_lab() {
     assert!(second.contains("nothing to remove"), "{second}");
     lab.finish();
 }
+
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn a_second_agent_on_a_node_refuses_to_start() {
+    require_root();
+    let lab = TestLab::up(2, 1);
+    let pid = lab.status().nodes[0].pid;
+    // The same command line as n1's agent, in n1's namespace.
+    let args = felt::process::cmdline(pid).expect("n1's agent runs");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.node_ns("n1")])
+        .args(&args)
+        .stdout(Stdio::null())
+        .output()
+        .expect("running a second agent");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second agent started beside the first: {said}");
+    assert!(
+        said.contains(&format!("another felt agent (pid {pid}) already runs on this node")),
+        "the refusal does not say who holds the node: {said}"
+    );
+    // The first is untouched: still ready, fabric whole.
+    assert_eq!(lab.debug_get("n1", "/readyz").0, 200);
+    let check = lab.felt(&["lab", "check"]);
+    assert_eq!(check.lines().last(), Some("2/2 pod pairs reachable"), "{check}");
+    // Another node's agent is another namespace's: the lock is per node, not per machine.
+    assert!(felt::process::cmdline(lab.status().nodes[1].pid).is_some());
+    lab.finish();
+}

@@ -16,6 +16,7 @@
 //!   the next resync.
 
 pub mod debug;
+pub mod lock;
 pub mod metrics;
 pub mod probe;
 mod reconcile;
@@ -96,6 +97,9 @@ impl AgentConfig {
 /// Why the agent stopped before it could start working.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// Another agent runs on this node.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     /// The registry could not be opened or watched.
     #[error("registry")]
     Registry(#[from] RegistryError),
@@ -188,6 +192,8 @@ struct State {
 }
 
 struct Agent {
+    /// This node's one-agent lock, held while the agent runs.
+    _lock: lock::InstanceLock,
     cfg: AgentConfig,
     kernel: Kernel,
     registry: Registry,

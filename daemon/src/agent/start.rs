@@ -16,11 +16,11 @@ use tracing::{info, warn};
 use super::metrics::Metrics;
 use super::status::{ConfigView, LeaseView, Shared};
 use super::view::Me;
-use super::{Agent, AgentConfig, AgentError, State, Wakeups, debug, probe};
+use super::{Agent, AgentConfig, AgentError, State, Wakeups, debug, lock, probe};
 use crate::registry::Registry;
 use crate::util::error_chain;
 
-/// Brings the agent up: netlink, the registry, the debug endpoint, the
+/// Brings the agent up: the one-agent-per-node lock, netlink, the registry, the debug endpoint, the
 /// underlay and the lease (each retried until it works, or `None` on
 /// shutdown), the data plane, and the watches, opened before the first list
 /// so no change falls between the two.
@@ -28,6 +28,7 @@ pub(super) async fn start(
     cfg: AgentConfig,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<(Agent, Wakeups)>, AgentError> {
+    let lock = lock::take()?;
     let kernel = Kernel::connect()?;
     let registry = Registry::open(&cfg.registry, &cfg.node_name).await?;
     let shared =
@@ -76,7 +77,8 @@ pub(super) async fn start(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let wakeups = Wakeups { registry: registry_events, netlink: netlink_events, resync };
     let (nft, state) = (None, State::default());
-    let agent = Agent { cfg, kernel, registry, dataplane, me, underlay, ifindex, shared, nft, state };
+    let agent =
+        Agent { _lock: lock, cfg, kernel, registry, dataplane, me, underlay, ifindex, shared, nft, state };
     Ok(Some((agent, wakeups)))
 }
 

@@ -1,0 +1,18 @@
+//! Any bytes as the network config (`--net-conf`, Flannel's `net-conf.json`
+//! shape): parse must not panic; what it accepts is valid, survives a round
+//! trip, and gives an overlay MTU for any underlay MTU without overflow.
+#![no_main]
+
+use felt_proto::NetConfig;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|bytes: &[u8]| {
+    if let Ok(cfg) = NetConfig::from_json(bytes) {
+        assert!(cfg.validate().is_ok());
+        let again = serde_json::to_vec(&cfg).unwrap();
+        assert_eq!(NetConfig::from_json(&again).unwrap(), cfg);
+        for underlay in [0, 68, 1500, 9000, u32::MAX] {
+            let _ = cfg.overlay_mtu(underlay);
+        }
+    }
+});
