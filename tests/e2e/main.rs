@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use felt::lab::probe;
 use felt::netns;
-use harness::{TestLab, assert_all_answered, bridge_in, ip_in, require_root, wait_until};
+use harness::{TestLab, assert_all_answered, bridge_in, ip_in, require_root, run, wait_until};
 
 /// Kernel objects on a node's `felt.1`: (routes, permanent neighbours, FDB remotes).
 fn entries(lab: &TestLab, node: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
@@ -373,5 +373,43 @@ fn a_second_agent_on_a_node_refuses_to_start() {
     assert_eq!(check.lines().last(), Some("2/2 pod pairs reachable"), "{check}");
     // Another node's agent is another namespace's: the lock is per node, not per machine.
     assert!(felt::process::cmdline(lab.status().nodes[1].pid).is_some());
+    lab.finish();
+}
+
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn remove_node_with_another_agent_down_removes_what_it_owns_and_says_who_lags() {
+    require_root();
+    let lab = TestLab::up(3, 1);
+    let status = lab.status();
+    let n3 = status.nodes[2].pid;
+    let n2_cidr = pod_cidr(&status, "n2");
+    // n3's agent dies and stays dead (its data plane stays as it was).
+    run(Command::new("kill").args(["-KILL", &n3.to_string()]));
+    assert!(wait_until(Duration::from_secs(5), || felt::process::is_zombie_or_gone(n3)).is_some());
+    let out = lab.felt(&["lab", "remove-node", "n2"]);
+    assert!(
+        out.contains("n2 removed (its agent, record, pods and namespaces); not caught up yet: n3 (its agent is not running)"),
+        "{out}"
+    );
+    // What n2 owned is gone...
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&lab.node_ns("n2")))
+        .collect();
+    assert!(left.is_empty(), "n2's namespaces are left: {left:?}");
+    assert!(!lab.status().nodes.iter().any(|n| n.name == "n2"));
+    // ...n1 dropped it, and n3 (down) still holds it, as reported.
+    let (n1_routes, _, _) = entries(&lab, "n1");
+    assert!(!n1_routes.iter().any(|r| r.starts_with(&n2_cidr)), "n1 still routes to n2: {n1_routes:?}");
+    let (n3_routes, _, _) = entries(&lab, "n3");
+    assert!(n3_routes.iter().any(|r| r.starts_with(&n2_cidr)), "n3 was down and cannot have dropped n2");
+    // Back up, n3 catches up on its own.
+    lab.felt(&["lab", "restart-agent", "n3"]);
+    let caught_up = wait_until(Duration::from_secs(10), || {
+        !entries(&lab, "n3").0.iter().any(|r| r.starts_with(&n2_cidr))
+    });
+    assert!(caught_up.is_some(), "n3 did not drop n2 after its restart");
     lab.finish();
 }

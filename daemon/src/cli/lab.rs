@@ -246,11 +246,19 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             );
         }
         LabCommand::RemoveNode { lab, node } => {
-            let took = open_lab(&lab)?.remove_node(&node)?;
-            println!(
-                "{node} removed; every node had dropped it {} ms after its record went",
-                took.as_millis()
-            );
+            let removal = open_lab(&lab)?.remove_node(&node)?;
+            match removal.dropped_after {
+                Some(took) => {
+                    println!(
+                        "{node} removed; every node had dropped it {} ms after its record went",
+                        took.as_millis()
+                    )
+                }
+                None => println!(
+                    "{node} removed (its agent, record, pods and namespaces); not caught up yet: {}",
+                    removal.behind.join(", ")
+                ),
+            }
         }
         LabCommand::RestartAgent { lab, node, kill } => {
             let pid = open_lab(&lab)?.restart_agent(&node, kill)?;

@@ -73,9 +73,10 @@ impl Lab {
     }
 
     /// Removes a node: its agent, its record and lease, its pods, its
-    /// namespace. Returns how long after the record went every remaining
-    /// node had dropped it.
-    pub fn remove_node(&self, node: &str) -> Result<Duration, LabError> {
+    /// namespaces — all of that whatever the other nodes do — then waits (at
+    /// most 30 s) for the nodes whose agents run to drop it, and says which
+    /// nodes have not caught up (an agent that is down cannot).
+    pub fn remove_node(&self, node: &str) -> Result<Removal, LabError> {
         let mut state = self.loaded()?;
         let n = state
             .nodes
@@ -88,7 +89,10 @@ impl Lab {
         state.pods.retain(|p| p.node != node);
         state.nodes.retain(|x| x.name != node);
         self.save(&state)?;
-        let watches = self.route_watches(&state)?;
+        let (live, down): (Vec<NodeState>, Vec<NodeState>) =
+            state.nodes.iter().cloned().partition(|x| topo::agent_alive(x.pid, &self.registry_dir()));
+        let live_state = LabState { nodes: live, ..state.clone() };
+        let watches = self.route_watches(&live_state)?;
         let removed_at = std::time::SystemTime::now();
         match &state.registry {
             LabRegistry::File => FileRegistry::open(&self.registry_dir())
@@ -98,17 +102,25 @@ impl Lab {
                 kube::delete_node(&netns::named(&self.underlay_ns()), kubeconfig, node)?
             }
         }
-        let dropped = watch::wait_all(watches, watch::RouteChange::Removed, Duration::from_secs(30))
-            .ok_or_else(|| LabError::Timeout(format!("a node did not drop {node}")))?;
-        self.wait_programmed(&state, Duration::from_secs(30))?;
-        let propagation = dropped.duration_since(removed_at).unwrap_or_default();
         let mut namespaces = topo::namespaces_with_prefix(&n.netns)?;
         namespaces.push(n.netns.clone());
         for ns in namespaces {
             topo::kill_processes_in(&ns);
             topo::ip(&["netns", "delete", &ns])?;
         }
-        Ok(propagation)
+        let dropped = watch::wait_all(watches, watch::RouteChange::Removed, Duration::from_secs(30));
+        let mut behind: Vec<String> =
+            down.iter().map(|x| format!("{} (its agent is not running)", x.name)).collect();
+        if let Err(LabError::Timeout(_)) = self.wait_programmed(&live_state, Duration::from_secs(30)) {
+            for (name, ops) in self.pending_ops(&live_state)?.into_iter().filter(|(_, ops)| *ops != 0) {
+                behind.push(format!("{name} ({ops} ops pending)"));
+            }
+        }
+        if dropped.is_none() && behind.is_empty() {
+            behind.push("a node whose route watch saw no removal within 30 s".to_owned());
+        }
+        let dropped_after = dropped.map(|t| t.duration_since(removed_at).unwrap_or_default());
+        Ok(Removal { dropped_after: if behind.is_empty() { dropped_after } else { None }, behind })
     }
 
     /// Stops a node's agent (SIGKILL when `kill`, else SIGTERM) and starts it again.
@@ -190,4 +202,14 @@ impl Lab {
         self.wait_programmed(&state, Duration::from_secs(30))?;
         Ok(samples)
     }
+}
+
+/// What `remove-node` did beyond removing the node.
+#[derive(Debug, Clone)]
+pub struct Removal {
+    /// How long after its record went every other node had dropped it;
+    /// `None` when some have not.
+    pub dropped_after: Option<Duration>,
+    /// The nodes that still hold the removed node, and why.
+    pub behind: Vec<String>,
 }
