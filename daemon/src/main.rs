@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             if let Some((holder, started)) = rootless {
                 // A rootless lab lives as long as its holder: stop it with the lab,
                 // or when the `up` that started it failed.
-                if down || (up && started && result.is_err()) {
+                if down || (up && started && result.as_ref().map_or(true, |c| *c != ExitCode::SUCCESS)) {
                     holder.stop();
                 }
             }

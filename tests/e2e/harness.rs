@@ -129,18 +129,34 @@ impl TestLab {
 
     /// Brings up lab `name` with extra `felt lab up` arguments.
     pub fn up_named(name: &str, nodes: u32, pods: u32, extra: &[&str]) -> TestLab {
-        let lab = TestLab {
-            name: name.to_owned(),
-            state: tempfile::Builder::new().prefix("felt-e2e-").tempdir().expect("temp dir"),
-            root_before: root_snapshot(),
-            finished: false,
-            exclusive: None,
-        };
+        let lab = Self::unbuilt(name);
         let (n, p) = (nodes.to_string(), pods.to_string());
         let mut args = vec!["lab", "up", "--nodes", n.as_str(), "--pods-per-node", p.as_str()];
         args.extend_from_slice(extra);
         lab.felt(&args);
         lab
+    }
+
+    /// A handle on lab `name` with its own state directory, not brought up
+    /// (for tests that run `felt lab up` themselves); torn down on drop.
+    pub fn unbuilt(name: &str) -> TestLab {
+        TestLab {
+            name: name.to_owned(),
+            state: tempfile::Builder::new().prefix("felt-e2e-").tempdir().expect("temp dir"),
+            root_before: root_snapshot(),
+            finished: false,
+            exclusive: None,
+        }
+    }
+
+    /// The lab's namespaces that exist now.
+    pub fn namespaces(&self) -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{}-", self.name)))
+            .collect()
     }
 
     /// Keeps `guard` (from [`exclusive`]) until the lab is gone.

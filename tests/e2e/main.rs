@@ -413,3 +413,41 @@ fn remove_node_with_another_agent_down_removes_what_it_owns_and_says_who_lags() 
     assert!(caught_up.is_some(), "n3 did not drop n2 after its restart");
     lab.finish();
 }
+
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn ctrl_c_during_up_removes_what_was_built() {
+    use std::io::BufRead;
+    require_root();
+    let lab = TestLab::unbuilt(&TestLab::unique_name());
+    let mut up = lab
+        .felt_command(&["lab", "up", "--nodes", "8", "--pods-per-node", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting felt lab up");
+    let stderr = up.stderr.take().unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = said.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    // Interrupt once there is something to roll back: agents running, namespaces made.
+    let started = wait_until(Duration::from_secs(30), || said.lock().unwrap().contains("node n2 ("));
+    assert!(started.is_some(), "up never started a second node: {}", said.lock().unwrap());
+    assert!(lab.namespaces().len() >= 3, "nothing built yet: {:?}", lab.namespaces());
+    run(Command::new("kill").args(["-INT", &up.id().to_string()]));
+    let status = up.wait().unwrap();
+    reader.join().unwrap();
+    let said = said.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(said.contains("SIGINT received; stopping and removing what was built"), "{said}");
+    assert!(said.contains("interrupted; what `up` had built is removed"), "{said}");
+    assert!(!said.contains("fabric programmed"), "up finished before the signal: {said}");
+    assert!(lab.namespaces().is_empty(), "left behind: {:?}", lab.namespaces());
+    assert!(lab.felt(&["lab", "down"]).contains("nothing to remove"));
+    // No agent, no namespace, the root namespace as it was.
+    lab.finish();
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use felt::lab::{self, Lab, LabRegistry, Mode, UpOptions};
+use felt::lab::{self, Lab, LabError, LabRegistry, Mode, UpOptions};
 
 use super::RegistryKind;
 use super::render;
@@ -224,7 +224,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
             opts.mode = mode.unwrap_or(if rootless { Mode::Userspace } else { Mode::Kernel });
-            up(&lab, opts, registry, kubeconfig, control_plane, cni_delegate)?;
+            return up(&lab, opts, registry, kubeconfig, control_plane, cni_delegate);
         }
         LabCommand::Propagation { lab, changes } => propagation(&lab, changes)?,
         LabCommand::Bench { lab, mode, seconds, json } => bench(&lab, mode, seconds, json)?,
@@ -293,7 +293,8 @@ fn check(lab: &LabName) -> anyhow::Result<ExitCode> {
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// `felt lab up`: the options the flags left to check, then the lab.
+/// `felt lab up`: the options the flags left to check, then the lab. A
+/// signal during bring-up removes what was built and exits 130.
 fn up(
     lab: &LabName,
     mut opts: UpOptions,
@@ -301,7 +302,7 @@ fn up(
     kubeconfig: Option<PathBuf>,
     control_plane: Option<PathBuf>,
     cni_delegate: Option<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ExitCode> {
     let l = open_lab(lab)?;
     if let Some(dir) = &cni_delegate {
         for plugin in ["bridge", "host-local"] {
@@ -323,7 +324,14 @@ fn up(
             opts.control_plane = Some(lab::control::Binaries::find(control_plane.as_deref())?)
         }
     }
-    let state = l.up(&opts, &mut progress)?;
+    lab::interrupt::catch()?;
+    let state = match l.up(&opts, &mut progress) {
+        Err(LabError::Interrupted) => {
+            eprintln!("felt lab: interrupted; what `up` had built is removed (`felt lab status` to see)");
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
     println!(
         "lab `{}` is up: {} nodes, {} pods. Next: felt lab check --name {}",
         state.name,
@@ -331,7 +339,7 @@ fn up(
         state.pods.len(),
         state.name
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `felt lab propagation`: percentiles of node-change propagation.

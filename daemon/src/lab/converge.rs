@@ -9,7 +9,7 @@ use felt_overlay::{dataplane, plan};
 use felt_proto::{MacAddr, NodeRecord, SubnetFile};
 
 use super::state::{LabRegistry, LabState, NodeState};
-use super::{Lab, LabError, topo};
+use super::{Lab, LabError, interrupt, topo};
 use crate::netns;
 
 impl Lab {
@@ -20,6 +20,7 @@ impl Lab {
         let timeout = if matches!(state.registry, LabRegistry::Kube { .. }) { timeout * 2 } else { timeout };
         let deadline = Instant::now() + timeout;
         loop {
+            interrupt::check()?;
             let missing: Vec<&str> = state
                 .nodes
                 .iter()
@@ -151,6 +152,7 @@ impl Lab {
     pub fn wait_programmed(&self, state: &LabState, timeout: Duration) -> Result<Duration, LabError> {
         let started = Instant::now();
         loop {
+            interrupt::check()?;
             let pending = self.pending_ops(state)?;
             if pending.values().all(|n| *n == 0) {
                 return Ok(started.elapsed());

@@ -30,6 +30,7 @@
 pub mod bench;
 pub mod control;
 mod converge;
+pub mod interrupt;
 mod kube;
 mod membership;
 pub mod probe;

@@ -40,6 +40,9 @@ pub enum LabError {
     /// Something did not happen in time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A signal stopped the command (see `lab::interrupt`).
+    #[error("interrupted")]
+    Interrupted,
     /// Teardown went on past errors; here they all are.
     #[error("teardown left things behind: {}", .0.join("; "))]
     Teardown(Vec<String>),

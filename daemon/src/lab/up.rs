@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 
 use super::state::{LabRegistry, LabState, Mode, NodeState, PodState, UpOptions};
 use super::teardown::TeardownOnError;
-use super::{Lab, LabError, control, kube, topo};
+use super::{Lab, LabError, control, interrupt, kube, topo};
 use crate::netns;
 use crate::util::write_atomic;
 
@@ -47,6 +47,7 @@ impl Lab {
         };
         self.save(&state)?;
         for i in 1..=opts.nodes {
+            interrupt::check()?;
             let node = self.start_node(&state, i)?;
             progress(&format!("node {} ({}) agent pid {}", node.name, node.underlay_ip, node.pid));
             state.nodes.push(node);
@@ -55,6 +56,7 @@ impl Lab {
         self.wait_leases(&state, Duration::from_secs(30))?;
         for node in state.nodes.clone() {
             for j in 1..=opts.pods_per_node {
+                interrupt::check()?;
                 let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
                 progress(&format!("pod {} on {} at {}", pod.name, pod.node, pod.ip));
                 state.pods.push(pod);
