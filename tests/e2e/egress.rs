@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use felt_overlay::nft::{self, Masquerade, Nft, Plan};
+use felt_overlay::nft::{self, Nft, Plan, Table};
 
 use crate::harness::{TestLab, require_root, run, wait_until};
 
@@ -37,15 +37,16 @@ impl Drop for Netns {
     }
 }
 
-fn want(nodes: &[&str]) -> Masquerade {
-    Masquerade {
-        cluster: "10.244.0.0/16".parse().unwrap(),
+fn want(nodes: &[&str]) -> Table {
+    Table {
+        masquerade: Some("10.244.0.0/16".parse().unwrap()),
+        port_lock: None,
         nodes: nodes.iter().map(|n| n.parse().unwrap()).collect(),
     }
 }
 
 /// Observe, plan, apply; returns the plan that was applied.
-fn reconcile(ns: &Netns, w: Option<Masquerade>) -> Plan {
+fn reconcile(ns: &Netns, w: Option<Table>) -> Plan {
     ns.with_nft(move |n| {
         let seen = n.observe().unwrap();
         let p = nft::plan(w.as_ref(), &seen);
@@ -89,6 +90,23 @@ fn masquerade_table_is_built_kept_repaired_and_removed() {
     // All nodes gone: an empty set is still a right table.
     assert!(matches!(reconcile(&ns, Some(want(&[]))), Plan::Elements { .. }));
     assert_eq!(reconcile(&ns, Some(want(&[]))), Plan::Nothing);
+    // The VXLAN port lock joins: the kernel takes the chain and rule as felt builds them.
+    let locked = Table { port_lock: Some(8472), ..want(&["198.18.7.11"]) };
+    assert_eq!(reconcile(&ns, Some(locked.clone())), Plan::Replace);
+    let listed = ns.nft(&["list", "table", "ip", "felt"]);
+    for want in [
+        "type filter hook input priority filter; policy accept;",
+        "udp dport 8472 ip saddr != @nodes counter packets 0 bytes 0 drop",
+        "masquerade fully-random",
+    ] {
+        assert!(listed.contains(want), "`{want}` missing from:\n{listed}");
+    }
+    assert_eq!(reconcile(&ns, Some(locked.clone())), Plan::Nothing);
+    assert_eq!(ns.with_nft(|n| n.observe().unwrap().locked_out), Some(0));
+    // Masquerade off, lock on: the table stays, with the lock alone.
+    assert_eq!(reconcile(&ns, Some(Table { masquerade: None, ..locked })), Plan::Replace);
+    let listed = ns.nft(&["list", "table", "ip", "felt"]);
+    assert!(listed.contains("dport 8472") && !listed.contains("masquerade"), "{listed}");
     // Off: felt's table goes, the other stays as it was.
     assert_eq!(reconcile(&ns, None), Plan::Remove);
     let tables = ns.nft(&["list", "tables"]);

@@ -11,6 +11,7 @@ mod harness;
 mod kube;
 mod kube_real;
 mod podman;
+mod portlock;
 mod rootless;
 mod userspace;
 

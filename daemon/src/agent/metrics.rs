@@ -122,6 +122,9 @@ pub struct Metrics {
     /// `felt_engine_batches_total{direction}` (userspace mode): TSO
     /// super-packets segmented (tx), coalesced TUN writes (rx).
     pub engine_batches: Family<DirectionLabel, Counter>,
+    /// `felt_vxlan_outsider_drops_total` (kernel mode): datagrams to the
+    /// VXLAN port from an address that is no node's, dropped by the port lock.
+    pub outsider_drops: Counter,
 }
 
 impl Metrics {
@@ -146,6 +149,7 @@ impl Metrics {
             engine_bytes: Family::default(),
             engine_drops: Family::default(),
             engine_batches: Family::default(),
+            outsider_drops: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers by state: desired, programmed, rejected, pending", m.peers.clone());
@@ -203,6 +207,11 @@ impl Metrics {
             "engine_batches",
             "Userspace engine: TSO super-packets cut into segments (tx), coalesced TUN writes (rx)",
             m.engine_batches.clone(),
+        );
+        registry.register(
+            "vxlan_outsider_drops",
+            "Kernel mode: datagrams to the VXLAN port from an address that is no node's, dropped by the port lock",
+            m.outsider_drops.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), backend }).set(1);

@@ -73,6 +73,9 @@ pub struct AgentConfig {
     pub backend: DataplaneKind,
     /// The userspace data plane's offloads (userspace backend only).
     pub offloads: Offloads,
+    /// Kernel mode: drop VXLAN datagrams from anyone but the nodes (the
+    /// userspace engine drops unknown sources itself).
+    pub vxlan_port_lock: bool,
 }
 
 impl AgentConfig {
@@ -90,6 +93,7 @@ impl AgentConfig {
             probe_interval: Duration::from_secs(5),
             backend: DataplaneKind::Kernel,
             offloads: Offloads::ALL,
+            vxlan_port_lock: true,
         }
     }
 }
@@ -189,6 +193,8 @@ struct State {
     complaints: BTreeMap<String, String>,
     /// The last publish failed (a refused status patch, say): retry it.
     publish_failed: bool,
+    /// The port lock's counter as last exported to metrics.
+    outsider_drops: u64,
 }
 
 struct Agent {

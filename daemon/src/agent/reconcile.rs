@@ -115,7 +115,7 @@ impl Agent {
         let ops = plan(&self.dataplane.desired(&view.peers), &self.dataplane.owned(observed));
         let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
         self.count_applied(&report);
-        let egress_ok = self.reconcile_egress(&view.peers);
+        let egress_ok = self.reconcile_nft(&view.peers);
         let in_sync = report.failed.is_empty() && egress_ok;
         self.report(&view.peers, &report, in_sync, started.elapsed());
         in_sync && synced
@@ -252,29 +252,34 @@ impl Agent {
         }
     }
 
-    /// Keeps felt's masquerade table right for the cluster CIDR and every
-    /// node's underlay address (see `felt_overlay::nft`); `false` on failure.
-    fn reconcile_egress(&mut self, peers: &[Peer]) -> bool {
-        use felt_overlay::nft::{self, Masquerade, Nft};
-        let want = self.cfg.net.ip_masq.then(|| Masquerade {
-            cluster: self.cfg.net.network,
+    /// Keeps felt's nftables table right: the masquerade for the cluster
+    /// CIDR, the VXLAN port lock (kernel mode), and every node's underlay
+    /// address in their set (see `felt_overlay::nft`); `false` on failure.
+    fn reconcile_nft(&mut self, peers: &[Peer]) -> bool {
+        use felt_overlay::nft::{self, Nft, Table};
+        let locked = self.cfg.vxlan_port_lock && self.dataplane.engine().is_none();
+        let want = Table {
+            masquerade: self.cfg.net.ip_masq.then_some(self.cfg.net.network),
+            port_lock: locked.then_some(self.dataplane.spec().port),
             nodes: peers.iter().map(|p| p.underlay_ip).chain([self.underlay.ip]).collect(),
-        });
+        };
         let result = (|| {
             let n = match &mut self.nft {
                 Some(n) => n,
                 None => self.nft.insert(Nft::open()?),
             };
-            let p = nft::plan(want.as_ref(), &n.observe()?);
-            n.apply(&p, want.as_ref()).map(|()| p)
+            let seen = n.observe()?;
+            let p = nft::plan(Some(&want), &seen);
+            n.apply(&p, Some(&want)).map(|()| (p, seen.locked_out))
         })();
         let count = |op, result| self.shared.metrics.ops.get_or_create(&OpLabels { op, result }).inc();
         match result {
-            Ok(p) => {
+            Ok((p, locked_out)) => {
                 if let Some(op) = p.kind() {
                     count(op, "ok");
                     info!(op, plan = ?p, table = nft::TABLE, "programmed");
                 }
+                self.count_outsider_drops(locked_out.unwrap_or(0));
                 true
             }
             Err(e) => {
@@ -283,12 +288,27 @@ impl Agent {
                 // A socket that failed may be broken: open a fresh one next time.
                 self.nft = None;
                 self.fail(format!(
-                    "egress masquerade (nftables table ip {}) failed; will retry: {}",
+                    "felt's nftables table (ip {}: masquerade, VXLAN port lock) failed; will retry: {}",
                     nft::TABLE,
                     error_chain(&e)
                 ));
                 false
             }
+        }
+    }
+
+    /// Moves the port lock's counter into the metric; a table rebuilt (its
+    /// counter back at zero) counts from zero again.
+    fn count_outsider_drops(&mut self, now: u64) {
+        let last = std::mem::replace(&mut self.state.outsider_drops, now);
+        let new = if now >= last { now - last } else { now };
+        if new > 0 {
+            warn!(
+                datagrams = new,
+                port = self.dataplane.spec().port,
+                "dropped VXLAN datagrams from addresses that are no node's"
+            );
+            self.shared.metrics.outsider_drops.inc_by(new);
         }
     }
 

@@ -182,6 +182,20 @@ pub struct DaemonArgs {
     /// plain TUN read/write per packet), or some of `tso,gso,gro`.
     #[arg(long, env = "FELT_USERSPACE_OFFLOADS", value_enum, value_delimiter = ',', default_value = "all")]
     pub userspace_offloads: Vec<Offload>,
+    /// Kernel mode: drop datagrams to the VXLAN port from any address that is
+    /// not a node's, in felt's nftables table (the userspace engine always
+    /// drops them). VXLAN itself is unauthenticated (RFC 7348 §7).
+    #[arg(long, env = "FELT_VXLAN_PORT_LOCK", value_enum, default_value = "on")]
+    pub vxlan_port_lock: Switch,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// One word of `--userspace-offloads`.

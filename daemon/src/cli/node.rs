@@ -91,6 +91,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     cfg.probe_interval = args.probe_interval;
     cfg.offloads = super::offloads(&args.userspace_offloads)
         .map_err(|e| anyhow::anyhow!("--userspace-offloads: {e}"))?;
+    cfg.vxlan_port_lock = args.vxlan_port_lock == super::Switch::On;
     cfg.backend = match args.backend {
         BackendKind::Kernel => felt_overlay::DataplaneKind::Kernel,
         BackendKind::Userspace => felt_overlay::DataplaneKind::Userspace,

@@ -1,21 +1,29 @@
-//! Egress masquerade in felt's own nftables table, over netlink.
+//! felt's own nftables table, over netlink: egress masquerade and the
+//! VXLAN port lock.
 //!
-//! What Flannel's `ipMasq` does, in one table that belongs to felt alone
-//! (`table ip felt`); no other table (kube-proxy's, the host's) is read or
-//! touched:
+//! One table that belongs to felt alone (`table ip felt`); no other table
+//! (kube-proxy's, the host's) is read or touched:
 //! ```text
 //! table ip felt {
 //!   set nodes { type ipv4_addr; }                  # every node's underlay address
-//!   chain postrouting {
+//!   chain postrouting {                            # with masquerade (Flannel's ipMasq)
 //!     type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr CLUSTER ip daddr != CLUSTER ip daddr != 224.0.0.0/4
 //!       ip daddr != @nodes masquerade fully-random  # userdata: felt-masq-v1 CLUSTER
 //!   }
+//!   chain input {                                  # with the VXLAN port lock
+//!     type filter hook input priority filter; policy accept;
+//!     udp dport PORT ip saddr != @nodes counter drop
+//!                                                  # userdata: felt-lock-v1 PORT
+//!   }
 //! }
 //! ```
-//! Pod-to-pod traffic (inside the cluster CIDR) and pod-to-node traffic
-//! (to `@nodes`, or delivered locally) are never NATed; everything else a
-//! pod sends leaves with the node's address.
+//! Masquerade: pod-to-pod traffic (inside the cluster CIDR) and pod-to-node
+//! traffic (to `@nodes`, or delivered locally) are never NATed; everything
+//! else a pod sends leaves with the node's address. Port lock: VXLAN is
+//! unauthenticated (RFC 7348 §7), so datagrams to the VXLAN port from any
+//! address but a node's are dropped before the VXLAN device sees them, and
+//! counted.
 //!
 //! Observe → plan → apply, as for the VXLAN entries: [`Nft::observe`] dumps
 //! felt's chains, rules and set; [`plan`] (pure) says whether nothing, the
@@ -37,35 +45,87 @@ use msg::{Dumped, Expr, Msg, MsgType};
 pub const TABLE: &str = "felt";
 /// Its NAT chain.
 pub const CHAIN: &str = "postrouting";
+/// Its filter chain (the VXLAN port lock).
+pub const INPUT_CHAIN: &str = "input";
 /// The set of node addresses.
 pub const NODES_SET: &str = "nodes";
+/// `IPPROTO_UDP`.
+const UDP: u8 = 17;
+
+/// Chains by name and policy.
+pub type Chains = Vec<(String, Option<u32>)>;
+/// Rules by chain and userdata.
+pub type Rules = Vec<(String, Vec<u8>)>;
 
 /// What the table should hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Masquerade {
-    /// The cluster CIDR: pods' traffic leaving it is masqueraded.
-    pub cluster: Ipv4Net,
-    /// Every node's underlay address (this node's too): never masqueraded to.
+pub struct Table {
+    /// Masquerade pods' traffic that leaves this cluster CIDR.
+    pub masquerade: Option<Ipv4Net>,
+    /// Drop datagrams to this VXLAN port from anyone but `nodes`.
+    pub port_lock: Option<u16>,
+    /// Every node's underlay address (this node's too).
     pub nodes: BTreeSet<Ipv4Addr>,
 }
 
-impl Masquerade {
-    /// The rule's userdata: names the rule and what it was made for.
-    pub fn userdata(&self) -> Vec<u8> {
-        format!("felt-masq-v1 {}", self.cluster).into_bytes()
+impl Table {
+    /// Whether the table has anything to hold.
+    pub fn is_empty(&self) -> bool {
+        self.masquerade.is_none() && self.port_lock.is_none()
     }
 
-    /// The rule's expressions.
-    pub fn exprs(&self) -> Vec<Expr> {
+    /// The masquerade rule's userdata: names the rule and what it was made for.
+    pub fn masquerade_userdata(cluster: Ipv4Net) -> Vec<u8> {
+        format!("felt-masq-v1 {cluster}").into_bytes()
+    }
+
+    /// The port lock rule's userdata.
+    pub fn lock_userdata(port: u16) -> Vec<u8> {
+        format!("felt-lock-v1 {port}").into_bytes()
+    }
+
+    /// The masquerade rule's expressions.
+    pub fn masquerade_exprs(cluster: Ipv4Net) -> Vec<Expr> {
         let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("a valid CIDR");
         let mut e = Vec::new();
-        e.extend(Expr::ip_in(true, self.cluster, false));
-        e.extend(Expr::ip_in(false, self.cluster, true));
+        e.extend(Expr::ip_in(true, cluster, false));
+        e.extend(Expr::ip_in(false, cluster, true));
         e.extend(Expr::ip_in(false, multicast, true));
         e.push(Expr::NetworkHeader { offset: 16, len: 4 });
         e.push(Expr::Lookup { set: NODES_SET.to_owned(), negate: true });
         e.push(Expr::Masquerade);
         e
+    }
+
+    /// The port lock rule's expressions.
+    pub fn lock_exprs(port: u16) -> Vec<Expr> {
+        vec![
+            Expr::L4Proto,
+            Expr::Cmp { negate: false, value: vec![UDP] },
+            Expr::TransportHeader { offset: 2, len: 2 },
+            Expr::Cmp { negate: false, value: port.to_be_bytes().to_vec() },
+            Expr::NetworkHeader { offset: 12, len: 4 },
+            Expr::Lookup { set: NODES_SET.to_owned(), negate: true },
+            Expr::Counter,
+            Expr::Drop,
+        ]
+    }
+
+    /// The chains (name, policy) and rules (chain, userdata) it holds, sorted.
+    fn shape(&self) -> (Chains, Rules) {
+        let mut chains = Vec::new();
+        let mut rules = Vec::new();
+        if let Some(cluster) = self.masquerade {
+            chains.push((CHAIN.to_owned(), Some(msg::POLICY_ACCEPT)));
+            rules.push((CHAIN.to_owned(), Self::masquerade_userdata(cluster)));
+        }
+        if let Some(port) = self.port_lock {
+            chains.push((INPUT_CHAIN.to_owned(), Some(msg::POLICY_ACCEPT)));
+            rules.push((INPUT_CHAIN.to_owned(), Self::lock_userdata(port)));
+        }
+        chains.sort();
+        rules.sort();
+        (chains, rules)
     }
 }
 
@@ -73,11 +133,13 @@ impl Masquerade {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     /// Chains: name and policy.
-    pub chains: Vec<(String, Option<u32>)>,
+    pub chains: Chains,
     /// Rules: chain and userdata.
-    pub rules: Vec<(String, Vec<u8>)>,
+    pub rules: Rules,
     /// The node set's elements; `None` when there is no such set.
     pub nodes: Option<BTreeSet<Ipv4Addr>>,
+    /// Datagrams the port lock dropped (its rule's counter), if it has one.
+    pub locked_out: Option<u64>,
 }
 
 impl Observed {
@@ -101,12 +163,13 @@ pub enum Plan {
     },
     /// Build the table afresh (missing, or changed by hand), atomically.
     Replace,
-    /// Masquerade is off: remove felt's table.
+    /// Nothing is wanted: remove felt's table.
     Remove,
 }
 
 impl Plan {
-    /// The write's name in `felt_dataplane_ops_total{op}`; `None` for no write.
+    /// The write's name in `felt_dataplane_ops_total{op}` (kept from when
+    /// the table held only the masquerade); `None` for no write.
     pub fn kind(&self) -> Option<&'static str> {
         match self {
             Plan::Nothing => None,
@@ -117,13 +180,15 @@ impl Plan {
     }
 }
 
-/// The change that takes `seen` to `want` (`None`: masquerade off).
-pub fn plan(want: Option<&Masquerade>, seen: &Observed) -> Plan {
-    let Some(want) = want else {
+/// The change that takes `seen` to `want` (`None`, or nothing wanted: no table).
+pub fn plan(want: Option<&Table>, seen: &Observed) -> Plan {
+    let Some(want) = want.filter(|w| !w.is_empty()) else {
         return if seen.is_empty() { Plan::Nothing } else { Plan::Remove };
     };
-    let shape_ok = seen.chains == [(CHAIN.to_owned(), Some(msg::POLICY_ACCEPT))]
-        && seen.rules == [(CHAIN.to_owned(), want.userdata())];
+    let (mut chains, mut rules) = (seen.chains.clone(), seen.rules.clone());
+    chains.sort();
+    rules.sort();
+    let shape_ok = (chains, rules) == want.shape();
     let Some(nodes) = seen.nodes.as_ref().filter(|_| shape_ok) else { return Plan::Replace };
     let add: Vec<_> = want.nodes.difference(nodes).copied().collect();
     let del: Vec<_> = nodes.difference(&want.nodes).copied().collect();
@@ -131,8 +196,8 @@ pub fn plan(want: Option<&Masquerade>, seen: &Observed) -> Plan {
 }
 
 /// The messages of one batch for `plan`.
-pub fn messages(plan: &Plan, want: Option<&Masquerade>) -> Vec<Msg> {
-    match (plan, want) {
+pub fn messages(plan: &Plan, want: Option<&Table>) -> Vec<Msg> {
+    match (plan, want.filter(|w| !w.is_empty())) {
         (Plan::Nothing, _) => Vec::new(),
         (Plan::Remove, _) | (Plan::Replace, None) => {
             // Adding first makes the delete succeed whether or not the table exists.
@@ -159,8 +224,21 @@ pub fn messages(plan: &Plan, want: Option<&Masquerade>) -> Vec<Msg> {
             if !nodes.is_empty() {
                 m.push(msg::add_elements(TABLE, NODES_SET, &nodes));
             }
-            m.push(msg::new_nat_postrouting_chain(TABLE, CHAIN));
-            m.push(msg::new_rule(TABLE, CHAIN, &want.exprs(), &want.userdata()));
+            if let Some(cluster) = want.masquerade {
+                m.push(msg::new_nat_postrouting_chain(TABLE, CHAIN));
+                let (exprs, userdata) =
+                    (Table::masquerade_exprs(cluster), Table::masquerade_userdata(cluster));
+                m.push(msg::new_rule(TABLE, CHAIN, &exprs, &userdata));
+            }
+            if let Some(port) = want.port_lock {
+                m.push(msg::new_filter_input_chain(TABLE, INPUT_CHAIN));
+                m.push(msg::new_rule(
+                    TABLE,
+                    INPUT_CHAIN,
+                    &Table::lock_exprs(port),
+                    &Table::lock_userdata(port),
+                ));
+            }
             m
         }
     }
@@ -256,9 +334,12 @@ impl Nft {
             }
         }
         for d in self.dump(MsgType::GetRule, None, "listing felt's rules")? {
-            if let Dumped::Rule { table, chain, userdata } = d
+            if let Dumped::Rule { table, chain, userdata, packets } = d
                 && table == TABLE
             {
+                if chain == INPUT_CHAIN {
+                    seen.locked_out = packets;
+                }
                 seen.rules.push((chain, userdata));
             }
         }
@@ -311,8 +392,8 @@ impl Nft {
     }
 
     /// Applies `plan` in one batch.
-    pub fn apply(&mut self, plan: &Plan, want: Option<&Masquerade>) -> Result<(), NftError> {
-        self.send(&messages(plan, want), "updating felt's masquerade table")
+    pub fn apply(&mut self, plan: &Plan, want: Option<&Table>) -> Result<(), NftError> {
+        self.send(&messages(plan, want), "updating felt's nftables table")
     }
 
     /// Removes felt's table, whatever it holds; `Ok(true)` if it held chains or rules.

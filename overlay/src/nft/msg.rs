@@ -5,8 +5,9 @@
 //! (family, version, resource id) and attributes; numbers in attributes are
 //! big-endian; changes go in one batch between `NFNL_MSG_BATCH_BEGIN` and
 //! `NFNL_MSG_BATCH_END`, which the kernel commits atomically or not at all.
-//! Only what felt needs is here: one table, a NAT chain, a set of IPv4
-//! addresses, and rules made of payload / bitwise / cmp / lookup / masq
+//! Only what felt needs is here: one table, a NAT chain and a filter input
+//! chain, a set of IPv4 addresses, and rules made of payload / meta /
+//! bitwise / cmp / lookup / counter / masq / immediate (verdict)
 //! expressions. Each builder names the `nft` syntax it equals.
 
 use std::net::Ipv4Addr;
@@ -101,6 +102,10 @@ mod attr {
 
 /// `NF_INET_POST_ROUTING`.
 pub const HOOK_POSTROUTING: u32 = 4;
+/// `NF_INET_LOCAL_IN`.
+pub const HOOK_INPUT: u32 = 1;
+/// The `filter` priority.
+pub const PRIORITY_FILTER: i32 = 0;
 /// The `srcnat` priority.
 pub const PRIORITY_SRCNAT: i32 = 100;
 /// `NF_ACCEPT`, a chain's policy.
@@ -170,6 +175,19 @@ pub enum Expr {
     },
     /// `masquerade fully-random`.
     Masquerade,
+    /// Load `len` bytes at `offset` of the transport header into register 1.
+    TransportHeader {
+        /// Byte offset in the UDP/TCP header (2: destination port).
+        offset: u32,
+        /// Bytes to load.
+        len: u32,
+    },
+    /// `meta l4proto` into register 1 (one byte).
+    L4Proto,
+    /// `counter`: packets and bytes that reached it.
+    Counter,
+    /// `drop`.
+    Drop,
 }
 
 const REG_1: u32 = 1;
@@ -182,6 +200,10 @@ impl Expr {
             Expr::Cmp { .. } => "cmp",
             Expr::Lookup { .. } => "lookup",
             Expr::Masquerade => "masq",
+            Expr::TransportHeader { .. } => "payload",
+            Expr::L4Proto => "meta",
+            Expr::Counter => "counter",
+            Expr::Drop => "immediate",
         }
     }
 
@@ -205,6 +227,16 @@ impl Expr {
             }
             // NFTA_MASQ_FLAGS
             Expr::Masquerade => a.be32(1, NAT_RANDOM_FULLY),
+            // NFTA_PAYLOAD_DREG, _BASE (NFT_PAYLOAD_TRANSPORT_HEADER = 2), _OFFSET, _LEN
+            Expr::TransportHeader { offset, len } => {
+                a.be32(1, REG_1).be32(2, 2).be32(3, *offset).be32(4, *len)
+            }
+            // NFTA_META_DREG, _KEY (NFT_META_L4PROTO = 16)
+            Expr::L4Proto => a.be32(1, REG_1).be32(2, 16),
+            // NFTA_COUNTER_BYTES, _PACKETS, starting at zero
+            Expr::Counter => a.raw(1, &0u64.to_be_bytes()).raw(2, &0u64.to_be_bytes()),
+            // NFTA_IMMEDIATE_DREG (NFT_REG_VERDICT 0), _DATA { NFTA_DATA_VERDICT { NFTA_VERDICT_CODE NF_DROP 0 } }
+            Expr::Drop => a.be32(1, 0).nest(2, Attrs::default().nest(2, Attrs::default().be32(1, 0))),
         }
     }
 
@@ -280,6 +312,23 @@ pub fn new_nat_postrouting_chain(table: &str, name: &str) -> Msg {
             .nest(attr::CHAIN_HOOK, hook)
             .be32(attr::CHAIN_POLICY, POLICY_ACCEPT)
             .string(attr::CHAIN_TYPE, "nat"),
+    )
+}
+
+/// `add chain ip TABLE NAME { type filter hook input priority filter; policy accept; }`
+pub fn new_filter_input_chain(table: &str, name: &str) -> Msg {
+    let hook = Attrs::default()
+        .be32(attr::HOOK_HOOKNUM, HOOK_INPUT)
+        .be32(attr::HOOK_PRIORITY, PRIORITY_FILTER as u32);
+    Msg::nft(
+        MsgType::NewChain,
+        NLM_F_CREATE | NLM_F_ACK,
+        Attrs::default()
+            .string(attr::CHAIN_TABLE, table)
+            .string(attr::CHAIN_NAME, name)
+            .nest(attr::CHAIN_HOOK, hook)
+            .be32(attr::CHAIN_POLICY, POLICY_ACCEPT)
+            .string(attr::CHAIN_TYPE, "filter"),
     )
 }
 
@@ -416,6 +465,8 @@ pub enum Dumped {
         chain: String,
         /// `NFTA_RULE_USERDATA`.
         userdata: Vec<u8>,
+        /// The packets its `counter` expression counted, if it has one.
+        packets: Option<u64>,
     },
     /// IPv4 set elements.
     Elements(Vec<Ipv4Addr>),
@@ -442,6 +493,7 @@ pub fn parse_dumped(kind: u16, body: &[u8]) -> Option<Dumped> {
             table: string_of(of(attr::RULE_TABLE)?),
             chain: string_of(of(attr::RULE_CHAIN)?),
             userdata: of(attr::RULE_USERDATA).unwrap_or_default().to_vec(),
+            packets: of(attr::RULE_EXPRESSIONS).and_then(counted_packets),
         });
     }
     if kind == MsgType::NewSetElem.wire() {
@@ -457,6 +509,20 @@ pub fn parse_dumped(kind: u16, body: &[u8]) -> Option<Dumped> {
         return Some(Dumped::Elements(addrs));
     }
     None
+}
+
+/// The packets of the first `counter` expression in a rule's expression list.
+fn counted_packets(list: &[u8]) -> Option<u64> {
+    parse_attrs(list).filter(|(k, _)| *k == attr::LIST_ELEM).find_map(|(_, e)| {
+        let name = parse_attrs(e).find(|(k, _)| *k == attr::EXPR_NAME)?.1;
+        if string_of(name) != "counter" {
+            return None;
+        }
+        let data = parse_attrs(e).find(|(k, _)| *k == attr::EXPR_DATA)?.1;
+        // NFTA_COUNTER_PACKETS
+        let packets = parse_attrs(data).find(|(k, _)| *k == 2)?.1;
+        Some(u64::from_be_bytes(packets.try_into().ok()?))
+    })
 }
 
 /// The messages in one datagram: (type, seq, body after the header).

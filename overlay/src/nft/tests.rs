@@ -1,18 +1,16 @@
 use super::*;
 
-fn want(nodes: &[&str]) -> Masquerade {
-    Masquerade {
-        cluster: "10.244.0.0/16".parse().unwrap(),
+fn want(nodes: &[&str]) -> Table {
+    Table {
+        masquerade: Some("10.244.0.0/16".parse().unwrap()),
+        port_lock: None,
         nodes: nodes.iter().map(|n| n.parse().unwrap()).collect(),
     }
 }
 
-fn as_built(w: &Masquerade) -> Observed {
-    Observed {
-        chains: vec![(CHAIN.into(), Some(msg::POLICY_ACCEPT))],
-        rules: vec![(CHAIN.into(), w.userdata())],
-        nodes: Some(w.nodes.clone()),
-    }
+fn as_built(w: &Table) -> Observed {
+    let (chains, rules) = w.shape();
+    Observed { chains, rules, nodes: Some(w.nodes.clone()), locked_out: None }
 }
 
 #[test]
@@ -46,7 +44,7 @@ fn anything_changed_by_hand_replaces_the_table() {
     let mut extra_rule = as_built(&w);
     extra_rule.rules.push((CHAIN.into(), Vec::new()));
     let mut other_cluster = as_built(&w);
-    other_cluster.rules[0].1 = want(&[]).userdata().into_iter().chain(*b"x").collect();
+    other_cluster.rules[0].1 = Table::masquerade_userdata("10.245.0.0/16".parse().unwrap());
     let mut drop_policy = as_built(&w);
     drop_policy.chains[0].1 = Some(0);
     let mut flushed = as_built(&w);
@@ -68,4 +66,74 @@ fn off_removes_only_when_something_is_there() {
     assert_eq!(plan(None, &as_built(&want(&[]))), Plan::Remove);
     let kinds: Vec<u16> = messages(&Plan::Remove, None).iter().map(|m| m.kind).collect();
     assert_eq!(kinds, [MsgType::NewTable.wire(), MsgType::DelTable.wire()]);
+}
+
+#[test]
+fn the_port_lock_shares_the_node_set_and_stands_alone() {
+    let mut both = want(&["198.18.7.11", "198.18.7.12"]);
+    both.port_lock = Some(8472);
+    let only_lock = Table { masquerade: None, ..both.clone() };
+    // Built with the masquerade alone: the lock's chain is missing.
+    assert_eq!(plan(Some(&both), &as_built(&want(&["198.18.7.11", "198.18.7.12"]))), Plan::Replace);
+    assert_eq!(plan(Some(&both), &as_built(&both)), Plan::Nothing);
+    assert_eq!(plan(Some(&only_lock), &as_built(&only_lock)), Plan::Nothing);
+    // A peer leaving is one set change, which both rules read.
+    let p = plan(
+        Some(&both),
+        &as_built(&{
+            let mut w = both.clone();
+            w.nodes.insert("198.18.7.13".parse().unwrap());
+            w
+        }),
+    );
+    assert_eq!(p, Plan::Elements { add: vec![], del: vec!["198.18.7.13".parse().unwrap()] });
+    // Another port, or the lock's chain deleted by hand: replaced.
+    let mut moved = both.clone();
+    moved.port_lock = Some(4789);
+    assert_eq!(plan(Some(&moved), &as_built(&both)), Plan::Replace);
+    let mut no_input = as_built(&both);
+    no_input.chains.retain(|(c, _)| c != INPUT_CHAIN);
+    no_input.rules.retain(|(c, _)| c != INPUT_CHAIN);
+    assert_eq!(plan(Some(&both), &no_input), Plan::Replace);
+    // Nothing wanted at all: the table goes.
+    let nothing = Table { masquerade: None, port_lock: None, nodes: both.nodes.clone() };
+    assert_eq!(plan(Some(&nothing), &as_built(&only_lock)), Plan::Remove);
+    use MsgType::*;
+    let kinds: Vec<u16> = messages(&Plan::Replace, Some(&only_lock)).iter().map(|m| m.kind).collect();
+    let want_kinds: Vec<u16> = [NewTable, DelTable, NewTable, NewSet, NewSetElem, NewChain, NewRule]
+        .iter()
+        .map(|k| k.wire())
+        .collect();
+    assert_eq!(kinds, want_kinds);
+}
+
+#[test]
+fn a_dumped_rule_reports_its_counter() {
+    // A rule as the kernel dumps it: table, chain, expressions (the lock's,
+    // with the counter at 7 packets), userdata.
+    let mut rule = msg::new_rule(TABLE, INPUT_CHAIN, &Table::lock_exprs(8472), &Table::lock_userdata(8472));
+    let mut bytes = Vec::new();
+    rule.flags = 0;
+    rule.emit(1, &mut bytes);
+    let counter_at = bytes.windows(7).position(|w| w == b"counter").expect("a counter expression");
+    // NFTA_COUNTER_PACKETS (length 12, type 2, eight bytes): make it count 7.
+    let mut packets_attr = vec![12u8, 0, 2, 0];
+    packets_attr.extend([0u8; 8]);
+    let at = counter_at
+        + bytes[counter_at..]
+            .windows(12)
+            .position(|w| w == packets_attr.as_slice())
+            .expect("the packets attribute");
+    bytes[at + 11] = 7;
+    let body = &bytes[16..];
+    let dumped = msg::parse_dumped(MsgType::NewRule.wire(), body).expect("a rule");
+    assert_eq!(
+        dumped,
+        msg::Dumped::Rule {
+            table: TABLE.into(),
+            chain: INPUT_CHAIN.into(),
+            userdata: Table::lock_userdata(8472),
+            packets: Some(7),
+        }
+    );
 }

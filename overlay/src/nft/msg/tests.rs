@@ -39,7 +39,12 @@ fn rules_carry_their_expressions_and_userdata() {
     let dumped = parse_dumped(MsgType::NewRule.wire(), &out[16..]).unwrap();
     assert_eq!(
         dumped,
-        Dumped::Rule { table: "felt".into(), chain: "postrouting".into(), userdata: b"tag".to_vec() }
+        Dumped::Rule {
+            table: "felt".into(),
+            chain: "postrouting".into(),
+            userdata: b"tag".to_vec(),
+            packets: None,
+        }
     );
     let list = parse_attrs(&out[20..]).find(|(k, _)| *k == 4).unwrap().1;
     let names: Vec<String> =
