@@ -245,21 +245,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
                 node.name, node.underlay_ip
             );
         }
-        LabCommand::RemoveNode { lab, node } => {
-            let removal = open_lab(&lab)?.remove_node(&node)?;
-            match removal.dropped_after {
-                Some(took) => {
-                    println!(
-                        "{node} removed; every node had dropped it {} ms after its record went",
-                        took.as_millis()
-                    )
-                }
-                None => println!(
-                    "{node} removed (its agent, record, pods and namespaces); not caught up yet: {}",
-                    removal.behind.join(", ")
-                ),
-            }
-        }
+        LabCommand::RemoveNode { lab, node } => remove_node(&lab, &node)?,
         LabCommand::RestartAgent { lab, node, kill } => {
             let pid = open_lab(&lab)?.restart_agent(&node, kill)?;
             println!("{node} agent restarted, pid {pid}");
@@ -273,6 +259,23 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `felt lab remove-node`: removed, and how fast the others followed, or
+/// which have not.
+fn remove_node(lab: &LabName, node: &str) -> anyhow::Result<()> {
+    let removal = open_lab(lab)?.remove_node(node)?;
+    match removal.dropped_after {
+        Some(took) => println!(
+            "{node} removed; every node had dropped it {} ms after its record went",
+            took.as_millis()
+        ),
+        None => println!(
+            "{node} removed (its agent, record, pods and namespaces); not caught up yet: {}",
+            removal.behind.join(", ")
+        ),
+    }
+    Ok(())
 }
 
 /// `felt lab status`.

@@ -22,20 +22,27 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use felt_proto::{BackendData, BackendType, NodeRecord};
+use felt_proto::NodeRecord;
 use futures::StreamExt;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::Snapshot;
+
+mod node;
+mod watch;
+
+use node::record_from_node_with;
+pub use node::{NodeError, record_from_node};
+use watch::{Denials, Tracker, restarting_watcher};
 
 /// The annotation prefix felt owns.
 pub const PREFIX: &str = "felt.network/";
@@ -115,119 +122,6 @@ const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// it froze.
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How long a list may take before the watcher is started over: a list
-/// whose answer never comes (a lost response, a server that accepted the
-/// request and hung) would otherwise keep the agent "not listed" forever.
-const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
-type NodeEvents = futures::stream::BoxStream<'static, Result<watcher::Event<Node>, watcher::Error>>;
-
-/// The Node watcher, started over when a list has not finished within
-/// [`LIST_TIMEOUT`]. A list is due when the watcher starts and after each
-/// error (it may relist, or resume silently); events end the wait.
-fn restarting_watcher(
-    api: Api<Node>,
-) -> impl futures::Stream<Item = Result<watcher::Event<Node>, watcher::Error>> {
-    let make =
-        move || -> NodeEvents { watcher(api.clone(), watcher::Config::default().any_semantic()).boxed() };
-    let due = || Some(tokio::time::Instant::now() + LIST_TIMEOUT);
-    futures::stream::unfold((make(), due(), make), move |(mut inner, mut deadline, make)| async move {
-        loop {
-            let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, inner.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        warn!(after = ?LIST_TIMEOUT, "the node list did not complete in time; starting the watch over");
-                        inner = make();
-                        deadline = due();
-                        continue;
-                    }
-                },
-                None => inner.next().await,
-            };
-            let event = next?;
-            deadline = match &event {
-                Ok(watcher::Event::Init) | Err(_) => due(),
-                Ok(watcher::Event::InitApply(_)) => deadline,
-                Ok(_) => None,
-            };
-            return Some((event, (inner, deadline, make)));
-        }
-    })
-}
-
-/// Why a Node does not make a record.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// A pod CIDR that does not parse.
-    #[error("spec.podCIDRs: `{0}` is not a CIDR")]
-    PodCidr(String),
-    /// A backend felt does not speak.
-    #[error("{BACKEND_TYPE}: unknown backend `{0}`")]
-    Backend(String),
-    /// Backend data that does not parse.
-    #[error("{BACKEND_DATA}: `{value}` is not backend data")]
-    BackendData {
-        /// The annotation's value.
-        value: String,
-        /// The parser's complaint.
-        source: serde_json::Error,
-    },
-    /// An address annotation that is not an IPv4 address.
-    #[error("{key}: `{value}` is not an IPv4 address")]
-    Address {
-        /// The annotation.
-        key: &'static str,
-        /// Its value.
-        value: String,
-    },
-    /// The record the Node makes is invalid.
-    #[error(transparent)]
-    Record(#[from] felt_proto::node::RecordError),
-}
-
-/// Reduces a Node to the record felt uses, or says why it cannot. An
-/// operator's `public-ip-overwrite` takes the place of `public-ip`.
-pub fn record_from_node(node: &Node) -> Result<NodeRecord, NodeError> {
-    record_from_node_with(node, true)
-}
-
-fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Result<NodeRecord, NodeError> {
-    let name = node.metadata.name.clone().unwrap_or_default();
-    let mut record = NodeRecord::new(&name);
-    let spec = node.spec.as_ref();
-    let cidrs: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|c| !c.is_empty()) {
-        Some(c) => c,
-        None => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
-    };
-    for c in cidrs {
-        record.pod_cidrs.push(c.parse::<IpNet>().map_err(|_| NodeError::PodCidr(c.clone()))?);
-    }
-    let empty = BTreeMap::new();
-    let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
-    if let Some(t) = ann.get(BACKEND_TYPE) {
-        record.backend_type = Some(match t.as_str() {
-            "vxlan" => BackendType::Vxlan,
-            other => return Err(NodeError::Backend(other.to_owned())),
-        });
-    }
-    if let Some(d) = ann.get(BACKEND_DATA) {
-        record.backend_data = Some(
-            serde_json::from_str::<BackendData>(d)
-                .map_err(|source| NodeError::BackendData { value: d.clone(), source })?,
-        );
-    }
-    let ip = |key: &'static str| -> Result<Option<Ipv4Addr>, NodeError> {
-        ann.get(key)
-            .map(|v| v.parse::<Ipv4Addr>().map_err(|_| NodeError::Address { key, value: v.clone() }))
-            .transpose()
-    };
-    let overwrite = if honour_overwrite { ip(PUBLIC_IP_OVERWRITE)? } else { None };
-    record.public_ip = overwrite.or(ip(PUBLIC_IP)?);
-    record.validate()?;
-    Ok(record)
-}
-
 /// A client from `kubeconfig`, or from the in-cluster service account or
 /// `KUBECONFIG` when `None`.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
@@ -262,129 +156,9 @@ pub struct KubeRegistry {
     denied: Denials,
 }
 
-/// What RBAC refused this agent, each said once.
-#[derive(Debug, Clone, Default)]
-struct Denials(Arc<Mutex<BTreeMap<String, String>>>);
-
-impl Denials {
-    /// Records the outcome of `verb` on `resource`: a 403 is kept (and
-    /// logged the first time), a success clears it.
-    fn note<T>(&self, verb: &str, resource: &str, r: &Result<T, kube::Error>) {
-        match r {
-            Ok(_) => self.allowed(verb, resource),
-            Err(kube::Error::Api(s)) => self.answered(verb, resource, s),
-            Err(_) => {}
-        }
-    }
-
-    /// The server answered `verb` on `resource` with error status `s`: kept if a 403.
-    fn answered(&self, verb: &str, resource: &str, s: &kube::core::Status) {
-        if s.code != hyper::StatusCode::FORBIDDEN.as_u16() {
-            return;
-        }
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.insert(format!("{verb} {resource}"), s.message.clone()).is_none() {
-            tracing::error!(
-                verb, resource, server = %s.message,
-                "the API server forbids `{verb}` on `{resource}` to this agent: grant it in felt's ClusterRole (deploy/felt.yaml)"
-            );
-        }
-    }
-
-    /// `verb` on `resource` succeeded: no longer forbidden.
-    fn allowed(&self, verb: &str, resource: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.remove(&format!("{verb} {resource}")).is_some() {
-            info!(verb, resource, "the API server allows `{verb}` on `{resource}` again");
-        }
-    }
-
-    fn reasons(&self) -> Vec<String> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.keys()
-            .map(|k| {
-                let (verb, resource) = k.split_once(' ').unwrap_or((k, ""));
-                format!("RBAC forbids `{verb}` on `{resource}` (grant it in felt's ClusterRole)")
-            })
-            .collect()
-    }
-}
-
 impl std::fmt::Debug for KubeRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeRegistry").field("node", &self.node).finish_non_exhaustive()
-    }
-}
-
-/// What the reflector's events mean to the agent: a wake-up when a record
-/// felt uses changed, or at the end of a relist; readiness and RBAC notes
-/// on the way.
-struct Tracker {
-    /// Each Node's record (or why it is not one) as last seen.
-    seen: BTreeMap<String, Result<NodeRecord, String>>,
-    /// A relist in progress.
-    relist: Option<BTreeMap<String, Result<NodeRecord, String>>>,
-    synced: Arc<AtomicBool>,
-    listed: Arc<AtomicBool>,
-    denied: Denials,
-}
-
-impl Tracker {
-    /// Whether `event` should wake the agent.
-    fn on(&mut self, event: Result<watcher::Event<Node>, watcher::Error>) -> bool {
-        match event {
-            Ok(watcher::Event::Init) => {
-                self.relist = Some(BTreeMap::new());
-                false
-            }
-            Ok(watcher::Event::InitApply(n)) => {
-                if let Some(r) = self.relist.as_mut() {
-                    r.insert(
-                        n.metadata.name.clone().unwrap_or_default(),
-                        record_from_node(&n).map_err(|e| crate::util::error_chain(&e)),
-                    );
-                }
-                false
-            }
-            Ok(watcher::Event::InitDone) => {
-                self.denied.allowed("list", "nodes");
-                self.seen = self.relist.take().unwrap_or_default();
-                self.listed.store(true, Ordering::Relaxed);
-                if !self.synced.swap(true, Ordering::Relaxed) {
-                    info!(nodes = self.seen.len(), "node list synced");
-                }
-                true
-            }
-            Ok(watcher::Event::Apply(n)) => {
-                self.denied.allowed("watch", "nodes");
-                let name = n.metadata.name.clone().unwrap_or_default();
-                let rec = record_from_node(&n).map_err(|e| crate::util::error_chain(&e));
-                self.seen.insert(name, rec.clone()).as_ref() != Some(&rec)
-            }
-            Ok(watcher::Event::Delete(n)) => {
-                self.seen.remove(&n.metadata.name.clone().unwrap_or_default()).is_some()
-            }
-            // 410 Gone: history moved on; the watcher lists again. Routine, and the store stays whole.
-            Err(watcher::Error::WatchError(status)) if status.code == hyper::StatusCode::GONE.as_u16() => {
-                info!(reason = %status.message, "node watch expired; listing again");
-                false
-            }
-            Err(e) => {
-                match &e {
-                    watcher::Error::InitialListFailed(kube::Error::Api(s)) => {
-                        self.denied.answered("list", "nodes", s)
-                    }
-                    watcher::Error::WatchFailed(kube::Error::Api(s)) | watcher::Error::WatchError(s) => {
-                        self.denied.answered("watch", "nodes", s)
-                    }
-                    _ => {}
-                }
-                if self.synced.swap(false, Ordering::Relaxed) {
-                    warn!(error = %crate::util::error_chain(&e), "lost the node watch; keeping the last known nodes and retrying");
-                }
-                true
-            }
-        }
     }
 }
 
@@ -598,78 +372,5 @@ impl KubeRegistry {
             wrote = true;
         }
         Ok(wrote)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use k8s_openapi::api::core::v1::NodeSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-    use super::*;
-
-    fn node(ann: &[(&str, &str)], cidrs: Option<Vec<&str>>, cidr: Option<&str>) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some("n2".into()),
-                annotations: Some(ann.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
-                ..Default::default()
-            },
-            spec: Some(NodeSpec {
-                pod_cidrs: cidrs.map(|c| c.into_iter().map(str::to_owned).collect()),
-                pod_cidr: cidr.map(str::to_owned),
-                ..Default::default()
-            }),
-            status: None,
-        }
-    }
-
-    const DATA: &str = r#"{"vni":1,"vtepMAC":"02:00:00:00:00:02"}"#;
-
-    #[test]
-    fn full_node_becomes_a_record() {
-        let n = node(
-            &[(BACKEND_TYPE, "vxlan"), (BACKEND_DATA, DATA), (PUBLIC_IP, "198.18.7.12")],
-            Some(vec!["10.244.2.0/24"]),
-            None,
-        );
-        let r = record_from_node(&n).unwrap();
-        assert_eq!(r.pod_cidr_v4(), Some("10.244.2.0/24".parse().unwrap()));
-        assert_eq!(r.public_ip, Some("198.18.7.12".parse().unwrap()));
-        assert_eq!(r.backend_data.unwrap().vni, 1);
-    }
-
-    #[test]
-    fn pod_cidr_falls_back_and_overwrite_wins() {
-        let n = node(
-            &[(PUBLIC_IP, "198.18.7.12"), (PUBLIC_IP_OVERWRITE, "198.18.9.9")],
-            None,
-            Some("10.244.3.0/24"),
-        );
-        let r = record_from_node(&n).unwrap();
-        assert_eq!(r.pod_cidr_v4(), Some("10.244.3.0/24".parse().unwrap()));
-        assert_eq!(r.public_ip, Some("198.18.9.9".parse().unwrap()));
-    }
-
-    #[test]
-    fn malformed_annotations_say_what_is_wrong() {
-        for (ann, want) in [
-            ((BACKEND_DATA, "{not json"), BACKEND_DATA),
-            ((BACKEND_TYPE, "udp"), "unknown backend"),
-            ((PUBLIC_IP, "300.1.1.1"), "not an IPv4"),
-            ((BACKEND_DATA, r#"{"vni":1,"vtepMAC":"01:00:5e:00:00:01"}"#), "unicast"),
-        ] {
-            let err = record_from_node(&node(&[ann], Some(vec!["10.244.2.0/24"]), None)).unwrap_err();
-            let err = crate::util::error_chain(&err);
-            assert!(err.contains(want), "{ann:?}: {err}");
-        }
-        let err = record_from_node(&node(&[], Some(vec!["banana"]), None)).unwrap_err();
-        assert!(matches!(&err, NodeError::PodCidr(c) if c == "banana"), "{err}");
-        let err = record_from_node(&node(&[(BACKEND_DATA, "{not json")], Some(vec!["10.244.2.0/24"]), None));
-        let chain = crate::util::error_chain(&err.unwrap_err());
-        assert!(
-            chain.contains("is not backend data: key must be a string"),
-            "the parser's cause follows: {chain}"
-        );
     }
 }

@@ -1,0 +1,156 @@
+//! Node objects → node records: what felt reads of a Node, and every way
+//! one can fail to make a record.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use felt_proto::{BackendData, BackendType, NodeRecord};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+
+use super::{BACKEND_DATA, BACKEND_TYPE, PUBLIC_IP, PUBLIC_IP_OVERWRITE};
+
+/// Why a Node does not make a record.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A pod CIDR that does not parse.
+    #[error("spec.podCIDRs: `{0}` is not a CIDR")]
+    PodCidr(String),
+    /// A backend felt does not speak.
+    #[error("{BACKEND_TYPE}: unknown backend `{0}`")]
+    Backend(String),
+    /// Backend data that does not parse.
+    #[error("{BACKEND_DATA}: `{value}` is not backend data")]
+    BackendData {
+        /// The annotation's value.
+        value: String,
+        /// The parser's complaint.
+        source: serde_json::Error,
+    },
+    /// An address annotation that is not an IPv4 address.
+    #[error("{key}: `{value}` is not an IPv4 address")]
+    Address {
+        /// The annotation.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The record the Node makes is invalid.
+    #[error(transparent)]
+    Record(#[from] felt_proto::node::RecordError),
+}
+
+/// Reduces a Node to the record felt uses, or says why it cannot. An
+/// operator's `public-ip-overwrite` takes the place of `public-ip`.
+pub fn record_from_node(node: &Node) -> Result<NodeRecord, NodeError> {
+    record_from_node_with(node, true)
+}
+
+pub(super) fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Result<NodeRecord, NodeError> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let mut record = NodeRecord::new(&name);
+    let spec = node.spec.as_ref();
+    let cidrs: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|c| !c.is_empty()) {
+        Some(c) => c,
+        None => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
+    };
+    for c in cidrs {
+        record.pod_cidrs.push(c.parse::<IpNet>().map_err(|_| NodeError::PodCidr(c.clone()))?);
+    }
+    let empty = BTreeMap::new();
+    let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
+    if let Some(t) = ann.get(BACKEND_TYPE) {
+        record.backend_type = Some(match t.as_str() {
+            "vxlan" => BackendType::Vxlan,
+            other => return Err(NodeError::Backend(other.to_owned())),
+        });
+    }
+    if let Some(d) = ann.get(BACKEND_DATA) {
+        record.backend_data = Some(
+            serde_json::from_str::<BackendData>(d)
+                .map_err(|source| NodeError::BackendData { value: d.clone(), source })?,
+        );
+    }
+    let ip = |key: &'static str| -> Result<Option<Ipv4Addr>, NodeError> {
+        ann.get(key)
+            .map(|v| v.parse::<Ipv4Addr>().map_err(|_| NodeError::Address { key, value: v.clone() }))
+            .transpose()
+    };
+    let overwrite = if honour_overwrite { ip(PUBLIC_IP_OVERWRITE)? } else { None };
+    record.public_ip = overwrite.or(ip(PUBLIC_IP)?);
+    record.validate()?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn node(ann: &[(&str, &str)], cidrs: Option<Vec<&str>>, cidr: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n2".into()),
+                annotations: Some(ann.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidrs: cidrs.map(|c| c.into_iter().map(str::to_owned).collect()),
+                pod_cidr: cidr.map(str::to_owned),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    const DATA: &str = r#"{"vni":1,"vtepMAC":"02:00:00:00:00:02"}"#;
+
+    #[test]
+    fn full_node_becomes_a_record() {
+        let n = node(
+            &[(BACKEND_TYPE, "vxlan"), (BACKEND_DATA, DATA), (PUBLIC_IP, "198.18.7.12")],
+            Some(vec!["10.244.2.0/24"]),
+            None,
+        );
+        let r = record_from_node(&n).unwrap();
+        assert_eq!(r.pod_cidr_v4(), Some("10.244.2.0/24".parse().unwrap()));
+        assert_eq!(r.public_ip, Some("198.18.7.12".parse().unwrap()));
+        assert_eq!(r.backend_data.unwrap().vni, 1);
+    }
+
+    #[test]
+    fn pod_cidr_falls_back_and_overwrite_wins() {
+        let n = node(
+            &[(PUBLIC_IP, "198.18.7.12"), (PUBLIC_IP_OVERWRITE, "198.18.9.9")],
+            None,
+            Some("10.244.3.0/24"),
+        );
+        let r = record_from_node(&n).unwrap();
+        assert_eq!(r.pod_cidr_v4(), Some("10.244.3.0/24".parse().unwrap()));
+        assert_eq!(r.public_ip, Some("198.18.9.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn malformed_annotations_say_what_is_wrong() {
+        for (ann, want) in [
+            ((BACKEND_DATA, "{not json"), BACKEND_DATA),
+            ((BACKEND_TYPE, "udp"), "unknown backend"),
+            ((PUBLIC_IP, "300.1.1.1"), "not an IPv4"),
+            ((BACKEND_DATA, r#"{"vni":1,"vtepMAC":"01:00:5e:00:00:01"}"#), "unicast"),
+        ] {
+            let err = record_from_node(&node(&[ann], Some(vec!["10.244.2.0/24"]), None)).unwrap_err();
+            let err = crate::util::error_chain(&err);
+            assert!(err.contains(want), "{ann:?}: {err}");
+        }
+        let err = record_from_node(&node(&[], Some(vec!["banana"]), None)).unwrap_err();
+        assert!(matches!(&err, NodeError::PodCidr(c) if c == "banana"), "{err}");
+        let err = record_from_node(&node(&[(BACKEND_DATA, "{not json")], Some(vec!["10.244.2.0/24"]), None));
+        let chain = crate::util::error_chain(&err.unwrap_err());
+        assert!(
+            chain.contains("is not backend data: key must be a string"),
+            "the parser's cause follows: {chain}"
+        );
+    }
+}
