@@ -434,15 +434,26 @@ fn node_heartbeats_cause_no_work() {
         });
         assert!(programmed.is_some(), "{node} did not program the 50 extra peers");
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Settled: both programmed the 50 and a resync pass has run since.
     let counter = |lab: &TestLab, n: &str, family: &str| -> f64 {
         lab.metric_samples(n, family).iter().filter_map(crate::harness::sample_value).sum()
     };
-    let snapshot = |lab: &TestLab| {
-        ["n1", "n2"]
-            .map(|n| (counter(lab, n, "felt_dataplane_ops_total"), counter(lab, n, "felt_reconcile_total")))
+    let ops_by_kind = |lab: &TestLab, n: &str| -> std::collections::BTreeMap<String, f64> {
+        let mut by = std::collections::BTreeMap::new();
+        for s in lab.metric_samples(n, "felt_dataplane_ops_total") {
+            if let (Some(op), Some(v)) = (s.labels.get("op"), crate::harness::sample_value(&s)) {
+                *by.entry(op.to_owned()).or_insert(0.0) += v;
+            }
+        }
+        by
     };
-    let before = snapshot(&lab);
+    let passes = |lab: &TestLab| ["n1", "n2"].map(|n| counter(lab, n, "felt_reconcile_total"));
+    let p0 = passes(&lab);
+    let settled = crate::harness::wait_until(Duration::from_secs(12), || {
+        passes(&lab).iter().zip(&p0).all(|(now, then)| now > then)
+    });
+    assert!(settled.is_some(), "no reconcile pass after programming the 50");
+    let before = ["n1", "n2"].map(|n| (ops_by_kind(&lab, n), counter(&lab, n, "felt_reconcile_total")));
     // Every 200 ms for 10 s, each of the 50 nodes sends a status heartbeat, as kubelets do.
     let beats = with_admin(&lab, move |c| async move {
         let api: Api<Node> = Api::all(c);
@@ -468,13 +479,37 @@ fn node_heartbeats_cause_no_work() {
         }
         beats
     });
-    std::thread::sleep(Duration::from_millis(500));
-    let after = snapshot(&lab);
     assert!(beats >= 1500, "only {beats} heartbeats sent");
-    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-        assert_eq!(b.0, a.0, "node {} wrote to netlink during heartbeats", i + 1);
-        // Only the resync timer may run a pass (every 5 s in the lab): at most 3 in 10.5 s.
-        assert!(a.1 - b.1 <= 3.0, "node {}: {} reconcile passes during heartbeats", i + 1, a.1 - b.1);
+    // A marker after the last heartbeat, on the same watch: hb0's VTEP MAC
+    // changes. Once both nodes programmed it, every heartbeat before it has
+    // been seen too, and the marker's own writes are all there may be.
+    with_admin(&lab, |c| async move {
+        let api: Api<Node> = Api::all(c);
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            "felt.network/backend-data": r#"{"vni":1,"vtepMAC":"02:fd:00:00:00:00"}"#}}});
+        api.patch("hb0", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("the marker");
+    });
+    for node in ["n1", "n2"] {
+        let seen = crate::harness::wait_until(Duration::from_secs(10), || {
+            crate::harness::bridge_in(&lab.node_ns(node), &["fdb", "show", "dev", "felt.1"])
+                .contains("02:fd:00:00:00:00")
+        });
+        assert!(seen.is_some(), "{node} never programmed the marker");
+    }
+    for (i, (b_ops, b_passes)) in before.iter().enumerate() {
+        let n = ["n1", "n2"][i];
+        let a_ops = ops_by_kind(&lab, n);
+        let delta: std::collections::BTreeMap<&str, f64> = a_ops
+            .iter()
+            .map(|(k, v)| (k.as_str(), v - b_ops.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, d)| *d != 0.0)
+            .collect();
+        let marker =
+            std::collections::BTreeMap::from([("del_fdb", 1.0), ("set_fdb", 1.0), ("set_neighbour", 1.0)]);
+        assert_eq!(delta, marker, "{n}: the heartbeats caused netlink writes beyond the marker's");
+        // Only the resync timer (every 5 s in the lab) and the marker may run a pass.
+        let passes = counter(&lab, n, "felt_reconcile_total") - b_passes;
+        assert!(passes <= 4.0, "{n}: {passes} reconcile passes during heartbeats");
     }
     lab.finish();
 }
