@@ -34,11 +34,19 @@ pub enum DropReason {
     NoRoute,
     /// The encapsulated frame does not fit the output buffer.
     TooBig,
+    /// The edge: the underlay refused to send a datagram (no route, buffer full).
+    SendFailed,
+    /// The edge: a write to the TUN device failed (queue full, device down);
+    /// counted per write, which may carry several coalesced segments.
+    TunWriteFailed,
+    /// The edge: a GRO burst arrived without its segment size, so it could
+    /// not be split into datagrams.
+    UnsplittableBurst,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::UnknownPeer,
         DropReason::BadVni,
         DropReason::BadFlags,
@@ -48,6 +56,9 @@ impl DropReason {
         DropReason::SpoofedSource,
         DropReason::NoRoute,
         DropReason::TooBig,
+        DropReason::SendFailed,
+        DropReason::TunWriteFailed,
+        DropReason::UnsplittableBurst,
     ];
 
     /// The metric label.
@@ -62,6 +73,9 @@ impl DropReason {
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::NoRoute => "no_route",
             DropReason::TooBig => "too_big",
+            DropReason::SendFailed => "send_failed",
+            DropReason::TunWriteFailed => "tun_write_failed",
+            DropReason::UnsplittableBurst => "unsplittable_burst",
         }
     }
 
@@ -230,6 +244,12 @@ impl Engine {
     fn drop(&mut self, r: DropReason) -> DropReason {
         self.counters.drops[r.index()] += 1;
         r
+    }
+
+    /// Counts `n` drops the edge saw (a failed send or write), so every
+    /// packet lost in the userspace path has a reason.
+    pub fn count_drops(&mut self, r: DropReason, n: u64) {
+        self.counters.drops[r.index()] += n;
     }
 
     /// Encapsulates an IPv4 packet read from the TUN into `out`.

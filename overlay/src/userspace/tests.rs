@@ -164,3 +164,20 @@ fn mac_of_fixture_is_what_the_lab_published() {
     assert_eq!(eth.dst, "06:97:13:10:a2:13".parse::<MacAddr>().unwrap());
     assert_eq!(eth.src, MacAddr::derive(b"n1"));
 }
+
+#[test]
+fn edge_drops_have_reasons_of_their_own() {
+    let mut e = Engine::new(EngineConfig { vni: 1, mac: "0a:00:00:00:00:01".parse().unwrap(), port: 8472 });
+    e.count_drops(DropReason::SendFailed, 3);
+    e.count_drops(DropReason::TunWriteFailed, 1);
+    assert_eq!(e.counters().dropped(DropReason::SendFailed), 3);
+    assert_eq!(e.counters().dropped(DropReason::TunWriteFailed), 1);
+    assert_eq!(e.counters().dropped(DropReason::UnsplittableBurst), 0);
+    let labels: std::collections::BTreeSet<&str> = DropReason::ALL.iter().map(|r| r.label()).collect();
+    assert_eq!(labels.len(), DropReason::ALL.len(), "labels are distinct");
+    assert!(
+        labels.contains("send_failed")
+            && labels.contains("tun_write_failed")
+            && labels.contains("unsplittable_burst")
+    );
+}

@@ -51,21 +51,19 @@ pub(super) struct Sender {
 }
 
 impl Sender {
-    /// One datagram per `stride` bytes of `buf`, one send each.
-    fn send_each(&self, buf: &[u8], stride: usize, to: SocketAddrV4) {
-        for seg in buf.chunks(stride) {
-            let _ = self.udp.send_to(seg, to);
-        }
+    /// One datagram per `stride` bytes of `buf`, one send each; how many failed.
+    fn send_each(&self, buf: &[u8], stride: usize, to: SocketAddrV4) -> u64 {
+        buf.chunks(stride).filter(|seg| self.udp.send_to(seg, to).is_err()).count() as u64
     }
 
     /// Sends `buf` as datagrams of `stride` bytes (the last may be shorter).
     /// A send error (no route on the underlay, buffer full) drops those
-    /// datagrams only, as a NIC would.
-    pub(super) fn send(&mut self, buf: &[u8], stride: usize, to: SocketAddrV4) {
+    /// datagrams only, as a NIC would; returns how many were dropped.
+    pub(super) fn send(&mut self, buf: &[u8], stride: usize, to: SocketAddrV4) -> u64 {
         if buf.len() <= stride {
-            let _ = self.udp.send_to(buf, to);
-            return;
+            return u64::from(self.udp.send_to(buf, to).is_err());
         }
+        let mut failed = 0;
         if self.gso {
             let per_send = (MAX_UDP_PAYLOAD / stride).clamp(1, MAX_GSO_SEGMENTS) * stride;
             let size = stride as u16;
@@ -75,7 +73,7 @@ impl Sender {
                 let (chunk, tail) = rest.split_at(per_send.min(rest.len()));
                 rest = tail;
                 if chunk.len() <= stride {
-                    let _ = self.udp.send_to(chunk, to);
+                    failed += u64::from(self.udp.send_to(chunk, to).is_err());
                     continue;
                 }
                 let cmsg = [ControlMessage::UdpGsoSegments(&size)];
@@ -91,15 +89,14 @@ impl Sender {
                     Err(e @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP)) => {
                         warn!(error = %e, "UDP GSO refused; sending one datagram per segment from now on");
                         self.gso = false;
-                        self.send_each(chunk, stride, to);
-                        self.send_each(rest, stride, to);
-                        return;
+                        return failed + self.send_each(chunk, stride, to) + self.send_each(rest, stride, to);
                     }
-                    Err(_) => {}
+                    Err(_) => failed += chunk.len().div_ceil(stride) as u64,
                 }
             }
+            failed
         } else {
-            self.send_each(buf, stride, to);
+            self.send_each(buf, stride, to)
         }
     }
 }
@@ -148,4 +145,21 @@ pub(super) fn recv_batch(udp: &UdpSocket, bufs: &mut [Vec<u8>], got: &mut [Recei
         count += 1;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_sends_are_counted_not_ignored() {
+        // Port 0 is no destination: every send fails, on loopback only.
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let nowhere = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        let mut plain = Sender { udp: udp.try_clone().unwrap(), gso: false };
+        assert_eq!(plain.send(&[0u8; 250], 100, nowhere), 3, "three datagrams, three failures");
+        assert_eq!(plain.send(&[0u8; 50], 100, nowhere), 1);
+        let mut gso = Sender { udp, gso: true };
+        assert_eq!(gso.send(&[0u8; 250], 100, nowhere), 3, "the GSO path counts per datagram too");
+    }
 }

@@ -10,7 +10,7 @@ use tracing::warn;
 use tun_tap::Iface;
 
 use super::edge::Published;
-use super::engine::{Decap, Encap, EncapMany, Engine, HEADROOM};
+use super::engine::{Decap, DropReason, Encap, EncapMany, Engine, HEADROOM};
 use super::offload::{Coalescer, VNET_HDR_LEN, VnetHdr};
 use super::udp::{RECV_BATCH, RECV_BUFFER, Received, Sender, recv_batch, source_v4};
 use crate::Peer;
@@ -87,8 +87,10 @@ pub(super) fn encap_plain(
     loop {
         let Some(n) = errors.check(tun.recv(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
-        if let Encap::Send { len, to } = engine.encap(&buf[..n], &mut out) {
-            let _ = sender.udp.send_to(&out[..len], to);
+        if let Encap::Send { len, to } = engine.encap(&buf[..n], &mut out)
+            && sender.udp.send_to(&out[..len], to).is_err()
+        {
+            engine.count_drops(DropReason::SendFailed, 1);
         }
         let c = engine.counters();
         publish.store(c.tx_packets, c.tx_bytes, c.tx_super_packets, c);
@@ -115,7 +117,8 @@ pub(super) fn encap_vnet(
         if let EncapMany::Send { len, stride, to, .. } =
             engine.encap_offloaded(hdr, &mut buf[VNET_HDR_LEN..n], &mut out)
         {
-            sender.send(&out[..len], stride, to);
+            let failed = sender.send(&out[..len], stride, to);
+            engine.count_drops(DropReason::SendFailed, failed);
         }
         let c = engine.counters();
         publish.store(c.tx_packets, c.tx_bytes, c.tx_super_packets, c);
@@ -135,8 +138,10 @@ pub(super) fn decap_plain(
     loop {
         let Some((n, from)) = errors.check(udp.recv_from(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
-        if let Decap::Deliver(p) = engine.decap(source_v4(from), &buf[..n]) {
-            let _ = tun.send(p);
+        if let Decap::Deliver(p) = engine.decap(source_v4(from), &buf[..n])
+            && tun.send(p).is_err()
+        {
+            engine.count_drops(DropReason::TunWriteFailed, 1);
         }
         let c = engine.counters();
         publish.store(c.rx_packets, c.rx_bytes, 0, c);
@@ -157,9 +162,13 @@ pub(super) fn decap_vnet(
     let mut got = [Received::default(); RECV_BATCH];
     let mut errors = ReadErrors::new("reading the VXLAN socket");
     let mut tun = tun;
-    // A write error (the TUN's queue is full, the device went down) drops that packet only.
+    // A write error (the TUN's queue is full, the device went down) drops
+    // that write only; it is counted after each batch.
+    let write_failures = std::cell::Cell::new(0u64);
     let mut write = |b: &[u8]| {
-        let _ = tun.write(b);
+        if tun.write(b).is_err() {
+            write_failures.set(write_failures.get() + 1);
+        }
     };
     loop {
         let batch = recv_batch(udp, &mut bufs, &mut got);
@@ -168,6 +177,7 @@ pub(super) fn decap_vnet(
         // Segments of one flow coalesce across the whole batch.
         for (buf, &Received { len: n, from, segment }) in bufs.iter().zip(&got[..count]) {
             if segment == Some(usize::MAX) {
+                engine.count_drops(DropReason::UnsplittableBurst, 1);
                 let _ = errors.on(io::Error::other("a GRO burst came without its segment size; dropped"));
                 continue;
             }
@@ -182,6 +192,7 @@ pub(super) fn decap_vnet(
             }
         }
         coalescer.flush(&mut write);
+        engine.count_drops(DropReason::TunWriteFailed, write_failures.take());
         let c = engine.counters();
         publish.store(c.rx_packets, c.rx_bytes, coalescer.coalesced(), c);
     }
