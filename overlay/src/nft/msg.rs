@@ -298,11 +298,9 @@ pub fn del_table(name: &str) -> Msg {
     Msg::nft(MsgType::DelTable, NLM_F_ACK, Attrs::default().string(attr::TABLE_NAME, name))
 }
 
-/// `add chain ip TABLE NAME { type nat hook postrouting priority srcnat; policy accept; }`
-pub fn new_nat_postrouting_chain(table: &str, name: &str) -> Msg {
-    let hook = Attrs::default()
-        .be32(attr::HOOK_HOOKNUM, HOOK_POSTROUTING)
-        .be32(attr::HOOK_PRIORITY, PRIORITY_SRCNAT as u32);
+/// `add chain ip TABLE NAME { type KIND hook HOOK priority PRIORITY; policy accept; }`
+fn new_base_chain(table: &str, name: &str, kind: &str, hooknum: u32, priority: i32) -> Msg {
+    let hook = Attrs::default().be32(attr::HOOK_HOOKNUM, hooknum).be32(attr::HOOK_PRIORITY, priority as u32);
     Msg::nft(
         MsgType::NewChain,
         NLM_F_CREATE | NLM_F_ACK,
@@ -311,25 +309,18 @@ pub fn new_nat_postrouting_chain(table: &str, name: &str) -> Msg {
             .string(attr::CHAIN_NAME, name)
             .nest(attr::CHAIN_HOOK, hook)
             .be32(attr::CHAIN_POLICY, POLICY_ACCEPT)
-            .string(attr::CHAIN_TYPE, "nat"),
+            .string(attr::CHAIN_TYPE, kind),
     )
+}
+
+/// `add chain ip TABLE NAME { type nat hook postrouting priority srcnat; policy accept; }`
+pub fn new_nat_postrouting_chain(table: &str, name: &str) -> Msg {
+    new_base_chain(table, name, "nat", HOOK_POSTROUTING, PRIORITY_SRCNAT)
 }
 
 /// `add chain ip TABLE NAME { type filter hook input priority filter; policy accept; }`
 pub fn new_filter_input_chain(table: &str, name: &str) -> Msg {
-    let hook = Attrs::default()
-        .be32(attr::HOOK_HOOKNUM, HOOK_INPUT)
-        .be32(attr::HOOK_PRIORITY, PRIORITY_FILTER as u32);
-    Msg::nft(
-        MsgType::NewChain,
-        NLM_F_CREATE | NLM_F_ACK,
-        Attrs::default()
-            .string(attr::CHAIN_TABLE, table)
-            .string(attr::CHAIN_NAME, name)
-            .nest(attr::CHAIN_HOOK, hook)
-            .be32(attr::CHAIN_POLICY, POLICY_ACCEPT)
-            .string(attr::CHAIN_TYPE, "filter"),
-    )
+    new_base_chain(table, name, "filter", HOOK_INPUT, PRIORITY_FILTER)
 }
 
 /// `add set ip TABLE NAME { type ipv4_addr; }`
