@@ -9,7 +9,8 @@
 //! 2. felt's nftables table `ip felt` (egress masquerade), never another table;
 //! 3. the pods' host veths (only with `--force`: they carry running pods);
 //! 4. felt's VXLAN or TUN devices (`felt.*`), taking their routes, neighbour
-//!    and FDB entries with them, and the node bridge;
+//!    and FDB entries with them (and a TUN's keeper, which holds the VXLAN
+//!    port for a next agent), and the node bridge;
 //! 5. the subnet file and the plugin's address store;
 //! 6. the plugin binary, last, which may be the running executable.
 //!
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use felt_overlay::nft::Nft;
+use felt_overlay::userspace::keeper;
 
 use crate::cni::link;
 
@@ -77,6 +79,14 @@ pub enum CleanupError {
     /// nf_tables refused.
     #[error("removing the nftables table ip felt: {0}")]
     Nft(String),
+    /// A userspace device's keeper answered but could not be released.
+    #[error("releasing the keeper of {device}: {source}")]
+    Keeper {
+        /// The TUN device it keeps.
+        device: String,
+        /// The cause.
+        source: io::Error,
+    },
     /// A file could not be removed.
     #[error("removing {path}: {source}")]
     Io {
@@ -144,6 +154,14 @@ impl Cleanup {
         for (name, kind) in link::links().map_err(netlink)? {
             let ours = self.is_device(&name, kind.as_deref())
                 || (name == self.bridge && kind.as_deref() == Some("bridge"));
+            // A userspace device's keeper holds the VXLAN port for the next
+            // agent: there will be none.
+            let release = || {
+                keeper::release(&name).map_err(|source| CleanupError::Keeper { device: name.clone(), source })
+            };
+            if ours && kind.as_deref() == Some("tun") && release()? {
+                removed.push(format!("keeper of {name} (the VXLAN port it held is free)"));
+            }
             if ours && link::delete_link(&name).map_err(netlink)? {
                 removed.push(format!("{} device {name}", kind.as_deref().unwrap_or("network")));
             }

@@ -80,8 +80,9 @@ impl Dataplane {
 
     /// Starts the userspace engine on TUN device `spec.name`: removes a
     /// kernel VXLAN device of that name (left by kernel mode), takes the
-    /// descriptors over from a previous agent's keeper when there is one,
-    /// and binds the VXLAN port.
+    /// descriptors over from the keeper when there is one (and keeps it), or
+    /// opens the TUN and binds the VXLAN port. A fresh data plane has no
+    /// keeper yet: the caller spawns one ([`UserspaceDataplane::has_keeper`]).
     pub async fn userspace(
         kernel: &Kernel,
         spec: VxlanSpec,
@@ -95,18 +96,18 @@ impl Dataplane {
             Ok(false) => {}
             Err(e) => warn!(error = %e, device = %name, "cannot remove the VXLAN device in the TUN's way"),
         }
-        let adopted = if offloads == Offloads::NONE {
-            None
+        let (adopted, link) = if offloads == Offloads::NONE {
+            (None, None)
         } else {
             match keeper::take_over(&name, spec.port) {
-                Ok(Some(h)) => {
+                Ok(Some((h, link))) => {
                     info!(device = %name, "took the data plane over from the previous agent's keeper");
-                    Some(h)
+                    (Some(h), Some(link))
                 }
-                Ok(None) => None,
+                Ok(None) => (None, None),
                 Err(e) => {
                     warn!(error = %e, "a keeper answered but its descriptors are unusable; starting afresh");
-                    None
+                    (None, None)
                 }
             }
         };
@@ -114,6 +115,10 @@ impl Dataplane {
         let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
         let dp = UserspaceDataplane::start(engine, &name, bind, offloads, adopted)
             .map_err(|source| StartError { device: name, port: spec.port, source })?;
+        if let Some(link) = link {
+            // The keeper stays, now this agent's.
+            dp.attach_keeper(link);
+        }
         Ok(Dataplane { spec, engine: Some(Arc::new(dp)) })
     }
 

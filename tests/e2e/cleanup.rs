@@ -121,3 +121,49 @@ fn cleanup_takes_felt_off_a_node_and_nothing_else() {
     assert!(ip_in(&lab.node_ns("n2"), &["-o", "link", "show"]).contains("felt0:"));
     lab.finish();
 }
+
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn cleanup_of_a_userspace_node_frees_the_port_its_keeper_held() {
+    require_root();
+    let lab = TestLab::up_named(&TestLab::unique_name(), 2, 1, &["--mode", "userspace"]);
+    let dir = lab.node_dir("n1");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let vxlan_sockets = || ip_netns_ss(&lab, "n1");
+    let pid = lab.status().nodes[0].pid;
+    run(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(wait_until(Duration::from_secs(10), gone).is_some(), "n1's agent did not stop");
+    // The agent is gone; its keeper holds the port for the next one.
+    assert!(vxlan_sockets().contains(":8472"), "the keeper holds the port: {}", vxlan_sockets());
+
+    let out = run(&mut in_node(
+        &lab,
+        "n1",
+        &[
+            "cleanup",
+            "--force",
+            "--bin-dir",
+            &path(&dir.join("bin")),
+            "--conf-dir",
+            &path(&dir.join("net.d")),
+            "--subnet-file",
+            &path(&dir.join("subnet.env")),
+            "--data-dir",
+            &path(&dir.join("cni")),
+        ],
+    ));
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    for want in ["removed keeper of felt.1", "removed tun device felt.1"] {
+        assert!(out.contains(want), "`{want}` missing from:\n{out}");
+    }
+    let freed = || !vxlan_sockets().contains(":8472");
+    assert!(wait_until(Duration::from_secs(2), freed).is_some(), "still bound: {}", vxlan_sockets());
+    lab.finish();
+}
+
+/// UDP sockets listening in a lab node (`ss -uln`).
+fn ip_netns_ss(lab: &TestLab, node: &str) -> String {
+    let out = run(Command::new("ip").args(["netns", "exec", &lab.node_ns(node), "ss", "-uln"]));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -141,7 +141,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             None => {
                 info!("shutting down; the data plane stays as it is");
                 if let Some(dp) = agent.dataplane.engine() {
-                    start::spawn_keeper(dp);
+                    start::stop_workers(dp);
                 }
                 return Ok(());
             }

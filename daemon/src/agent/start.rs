@@ -59,6 +59,9 @@ pub(super) async fn start(
         DataplaneKind::Userspace => Dataplane::userspace(&kernel, spec, cfg.offloads).await?,
     };
     if let Some(engine) = dataplane.engine() {
+        if !engine.has_keeper() {
+            spawn_keeper(engine);
+        }
         shared.set_engine(engine.clone());
     }
 
@@ -159,18 +162,19 @@ where
     }
 }
 
-/// How long a keeper waits for the next agent before it lets the
-/// descriptors go.
+/// How long a keeper whose agent is gone waits for the next before it lets
+/// the descriptors go.
 pub const KEEPER_HOLD: Duration = Duration::from_secs(10);
 
-/// Hands the userspace data plane's descriptors to a `felt keeper` child,
-/// so packets wait in the kernel until the next agent takes them over (see
-/// `felt_overlay::userspace::keeper`). Failing that, the persistent TUN
-/// still keeps the routes.
-pub(super) fn spawn_keeper(dp: &UserspaceDataplane) {
+/// Spawns the `felt keeper` child that holds copies of the userspace data
+/// plane's descriptors for as long as this agent runs and, when it ends
+/// (however it ends), until the next agent takes them (see
+/// `felt_overlay::userspace::keeper`). Without one, a restart still keeps
+/// the routes (the TUN is persistent) but loses what arrives meanwhile.
+fn spawn_keeper(dp: &UserspaceDataplane) {
     let run = || -> std::io::Result<u32> {
         let handover = dp.handover()?;
-        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         use std::os::unix::process::CommandExt;
         let child = std::process::Command::new(std::env::current_exe()?)
             .args(["keeper", "--device", dp.name(), "--hold"])
@@ -180,16 +184,29 @@ pub(super) fn spawn_keeper(dp: &UserspaceDataplane) {
             // Its own process group: a Ctrl-C meant for the agent does not reach it.
             .process_group(0)
             .spawn()?;
-        keeper::hand_over(&mut ours, &handover)?;
+        dp.attach_keeper(keeper::hand_over(ours, &handover)?);
         Ok(child.id())
     };
     match run() {
         Ok(pid) => {
-            info!(pid, hold = ?KEEPER_HOLD, "the data plane's descriptors wait with a keeper for the next agent")
+            info!(pid, hold = ?KEEPER_HOLD, "a keeper holds the data plane's descriptors across restarts")
         }
         Err(e) => {
-            warn!(error = %e, "no keeper for the next agent: packets arriving before it starts are lost")
+            warn!(error = %e, "no keeper: packets arriving while no agent runs (a restart) are lost")
         }
+    }
+}
+
+/// How long the workers get to finish what they read when the agent stops.
+const STOP_WORKERS: Duration = Duration::from_secs(1);
+
+/// Stops the userspace workers before the agent exits, so no packet dies
+/// half-handled with the process; what arrives next waits with the keeper.
+pub(super) fn stop_workers(dp: &UserspaceDataplane) {
+    if dp.stop(STOP_WORKERS) {
+        info!(keeper = dp.has_keeper(), "userspace workers stopped; queued packets wait for the next agent");
+    } else {
+        warn!(within = ?STOP_WORKERS, "the userspace workers did not stop in time; exiting anyway");
     }
 }
 

@@ -60,14 +60,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Keeps a stopping agent's userspace data plane (descriptors on stdin)
-    /// for the next agent; started by the agent itself.
+    /// Holds the userspace data plane's descriptors (received on stdin)
+    /// across agent restarts; started by the agent itself.
     #[command(hide = true)]
     Keeper {
         /// The TUN device.
         #[arg(long)]
         device: String,
-        /// How long to wait for the next agent.
+        /// How long to wait for the next agent once the last one is gone.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         hold: Duration,
     },

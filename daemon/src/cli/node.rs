@@ -106,10 +106,12 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
 pub fn keeper(device: &str, hold: Duration) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsFd;
     let from_agent: std::os::unix::net::UnixStream = std::io::stdin().as_fd().try_clone_to_owned()?.into();
-    let claimed = felt_overlay::userspace::keeper::keep(device, from_agent, hold)
-        .with_context(|| format!("keeping the data plane of {device}"))?;
-    if !claimed {
-        eprintln!("felt keeper: no agent took over {device} within {hold:?}; letting its descriptors go");
+    use felt_overlay::userspace::keeper::{Ending, keep};
+    match keep(device, from_agent, hold).with_context(|| format!("keeping the data plane of {device}"))? {
+        Ending::Unclaimed => {
+            eprintln!("felt keeper: no agent took over {device} within {hold:?}; letting its descriptors go")
+        }
+        Ending::Released => eprintln!("felt keeper: an agent released {device}'s descriptors"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,15 +23,17 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddrV4, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{setsockopt, sockopt};
 use tracing::{info, warn};
 use tun_tap::{Iface, Mode};
 
 use super::engine::{Counters, DropReason, Engine, EngineConfig};
+use super::keeper::Link;
 use super::offload::{Coalescer, VNET_HDR_LEN};
 use super::sys;
 use super::udp::{Sender, set_buffers};
@@ -71,9 +73,12 @@ impl fmt::Display for Offloads {
     }
 }
 
-/// One worker's counters, published after every read (the worker is the only writer).
+/// One worker's counters, published after every read (the worker is the
+/// only writer), and the data plane's word to it to stop.
 #[derive(Debug, Default)]
 pub(super) struct Published {
+    /// Set by the data plane: finish what was read, then return.
+    stop: AtomicBool,
     packets: AtomicU64,
     bytes: AtomicU64,
     /// Encap: super-packets segmented; decap: coalesced writes.
@@ -82,6 +87,10 @@ pub(super) struct Published {
 }
 
 impl Published {
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
     pub(super) fn store(&self, packets: u64, bytes: u64, batches: u64, c: &Counters) {
         self.packets.store(packets, Ordering::Relaxed);
         self.bytes.store(bytes, Ordering::Relaxed);
@@ -119,6 +128,10 @@ pub struct UserspaceDataplane {
     peers: [mpsc::Sender<Vec<Peer>>; 2],
     /// Encap worker's, then decap worker's.
     published: [Arc<Published>; 2],
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// The link to the keeper that holds copies of the descriptors for the
+    /// next agent (see [`super::keeper`]).
+    keeper: Mutex<Option<Link>>,
 }
 
 impl UserspaceDataplane {
@@ -133,6 +146,7 @@ impl UserspaceDataplane {
         adopted: Option<Handover>,
     ) -> io::Result<Self> {
         let mut offloads = offloads;
+        sys::install_wake_handler()?;
         let (tun, udp) = open(name, bind, &mut offloads, adopted)?;
         let tun = Arc::new(tun);
         let kept = udp.try_clone()?;
@@ -143,7 +157,7 @@ impl UserspaceDataplane {
         info!(device = name, %offloads, "userspace data plane starting");
 
         let (t, publish) = (tun.clone(), published[0].clone());
-        std::thread::Builder::new().name("felt-encap".into()).spawn(move || {
+        let encap = std::thread::Builder::new().name("felt-encap".into()).spawn(move || {
             let engine = Engine::new(cfg);
             let sender = Sender { udp, gso: offloads.gso };
             let result = match &*t {
@@ -155,7 +169,7 @@ impl UserspaceDataplane {
             }
         })?;
         let (t, publish) = (tun.clone(), published[1].clone());
-        std::thread::Builder::new().name("felt-decap".into()).spawn(move || {
+        let decap = std::thread::Builder::new().name("felt-decap".into()).spawn(move || {
             let engine = Engine::new(cfg);
             let result = match &*t {
                 Tun::Plain(iface) => decap_plain(engine, iface, &udp_rx, &rx_updates, &publish),
@@ -169,7 +183,49 @@ impl UserspaceDataplane {
             }
         })?;
         let peers = [tx_peers, rx_peers];
-        Ok(UserspaceDataplane { name: name.to_owned(), offloads, tun, udp: kept, peers, published })
+        Ok(UserspaceDataplane {
+            name: name.to_owned(),
+            offloads,
+            tun,
+            udp: kept,
+            peers,
+            published,
+            workers: Mutex::new(vec![encap, decap]),
+            keeper: Mutex::new(None),
+        })
+    }
+
+    /// Keeps `link` to the keeper for as long as this data plane lives.
+    pub fn attach_keeper(&self, link: Link) {
+        *self.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
+    }
+
+    /// Whether a keeper holds the descriptors for the next agent.
+    pub fn has_keeper(&self) -> bool {
+        self.keeper.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Stops both workers: each finishes the packets it has read and reads
+    /// no more, so what arrives from now on waits in the kernel for the next
+    /// agent (held by the keeper) instead of dying with this process
+    /// half-handled. Returns whether both stopped within `within`.
+    pub fn stop(&self, within: Duration) -> bool {
+        for p in &self.published {
+            p.stop.store(true, Ordering::Relaxed);
+        }
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let deadline = Instant::now() + within;
+        // A worker may be between its check and its read when the first
+        // wake-up lands: wake it until it is out.
+        while workers.iter().any(|w| !w.is_finished()) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            workers.iter().filter(|w| !w.is_finished()).for_each(sys::wake);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        workers.into_iter().for_each(|w| drop(w.join()));
+        true
     }
 
     /// Copies of the descriptors for the next agent (vnet-header TUN only;

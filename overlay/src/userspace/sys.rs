@@ -1,9 +1,12 @@
 //! The TUN ioctls the fast path needs and `tun-tap` does not offer:
 //! `IFF_VNET_HDR` (every packet carries a `virtio_net_hdr`, so the kernel
 //! can hand over and take TSO super-packets with checksums left to us) and
-//! `TUNSETOFFLOAD` (which offloads the device advertises). This is the only
-//! module of felt with `unsafe`: four `ioctl(2)` calls, each on a file
-//! descriptor we own, with arguments laid out as `linux/if_tun.h` says.
+//! `TUNSETOFFLOAD` (which offloads the device advertises), descriptors
+//! received over `SCM_RIGHTS`, and the signal that wakes a blocked worker.
+//! This is the only module of felt with `unsafe`: four `ioctl(2)` calls,
+//! each on a file descriptor we own, with arguments laid out as
+//! `linux/if_tun.h` says; taking ownership of received descriptors; and one
+//! `sigaction(2)` with a handler that does nothing.
 
 #![allow(unsafe_code)]
 
@@ -93,4 +96,29 @@ pub fn recv_descriptors(stream: &std::os::unix::net::UnixStream) -> io::Result<V
         }
     }
     Ok(fds)
+}
+
+/// The signal that wakes a worker blocked in a read, so it sees that it
+/// must stop. The data plane sends it to its own worker threads only.
+const WAKE: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR2;
+
+/// Installs a handler for [`WAKE`] that does nothing and asks for no
+/// restart, so a read it interrupts returns `EINTR`. Once per process.
+pub fn install_wake_handler() -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    static INSTALLED: std::sync::OnceLock<Result<(), nix::errno::Errno>> = std::sync::OnceLock::new();
+    extern "C" fn nothing(_: libc::c_int) {}
+    let result = INSTALLED.get_or_init(|| {
+        let action = SigAction::new(SigHandler::Handler(nothing), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler touches nothing, so it is async-signal-safe,
+        // and no other part of felt handles this signal.
+        unsafe { sigaction(WAKE, &action) }.map(drop)
+    });
+    result.map_err(io::Error::from)
+}
+
+/// Interrupts whatever `worker` is blocked in (see [`install_wake_handler`]).
+pub fn wake(worker: &std::thread::JoinHandle<()>) {
+    use std::os::unix::thread::JoinHandleExt;
+    let _ = nix::sys::pthread::pthread_kill(worker.as_pthread_t(), WAKE);
 }

@@ -60,9 +60,14 @@ impl ReadErrors {
 /// meet the peers, not an empty table.
 const FIRST_PEERS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn first_peers(engine: &mut Engine, updates: &mpsc::Receiver<Vec<Peer>>) {
-    if let Ok(p) = updates.recv_timeout(FIRST_PEERS_WAIT) {
-        engine.set_peers(&p);
+fn first_peers(engine: &mut Engine, updates: &mpsc::Receiver<Vec<Peer>>, publish: &Published) {
+    let step = std::time::Duration::from_millis(20);
+    let deadline = std::time::Instant::now() + FIRST_PEERS_WAIT;
+    while std::time::Instant::now() < deadline && !publish.stopping() {
+        if let Ok(p) = updates.recv_timeout(step) {
+            engine.set_peers(&p);
+            break;
+        }
     }
     apply_updates(engine, updates);
 }
@@ -80,11 +85,11 @@ pub(super) fn encap_plain(
     updates: &mpsc::Receiver<Vec<Peer>>,
     publish: &Published,
 ) -> io::Result<()> {
-    first_peers(&mut engine, updates);
+    first_peers(&mut engine, updates, publish);
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 65536 + HEADROOM];
     let mut errors = ReadErrors::new("reading the TUN");
-    loop {
+    while !publish.stopping() {
         let Some(n) = errors.check(tun.recv(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
         if let Encap::Send { len, to } = engine.encap(&buf[..n], &mut out)
@@ -95,6 +100,7 @@ pub(super) fn encap_plain(
         let c = engine.counters();
         publish.store(c.tx_packets, c.tx_bytes, c.tx_super_packets, c);
     }
+    Ok(())
 }
 
 pub(super) fn encap_vnet(
@@ -104,13 +110,13 @@ pub(super) fn encap_vnet(
     updates: &mpsc::Receiver<Vec<Peer>>,
     publish: &Published,
 ) -> io::Result<()> {
-    first_peers(&mut engine, updates);
+    first_peers(&mut engine, updates, publish);
     let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
     // A 64 KiB super-packet in ~536-byte segments, each with its own headers.
     let mut out = vec![0u8; 4 * 65536];
     let mut tun = tun;
     let mut errors = ReadErrors::new("reading the TUN");
-    loop {
+    while !publish.stopping() {
         let Some(n) = errors.check(tun.read(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else { continue };
@@ -123,6 +129,7 @@ pub(super) fn encap_vnet(
         let c = engine.counters();
         publish.store(c.tx_packets, c.tx_bytes, c.tx_super_packets, c);
     }
+    Ok(())
 }
 
 pub(super) fn decap_plain(
@@ -132,10 +139,10 @@ pub(super) fn decap_plain(
     updates: &mpsc::Receiver<Vec<Peer>>,
     publish: &Published,
 ) -> io::Result<()> {
-    first_peers(&mut engine, updates);
+    first_peers(&mut engine, updates, publish);
     let mut buf = vec![0u8; 65536];
     let mut errors = ReadErrors::new("reading the VXLAN socket");
-    loop {
+    while !publish.stopping() {
         let Some((n, from)) = errors.check(udp.recv_from(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
         if let Decap::Deliver(p) = engine.decap(source_v4(from), &buf[..n])
@@ -146,6 +153,7 @@ pub(super) fn decap_plain(
         let c = engine.counters();
         publish.store(c.rx_packets, c.rx_bytes, 0, c);
     }
+    Ok(())
 }
 
 pub(super) fn decap_vnet(
@@ -156,7 +164,7 @@ pub(super) fn decap_vnet(
     updates: &mpsc::Receiver<Vec<Peer>>,
     publish: &Published,
 ) -> io::Result<()> {
-    first_peers(&mut engine, updates);
+    first_peers(&mut engine, updates, publish);
     // Up to RECV_BATCH messages per recvmmsg; each may be a whole GRO burst.
     let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; RECV_BUFFER]).collect();
     let mut got = [Received::default(); RECV_BATCH];
@@ -170,7 +178,7 @@ pub(super) fn decap_vnet(
             write_failures.set(write_failures.get() + 1);
         }
     };
-    loop {
+    while !publish.stopping() {
         let batch = recv_batch(udp, &mut bufs, &mut got);
         let Some(count) = errors.check(batch)? else { continue };
         apply_updates(&mut engine, updates);
@@ -196,4 +204,5 @@ pub(super) fn decap_vnet(
         let c = engine.counters();
         publish.store(c.rx_packets, c.rx_bytes, coalescer.coalesced(), c);
     }
+    Ok(())
 }
