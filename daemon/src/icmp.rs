@@ -1,12 +1,9 @@
-//! ICMP echo (RFC 792) for the lab's probes and the agent's peer probes.
-//! etherparse builds the request (checksum included) and checks the reply's
-//! IPv4 and ICMP headers, so a short or lying packet is refused, never read
-//! past its end.
+//! The raw socket the probes send ICMP echo on; the packets themselves are
+//! `felt_overlay::icmp`'s.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Slice, Icmpv4Type, IpNumber, Ipv4Slice};
+pub use felt_overlay::icmp::{echo_request, parse_echo_reply};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// A raw ICMP socket (needs CAP_NET_RAW in its network namespace) with a read timeout.
@@ -14,82 +11,4 @@ pub fn raw_socket(read_timeout: Duration) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
     s.set_read_timeout(Some(read_timeout))?;
     Ok(s)
-}
-
-/// The payload of every request, so a capture shows who sent it.
-const PAYLOAD: &[u8; 8] = b"felt-lab";
-
-/// An ICMP echo request (RFC 792) with `id`, `seq` and a small payload.
-pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
-    let header = Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(IcmpEchoHeader { id, seq }), PAYLOAD);
-    let mut p = [0u8; 16];
-    p[..8].copy_from_slice(&header.to_bytes());
-    p[8..].copy_from_slice(PAYLOAD);
-    p
-}
-
-/// If `packet` (an IPv4 datagram, as a raw socket returns it) is an echo
-/// reply from `from` with `id`, its sequence number.
-pub fn parse_echo_reply(packet: &[u8], from: Ipv4Addr, id: u16) -> Option<u16> {
-    let ip = Ipv4Slice::from_slice(packet).ok()?;
-    if ip.header().protocol() != IpNumber::ICMP || ip.header().source_addr() != from {
-        return None;
-    }
-    match Icmpv4Slice::from_slice(ip.payload().payload).ok()?.icmp_type() {
-        Icmpv4Type::EchoReply(echo) if echo.id == id => Some(echo.seq),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply(src: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
-        let mut pkt = vec![0x45, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0];
-        pkt.extend_from_slice(&src.octets());
-        pkt.extend_from_slice(&[10, 244, 1, 2]);
-        let mut icmp = echo_request(id, seq);
-        icmp[0] = 0; // echo reply
-        pkt.extend_from_slice(&icmp);
-        pkt
-    }
-
-    #[test]
-    fn requests_carry_a_valid_checksum() {
-        let req = echo_request(7, 9);
-        assert_eq!((req[0], &req[4..8]), (8, &[0, 7, 0, 9][..]));
-        // RFC 1071: a packet with its checksum in place sums to 0xffff.
-        let sum = req.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
-        let folded = (sum & 0xffff) + (sum >> 16);
-        assert_eq!(folded, 0xffff);
-    }
-
-    #[test]
-    fn parses_echo_reply() {
-        let src = Ipv4Addr::new(10, 244, 2, 2);
-        let pkt = reply(src, 7, 9);
-        assert_eq!(parse_echo_reply(&pkt, src, 7), Some(9));
-        assert_eq!(parse_echo_reply(&pkt, src, 8), None, "other id");
-        assert_eq!(parse_echo_reply(&pkt, Ipv4Addr::new(1, 2, 3, 4), 7), None, "other source");
-        assert_eq!(parse_echo_reply(&pkt[..20], src, 7), None, "truncated");
-        let mut request = pkt.clone();
-        request[20] = 8;
-        assert_eq!(parse_echo_reply(&request, src, 7), None, "a request is not a reply");
-    }
-
-    #[test]
-    fn a_header_that_claims_more_than_there_is_is_refused() {
-        let src = Ipv4Addr::new(10, 244, 2, 2);
-        for ihl in 0..16u8 {
-            for len in 0..=36 {
-                let mut pkt = reply(src, 7, 9);
-                pkt[0] = 0x40 | ihl;
-                let _ = parse_echo_reply(&pkt[..len], src, 7);
-            }
-        }
-        let mut long = reply(src, 7, 9);
-        long[3] = 200; // total length beyond the buffer
-        assert_eq!(parse_echo_reply(&long, src, 7), None);
-    }
 }

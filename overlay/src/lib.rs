@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod dataplane;
+pub mod icmp;
 pub mod kernel;
 mod model;
 pub mod nft;

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod annotations;
 pub mod cni;
 pub mod config;
 pub mod debug;

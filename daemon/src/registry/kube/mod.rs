@@ -44,16 +44,7 @@ use node::record_from_node_with;
 pub use node::{NodeError, record_from_node};
 use watch::{Denials, Tracker, restarting_watcher};
 
-/// The annotation prefix felt owns.
-pub const PREFIX: &str = "felt.network/";
-/// `felt.network/backend-type`.
-pub const BACKEND_TYPE: &str = "felt.network/backend-type";
-/// `felt.network/backend-data`: `{"vni":1,"vtepMAC":"…"}`.
-pub const BACKEND_DATA: &str = "felt.network/backend-data";
-/// `felt.network/public-ip`.
-pub const PUBLIC_IP: &str = "felt.network/public-ip";
-/// `felt.network/public-ip-overwrite`, set by an operator.
-pub const PUBLIC_IP_OVERWRITE: &str = "felt.network/public-ip-overwrite";
+pub use felt_proto::annotations::{BACKEND_DATA, BACKEND_TYPE, PREFIX, PUBLIC_IP, PUBLIC_IP_OVERWRITE};
 
 /// What went wrong with the API server.
 #[derive(Debug, thiserror::Error)]

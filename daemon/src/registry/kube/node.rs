@@ -1,44 +1,12 @@
-//! Node objects → node records: what felt reads of a Node, and every way
-//! one can fail to make a record.
+//! Node objects → node records: takes out of a Node what felt reads of it;
+//! `felt_proto::annotations` makes the record (or says why not).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
-use felt_proto::{BackendData, BackendType, NodeRecord};
-use ipnet::IpNet;
+use felt_proto::NodeRecord;
+pub use felt_proto::annotations::NodeError;
+use felt_proto::annotations::{self, NodeFields};
 use k8s_openapi::api::core::v1::Node;
-
-use super::{BACKEND_DATA, BACKEND_TYPE, PUBLIC_IP, PUBLIC_IP_OVERWRITE};
-
-/// Why a Node does not make a record.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// A pod CIDR that does not parse.
-    #[error("spec.podCIDRs: `{0}` is not a CIDR")]
-    PodCidr(String),
-    /// A backend felt does not speak.
-    #[error("{BACKEND_TYPE}: unknown backend `{0}`")]
-    Backend(String),
-    /// Backend data that does not parse.
-    #[error("{BACKEND_DATA}: `{value}` is not backend data")]
-    BackendData {
-        /// The annotation's value.
-        value: String,
-        /// The parser's complaint.
-        source: serde_json::Error,
-    },
-    /// An address annotation that is not an IPv4 address.
-    #[error("{key}: `{value}` is not an IPv4 address")]
-    Address {
-        /// The annotation.
-        key: &'static str,
-        /// Its value.
-        value: String,
-    },
-    /// The record the Node makes is invalid.
-    #[error(transparent)]
-    Record(#[from] felt_proto::node::RecordError),
-}
 
 /// Reduces a Node to the record felt uses, or says why it cannot. An
 /// operator's `public-ip-overwrite` takes the place of `public-ip`.
@@ -47,39 +15,18 @@ pub fn record_from_node(node: &Node) -> Result<NodeRecord, NodeError> {
 }
 
 pub(super) fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Result<NodeRecord, NodeError> {
-    let name = node.metadata.name.clone().unwrap_or_default();
-    let mut record = NodeRecord::new(&name);
     let spec = node.spec.as_ref();
-    let cidrs: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|c| !c.is_empty()) {
+    let pod_cidrs: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|c| !c.is_empty()) {
         Some(c) => c,
         None => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
     };
-    for c in cidrs {
-        record.pod_cidrs.push(c.parse::<IpNet>().map_err(|_| NodeError::PodCidr(c.clone()))?);
-    }
     let empty = BTreeMap::new();
-    let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
-    if let Some(t) = ann.get(BACKEND_TYPE) {
-        record.backend_type = Some(match t.as_str() {
-            "vxlan" => BackendType::Vxlan,
-            other => return Err(NodeError::Backend(other.to_owned())),
-        });
-    }
-    if let Some(d) = ann.get(BACKEND_DATA) {
-        record.backend_data = Some(
-            serde_json::from_str::<BackendData>(d)
-                .map_err(|source| NodeError::BackendData { value: d.clone(), source })?,
-        );
-    }
-    let ip = |key: &'static str| -> Result<Option<Ipv4Addr>, NodeError> {
-        ann.get(key)
-            .map(|v| v.parse::<Ipv4Addr>().map_err(|_| NodeError::Address { key, value: v.clone() }))
-            .transpose()
+    let fields = NodeFields {
+        name: node.metadata.name.as_deref().unwrap_or_default(),
+        pod_cidrs: &pod_cidrs,
+        annotations: node.metadata.annotations.as_ref().unwrap_or(&empty),
     };
-    let overwrite = if honour_overwrite { ip(PUBLIC_IP_OVERWRITE)? } else { None };
-    record.public_ip = overwrite.or(ip(PUBLIC_IP)?);
-    record.validate()?;
-    Ok(record)
+    annotations::record(fields, honour_overwrite)
 }
 
 #[cfg(test)]
@@ -88,6 +35,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
+    use crate::registry::kube::{BACKEND_DATA, BACKEND_TYPE, PUBLIC_IP, PUBLIC_IP_OVERWRITE};
 
     fn node(ann: &[(&str, &str)], cidrs: Option<Vec<&str>>, cidr: Option<&str>) -> Node {
         Node {
