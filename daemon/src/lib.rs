@@ -13,6 +13,7 @@ pub mod cni;
 pub mod http;
 pub mod icmp;
 pub mod lab;
+pub mod logging;
 pub mod netns;
 pub mod process;
 pub mod registry;

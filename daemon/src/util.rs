@@ -2,6 +2,19 @@
 
 use std::error::Error;
 
+/// A duration as flags and settings take it: humantime's syntax (`30s`,
+/// `500ms`, `2m`, `1h30m`), or a bare number of seconds; never zero.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 500ms, 2m)"))?,
+    };
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
 /// An error and its causes, joined with `: `, for one log line.
 pub fn error_chain(e: &dyn Error) -> String {
     let mut out = e.to_string();

@@ -133,6 +133,12 @@ pub struct Config {
     /// The userspace data plane's offloads asked for (`tso,gso,gro`, or
     /// `none`); absent in kernel mode.
     pub userspace_offloads: Option<String>,
+    /// The settings file (`--settings`), re-read on SIGHUP; absent without one.
+    #[serde(default)]
+    pub settings_file: Option<String>,
+    /// The log filter in force.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 /// One accepted peer: what it needs, what the kernel holds, how it answers.

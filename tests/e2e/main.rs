@@ -13,6 +13,7 @@ mod kube_real;
 mod podman;
 mod portlock;
 mod rootless;
+mod signals;
 mod userspace;
 
 use std::process::{Command, Stdio};

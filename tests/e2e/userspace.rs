@@ -177,6 +177,12 @@ fn userspace_restarts_lose_nothing() {
     assert!(ip_in(&n2, &["route", "show", "dev", "felt.1"]).contains("10.244."), "routes survived the kills");
     let kept = keepers();
     assert_eq!(kept.len(), 2, "still one keeper per node, however the agents ended");
+    // A SIGHUP meant for the agents (a settings reload) leaves keepers be.
+    for pid in &kept {
+        crate::harness::run(std::process::Command::new("kill").args(["-HUP", &pid.to_string()]));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(keepers(), kept, "a keeper died of SIGHUP");
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("2/2 pod pairs reachable"), "{check}");
     lab.finish();

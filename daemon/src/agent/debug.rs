@@ -163,7 +163,7 @@ async fn readyz(shared: &Shared, kernel: &Kernel) -> Response<Full<Bytes>> {
 /// (and never less than 45 s: the lease retry backs off up to 30 s).
 fn healthz(shared: &Shared) -> Response<Full<Bytes>> {
     let limit =
-        Duration::from_secs_f64(shared.config.resync_seconds * 2.0 + 10.0).max(Duration::from_secs(45));
+        Duration::from_secs_f64(shared.config().resync_seconds * 2.0 + 10.0).max(Duration::from_secs(45));
     let since = shared.since_heartbeat();
     if since <= limit {
         reply(StatusCode::OK, "text/plain", "ok\n")
@@ -229,7 +229,7 @@ pub fn state(shared: &Shared, observed: Result<Observed, String>) -> debug::Stat
         ready: not_ready.is_empty(),
         not_ready,
         lease: st.lease.clone(),
-        config: shared.config.clone(),
+        config: shared.config(),
         peers: st.peers.iter().map(peer_state).collect(),
         diff,
         observe_error: observed.as_ref().err().cloned(),

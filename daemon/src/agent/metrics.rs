@@ -125,6 +125,8 @@ pub struct Metrics {
     /// `felt_vxlan_outsider_drops_total` (kernel mode): datagrams to the
     /// VXLAN port from an address that is no node's, dropped by the port lock.
     pub outsider_drops: Counter,
+    /// `felt_reloads_total{result}`: SIGHUPs, by whether the settings were taken.
+    pub reloads: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -150,6 +152,7 @@ impl Metrics {
             engine_drops: Family::default(),
             engine_batches: Family::default(),
             outsider_drops: Counter::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers by state: desired, programmed, rejected, pending", m.peers.clone());
@@ -212,6 +215,11 @@ impl Metrics {
             "vxlan_outsider_drops",
             "Kernel mode: datagrams to the VXLAN port from an address that is no node's, dropped by the port lock",
             m.outsider_drops.clone(),
+        );
+        registry.register(
+            "reloads",
+            "SIGHUPs: settings re-read and applied (ok) or refused, leaving those in force (error)",
+            m.reloads.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), backend }).set(1);

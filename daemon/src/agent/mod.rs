@@ -11,6 +11,9 @@
 //!   the fabric keeps working;
 //! - when the registry cannot be read the data plane keeps its last state;
 //! - SIGTERM and SIGINT end the agent and leave the data plane in place;
+//! - SIGHUP re-reads the settings file and applies what can change without
+//!   a restart (log level, probe interval, resync period; see [`settings`]),
+//!   saying what changed and what it ignored;
 //! - a change made by hand on felt's device is repaired after a one-second
 //!   hold-off ([`REPAIR_DELAY`]) that lets bursts settle, and in any case at
 //!   the next resync.
@@ -20,6 +23,8 @@ pub mod lock;
 pub mod metrics;
 pub mod probe;
 mod reconcile;
+mod reload;
+pub mod settings;
 mod start;
 pub mod status;
 pub mod view;
@@ -76,6 +81,10 @@ pub struct AgentConfig {
     /// Kernel mode: drop VXLAN datagrams from anyone but the nodes (the
     /// userspace engine drops unknown sources itself).
     pub vxlan_port_lock: bool,
+    /// The settings file, read at start and on SIGHUP (see [`settings`]).
+    pub settings: Option<PathBuf>,
+    /// The file `net` was read from, if any: a SIGHUP says when it changed.
+    pub net_conf_file: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -94,6 +103,8 @@ impl AgentConfig {
             backend: DataplaneKind::Kernel,
             offloads: Offloads::ALL,
             vxlan_port_lock: true,
+            settings: None,
+            net_conf_file: None,
         }
     }
 }
@@ -113,6 +124,9 @@ pub enum AgentError {
     /// The userspace data plane could not start.
     #[error(transparent)]
     Userspace(#[from] StartError),
+    /// The settings file is refused.
+    #[error("settings")]
+    Settings(#[from] settings::SettingsError),
     /// The debug endpoint cannot listen.
     #[error("debug endpoint on {addr}")]
     Debug {
@@ -137,6 +151,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         agent.reconcile().await;
         agent.shared.beat();
         match wakeups.next(&mut shutdown).await {
+            Some("reload") => {
+                agent.reload(&mut wakeups);
+                cause = "reload";
+            }
             Some(why) => cause = why,
             None => {
                 info!("shutting down; the data plane stays as it is");
@@ -154,6 +172,8 @@ struct Wakeups {
     registry: mpsc::Receiver<()>,
     netlink: mpsc::Receiver<()>,
     resync: tokio::time::Interval,
+    /// SIGHUP; `None` when it cannot be listened for (said at start).
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Wakeups {
@@ -178,6 +198,12 @@ impl Wakeups {
                 }
                 _ = repair => return Some("netlink"),
                 _ = self.resync.tick() => return Some("timer"),
+                Some(()) = async {
+                    match &mut self.hangup {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => return Some("reload"),
                 _ = shutdown.changed() => return None,
             }
         }
@@ -197,6 +223,14 @@ struct State {
     outsider_drops: u64,
 }
 
+/// A resync timer that first fires one `period` from now (a reload's: the
+/// start's fires at once).
+fn resync_timer(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 struct Agent {
     /// This node's one-agent lock, held while the agent runs.
     _lock: lock::InstanceLock,
@@ -212,4 +246,6 @@ struct Agent {
     /// felt's nftables table (egress masquerade); opened on first use.
     nft: Option<felt_overlay::nft::Nft>,
     state: State,
+    /// The reloadable settings in force.
+    in_force: settings::InForce,
 }

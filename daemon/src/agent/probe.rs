@@ -19,12 +19,13 @@ use super::metrics::{PeerLabel, ResultLabel};
 use super::status::{ProbeStatus, Shared, rfc3339};
 use crate::icmp::{echo_request, parse_echo_reply, raw_socket};
 
-/// Starts the prober thread.
-pub fn spawn(shared: Arc<Shared>, interval: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("felt-probe".into()).spawn(move || run(&shared, interval))
+/// Starts the prober thread. Its interval is the config's at each round
+/// (a SIGHUP may change it).
+pub fn spawn(shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("felt-probe".into()).spawn(move || run(&shared))
 }
 
-fn run(shared: &Shared, interval: Duration) {
+fn run(shared: &Shared) {
     let sock = match raw_socket(Duration::from_millis(10)) {
         Ok(s) => s,
         Err(e) => {
@@ -35,10 +36,11 @@ fn run(shared: &Shared, interval: Duration) {
         }
     };
     let id = (std::process::id() as u16) ^ 0x4654;
-    let wait = (interval / 2).min(Duration::from_secs(1));
     let mut seq: u16 = 0;
     let mut buf = [0u8; 1500];
     loop {
+        let interval = shared.probe_interval();
+        let wait = (interval / 2).min(Duration::from_secs(1));
         let round = Instant::now();
         seq = seq.wrapping_add(1);
         let targets: Vec<(String, Ipv4Addr)> =

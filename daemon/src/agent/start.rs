@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::metrics::Metrics;
 use super::status::{ConfigView, LeaseView, Shared};
 use super::view::Me;
-use super::{Agent, AgentConfig, AgentError, State, Wakeups, debug, lock, probe};
+use super::{Agent, AgentConfig, AgentError, State, Wakeups, debug, lock, probe, reload};
 use crate::registry::Registry;
 use crate::util::error_chain;
 
@@ -29,10 +29,12 @@ pub(super) async fn start(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<(Agent, Wakeups)>, AgentError> {
     let lock = lock::take()?;
+    let in_force = reload::at_start(&cfg)?;
     let kernel = Kernel::connect()?;
     let registry = Registry::open(&cfg.registry, &cfg.node_name).await?;
-    let shared =
-        Arc::new(Shared::new(cfg.node_name.clone(), config_view(&cfg), Metrics::new(cfg.backend.name())));
+    let mut view = config_view(&cfg);
+    reload::show(&mut view, &in_force);
+    let shared = Arc::new(Shared::new(cfg.node_name.clone(), view, Metrics::new(cfg.backend.name())));
     if let Some(addr) = cfg.debug_addr {
         debug::serve(addr, shared.clone(), kernel.clone())
             .await
@@ -69,19 +71,40 @@ pub(super) async fn start(
     let ifindex = Arc::new(AtomicU32::new(0));
     let registry_events = registry.watch()?;
     let netlink_events = change_events(ifindex.clone())?;
-    if let Err(e) = probe::spawn(shared.clone(), cfg.probe_interval) {
+    if let Err(e) = probe::spawn(shared.clone()) {
         let message = format!("peer probes are off: cannot start their thread: {e}");
         warn!("{message}");
         shared.error(message);
     }
 
     let me = Me { name: cfg.node_name.clone(), pod_cidr, underlay_ip: underlay.ip, vtep_mac };
-    let mut resync = tokio::time::interval(cfg.resync);
+    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let message = format!("SIGHUP will not reload the settings: cannot listen for it: {e}");
+            warn!("{message}");
+            shared.error(message);
+            None
+        }
+    };
+    let mut resync = tokio::time::interval(in_force.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let wakeups = Wakeups { registry: registry_events, netlink: netlink_events, resync };
+    let wakeups = Wakeups { registry: registry_events, netlink: netlink_events, resync, hangup };
     let (nft, state) = (None, State::default());
-    let agent =
-        Agent { _lock: lock, cfg, kernel, registry, dataplane, me, underlay, ifindex, shared, nft, state };
+    let agent = Agent {
+        _lock: lock,
+        cfg,
+        kernel,
+        registry,
+        dataplane,
+        me,
+        underlay,
+        ifindex,
+        shared,
+        nft,
+        state,
+        in_force,
+    };
     Ok(Some((agent, wakeups)))
 }
 
@@ -127,6 +150,8 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
         probe_interval_seconds: cfg.probe_interval.as_secs_f64(),
         subnet_file: cfg.subnet_file.display().to_string(),
         userspace_offloads: (cfg.backend == DataplaneKind::Userspace).then(|| cfg.offloads.to_string()),
+        settings_file: cfg.settings.as_ref().map(|p| p.display().to_string()),
+        log_level: None,
     }
 }
 

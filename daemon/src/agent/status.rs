@@ -53,8 +53,8 @@ pub struct AgentState {
 pub struct Shared {
     /// Node name.
     pub node: String,
-    /// Config in force.
-    pub config: ConfigView,
+    /// Config in force (a SIGHUP may change its reloadable part).
+    config: Mutex<ConfigView>,
     /// Metrics.
     pub metrics: Metrics,
     /// Reconcile state.
@@ -81,13 +81,28 @@ impl Shared {
     pub fn new(node: String, config: ConfigView, metrics: Metrics) -> Self {
         Shared {
             node,
-            config,
+            config: Mutex::new(config),
             metrics,
             state: Mutex::new(AgentState::default()),
             probes: Mutex::new(BTreeMap::new()),
             heartbeat: AtomicU64::new(unix_ms(SystemTime::now())),
             engine: Mutex::new(None),
         }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> ConfigView {
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the config in force (a reload).
+    pub fn update_config(&self, change: impl FnOnce(&mut ConfigView)) {
+        change(&mut self.config.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// How often peers are probed now.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.config.lock().unwrap_or_else(|p| p.into_inner()).probe_interval_seconds)
     }
 
     /// Attaches the userspace engine, whose counters `/metrics` exports.
@@ -171,7 +186,7 @@ impl Shared {
 
     /// The data plane in force.
     pub fn backend(&self) -> DataplaneKind {
-        self.config.backend
+        self.config().backend
     }
 
     /// Why the agent is not ready; empty when it is.

@@ -175,6 +175,10 @@ pub struct DaemonArgs {
     /// A non-loopback address is served, with a warning: it has no authentication.
     #[arg(long, env = "FELT_DEBUG_ADDR", default_value = "127.0.0.1:9469", value_parser = parse_debug_addr)]
     pub debug_addr: DebugAddr,
+    /// A settings file (JSON: logLevel, probeInterval, resyncPeriod), read
+    /// at start and again on SIGHUP; its values override the flags'.
+    #[arg(long, env = "FELT_SETTINGS")]
+    pub settings: Option<PathBuf>,
     /// How often every peer's VTEP is probed over the overlay.
     #[arg(long, env = "FELT_PROBE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub probe_interval: Duration,
@@ -244,18 +248,7 @@ pub fn parse_debug_addr(s: &str) -> Result<DebugAddr, String> {
         .map_err(|_| format!("`{s}`: want IP:PORT (e.g. 127.0.0.1:9469) or `off`"))
 }
 
-/// A duration flag: humantime's syntax (`30s`, `500ms`, `2m`, `1h30m`), or a
-/// bare number of seconds; never zero.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = match s.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 500ms, 2m)"))?,
-    };
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
-}
+pub use felt::util::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -53,16 +53,7 @@ pub fn cni() -> ExitCode {
 }
 
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // The kube client logs every failed response; the agent says once what it means.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    felt::logging::init();
     let net = match &args.net_conf {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -84,6 +75,8 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         (None, None) => UnderlayChoice::DefaultRoute,
     };
     cfg.net = net;
+    cfg.net_conf_file = args.net_conf.clone();
+    cfg.settings = args.settings;
     cfg.subnet_file = args.subnet_file;
     cfg.resync = args.resync_period;
     cfg.device = args.device;

@@ -93,7 +93,9 @@ pub enum Ending {
 /// spawned it), tells it that it listens, and from then on hands them to
 /// every agent that connects, keeping them in between. Returns when an
 /// agent releases them or none is attached for `hold`; they close then.
+/// The keeper ignores SIGHUP (a `pkill -HUP` meant for agents).
 pub fn keep(device: &str, first: UnixStream, hold: Duration) -> io::Result<Ending> {
+    sys::ignore_hangup()?;
     let owned = recv_fds(&first)?;
     let fds = [owned[0].as_raw_fd(), owned[1].as_raw_fd()];
     let listener = UnixListener::bind_addr(&address(device)?)?;

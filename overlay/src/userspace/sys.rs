@@ -5,8 +5,8 @@
 //! received over `SCM_RIGHTS`, and the signal that wakes a blocked worker.
 //! This is the only module of felt with `unsafe`: four `ioctl(2)` calls,
 //! each on a file descriptor we own, with arguments laid out as
-//! `linux/if_tun.h` says; taking ownership of received descriptors; and one
-//! `sigaction(2)` with a handler that does nothing.
+//! `linux/if_tun.h` says; taking ownership of received descriptors; one
+//! `sigaction(2)` with a handler that does nothing, and one that ignores.
 
 #![allow(unsafe_code)]
 
@@ -121,4 +121,12 @@ pub fn install_wake_handler() -> io::Result<()> {
 pub fn wake(worker: &std::thread::JoinHandle<()>) {
     use std::os::unix::thread::JoinHandleExt;
     let _ = nix::sys::pthread::pthread_kill(worker.as_pthread_t(), WAKE);
+}
+
+/// Ignores SIGHUP in this process (the keeper: a `pkill -HUP` meant for
+/// the agents' settings reload must not end it).
+pub fn ignore_hangup() -> io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_IGN installs no handler, so nothing runs in signal context.
+    unsafe { signal(Signal::SIGHUP, SigHandler::SigIgn) }.map(drop).map_err(io::Error::from)
 }
