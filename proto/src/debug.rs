@@ -308,7 +308,7 @@ pub struct ErrorEntry {
     pub message: String,
 }
 
-/// The userspace engine's counters.
+/// The userspace engine's counters and peer table.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Engine {
     /// Packets sent to peers.
@@ -327,6 +327,22 @@ pub struct Engine {
     pub offloads: Option<String>,
     /// Drops by reason (`felt_engine_drops_total`).
     pub drops: BTreeMap<String, u64>,
+    /// The peer table last handed to the engine's workers.
+    #[serde(default)]
+    pub peers: Vec<EnginePeer>,
+}
+
+/// One peer in the userspace engine's table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnginePeer {
+    /// Node name.
+    pub name: String,
+    /// Its pod subnet: packets to it are encapsulated for the peer.
+    pub pod_cidr: Ipv4Net,
+    /// Where the datagrams go; the only source accepted for its frames.
+    pub underlay_ip: Ipv4Addr,
+    /// Its VTEP MAC, the inner frames' destination.
+    pub vtep_mac: MacAddr,
 }
 
 impl Engine {

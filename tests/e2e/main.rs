@@ -2,6 +2,7 @@
 //! Each test builds its own lab with a unique name and removes it, leaving
 //! the root namespace untouched (checked). They need root; see `harness`.
 
+mod churn;
 mod cleanup;
 mod cni;
 mod debug;

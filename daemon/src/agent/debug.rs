@@ -254,5 +254,6 @@ fn engine(shared: &Shared) -> Option<debug::Engine> {
         rx_coalesced: c.rx_coalesced,
         offloads: shared.engine_offloads(),
         drops: DropReason::ALL.iter().zip(c.drops).map(|(r, n)| (r.label().to_owned(), n)).collect(),
+        peers: shared.engine_peers(),
     })
 }

@@ -124,6 +124,21 @@ impl Shared {
             .map(|(dp, _)| dp.offloads().to_string())
     }
 
+    /// The peer table the engine's workers were last handed.
+    pub fn engine_peers(&self) -> Vec<felt_proto::debug::EnginePeer> {
+        let guard = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((dp, _)) = guard.as_ref() else { return Vec::new() };
+        dp.peers()
+            .into_iter()
+            .map(|p| felt_proto::debug::EnginePeer {
+                name: p.name,
+                pod_cidr: p.pod_cidr,
+                underlay_ip: p.underlay_ip,
+                vtep_mac: p.vtep_mac,
+            })
+            .collect()
+    }
+
     /// Moves the engine's counters into the metrics (by the difference since last time).
     pub fn refresh_engine_metrics(&self) {
         let mut guard = self.engine.lock().unwrap_or_else(|p| p.into_inner());

@@ -132,6 +132,8 @@ pub struct UserspaceDataplane {
     /// The link to the keeper that holds copies of the descriptors for the
     /// next agent (see [`super::keeper`]).
     keeper: Mutex<Option<Link>>,
+    /// The peer table last handed to the workers.
+    table: Mutex<Vec<Peer>>,
 }
 
 impl UserspaceDataplane {
@@ -192,6 +194,7 @@ impl UserspaceDataplane {
             published,
             workers: Mutex::new(vec![encap, decap]),
             keeper: Mutex::new(None),
+            table: Mutex::new(Vec::new()),
         })
     }
 
@@ -255,6 +258,13 @@ impl UserspaceDataplane {
         for p in &self.peers {
             let _ = p.send(peers.to_vec());
         }
+        *self.table.lock().unwrap_or_else(|e| e.into_inner()) = peers.to_vec();
+    }
+
+    /// The peer table last handed to the workers (each applies it before
+    /// its next packet).
+    pub fn peers(&self) -> Vec<Peer> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Packets, bytes and drops so far, both ways.
