@@ -73,6 +73,9 @@ pub fn problems(state: &State) -> Vec<String> {
     for m in &state.malformed {
         out.push(format!("document {} is malformed: {}", m.document, m.error));
     }
+    for w in &state.warnings {
+        out.push(format!("warning: {w}"));
+    }
     for e in state.recent_errors.iter().rev().take(5) {
         out.push(format!("error at {}: {}", e.at, e.message));
     }

@@ -82,6 +82,10 @@ pub struct State {
     pub last_reconcile: Option<Reconcile>,
     /// Recent errors, newest last.
     pub recent_errors: Vec<ErrorEntry>,
+    /// Conditions that do not stop the agent but will hurt the fabric (a
+    /// neighbour table too small for the peers).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The userspace engine's counters; absent in kernel mode.
     pub engine: Option<Engine>,
 }

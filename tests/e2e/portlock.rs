@@ -85,6 +85,7 @@ fn only_nodes_reach_the_vxlan_port_and_a_node_that_leaves_is_locked_out() {
     // The same frame from the lab host (on the underlay, no node): dropped, counted.
     let ul = format!("{}-ul", lab.name);
     let before = locked_out(&lab, "n1");
+    let first = before;
     let from_outsider = || send_from(&ul, None, to, inner(&n2, b"outsider"));
     assert!(!received(b"outsider", 5, &from_outsider), "an outsider's frame reached the pod");
     let counted = wait_until(Duration::from_secs(5), || locked_out(&lab, "n1") >= before + 5);
@@ -106,6 +107,7 @@ fn only_nodes_reach_the_vxlan_port_and_a_node_that_leaves_is_locked_out() {
     assert!(!received(b"former n3", 5, &from_old_n3), "a node that left still reaches the pod");
     assert!(wait_until(Duration::from_secs(5), || locked_out(&lab, "n1") >= before + 5).is_some());
     ip_in(&ul, &["addr", "del", &format!("{}/24", n3.underlay_ip), "dev", "br0"]);
+    eprintln!("port lock: {} outsider datagrams dropped, 0 reached a pod", locked_out(&lab, "n1") - first);
 
     // Deleted by hand: back within a resync (5 s in the lab), peers still in.
     let n1_ns = lab.node_ns("n1");

@@ -239,6 +239,7 @@ pub fn state(shared: &Shared, observed: Result<Observed, String>) -> debug::Stat
         registry_synced: st.registry_synced,
         last_reconcile: st.last_reconcile,
         recent_errors: st.recent_errors.into(),
+        warnings: st.warnings,
         engine: engine(shared),
     }
 }

@@ -127,6 +127,9 @@ pub struct Metrics {
     pub outsider_drops: Counter,
     /// `felt_reloads_total{result}`: SIGHUPs, by whether the settings were taken.
     pub reloads: Family<ResultLabel, Counter>,
+    /// `felt_neighbour_table_shortfall`: entries the peers need that the
+    /// neighbour table cannot hold (0: enough).
+    pub neighbour_shortfall: Gauge,
 }
 
 impl Metrics {
@@ -153,6 +156,7 @@ impl Metrics {
             engine_batches: Family::default(),
             outsider_drops: Counter::default(),
             reloads: Family::default(),
+            neighbour_shortfall: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers by state: desired, programmed, rejected, pending", m.peers.clone());
@@ -220,6 +224,11 @@ impl Metrics {
             "reloads",
             "SIGHUPs: settings re-read and applied (ok) or refused, leaving those in force (error)",
             m.reloads.clone(),
+        );
+        registry.register(
+            "neighbour_table_shortfall",
+            "Neighbour (ARP) entries the peers need beyond net.ipv4.neigh.default.gc_thresh3 (0: enough)",
+            m.neighbour_shortfall.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), backend }).set(1);

@@ -19,6 +19,7 @@
 //!   the next resync.
 
 pub mod debug;
+pub mod limits;
 pub mod lock;
 pub mod metrics;
 pub mod probe;
@@ -221,6 +222,8 @@ struct State {
     publish_failed: bool,
     /// The port lock's counter as last exported to metrics.
     outsider_drops: u64,
+    /// The neighbour-table warning last logged, so each is said once.
+    neighbour_warning: Option<String>,
 }
 
 /// A resync timer that first fires one `period` from now (a reload's: the

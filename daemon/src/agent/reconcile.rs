@@ -118,7 +118,24 @@ impl Agent {
         let egress_ok = self.reconcile_nft(&view.peers);
         let in_sync = report.failed.is_empty() && egress_ok;
         self.report(&view.peers, &report, in_sync, started.elapsed());
+        self.check_limits(view.peers.len());
         in_sync && synced
+    }
+
+    /// Warns (once per change: log, metric, `felt status`) when the node's
+    /// neighbour table cannot hold what its peers need (see [`super::limits`]).
+    fn check_limits(&mut self, peers: usize) {
+        use super::limits;
+        let Some(limit) = limits::gc_thresh3(std::path::Path::new(limits::GC_THRESH3)) else { return };
+        self.shared.metrics.neighbour_shortfall.set(limits::shortfall(peers, limit) as i64);
+        let warning = limits::warning(peers, limit);
+        if warning != self.state.neighbour_warning {
+            if let Some(w) = &warning {
+                warn!("{w}");
+            }
+            self.shared.state().warnings = warning.iter().cloned().collect();
+            self.state.neighbour_warning = warning;
+        }
     }
 
     /// The registry's records, publishing ours again when it is missing,

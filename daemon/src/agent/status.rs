@@ -30,6 +30,8 @@ pub struct AgentState {
     pub device_index: u32,
     /// Accepted peers.
     pub peers: Vec<Peer>,
+    /// Conditions that do not stop the agent but will hurt the fabric.
+    pub warnings: Vec<String>,
     /// Incomplete records.
     pub pending: Vec<String>,
     /// Refused records.

@@ -17,7 +17,10 @@ impl Lab {
         let mut state = self.loaded()?;
         let watches = self.route_watches(&state)?;
         let index = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
-        let node = self.start_node(&state, index)?;
+        let mut node = self.make_node(&state, index)?;
+        self.pin_underlay(&state, std::slice::from_ref(&node))?;
+        node.pid =
+            self.spawn_agent(&state.registry, state.mode.backend_of(index), &node.name, &node.netns)?;
         state.nodes.push(node.clone());
         self.save(&state)?;
         self.wait_leases(&state, Duration::from_secs(30))?;
@@ -108,6 +111,11 @@ impl Lab {
             topo::kill_processes_in(&ns);
             topo::ip(&["netns", "delete", &ns])?;
         }
+        // Its address is no one's now: no node keeps it pinned.
+        for other in &state.nodes {
+            topo::unpin_neighbour(&other.netns, "eth0", n.underlay_ip);
+        }
+        topo::unpin_neighbour(&self.underlay_ns(), "br0", n.underlay_ip);
         let dropped = watch::wait_all(watches, watch::RouteChange::Removed, Duration::from_secs(30));
         let mut behind: Vec<String> =
             down.iter().map(|x| format!("{} (its agent is not running)", x.name)).collect();

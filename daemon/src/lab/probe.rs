@@ -225,8 +225,13 @@ pub struct Prober {
     pub node_ip: Ipv4Addr,
 }
 
+/// How many TCP round trips one pod has in flight during a check.
+const TCP_IN_FLIGHT: usize = 16;
+
 /// Probes every target, then the outside host at `outside`, from inside the
-/// pod's namespace, one after the other.
+/// pod's namespace: one ICMP sweep of all targets (three rounds of 700 ms
+/// at most), then TCP round trips [`TCP_IN_FLIGHT`] at a time (1 s each at
+/// most: every pod is on this machine). A fabric that answers nothing fails in seconds, whatever its size.
 pub fn probe_from(
     pod: Prober,
     targets: &[(String, Ipv4Addr)],
@@ -234,15 +239,35 @@ pub fn probe_from(
 ) -> std::io::Result<(Vec<PairResult>, EgressResult)> {
     let targets = targets.to_vec();
     netns::run_in(&pod.netns.clone(), move || {
+        let ips: Vec<Ipv4Addr> = targets.iter().map(|(_, ip)| *ip).collect();
+        let answered = ping_sweep(&ips, 3, Duration::from_millis(700)).unwrap_or_default();
+        // Threads started here share the pod's namespace.
+        let mut tcp: Vec<Result<Ipv4Addr, String>> = Vec::with_capacity(ips.len());
+        for chunk in ips.chunks(TCP_IN_FLIGHT) {
+            std::thread::scope(|scope| {
+                let running: Vec<_> = chunk
+                    .iter()
+                    .map(|ip| {
+                        scope.spawn(move || {
+                            tcp_round_trip(*ip, Duration::from_secs(1)).map_err(|e| e.to_string())
+                        })
+                    })
+                    .collect();
+                tcp.extend(
+                    running.into_iter().map(|t| t.join().unwrap_or_else(|_| Err("probe panicked".into()))),
+                );
+            });
+        }
         let pairs = targets
             .iter()
-            .map(|(to, ip)| PairResult {
+            .zip(tcp)
+            .map(|((to, ip), tcp)| PairResult {
                 from: pod.name.clone(),
                 from_ip: pod.ip,
                 to: to.clone(),
                 ip: *ip,
-                icmp: ping(*ip, 3, Duration::from_millis(700)).unwrap_or(false),
-                tcp: tcp_round_trip(*ip, Duration::from_secs(2)).map_err(|e| e.to_string()),
+                icmp: answered.contains(ip),
+                tcp,
             })
             .collect();
         let egress = EgressResult {
@@ -253,4 +278,36 @@ pub fn probe_from(
         };
         (pairs, egress)
     })
+}
+
+/// Pings every address of `targets` at once, `rounds` times at most (each
+/// round re-sends to those that have not answered and waits `wait`);
+/// returns those that answered.
+pub fn ping_sweep(
+    targets: &[Ipv4Addr],
+    rounds: u16,
+    wait: Duration,
+) -> std::io::Result<std::collections::BTreeSet<Ipv4Addr>> {
+    let s = icmp_socket()?;
+    let id = (std::process::id() as u16) ^ 0x5357;
+    let mut answered = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 1500];
+    for seq in 0..rounds {
+        let pending: Vec<Ipv4Addr> = targets.iter().copied().filter(|ip| !answered.contains(ip)).collect();
+        if pending.is_empty() {
+            break;
+        }
+        for ip in &pending {
+            s.send_to(&echo_request(id, seq), &SockAddr::from(SocketAddrV4::new(*ip, 0)))?;
+        }
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && answered.len() < targets.len() {
+            let Some(n) = recv(&s, &mut buf) else { continue };
+            let Some(src) = buf.get(12..16).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3])) else { continue };
+            if pending.contains(&src) && parse_echo_reply(&buf[..n], src, id).is_some() {
+                answered.insert(src);
+            }
+        }
+    }
+    Ok(answered)
 }

@@ -105,6 +105,57 @@ pub fn node_ip(underlay: Ipv4Net, index: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(underlay.network()) + 10 + index)
 }
 
+/// The underlay MAC of the interface holding `ip` (a node's `eth0`, the
+/// lab host's bridge): `02:f1:` and the address's four bytes. Fixed, so
+/// every node can hold every other's as a permanent neighbour entry.
+pub fn underlay_mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:f1:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// Makes `(address, MAC)` permanent neighbours on `dev` in namespace `ns`,
+/// in one `ip -batch`. All lab nodes share one kernel, whose ARP table
+/// garbage-collects above `gc_thresh3` (1,024 by default) entries across
+/// every namespace; a full mesh of dynamic underlay entries (n × (n − 1))
+/// overflows it past ~30 nodes and pods cannot even resolve their gateway.
+/// Permanent entries do not count (Linux ≥ 4.20).
+pub fn pin_neighbours(ns: &str, dev: &str, entries: &[Ipv4Addr]) -> Result<(), LabError> {
+    let batch: String = entries
+        .iter()
+        .map(|ip| format!("neigh replace {ip} lladdr {} dev {dev} nud permanent\n", underlay_mac(*ip)))
+        .collect();
+    ip_batch(ns, &batch)
+}
+
+/// Removes the neighbour entry for `addr` on `dev` in `ns`, if there is one.
+pub fn unpin_neighbour(ns: &str, dev: &str, addr: Ipv4Addr) {
+    let _ = ip(&["-n", ns, "neigh", "del", &addr.to_string(), "dev", dev]);
+}
+
+/// Runs `ip -n NS -batch -` with `batch` on stdin.
+fn ip_batch(ns: &str, batch: &str) -> Result<(), LabError> {
+    let cmd = || format!("ip -n {ns} -batch -");
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LabError::Command { cmd: cmd(), stderr: e.to_string() })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(batch.as_bytes())
+            .map_err(|e| LabError::Command { cmd: cmd(), stderr: e.to_string() })?;
+    }
+    let out =
+        child.wait_with_output().map_err(|e| LabError::Command { cmd: cmd(), stderr: e.to_string() })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command { cmd: cmd(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+    }
+}
+
 /// The lab's stand-in for the world outside the cluster: an address from a
 /// documentation range (RFC 5737), held by the underlay namespace, reachable
 /// only inside the lab (LAB-NETWORK.md rule 3). Pods' traffic to it must
@@ -116,7 +167,7 @@ pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", ns, "link", "add", "br0", "address", &underlay_mac(host), "type", "bridge"])?;
     ip(&["-n", ns, "addr", "add", &format!("{host}/{prefix}"), "dev", "br0"])?;
     ip(&["-n", ns, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "br0"])?;
     ip(&["-n", ns, "link", "set", "br0", "up"])
@@ -140,7 +191,23 @@ pub fn make_node(
 ) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     // The bridge-side end is named after the node namespace: unique, and recognisable.
-    ip(&["-n", underlay_ns, "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+    let mac = underlay_mac(addr);
+    ip(&[
+        "-n",
+        underlay_ns,
+        "link",
+        "add",
+        ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "address",
+        &mac,
+        "netns",
+        ns,
+    ])?;
     ip(&["-n", underlay_ns, "link", "set", ns, "master", "br0", "up"])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "addr", "add", &format!("{addr}/{prefix}"), "dev", "eth0"])?;

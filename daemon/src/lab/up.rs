@@ -46,9 +46,20 @@ impl Lab {
             pods: Vec::new(),
         };
         self.save(&state)?;
+        let mut built = Vec::new();
         for i in 1..=opts.nodes {
             interrupt::check()?;
-            let node = self.start_node(&state, i)?;
+            built.push(self.make_node(&state, i)?);
+        }
+        self.pin_underlay(&state, &built)?;
+        for mut node in built {
+            interrupt::check()?;
+            node.pid = self.spawn_agent(
+                &state.registry,
+                state.mode.backend_of(node.index),
+                &node.name,
+                &node.netns,
+            )?;
             progress(&format!("node {} ({}) agent pid {}", node.name, node.underlay_ip, node.pid));
             state.nodes.push(node);
             self.save(&state)?;
@@ -120,7 +131,9 @@ impl Lab {
         })
     }
 
-    pub(super) fn start_node(&self, state: &LabState, index: u32) -> Result<NodeState, LabError> {
+    /// Node `index`: its namespace wired to the underlay, its directory and,
+    /// on Kubernetes, its Node object. Its agent is not started (`pid` 0).
+    pub(super) fn make_node(&self, state: &LabState, index: u32) -> Result<NodeState, LabError> {
         let name = format!("n{index}");
         let netns = format!("{}-{name}", self.name);
         let underlay_ip = topo::node_ip(state.underlay, index);
@@ -136,8 +149,26 @@ impl Lab {
                 .map_err(|e| LabError::Invalid(e.to_string()))?;
             kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &name, cidr)?;
         }
-        let pid = self.spawn_agent(&state.registry, backend, &name, &netns)?;
-        Ok(NodeState { name, netns, index, underlay_ip, pid })
+        Ok(NodeState { name, netns, index, underlay_ip, pid: 0 })
+    }
+
+    /// Pins the underlay's addresses as permanent neighbours (see
+    /// [`topo::pin_neighbours`]): in each of `new`, every other node's and
+    /// the lab host's; in each node of `state`, and in the underlay
+    /// namespace, those of `new`.
+    pub(super) fn pin_underlay(&self, state: &LabState, new: &[NodeState]) -> Result<(), LabError> {
+        let host = topo::host_ip(state.underlay);
+        let all: Vec<_> = state.nodes.iter().chain(new).map(|n| n.underlay_ip).collect();
+        let added: Vec<_> = new.iter().map(|n| n.underlay_ip).collect();
+        for n in new {
+            let mut others: Vec<_> = all.iter().copied().filter(|ip| *ip != n.underlay_ip).collect();
+            others.push(host);
+            topo::pin_neighbours(&n.netns, "eth0", &others)?;
+        }
+        for n in &state.nodes {
+            topo::pin_neighbours(&n.netns, "eth0", &added)?;
+        }
+        topo::pin_neighbours(&self.underlay_ns(), "br0", &added)
     }
 
     pub(super) fn spawn_agent(

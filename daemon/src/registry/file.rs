@@ -6,8 +6,8 @@
 //! ```
 //! Writers replace a record with write-to-temp + rename, so readers see the
 //! old or the new document, never half of one. Readers learn of changes
-//! through inotify, and relist on a timer as a safety net (the caller's
-//! resync). It is the embedded default: the lab runs a whole cluster on it.
+//! through inotify (or, without it, the directory's modification time),
+//! and relist on a timer as a safety net (the caller's resync). It is the embedded default: the lab runs a whole cluster on it.
 
 use std::fs;
 use std::io;
@@ -137,8 +137,30 @@ impl FileRegistry {
     }
 
     /// Signals (coalesced) whenever a node document appears, changes or goes.
-    /// Must run inside a tokio runtime.
+    /// Must run inside a tokio runtime. Uses inotify; where the kernel
+    /// refuses another inotify instance (`fs.inotify.max_user_instances`,
+    /// 128 by default, is per user: many agents on one machine, as in a big
+    /// lab, run out), it says so and watches the directory's modification
+    /// time instead, every [`POLL`].
     pub fn watch(&self) -> Result<mpsc::Receiver<()>, FileRegistryError> {
+        let (tx, rx) = mpsc::channel(1);
+        match self.inotify() {
+            Ok(stream) => {
+                tokio::spawn(forward_events(stream, tx));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::util::error_chain(&e),
+                    poll = ?POLL,
+                    "no inotify for the registry; polling its directory instead"
+                );
+                tokio::spawn(poll_mtime(self.nodes.clone(), tx));
+            }
+        }
+        Ok(rx)
+    }
+
+    fn inotify(&self) -> Result<inotify::EventStream<[u8; 4096]>, FileRegistryError> {
         let inotify = Inotify::init().map_err(io_err("starting inotify for", &self.nodes))?;
         inotify
             .watches()
@@ -151,24 +173,45 @@ impl FileRegistry {
                     | WatchMask::CREATE,
             )
             .map_err(io_err("watching", &self.nodes))?;
-        let mut stream = inotify.into_event_stream([0u8; 4096]).map_err(io_err("watching", &self.nodes))?;
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(async move {
-            while let Some(event) = stream.next().await {
-                let relevant = match &event {
-                    Ok(ev) => ev.name.as_ref().is_none_or(|n| {
-                        let n = n.to_string_lossy();
-                        !n.starts_with('.') && n.ends_with(".json")
-                    }),
-                    // Overflow or read error: a relist is the safe answer.
-                    Err(_) => true,
-                };
-                if relevant && tx.try_send(()).is_err() && tx.is_closed() {
-                    break;
-                }
+        inotify.into_event_stream([0u8; 4096]).map_err(io_err("watching", &self.nodes))
+    }
+}
+
+/// How often the directory is checked when inotify is not available.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn forward_events(mut stream: inotify::EventStream<[u8; 4096]>, tx: mpsc::Sender<()>) {
+    while let Some(event) = stream.next().await {
+        let relevant = match &event {
+            Ok(ev) => ev.name.as_ref().is_none_or(|n| {
+                let n = n.to_string_lossy();
+                !n.starts_with('.') && n.ends_with(".json")
+            }),
+            // Overflow or read error: a relist is the safe answer.
+            Err(_) => true,
+        };
+        if relevant && tx.try_send(()).is_err() && tx.is_closed() {
+            break;
+        }
+    }
+}
+
+/// Signals when the directory's modification time moves: every writer
+/// replaces a record by renaming into it, and removes by unlinking, both of
+/// which touch it. (A document written in place is read at the next resync.)
+async fn poll_mtime(dir: PathBuf, tx: mpsc::Sender<()>) {
+    let mtime = |d: &Path| fs::metadata(d).and_then(|m| m.modified()).ok();
+    let mut last = mtime(&dir);
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tick.tick().await;
+        let now = mtime(&dir);
+        if now != last {
+            last = now;
+            if tx.try_send(()).is_err() && tx.is_closed() {
+                break;
             }
-        });
-        Ok(rx)
+        }
     }
 }
 
@@ -210,5 +253,19 @@ mod tests {
         let mut rx = reg.watch().unwrap();
         reg.put(&NodeRecord::new("n1")).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_inotify_a_rename_into_the_directory_is_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = FileRegistry::open(tmp.path()).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        tokio::spawn(poll_mtime(reg.nodes.clone(), tx));
+        tokio::time::sleep(POLL * 2).await;
+        assert!(rx.try_recv().is_err(), "nothing changed, nothing said");
+        reg.put(&NodeRecord::new("n1")).unwrap();
+        tokio::time::timeout(POLL * 4, rx.recv()).await.expect("seen within two polls").unwrap();
+        std::fs::remove_file(reg.nodes.join("n1.json")).unwrap();
+        tokio::time::timeout(POLL * 4, rx.recv()).await.expect("a removal too").unwrap();
     }
 }
