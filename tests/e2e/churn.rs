@@ -168,7 +168,8 @@ pub struct Node {
     burst: BTreeMap<String, Vec<Option<NodeRecord>>>,
     events: usize,
     settles: Vec<Duration>,
-    turn: u64,
+    /// Draws the interleaving of each burst's writes.
+    random: crate::harness::Random,
 }
 
 /// The kernel's entries (and the engine's peers), in the model's terms.
@@ -188,9 +189,8 @@ impl Node {
     fn up(args: &[&str], userspace: bool) -> Node {
         require_root();
         let lab = TestLab::up_named(&TestLab::unique_name(), 1, 0, args);
-        let seed =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-        Node { lab, userspace, burst: BTreeMap::new(), events: 0, settles: Vec::new(), turn: seed }
+        let random = crate::harness::Random::from_clock();
+        Node { lab, userspace, burst: BTreeMap::new(), events: 0, settles: Vec::new(), random }
     }
 
     fn record(name: &str, s: Slots) -> NodeRecord {
@@ -209,8 +209,7 @@ impl Node {
         let mut queues: Vec<(String, std::collections::VecDeque<Option<NodeRecord>>)> =
             std::mem::take(&mut self.burst).into_iter().map(|(n, q)| (n, q.into())).collect();
         while !queues.is_empty() {
-            self.turn = self.turn.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let i = (self.turn >> 33) as usize % queues.len();
+            let i = (self.random.next_u64() % queues.len() as u64) as usize;
             let (name, queue) = &mut queues[i];
             let path = dir.join(format!("{name}.json"));
             match queue.pop_front() {

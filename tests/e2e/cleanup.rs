@@ -4,17 +4,12 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::harness::{FELT, TestLab, ip_in, require_root, run, wait_until};
+use crate::harness::{FELT, TestLab, ip_in, nft_in, require_root, run, wait_until};
 
 fn in_node(lab: &TestLab, node: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &lab.node_ns(node), FELT]).args(args);
     c
-}
-
-fn nft_in(lab: &TestLab, node: &str, args: &[&str]) -> String {
-    let out = run(Command::new("ip").args(["netns", "exec", &lab.node_ns(node), "nft"]).args(args));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn text(out: &Output) -> String {
@@ -42,15 +37,14 @@ fn cleanup_takes_felt_off_a_node_and_nothing_else() {
         &path(&dir.join("cni")),
     ];
     // What is not felt's, and must stay: another table, links named like felt's devices.
-    nft_in(&lab, "n1", &["add", "table", "ip", "host"]);
+    nft_in(&lab.node_ns("n1"), &["add", "table", "ip", "host"]);
     nft_in(
-        &lab,
-        "n1",
+        &lab.node_ns("n1"),
         &["add", "chain", "ip", "host", "post", "{ type nat hook postrouting priority 100; }"],
     );
     ip_in(&lab.node_ns("n1"), &["link", "add", "felt.x", "type", "veth", "peer", "name", "felt.y"]);
-    let host_table = nft_in(&lab, "n1", &["list", "table", "ip", "host"]);
-    let has_felt_table = || nft_in(&lab, "n1", &["list", "tables"]).contains("table ip felt");
+    let host_table = nft_in(&lab.node_ns("n1"), &["list", "table", "ip", "host"]);
+    let has_felt_table = || nft_in(&lab.node_ns("n1"), &["list", "tables"]).contains("table ip felt");
     assert!(wait_until(Duration::from_secs(10), has_felt_table).is_some(), "n1 built its masquerade table");
 
     // The agent answers: refused, nothing removed.
@@ -109,7 +103,7 @@ fn cleanup_takes_felt_off_a_node_and_nothing_else() {
     }
     assert!(!ip_in(&lab.node_ns("n1"), &["route"]).contains("10.244."), "routes went with the device");
     assert!(!has_felt_table());
-    assert_eq!(nft_in(&lab, "n1", &["list", "table", "ip", "host"]), host_table);
+    assert_eq!(nft_in(&lab.node_ns("n1"), &["list", "table", "ip", "host"]), host_table);
     for p in [bin.join("felt"), net_d.join("10-felt.conflist"), dir.join("subnet.env"), dir.join("cni")] {
         assert!(!p.exists(), "{} is left", p.display());
     }

@@ -51,6 +51,39 @@ pub fn bridge_in(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A small generator (xorshift64) for tests that draw intervals or orders
+/// at random; printing [`Random::seed`] lets a run be told apart.
+#[derive(Debug, Clone)]
+pub struct Random {
+    /// What it started from.
+    pub seed: u64,
+    state: u64,
+}
+
+impl Random {
+    /// Seeded from the clock.
+    pub fn from_clock() -> Random {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        // Never zero: xorshift would stay there.
+        let seed = nanos as u64 | 1;
+        Random { seed, state: seed }
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+}
+
+/// `nft ARGS…` inside namespace `ns`, which must succeed; returns stdout.
+pub fn nft_in(ns: &str, args: &[&str]) -> String {
+    let out = run(Command::new("ip").args(["netns", "exec", ns, "nft"]).args(args));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `f` every 5 ms until it is true or `timeout` passes; returns how long it took.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();

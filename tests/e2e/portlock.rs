@@ -111,8 +111,8 @@ fn only_nodes_reach_the_vxlan_port_and_a_node_that_leaves_is_locked_out() {
 
     // Deleted by hand: back within a resync (5 s in the lab), peers still in.
     let n1_ns = lab.node_ns("n1");
-    run_nft(&n1_ns, &["flush", "chain", "ip", "felt", "input"]);
-    run_nft(&n1_ns, &["delete", "chain", "ip", "felt", "input"]);
+    crate::harness::nft_in(&n1_ns, &["flush", "chain", "ip", "felt", "input"]);
+    crate::harness::nft_in(&n1_ns, &["delete", "chain", "ip", "felt", "input"]);
     let back = wait_until(Duration::from_secs(12), || {
         std::process::Command::new("ip")
             .args(["netns", "exec", &n1_ns, "nft", "list", "chain", "ip", "felt", "input"])
@@ -122,8 +122,4 @@ fn only_nodes_reach_the_vxlan_port_and_a_node_that_leaves_is_locked_out() {
     assert!(back.is_some(), "the port lock was not repaired");
     assert!(received(b"peer n2", 10, &from_n2), "the repaired lock shuts a peer out");
     lab.finish();
-}
-
-fn run_nft(ns: &str, args: &[&str]) {
-    crate::harness::run(std::process::Command::new("ip").args(["netns", "exec", ns, "nft"]).args(args));
 }

@@ -27,9 +27,7 @@ fn a_forty_node_lab_passes_check_and_a_broken_one_fails_in_seconds() {
     // n1 drops all VXLAN (a table of its own, which the agent never touches):
     // every pair to or from its pod fails, and the check says so quickly.
     let n1 = lab.node_ns("n1");
-    let nft = |args: &[&str]| {
-        crate::harness::run(std::process::Command::new("ip").args(["netns", "exec", &n1, "nft"]).args(args));
-    };
+    let nft = |args: &[&str]| drop(crate::harness::nft_in(&n1, args));
     nft(&["add", "table", "ip", "cut"]);
     nft(&["add", "chain", "ip", "cut", "in", "{ type filter hook input priority -10; }"]);
     nft(&["add", "rule", "ip", "cut", "in", "udp", "dport", "8472", "drop"]);

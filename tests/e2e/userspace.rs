@@ -112,16 +112,7 @@ fn garbage_on_the_vxlan_port_is_counted_and_harmless() {
 fn restart_at_random(lab: &TestLab, kill: bool, restarts: u32) -> (felt::lab::probe::SeriesReport, u64) {
     let target = lab.first_pod_ip("n2");
     let src = felt::netns::named(&format!("{}-n1-p1", lab.name));
-    let seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    // xorshift64: enough randomness for intervals, and the seed reproduces them.
-    let mut state = seed;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut random = crate::harness::Random::from_clock();
     let count = u16::try_from(restarts * 35 + 200).unwrap();
     let pinger = std::thread::spawn(move || {
         felt::netns::run_in(&src, move || {
@@ -130,15 +121,15 @@ fn restart_at_random(lab: &TestLab, kill: bool, restarts: u32) -> (felt::lab::pr
     });
     std::thread::sleep(Duration::from_secs(1));
     for _ in 0..restarts {
-        let node = if next() % 2 == 0 { "n1" } else { "n2" };
+        let node = if random.next_u64() % 2 == 0 { "n1" } else { "n2" };
         let mut args = vec!["lab", "restart-agent", node];
         if kill {
             args.push("--kill");
         }
         lab.felt(&args);
-        std::thread::sleep(Duration::from_millis(next() % 600));
+        std::thread::sleep(Duration::from_millis(random.next_u64() % 600));
     }
-    (pinger.join().unwrap().unwrap().unwrap(), seed)
+    (pinger.join().unwrap().unwrap().unwrap(), random.seed)
 }
 
 #[test]
