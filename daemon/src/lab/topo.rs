@@ -56,18 +56,28 @@ impl LabError {
 
 /// Runs `ip ARGS…`.
 pub fn ip(args: &[&str]) -> Result<(), LabError> {
-    let out = Command::new("ip")
+    ip_with_input(args, "")
+}
+
+/// Runs `ip ARGS…` with `input` on its stdin (`-batch -` reads commands there).
+fn ip_with_input(args: &[&str], input: &str) -> Result<(), LabError> {
+    let failed = |stderr: String| LabError::Command { cmd: format!("ip {}", args.join(" ")), stderr };
+    let mut child = Command::new("ip")
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| LabError::Command { cmd: format!("ip {}", args.join(" ")), stderr: e.to_string() })?;
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    // Dropped after writing: `ip` sees end-of-file.
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(LabError::Command {
-            cmd: format!("ip {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
+        Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
     }
 }
 
@@ -124,36 +134,12 @@ pub fn pin_neighbours(ns: &str, dev: &str, entries: &[Ipv4Addr]) -> Result<(), L
         .iter()
         .map(|ip| format!("neigh replace {ip} lladdr {} dev {dev} nud permanent\n", underlay_mac(*ip)))
         .collect();
-    ip_batch(ns, &batch)
+    ip_with_input(&["-n", ns, "-batch", "-"], &batch)
 }
 
 /// Removes the neighbour entry for `addr` on `dev` in `ns`, if there is one.
 pub fn unpin_neighbour(ns: &str, dev: &str, addr: Ipv4Addr) {
     let _ = ip(&["-n", ns, "neigh", "del", &addr.to_string(), "dev", dev]);
-}
-
-/// Runs `ip -n NS -batch -` with `batch` on stdin.
-fn ip_batch(ns: &str, batch: &str) -> Result<(), LabError> {
-    let cmd = || format!("ip -n {ns} -batch -");
-    let mut child = Command::new("ip")
-        .args(["-n", ns, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| LabError::Command { cmd: cmd(), stderr: e.to_string() })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(batch.as_bytes())
-            .map_err(|e| LabError::Command { cmd: cmd(), stderr: e.to_string() })?;
-    }
-    let out =
-        child.wait_with_output().map_err(|e| LabError::Command { cmd: cmd(), stderr: e.to_string() })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(LabError::Command { cmd: cmd(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
-    }
 }
 
 /// The lab's stand-in for the world outside the cluster: an address from a
