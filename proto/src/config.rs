@@ -7,6 +7,8 @@
 //! Every field but `network` has a default; `backend.mtu` defaults to the
 //! underlay MTU − 50 ([`crate::VXLAN_IPV4_OVERHEAD`]).
 
+use std::collections::BTreeMap;
+
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +113,9 @@ pub enum ConfigError {
     /// MTU below the IPv4 minimum of 576 or above 65535.
     #[error("MTU {0} must be in 576..=65535")]
     BadMtu(u32),
+    /// A Flannel setting felt does not implement.
+    #[error("Flannel's {0}")]
+    Unsupported(String),
 }
 
 impl NetConfig {
@@ -149,6 +154,108 @@ impl NetConfig {
         Ok(())
     }
 
+    /// Parses Flannel's `net-conf.json` (the `kube-flannel-cfg` ConfigMap's
+    /// key), for `--compat flannel`: `{"Network":"10.244.0.0/16",
+    /// "Backend":{"Type":"vxlan"}}`. Keys match case-insensitively, as Go's
+    /// JSON decoder matches them for flanneld. Settings felt leaves to
+    /// others are accepted and named in the returned notes (`SubnetMin`,
+    /// `SubnetMax`: Kubernetes assigns the pod CIDRs; `EnableNFTables`:
+    /// felt always uses nftables); a setting felt cannot honour is an error
+    /// (a backend other than vxlan, GBP, learning, DirectRouting, IPv6).
+    /// `ipMasq` is on, as `kube-flannel.yml` runs flanneld with `--ip-masq`.
+    pub fn from_flannel_json(bytes: &[u8]) -> Result<(Self, Vec<String>), ConfigError> {
+        use serde_json::Value;
+        let malformed = |e: String| ConfigError::Malformed(e);
+        let lower = |v: Value, what: &str| -> Result<BTreeMap<String, Value>, ConfigError> {
+            match v {
+                Value::Object(m) => Ok(m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()),
+                _ => Err(malformed(format!("{what} must be a JSON object"))),
+            }
+        };
+        let top =
+            lower(serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?, "the document")?;
+        let mut notes = Vec::new();
+        let mut cfg = NetConfig::default();
+        let truthy = |v: Option<&Value>| v.is_some_and(|v| v.as_bool() == Some(true));
+        let unsupported = |what: &str| ConfigError::Unsupported(what.to_owned());
+        if top.get("enableipv4").is_some_and(|v| v.as_bool() == Some(false)) {
+            return Err(unsupported("EnableIPv4 false (IPv6-only networks)"));
+        }
+        if truthy(top.get("enableipv6")) {
+            return Err(unsupported("EnableIPv6 (dual-stack networks)"));
+        }
+        cfg.network = match top.get("network") {
+            Some(Value::String(s)) => {
+                s.parse().map_err(|_| malformed(format!("Network `{s}` is not an IPv4 CIDR")))?
+            }
+            Some(other) => return Err(malformed(format!("Network {other} is not a string"))),
+            None => return Err(malformed("Network is missing".to_owned())),
+        };
+        if let Some(v) = top.get("subnetlen") {
+            cfg.subnet_len = v
+                .as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| malformed(format!("SubnetLen {v} is not a prefix length")))?;
+        }
+        for (key, why) in [
+            ("subnetmin", "SubnetMin is ignored: Kubernetes assigns each node's pod CIDR"),
+            ("subnetmax", "SubnetMax is ignored: Kubernetes assigns each node's pod CIDR"),
+            ("enablenftables", "EnableNFTables is ignored: felt always uses nftables"),
+        ] {
+            if top.contains_key(key) {
+                notes.push(why.to_owned());
+            }
+        }
+        let known = [
+            "enableipv4",
+            "enableipv6",
+            "network",
+            "subnetlen",
+            "subnetmin",
+            "subnetmax",
+            "enablenftables",
+            "backend",
+        ];
+        for k in top.keys().filter(|k| !known.contains(&k.as_str())) {
+            notes.push(format!("{k} is not a setting felt knows; ignored"));
+        }
+        if let Some(b) = top.get("backend") {
+            let b = lower(b.clone(), "Backend")?;
+            match b.get("type").and_then(Value::as_str) {
+                Some(t) if t.eq_ignore_ascii_case("vxlan") => {}
+                Some(t) => return Err(unsupported(&format!("backend `{t}` (felt speaks vxlan)"))),
+                None => return Err(malformed("Backend.Type is missing".to_owned())),
+            }
+            let number = |key: &str, name: &str| -> Result<Option<u64>, ConfigError> {
+                b.get(key)
+                    .map(|v| {
+                        v.as_u64().ok_or_else(|| malformed(format!("Backend.{name} {v} is not a number")))
+                    })
+                    .transpose()
+            };
+            if let Some(vni) = number("vni", "VNI")? {
+                cfg.backend.vni = u32::try_from(vni).map_err(|_| ConfigError::BadVni(u32::MAX))?;
+            }
+            // Flannel passes port 0 to the kernel, which then uses 8472.
+            if let Some(port) = number("port", "Port")?.filter(|p| *p != 0) {
+                cfg.backend.port = u16::try_from(port).map_err(|_| ConfigError::BadPort)?;
+            }
+            if let Some(mtu) = number("mtu", "MTU")?.filter(|m| *m != 0) {
+                cfg.backend.mtu = Some(u32::try_from(mtu).map_err(|_| ConfigError::BadMtu(u32::MAX))?);
+            }
+            for (key, name) in [("gbp", "GBP"), ("learning", "Learning"), ("directrouting", "DirectRouting")]
+            {
+                if truthy(b.get(key)) {
+                    return Err(unsupported(&format!("vxlan {name}")));
+                }
+            }
+        } else {
+            return Err(malformed("Backend is missing".to_owned()));
+        }
+        cfg.validate()?;
+        Ok((cfg, notes))
+    }
+
     /// The overlay MTU for an underlay of `underlay_mtu`.
     pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
         self.backend.mtu.unwrap_or(underlay_mtu.saturating_sub(crate::VXLAN_IPV4_OVERHEAD))
@@ -167,6 +274,43 @@ mod tests {
         assert!(cfg.ip_masq, "egress masquerade is on by default");
         let off = NetConfig::from_json(br#"{"network":"10.244.0.0/16","ipMasq":false}"#).unwrap();
         assert!(!off.ip_masq);
+    }
+
+    #[test]
+    fn reads_flannels_net_conf() {
+        // kube-flannel.yml's, byte for byte.
+        let doc = br#"{
+      "Network": "10.244.0.0/16",
+      "EnableNFTables": false,
+      "Backend": {
+        "Type": "vxlan"
+      }
+    }"#;
+        let (cfg, notes) = NetConfig::from_flannel_json(doc).unwrap();
+        assert_eq!(cfg, NetConfig::default());
+        assert_eq!(notes, ["EnableNFTables is ignored: felt always uses nftables"]);
+        let doc = br#"{"network":"10.8.0.0/14","SubnetLen":23,"Backend":{"type":"VXLAN","VNI":4,"Port":4789,"MTU":1400}}"#;
+        let (cfg, notes) = NetConfig::from_flannel_json(doc).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!((cfg.network.to_string(), cfg.subnet_len), ("10.8.0.0/14".to_owned(), 23));
+        assert_eq!((cfg.backend.vni, cfg.backend.port, cfg.backend.mtu), (4, 4789, Some(1400)));
+        for (doc, want) in [
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#, "backend `host-gw`"),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+                "DirectRouting",
+            ),
+            (r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#, "dual-stack"),
+            (r#"{"Network":"10.244.0.0/16"}"#, "Backend is missing"),
+            (r#"{"Backend":{"Type":"vxlan"}}"#, "Network is missing"),
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#, "VNI 0"),
+            (r#"{"network":"10.244.0.0/16","subnetLen":24,"backend":{"type":"vxlan"}}"#, ""),
+        ] {
+            match NetConfig::from_flannel_json(doc.as_bytes()) {
+                Err(e) => assert!(!want.is_empty() && e.to_string().contains(want), "{doc}: {e}"),
+                Ok(_) => assert!(want.is_empty(), "{doc} was accepted"),
+            }
+        }
     }
 
     #[test]

@@ -55,8 +55,14 @@ impl SubnetFile {
 
     /// The file's text.
     pub fn render(&self) -> String {
+        self.render_as("FELT")
+    }
+
+    /// The file's text with `prefix` for felt's: `FLANNEL` makes the
+    /// `/run/flannel/subnet.env` Flannel's CNI plugin reads.
+    pub fn render_as(&self, prefix: &str) -> String {
         format!(
-            "FELT_NETWORK={}\nFELT_SUBNET={}/{}\nFELT_MTU={}\nFELT_IPMASQ={}\n",
+            "{prefix}_NETWORK={}\n{prefix}_SUBNET={}/{}\n{prefix}_MTU={}\n{prefix}_IPMASQ={}\n",
             self.network,
             self.gateway(),
             self.subnet.prefix_len(),
@@ -65,7 +71,9 @@ impl SubnetFile {
         )
     }
 
-    /// Parses the file's text; unknown keys and `#` comments are ignored.
+    /// Parses the file's text, felt's keys or Flannel's (`FLANNEL_SUBNET`,
+    /// …, as flanneld and felt in `--compat flannel` write them); unknown
+    /// keys and `#` comments are ignored.
     pub fn parse(text: &str) -> Result<Self, SubnetFileError> {
         let (mut network, mut subnet, mut mtu, mut ip_masq) = (None, None, None, false);
         for (i, line) in text.lines().enumerate() {
@@ -74,6 +82,13 @@ impl SubnetFile {
                 continue;
             }
             let (key, value) = line.split_once('=').ok_or(SubnetFileError::BadLine(i + 1))?;
+            let key = match key.strip_prefix("FLANNEL_") {
+                Some(rest) => ["FELT_NETWORK", "FELT_SUBNET", "FELT_MTU", "FELT_IPMASQ"]
+                    .into_iter()
+                    .find(|k| k.strip_prefix("FELT_") == Some(rest))
+                    .unwrap_or(key),
+                None => key,
+            };
             let bad = |key: &'static str| SubnetFileError::BadValue { key, value: value.to_owned() };
             match key {
                 "FELT_NETWORK" => network = Some(value.parse::<Ipv4Net>().map_err(|_| bad("FELT_NETWORK"))?),
@@ -114,6 +129,12 @@ mod tests {
         let text = f.render();
         assert!(text.contains("FELT_SUBNET=10.244.3.1/24\n"), "{text}");
         assert_eq!(SubnetFile::parse(&text).unwrap(), f);
+        assert_eq!(
+            f.render_as("FLANNEL"),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            "what flanneld writes"
+        );
+        assert_eq!(SubnetFile::parse(&f.render_as("FLANNEL")).unwrap(), f, "read back");
     }
 
     #[test]
