@@ -29,7 +29,7 @@ use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, LinkUnspec, MulticastGroup};
 use tokio::sync::mpsc;
 
-use crate::{Observed, Op, ROUTE_PROTOCOL};
+use crate::{Observed, Op, RouteTag};
 pub use msg::VxlanSpec;
 pub use observe::LinkFacts;
 
@@ -105,6 +105,7 @@ pub struct ApplyReport {
 #[derive(Debug, Clone)]
 pub struct Kernel {
     handle: Handle,
+    route_tag: RouteTag,
 }
 
 impl Kernel {
@@ -112,7 +113,13 @@ impl Kernel {
     pub fn connect() -> Result<Self, KernelError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::Connect)?;
         tokio::spawn(conn);
-        Ok(Kernel { handle })
+        Ok(Kernel { handle, route_tag: RouteTag::FELT })
+    }
+
+    /// The same connection, owning the routes `tag` marks (felt's own by default).
+    pub fn with_route_tag(mut self, tag: RouteTag) -> Self {
+        self.route_tag = tag;
+        self
     }
 
     /// Sends one request and collects its answers.
@@ -388,7 +395,7 @@ impl Kernel {
     /// What the kernel holds on device `ifindex`.
     pub async fn observe(&self, ifindex: u32) -> Result<Observed, KernelError> {
         Ok(Observed {
-            routes: observe::routes(&self.routes().await?, ifindex),
+            routes: observe::routes(&self.routes().await?, ifindex, self.route_tag),
             neighbours: observe::neighbours(&self.neighbours(AddressFamily::Inet).await?, ifindex),
             fdb: observe::fdb(&self.neighbours(AddressFamily::Bridge).await?, ifindex),
         })
@@ -398,7 +405,7 @@ impl Kernel {
     pub async fn apply(&self, ifindex: u32, ops: &[Op]) -> ApplyReport {
         let mut report = ApplyReport::default();
         for op in ops {
-            match self.send(msg::op_request(ifindex, op)).await {
+            match self.send(msg::op_request(ifindex, op, self.route_tag)).await {
                 Ok(_) => report.applied.push(*op),
                 // Already gone (no such entry, or route: ESRCH): the goal of a removal is met.
                 Err(e) if op.is_removal() && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
@@ -414,7 +421,7 @@ impl Kernel {
 /// A stream of "something changed on felt's device" signals, coalesced: at
 /// most one is pending at a time. `ifindex` may be updated when the device is
 /// recreated. Must run inside a tokio runtime.
-pub fn change_events(ifindex: Arc<AtomicU32>) -> Result<mpsc::Receiver<()>, KernelError> {
+pub fn change_events(ifindex: Arc<AtomicU32>, tag: RouteTag) -> Result<mpsc::Receiver<()>, KernelError> {
     let (conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Neigh,
@@ -435,8 +442,8 @@ pub fn change_events(ifindex: Arc<AtomicU32>) -> Result<mpsc::Receiver<()>, Kern
                         n.header.ifindex == index
                     }
                     RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
-                        u8::from(r.header.protocol) == ROUTE_PROTOCOL
-                            || r.attributes.contains(&RouteAttribute::Oif(index))
+                        let on_device = r.attributes.contains(&RouteAttribute::Oif(index));
+                        on_device || tag.owns(u8::from(r.header.protocol), on_device)
                     }
                     _ => false,
                 },

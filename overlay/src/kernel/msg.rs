@@ -21,7 +21,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{AddressMessageBuilder, LinkVxlan, RouteMessageBuilder};
 
-use crate::{FdbEntry, Neighbour, Op, ROUTE_PROTOCOL, Route};
+use crate::{FdbEntry, Neighbour, Op, Route, RouteTag};
 
 /// Everything that defines felt's VXLAN device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +81,9 @@ pub fn fdb(ifindex: u32, f: &FdbEntry) -> NeighbourMessage {
     m
 }
 
-/// `ip route replace DST via GATEWAY dev VXLAN onlink proto 76`.
-pub fn route(ifindex: u32, r: &Route) -> RouteMessage {
+/// `ip route replace DST via GATEWAY dev VXLAN onlink proto 76` (or
+/// `tag`'s protocol).
+pub fn route(ifindex: u32, r: &Route, tag: RouteTag) -> RouteMessage {
     RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix_len())
         .gateway(r.gateway)
@@ -90,17 +91,18 @@ pub fn route(ifindex: u32, r: &Route) -> RouteMessage {
         .onlink()
         .scope(RouteScope::Universe)
         .kind(RouteType::Unicast)
-        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+        .protocol(RouteProtocol::from(tag.protocol))
         .build()
 }
 
-/// `ip route del DST proto 76`: matches felt's routes only.
-pub fn route_del(dst: Ipv4Net) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
+/// `ip route del DST proto 76`: matches felt's routes only (with a
+/// device-only tag, `… dev VXLAN` too).
+pub fn route_del(ifindex: u32, dst: Ipv4Net, tag: RouteTag) -> RouteMessage {
+    let b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(dst.network(), dst.prefix_len())
-        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
-        .scope(RouteScope::Universe)
-        .build()
+        .protocol(RouteProtocol::from(tag.protocol))
+        .scope(RouteScope::Universe);
+    if tag.device_only { b.output_interface(ifindex).build() } else { b.build() }
 }
 
 /// `ip addr add IP/32 dev VXLAN`: the VTEP address.
@@ -121,15 +123,15 @@ pub fn request(inner: RouteNetlinkMessage, flags: u16) -> NetlinkMessage<RouteNe
 }
 
 /// The complete request for one plan op on device `ifindex`.
-pub fn op_request(ifindex: u32, op: &Op) -> NetlinkMessage<RouteNetlinkMessage> {
+pub fn op_request(ifindex: u32, op: &Op, tag: RouteTag) -> NetlinkMessage<RouteNetlinkMessage> {
     use RouteNetlinkMessage as M;
     match op {
         Op::SetNeighbour(n) => request(M::NewNeighbour(neighbour(ifindex, n)), SET_FLAGS),
         Op::DelNeighbour(n) => request(M::DelNeighbour(neighbour(ifindex, n)), DEL_FLAGS),
         Op::SetFdb(f) => request(M::NewNeighbour(fdb(ifindex, f)), SET_FLAGS),
         Op::DelFdb(f) => request(M::DelNeighbour(fdb(ifindex, f)), DEL_FLAGS),
-        Op::SetRoute(r) => request(M::NewRoute(route(ifindex, r)), SET_FLAGS),
-        Op::DelRoute(dst) => request(M::DelRoute(route_del(*dst)), DEL_FLAGS),
+        Op::SetRoute(r) => request(M::NewRoute(route(ifindex, r, tag)), SET_FLAGS),
+        Op::DelRoute(dst) => request(M::DelRoute(route_del(ifindex, *dst, tag)), DEL_FLAGS),
     }
 }
 

@@ -13,7 +13,7 @@ use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, Neig
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage};
 
 use super::msg::{VxlanSpec, neighbour_ipv4};
-use crate::{FdbEntry, Neighbour, ObservedRoute, ROUTE_PROTOCOL};
+use crate::{FdbEntry, Neighbour, ObservedRoute, RouteTag};
 
 /// What a link dump says about one device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,8 +108,8 @@ impl VxlanSpec {
     }
 }
 
-/// Main-table IPv4 routes that leave through `ifindex` or carry felt's protocol.
-pub fn routes(msgs: &[RouteMessage], ifindex: u32) -> Vec<ObservedRoute> {
+/// Main-table IPv4 routes that leave through `ifindex` or that `tag` owns.
+pub fn routes(msgs: &[RouteMessage], ifindex: u32, tag: RouteTag) -> Vec<ObservedRoute> {
     msgs.iter()
         .filter(|m| m.header.address_family == AddressFamily::Inet)
         .filter_map(|m| {
@@ -134,8 +134,8 @@ pub fn routes(msgs: &[RouteMessage], ifindex: u32) -> Vec<ObservedRoute> {
                     _ => {}
                 }
             }
-            let ours = u8::from(m.header.protocol) == ROUTE_PROTOCOL;
             let on_device = oif == Some(ifindex);
+            let ours = tag.owns(u8::from(m.header.protocol), on_device);
             if !ours && !on_device {
                 return None;
             }
@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn reads_back_what_msg_builds() {
         let r = Route { dst: "10.244.2.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 244, 2, 0) };
-        let got = routes(&[msg::route(5, &r)], 5);
+        let got = routes(&[msg::route(5, &r, RouteTag::FELT)], 5, RouteTag::FELT);
         assert_eq!(
             got,
             vec![ObservedRoute {
@@ -205,7 +205,15 @@ mod tests {
                 ours: true
             }]
         );
-        assert!(routes(&[msg::route(6, &r)], 5)[0].ours, "ours even on another device");
+        assert!(
+            routes(&[msg::route(6, &r, RouteTag::FELT)], 5, RouteTag::FELT)[0].ours,
+            "ours even on another device"
+        );
+        // Flannel's tag: proto boot, and only through the device.
+        let flannel = |dev| routes(&[msg::route(dev, &r, RouteTag::FLANNEL)], 5, RouteTag::FLANNEL);
+        assert!(flannel(5)[0].ours && !flannel(6).first().is_some_and(|o| o.ours), "{:?}", flannel(6));
+        assert!(flannel(6).is_empty(), "someone's proto boot route elsewhere is not even seen");
+        assert!(!routes(&[msg::route(5, &r, RouteTag::FELT)], 5, RouteTag::FLANNEL)[0].ours);
 
         let n = Neighbour { ip: r.gateway, mac: "02:00:00:00:00:02".parse().unwrap() };
         assert_eq!(neighbours(&[msg::neighbour(5, &n)], 5), vec![n]);
@@ -220,10 +228,13 @@ mod tests {
 
     #[test]
     fn foreign_routes_elsewhere_are_ignored() {
-        let mut m =
-            msg::route(9, &Route { dst: "10.0.0.0/8".parse().unwrap(), gateway: Ipv4Addr::new(10, 0, 0, 1) });
+        let mut m = msg::route(
+            9,
+            &Route { dst: "10.0.0.0/8".parse().unwrap(), gateway: Ipv4Addr::new(10, 0, 0, 1) },
+            RouteTag::FELT,
+        );
         m.header.protocol = 4.into();
-        assert!(routes(&[m], 5).is_empty());
+        assert!(routes(&[m], 5, RouteTag::FELT).is_empty());
     }
 
     #[test]

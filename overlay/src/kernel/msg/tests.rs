@@ -2,6 +2,7 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, L
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
 
 use super::*;
+use crate::ROUTE_PROTOCOL;
 
 const IFINDEX: u32 = 7;
 
@@ -69,7 +70,7 @@ fn vxlan_device_matches_flannel() {
 #[test]
 fn neighbour_is_permanent_on_device() {
     let n = Neighbour { ip: Ipv4Addr::new(10, 244, 2, 0), mac: "02:00:00:00:00:02".parse().unwrap() };
-    let req = op_request(IFINDEX, &Op::SetNeighbour(n));
+    let req = op_request(IFINDEX, &Op::SetNeighbour(n), RouteTag::FELT);
     assert_eq!(req.header.flags, SET_FLAGS);
     let RouteNetlinkMessage::NewNeighbour(m) = round_trip(&req) else { panic!("not a neighbour") };
     assert_eq!(m.header.family, AddressFamily::Inet);
@@ -83,7 +84,7 @@ fn neighbour_is_permanent_on_device() {
 #[test]
 fn fdb_entry_is_self_permanent_bridge() {
     let f = FdbEntry { mac: "02:00:00:00:00:02".parse().unwrap(), dst: Ipv4Addr::new(198, 18, 7, 12) };
-    let req = op_request(IFINDEX, &Op::SetFdb(f));
+    let req = op_request(IFINDEX, &Op::SetFdb(f), RouteTag::FELT);
     let RouteNetlinkMessage::NewNeighbour(m) = round_trip(&req) else { panic!("not a neighbour") };
     assert_eq!(m.header.family, AddressFamily::Bridge);
     assert_eq!(m.header.state, NeighbourState::Permanent);
@@ -93,7 +94,7 @@ fn fdb_entry_is_self_permanent_bridge() {
         _ => None,
     });
     assert_eq!(dst, Some(f.dst));
-    let del = op_request(IFINDEX, &Op::DelFdb(f));
+    let del = op_request(IFINDEX, &Op::DelFdb(f), RouteTag::FELT);
     assert_eq!(del.header.flags, DEL_FLAGS);
     assert!(matches!(round_trip(&del), RouteNetlinkMessage::DelNeighbour(_)));
 }
@@ -101,7 +102,7 @@ fn fdb_entry_is_self_permanent_bridge() {
 #[test]
 fn route_is_onlink_via_vtep_tagged_ours() {
     let r = Route { dst: "10.244.2.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 244, 2, 0) };
-    let req = op_request(IFINDEX, &Op::SetRoute(r));
+    let req = op_request(IFINDEX, &Op::SetRoute(r), RouteTag::FELT);
     assert_eq!(req.header.flags, SET_FLAGS);
     let RouteNetlinkMessage::NewRoute(m) = round_trip(&req) else { panic!("not a route") };
     assert_eq!(m.header.destination_prefix_length, 24);
@@ -118,8 +119,13 @@ fn route_is_onlink_via_vtep_tagged_ours() {
 
 #[test]
 fn route_delete_only_matches_our_protocol() {
-    let req = op_request(IFINDEX, &Op::DelRoute("10.244.2.0/24".parse().unwrap()));
+    let req = op_request(IFINDEX, &Op::DelRoute("10.244.2.0/24".parse().unwrap()), RouteTag::FELT);
     let RouteNetlinkMessage::DelRoute(m) = round_trip(&req) else { panic!("not a route") };
     assert_eq!(u8::from(m.header.protocol), ROUTE_PROTOCOL);
     assert!(!m.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(_))));
+    // Flannel's routes are proto boot, like an operator's: only those on the device.
+    let req = op_request(IFINDEX, &Op::DelRoute("10.244.2.0/24".parse().unwrap()), RouteTag::FLANNEL);
+    let RouteNetlinkMessage::DelRoute(m) = round_trip(&req) else { panic!("not a route") };
+    assert_eq!(u8::from(m.header.protocol), 3);
+    assert!(m.attributes.contains(&RouteAttribute::Oif(IFINDEX)));
 }
