@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod cleanup;
 pub mod cni;
+pub mod compat;
 pub mod http;
 pub mod icmp;
 pub mod lab;

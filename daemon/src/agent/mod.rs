@@ -30,6 +30,7 @@ mod start;
 pub mod status;
 pub mod view;
 
+use crate::compat::Compat;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +87,8 @@ pub struct AgentConfig {
     pub settings: Option<PathBuf>,
     /// The file `net` was read from, if any: a SIGHUP says when it changed.
     pub net_conf_file: Option<PathBuf>,
+    /// Whose conventions to keep (`--compat`).
+    pub compat: Compat,
 }
 
 impl AgentConfig {
@@ -106,6 +109,7 @@ impl AgentConfig {
             vxlan_port_lock: true,
             settings: None,
             net_conf_file: None,
+            compat: Compat::None,
         }
     }
 }

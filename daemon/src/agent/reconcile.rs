@@ -57,7 +57,7 @@ impl Agent {
             mtu: self.dataplane.spec().mtu,
             ip_masq: self.cfg.net.ip_masq,
         };
-        let text = subnet.render();
+        let text = subnet.render_as(self.cfg.compat.subnet_prefix());
         if std::fs::read_to_string(&self.cfg.subnet_file).ok().as_deref() != Some(text.as_str()) {
             let written = self
                 .cfg

@@ -17,6 +17,7 @@ use super::metrics::Metrics;
 use super::status::{ConfigView, LeaseView, Shared};
 use super::view::Me;
 use super::{Agent, AgentConfig, AgentError, State, Wakeups, debug, lock, probe, reload};
+use crate::compat::Compat;
 use crate::registry::Registry;
 use crate::util::error_chain;
 
@@ -30,7 +31,7 @@ pub(super) async fn start(
 ) -> Result<Option<(Agent, Wakeups)>, AgentError> {
     let lock = lock::take()?;
     let in_force = reload::at_start(&cfg)?;
-    let kernel = Kernel::connect()?;
+    let kernel = Kernel::connect()?.with_route_tag(cfg.compat.route_tag());
     let registry = Registry::open(&cfg.registry, &cfg.node_name).await?;
     let mut view = config_view(&cfg);
     reload::show(&mut view, &in_force);
@@ -52,7 +53,13 @@ pub(super) async fn start(
     else {
         return Ok(None);
     };
-    let spec = device_spec(&cfg, &underlay);
+    let mut spec = device_spec(&cfg, &underlay);
+    if cfg.compat == Compat::Flannel {
+        // Taking over from flanneld: keep the MAC every peer has programmed.
+        if let Some(mac) = flannels_mac(&registry, &kernel, &cfg.node_name, &spec.name).await {
+            spec.mac = mac;
+        }
+    }
     info!(node = %cfg.node_name, %pod_cidr, vtep_mac = %spec.mac, device = %spec.name, mtu = spec.mtu, "lease held");
     shared.state().lease = Some(lease_view(pod_cidr, &underlay, &spec));
     let vtep_mac = spec.mac;
@@ -70,7 +77,7 @@ pub(super) async fn start(
     // Watch before the first list, so no change falls between the two.
     let ifindex = Arc::new(AtomicU32::new(0));
     let registry_events = registry.watch()?;
-    let netlink_events = change_events(ifindex.clone())?;
+    let netlink_events = change_events(ifindex.clone(), cfg.compat.route_tag())?;
     if let Err(e) = probe::spawn(shared.clone()) {
         let message = format!("peer probes are off: cannot start their thread: {e}");
         warn!("{message}");
@@ -113,7 +120,7 @@ pub(super) async fn start(
 /// (the same across restarts, so peers never reprogram it).
 fn device_spec(cfg: &AgentConfig, underlay: &Underlay) -> VxlanSpec {
     VxlanSpec {
-        name: cfg.device.clone().unwrap_or_else(|| dataplane::default_device(cfg.net.backend.vni)),
+        name: cfg.device.clone().unwrap_or_else(|| cfg.compat.default_device(cfg.net.backend.vni)),
         vni: cfg.net.backend.vni,
         port: cfg.net.backend.port,
         local: underlay.ip,
@@ -121,6 +128,18 @@ fn device_spec(cfg: &AgentConfig, underlay: &Underlay) -> VxlanSpec {
         mtu: cfg.net.overlay_mtu(underlay.mtu),
         mac: MacAddr::derive(cfg.node_name.as_bytes()),
     }
+}
+
+/// The VTEP MAC a Flannel node already has: the one its Node publishes
+/// (as flanneld itself reads it back after a restart), else its device's.
+async fn flannels_mac(registry: &Registry, kernel: &Kernel, node: &str, device: &str) -> Option<MacAddr> {
+    if let Some(mac) = registry.published_vtep_mac(node).await {
+        info!(%mac, "keeping the VTEP MAC this node published");
+        return Some(mac);
+    }
+    let mac = kernel.link(device).await.ok().flatten()?.mac?;
+    info!(%mac, %device, "keeping the VTEP MAC of the device in place");
+    Some(mac)
 }
 
 /// The lease as `/debug/state` shows it.

@@ -158,17 +158,26 @@ pub struct DaemonArgs {
     /// The data plane.
     #[arg(long, env = "FELT_BACKEND", value_enum, default_value = "kernel")]
     pub backend: BackendKind,
-    /// The network config JSON ({"network":"10.244.0.0/16","subnetLen":24,"backend":{…}}).
+    /// The network config JSON ({"network":"10.244.0.0/16","subnetLen":24,"backend":{…}};
+    /// with --compat flannel, Flannel's net-conf.json).
     /// Default: 10.244.0.0/16, /24 per node, VXLAN VNI 1 on UDP 8472.
     #[arg(long, env = "FELT_NET_CONF")]
     pub net_conf: Option<PathBuf>,
-    /// Where to write the subnet file the CNI plugin reads.
-    #[arg(long, env = "FELT_SUBNET_FILE", default_value = "/run/felt/subnet.env")]
-    pub subnet_file: PathBuf,
+    /// Keep another agent's conventions: `flannel` reads and writes Flannel's
+    /// Node annotations, runs flannel.<VNI> with the VTEP MAC the node
+    /// published, writes /run/flannel/subnet.env, owns the `proto boot`
+    /// routes on that device and reads --net-conf in Flannel's shape
+    /// (README: Coming from Flannel).
+    #[arg(long, env = "FELT_COMPAT", value_enum, default_value = "none")]
+    pub compat: felt::compat::Compat,
+    /// Where to write the subnet file the CNI plugin reads
+    /// [default: /run/felt/subnet.env; /run/flannel/subnet.env with --compat flannel].
+    #[arg(long, env = "FELT_SUBNET_FILE")]
+    pub subnet_file: Option<PathBuf>,
     /// Full resync period when nothing changes (e.g. 30s, 500ms, 2m).
     #[arg(long, env = "FELT_RESYNC_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub resync_period: Duration,
-    /// The VXLAN device name. Default: felt.<VNI>.
+    /// The VXLAN device name. Default: felt.<VNI> (flannel.<VNI> with --compat flannel).
     #[arg(long, env = "FELT_DEVICE")]
     pub device: Option<String>,
     /// The debug endpoint (health, readiness, metrics, state), or `off`.

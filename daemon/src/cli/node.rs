@@ -1,5 +1,6 @@
 //! The commands that run on a cluster node.
 
+use felt::compat::Compat;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -57,7 +58,19 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let net = match &args.net_conf {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            NetConfig::from_json(&bytes).with_context(|| format!("{}", path.display()))?
+            match args.compat {
+                Compat::None => {
+                    NetConfig::from_json(&bytes).with_context(|| format!("{}", path.display()))?
+                }
+                Compat::Flannel => {
+                    let (net, notes) = NetConfig::from_flannel_json(&bytes)
+                        .with_context(|| format!("{} (read as Flannel's net-conf.json)", path.display()))?;
+                    for note in notes {
+                        tracing::warn!(path = %path.display(), "{note}");
+                    }
+                    net
+                }
+            }
         }
         None => NetConfig::default(),
     };
@@ -66,7 +79,9 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     }
     let registry = match args.registry {
         RegistryKind::File => RegistryConfig::File { dir: args.registry_dir },
-        RegistryKind::Kube => RegistryConfig::Kube { kubeconfig: args.kubeconfig },
+        RegistryKind::Kube => {
+            RegistryConfig::Kube { kubeconfig: args.kubeconfig, dialect: args.compat.dialect() }
+        }
     };
     let mut cfg = AgentConfig::new(args.node_name, registry);
     cfg.underlay = match (args.underlay_iface, args.underlay_ip) {
@@ -77,7 +92,9 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     cfg.net = net;
     cfg.net_conf_file = args.net_conf.clone();
     cfg.settings = args.settings;
-    cfg.subnet_file = args.subnet_file;
+    cfg.subnet_file =
+        args.subnet_file.unwrap_or_else(|| std::path::PathBuf::from(args.compat.default_subnet_file()));
+    cfg.compat = args.compat;
     cfg.resync = args.resync_period;
     cfg.device = args.device;
     cfg.debug_addr = args.debug_addr.0;

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use self::file::{FileRegistry, FileRegistryError};
 use self::kube::{KubeError, KubeRegistry};
+use felt_proto::annotations::Dialect;
 
 /// One snapshot of the cluster as a registry holds it.
 #[derive(Debug, Default)]
@@ -36,6 +37,8 @@ pub enum RegistryConfig {
     Kube {
         /// A kubeconfig; in-cluster config or `KUBECONFIG` when `None`.
         kubeconfig: Option<PathBuf>,
+        /// Whose annotations to read and write (Flannel's with `--compat flannel`).
+        dialect: Dialect,
     },
 }
 
@@ -53,8 +56,8 @@ impl RegistryConfig {
     pub fn location(&self) -> String {
         match self {
             RegistryConfig::File { dir } => dir.display().to_string(),
-            RegistryConfig::Kube { kubeconfig: Some(k) } => k.display().to_string(),
-            RegistryConfig::Kube { kubeconfig: None } => "in-cluster or KUBECONFIG".to_owned(),
+            RegistryConfig::Kube { kubeconfig: Some(k), .. } => k.display().to_string(),
+            RegistryConfig::Kube { kubeconfig: None, .. } => "in-cluster or KUBECONFIG".to_owned(),
         }
     }
 }
@@ -105,8 +108,8 @@ impl Registry {
     pub async fn open(cfg: &RegistryConfig, node: &str) -> Result<Self, RegistryError> {
         Ok(match cfg {
             RegistryConfig::File { dir } => Registry::File(FileRegistry::open(dir)?),
-            RegistryConfig::Kube { kubeconfig } => {
-                Registry::Kube(Box::new(KubeRegistry::connect(kubeconfig.as_deref(), node).await?))
+            RegistryConfig::Kube { kubeconfig, dialect } => {
+                Registry::Kube(Box::new(KubeRegistry::connect(kubeconfig.as_deref(), node, *dialect).await?))
             }
         })
     }
@@ -151,6 +154,16 @@ impl Registry {
             Registry::File(_) => underlay,
             Registry::Kube(k) => k.public_ip_overwrite().unwrap_or(underlay),
         }
+    }
+
+    /// The VTEP MAC this node's record publishes now, asked of the registry
+    /// itself (not the watch, which may not have listed yet).
+    pub async fn published_vtep_mac(&self, node: &str) -> Option<felt_proto::MacAddr> {
+        let record = match self {
+            Registry::File(f) => f.get(node).ok().flatten(),
+            Registry::Kube(k) => k.published_now().await,
+        };
+        Some(record?.backend_data?.vtep_mac)
     }
 
     /// This node's record as it was last published, if the registry has it.

@@ -5,7 +5,9 @@
 //! - **publish**: a JSON merge patch of this node's `felt.network/`
 //!   annotations (`backend-type`, `backend-data`, `public-ip`), sent only
 //!   when they differ, honouring an operator's `public-ip-overwrite`; then
-//!   `NetworkUnavailable=False` (reason `FeltIsUp`) on `nodes/status`.
+//!   `NetworkUnavailable=False` (reason `FeltIsUp`) on `nodes/status`. With
+//!   `--compat flannel`, Flannel's annotations instead, read and written
+//!   ([`Dialect::Flannel`]), so felt and flanneld nodes see each other.
 //! - **watch**: one kube-runtime reflector on all Nodes. Every event is
 //!   reduced to what felt uses (pod CIDRs and felt's annotations): only a
 //!   change there — or the end of a relist, which is a full resync — wakes
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use felt_proto::NodeRecord;
+use felt_proto::annotations::Dialect;
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
@@ -145,6 +148,8 @@ pub struct KubeRegistry {
     listed: Arc<AtomicBool>,
     /// Requests the API server forbade, by "verb resource", until one succeeds.
     denied: Denials,
+    /// Whose annotations are read and written.
+    dialect: Dialect,
 }
 
 impl std::fmt::Debug for KubeRegistry {
@@ -155,7 +160,7 @@ impl std::fmt::Debug for KubeRegistry {
 
 impl KubeRegistry {
     /// Connects with `kubeconfig`, or in-cluster / `KUBECONFIG` when `None`.
-    pub async fn connect(kubeconfig: Option<&Path>, node: &str) -> Result<Self, KubeError> {
+    pub async fn connect(kubeconfig: Option<&Path>, node: &str, dialect: Dialect) -> Result<Self, KubeError> {
         let client = client(kubeconfig).await?;
         let (store, writer) = reflector::store();
         Ok(KubeRegistry {
@@ -166,6 +171,7 @@ impl KubeRegistry {
             synced: Arc::new(AtomicBool::new(false)),
             listed: Arc::new(AtomicBool::new(false)),
             denied: Denials::default(),
+            dialect,
         })
     }
 
@@ -205,7 +211,8 @@ impl KubeRegistry {
         let stream = reflector::reflector(writer, restarting_watcher(self.api.clone())).default_backoff();
         let (synced, listed, denied) = (self.synced.clone(), self.listed.clone(), self.denied.clone());
         tokio::spawn(self.clone().health(tx.clone()));
-        let mut tracker = Tracker { seen: BTreeMap::new(), relist: None, synced, listed, denied };
+        let dialect = self.dialect;
+        let mut tracker = Tracker { seen: BTreeMap::new(), relist: None, synced, listed, denied, dialect };
         tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
@@ -274,7 +281,7 @@ impl KubeRegistry {
         let mut snap = Snapshot::default();
         for n in self.store.state() {
             let name = n.metadata.name.clone().unwrap_or_default();
-            match record_from_node(&n) {
+            match record_from_node(&n, self.dialect) {
                 Ok(r) => snap.records.push(r),
                 Err(why) => snap.malformed.push((format!("node/{name}"), crate::util::error_chain(&why))),
             }
@@ -290,7 +297,7 @@ impl KubeRegistry {
     /// This node's pod CIDR, checked against the cluster network.
     pub async fn lease(&self, network: Ipv4Net) -> Result<Ipv4Net, KubeError> {
         let node = self.own().await?;
-        let record = record_from_node(&node)
+        let record = record_from_node(&node, self.dialect)
             .map_err(|source| KubeError::BadNode { node: self.node.clone(), source })?;
         let cidr = record.pod_cidr_v4().ok_or_else(|| KubeError::NoPodCidr(self.node.clone()))?;
         felt_ipam::subnets::validate_pod_cidr(cidr, network)
@@ -302,14 +309,19 @@ impl KubeRegistry {
     /// overwrite), from the store.
     pub fn published(&self) -> Option<NodeRecord> {
         let node = self.store.get(&reflector::ObjectRef::new(&self.node))?;
-        record_from_node_with(&node, false).ok()
+        record_from_node_with(&node, self.dialect, false).ok()
+    }
+
+    /// This node's record exactly as published, read from the API server.
+    pub async fn published_now(&self) -> Option<NodeRecord> {
+        record_from_node_with(&self.own().await.ok()?, self.dialect, false).ok()
     }
 
     /// The operator's `public-ip-overwrite` on this node, if valid.
     pub fn public_ip_overwrite(&self) -> Option<Ipv4Addr> {
         let key = reflector::ObjectRef::new(&self.node);
         let node = self.store.get(&key)?;
-        node.metadata.annotations.as_ref()?.get(PUBLIC_IP_OVERWRITE)?.parse().ok()
+        node.metadata.annotations.as_ref()?.get(self.dialect.keys().public_ip_overwrite)?.parse().ok()
     }
 
     /// Patches this node's annotations to `record`'s, and sets
@@ -318,16 +330,7 @@ impl KubeRegistry {
         let node = self.own().await?;
         let empty = BTreeMap::new();
         let have = node.metadata.annotations.as_ref().unwrap_or(&empty);
-        let mut want = BTreeMap::new();
-        if let Some(t) = record.backend_type {
-            want.insert(BACKEND_TYPE, t.to_string());
-        }
-        if let Some(d) = record.backend_data {
-            want.insert(BACKEND_DATA, serde_json::to_string(&d).expect("backend data serialises"));
-        }
-        if let Some(ip) = record.public_ip {
-            want.insert(PUBLIC_IP, ip.to_string());
-        }
+        let want = self.dialect.annotations(record);
         let mut wrote = false;
         if want.iter().any(|(k, v)| have.get(*k) != Some(v)) {
             let patch = json!({"metadata": {"annotations": want}});

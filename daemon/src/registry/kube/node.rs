@@ -5,16 +5,20 @@ use std::collections::BTreeMap;
 
 use felt_proto::NodeRecord;
 pub use felt_proto::annotations::NodeError;
-use felt_proto::annotations::{self, NodeFields};
+use felt_proto::annotations::{self, Dialect, NodeFields};
 use k8s_openapi::api::core::v1::Node;
 
-/// Reduces a Node to the record felt uses, or says why it cannot. An
-/// operator's `public-ip-overwrite` takes the place of `public-ip`.
-pub fn record_from_node(node: &Node) -> Result<NodeRecord, NodeError> {
-    record_from_node_with(node, true)
+/// Reduces a Node, read in `dialect`, to the record felt uses, or says why
+/// it cannot. An operator's `public-ip-overwrite` takes the place of `public-ip`.
+pub fn record_from_node(node: &Node, dialect: Dialect) -> Result<NodeRecord, NodeError> {
+    record_from_node_with(node, dialect, true)
 }
 
-pub(super) fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Result<NodeRecord, NodeError> {
+pub(super) fn record_from_node_with(
+    node: &Node,
+    dialect: Dialect,
+    honour_overwrite: bool,
+) -> Result<NodeRecord, NodeError> {
     let spec = node.spec.as_ref();
     let pod_cidrs: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|c| !c.is_empty()) {
         Some(c) => c,
@@ -26,7 +30,7 @@ pub(super) fn record_from_node_with(node: &Node, honour_overwrite: bool) -> Resu
         pod_cidrs: &pod_cidrs,
         annotations: node.metadata.annotations.as_ref().unwrap_or(&empty),
     };
-    annotations::record(fields, honour_overwrite)
+    annotations::record(fields, dialect, honour_overwrite)
 }
 
 #[cfg(test)]
@@ -62,7 +66,7 @@ mod tests {
             Some(vec!["10.244.2.0/24"]),
             None,
         );
-        let r = record_from_node(&n).unwrap();
+        let r = record_from_node(&n, Dialect::Felt).unwrap();
         assert_eq!(r.pod_cidr_v4(), Some("10.244.2.0/24".parse().unwrap()));
         assert_eq!(r.public_ip, Some("198.18.7.12".parse().unwrap()));
         assert_eq!(r.backend_data.unwrap().vni, 1);
@@ -75,7 +79,7 @@ mod tests {
             None,
             Some("10.244.3.0/24"),
         );
-        let r = record_from_node(&n).unwrap();
+        let r = record_from_node(&n, Dialect::Felt).unwrap();
         assert_eq!(r.pod_cidr_v4(), Some("10.244.3.0/24".parse().unwrap()));
         assert_eq!(r.public_ip, Some("198.18.9.9".parse().unwrap()));
     }
@@ -88,13 +92,17 @@ mod tests {
             ((PUBLIC_IP, "300.1.1.1"), "not an IPv4"),
             ((BACKEND_DATA, r#"{"vni":1,"vtepMAC":"01:00:5e:00:00:01"}"#), "unicast"),
         ] {
-            let err = record_from_node(&node(&[ann], Some(vec!["10.244.2.0/24"]), None)).unwrap_err();
+            let err = record_from_node(&node(&[ann], Some(vec!["10.244.2.0/24"]), None), Dialect::Felt)
+                .unwrap_err();
             let err = crate::util::error_chain(&err);
             assert!(err.contains(want), "{ann:?}: {err}");
         }
-        let err = record_from_node(&node(&[], Some(vec!["banana"]), None)).unwrap_err();
+        let err = record_from_node(&node(&[], Some(vec!["banana"]), None), Dialect::Felt).unwrap_err();
         assert!(matches!(&err, NodeError::PodCidr(c) if c == "banana"), "{err}");
-        let err = record_from_node(&node(&[(BACKEND_DATA, "{not json")], Some(vec!["10.244.2.0/24"]), None));
+        let err = record_from_node(
+            &node(&[(BACKEND_DATA, "{not json")], Some(vec!["10.244.2.0/24"]), None),
+            Dialect::Felt,
+        );
         let chain = crate::util::error_chain(&err.unwrap_err());
         assert!(
             chain.contains("is not backend data: key must be a string"),

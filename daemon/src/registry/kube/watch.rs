@@ -13,6 +13,8 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use tracing::{info, warn};
 
+use felt_proto::annotations::Dialect;
+
 use super::node::record_from_node;
 
 /// How long a list may take before the watcher is started over: a list
@@ -115,6 +117,7 @@ pub(super) struct Tracker {
     pub(super) synced: Arc<AtomicBool>,
     pub(super) listed: Arc<AtomicBool>,
     pub(super) denied: Denials,
+    pub(super) dialect: Dialect,
 }
 
 impl Tracker {
@@ -129,7 +132,7 @@ impl Tracker {
                 if let Some(r) = self.relist.as_mut() {
                     r.insert(
                         n.metadata.name.clone().unwrap_or_default(),
-                        record_from_node(&n).map_err(|e| crate::util::error_chain(&e)),
+                        record_from_node(&n, self.dialect).map_err(|e| crate::util::error_chain(&e)),
                     );
                 }
                 false
@@ -146,7 +149,7 @@ impl Tracker {
             Ok(watcher::Event::Apply(n)) => {
                 self.denied.allowed("watch", "nodes");
                 let name = n.metadata.name.clone().unwrap_or_default();
-                let rec = record_from_node(&n).map_err(|e| crate::util::error_chain(&e));
+                let rec = record_from_node(&n, self.dialect).map_err(|e| crate::util::error_chain(&e));
                 self.seen.insert(name, rec.clone()).as_ref() != Some(&rec)
             }
             Ok(watcher::Event::Delete(n)) => {
