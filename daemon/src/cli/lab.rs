@@ -20,6 +20,15 @@ pub struct LabName {
     pub state_root: PathBuf,
 }
 
+/// The agents a lab node can run.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AgentChoice {
+    /// felt, with --compat flannel.
+    Felt,
+    /// flanneld.
+    Flannel,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Build the lab and wait until the fabric is programmed.
@@ -58,6 +67,18 @@ pub enum LabCommand {
         /// `host-local` plugins found in this directory (Debian: /usr/lib/cni).
         #[arg(long, value_name = "CNI_PATH")]
         cni_delegate: Option<PathBuf>,
+        /// Run felt's agents with `--compat flannel` (needs --registry kube).
+        #[arg(long, value_enum, default_value = "none")]
+        compat: felt::compat::Compat,
+        /// Run flanneld (vxlan, --kube-subnet-mgr) instead of felt on the
+        /// first N nodes, their pods attached by Flannel's CNI plugin; felt's
+        /// agents then run with --compat flannel (needs --registry kube).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        flannel_nodes: u32,
+        /// With --flannel-nodes: the directory holding `flanneld` and
+        /// Flannel's CNI plugin `flannel` (what `tests/flannel/build.sh` prints).
+        #[arg(long, env = "FELT_FLANNEL_BIN", value_name = "DIR")]
+        flannel: Option<PathBuf>,
     },
     /// Show the lab's nodes and pods.
     Status {
@@ -95,6 +116,18 @@ pub enum LabCommand {
         /// Use SIGKILL instead of SIGTERM.
         #[arg(long)]
         kill: bool,
+    },
+    /// Replace a node's agent, flanneld by felt (--compat flannel) or back:
+    /// SIGTERM to the one, then the other starts on the kernel objects, pods
+    /// and Node the first left (a lab with --flannel-nodes or --compat flannel).
+    SwitchAgent {
+        #[command(flatten)]
+        lab: LabName,
+        /// The node, e.g. n2.
+        node: String,
+        /// The agent to run there.
+        #[arg(long, value_enum)]
+        to: AgentChoice,
     },
     /// Remove everything of the lab, agents included. Safe to repeat.
     Down {
@@ -181,6 +214,7 @@ impl LabCommand {
             | LabCommand::AddNode { lab }
             | LabCommand::RemoveNode { lab, .. }
             | LabCommand::RestartAgent { lab, .. }
+            | LabCommand::SwitchAgent { lab, .. }
             | LabCommand::Down { lab }
             | LabCommand::Propagation { lab, .. }
             | LabCommand::Bench { lab, .. }
@@ -219,10 +253,16 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             kubeconfig,
             control_plane,
             cni_delegate,
+            compat,
+            flannel_nodes,
+            flannel,
         } => {
             let mut opts = UpOptions::new(&lab.name);
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
+            opts.compat_flannel = compat == felt::compat::Compat::Flannel;
+            opts.flannel_nodes = flannel_nodes;
+            opts.flannel = flannel.map(|d| std::path::absolute(&d)).transpose()?;
             opts.mode = mode.unwrap_or(if rootless { Mode::Userspace } else { Mode::Kernel });
             return up(&lab, opts, registry, kubeconfig, control_plane, cni_delegate);
         }
@@ -236,6 +276,14 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             println!("{}", lab::host_ip(lab::underlay_subnet(&lab.name)));
         }
         LabCommand::Status { lab, json } => status(&lab, json)?,
+        LabCommand::SwitchAgent { lab, node, to } => {
+            let to = match to {
+                AgentChoice::Felt => lab::NodeAgent::Felt,
+                AgentChoice::Flannel => lab::NodeAgent::Flannel,
+            };
+            let pid = open_lab(&lab)?.switch_agent(&node, to)?;
+            println!("{node} now runs {} (pid {pid})", to.name());
+        }
         LabCommand::Check { lab } => return check(&lab),
         LabCommand::AddNode { lab } => {
             let (node, took) = open_lab(&lab)?.add_node()?;
@@ -321,7 +369,7 @@ fn up(
     match (registry, kubeconfig) {
         (RegistryKind::File, _) => opts.registry = LabRegistry::File,
         (RegistryKind::Kube, Some(kubeconfig)) => {
-            opts.registry = LabRegistry::Kube { kubeconfig, agent_kubeconfig: None }
+            opts.registry = LabRegistry::Kube { kubeconfig, agent_kubeconfig: None, dialect: opts.dialect() }
         }
         (RegistryKind::Kube, None) => {
             opts.control_plane = Some(lab::control::Binaries::find(control_plane.as_deref())?)

@@ -8,9 +8,11 @@ use felt_overlay::kernel::Kernel;
 use felt_overlay::{dataplane, plan};
 use felt_proto::{MacAddr, NodeRecord, SubnetFile};
 
-use super::state::{LabRegistry, LabState, NodeState};
+use super::state::{LabRegistry, LabState, NodeAgent, NodeState};
 use super::{Lab, LabError, interrupt, topo};
+use crate::compat::Compat;
 use crate::netns;
+use felt_proto::annotations::Dialect;
 
 impl Lab {
     /// Waits until every node's agent has written its subnet file. A kube
@@ -94,7 +96,11 @@ impl Lab {
     pub fn pending_ops(&self, state: &LabState) -> Result<BTreeMap<String, usize>, LabError> {
         let records: Vec<NodeRecord> = self.records_of(&state.registry)?.into_values().collect();
         let net = felt_proto::NetConfig::default();
-        let device = dataplane::default_device(net.backend.vni);
+        let compat = match state.dialect() {
+            Dialect::Felt => Compat::None,
+            Dialect::Flannel => Compat::Flannel,
+        };
+        let device = compat.default_device(net.backend.vni);
         let mut out = BTreeMap::new();
         for node in &state.nodes {
             // The peers this node's agent would accept, by the agent's own
@@ -108,18 +114,33 @@ impl Lab {
                 out.insert(node.name.clone(), usize::MAX);
                 continue;
             };
+            // felt derives its MAC from the node name; flanneld picks one at
+            // random and publishes it.
+            let vtep_mac = match node.agent {
+                NodeAgent::Felt => MacAddr::derive(node.name.as_bytes()),
+                NodeAgent::Flannel => {
+                    match records.iter().find(|r| r.name == node.name).and_then(|r| r.backend_data) {
+                        Some(d) => d.vtep_mac,
+                        None => {
+                            out.insert(node.name.clone(), usize::MAX);
+                            continue;
+                        }
+                    }
+                }
+            };
             let me = crate::agent::view::Me {
                 name: node.name.clone(),
                 pod_cidr: subnet.subnet,
                 underlay_ip: node.underlay_ip,
-                vtep_mac: MacAddr::derive(node.name.as_bytes()),
+                vtep_mac,
             };
             let peers = crate::agent::view::build(&records, &me, &net, &Default::default()).peers;
-            let backend = state.mode.backend_of(node.index);
+            let backend = state.backend_of(node);
             let want = dataplane::desired(backend, &peers);
             let device = device.clone();
-            let observed = netns::block_on_in(&netns::named(&node.netns), || async move {
-                let k = Kernel::connect()?;
+            let tag = compat.route_tag();
+            let observed = netns::block_on_in(&netns::named(&node.netns), move || async move {
+                let k = Kernel::connect()?.with_route_tag(tag);
                 match k.link(&device).await? {
                     Some(l) => k.observe(l.index).await.map(Some),
                     None => Ok(None),

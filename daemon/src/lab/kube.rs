@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use felt_proto::NodeRecord;
+use felt_proto::annotations::Dialect;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -55,11 +56,19 @@ pub fn wait_api(ns: &Path, kubeconfig: &Path, timeout: Duration) -> Result<(), L
 }
 
 /// Creates a Node with its pod CIDR set, as the controller-manager does
-/// with `--allocate-node-cidrs`.
+/// with `--allocate-node-cidrs`, and the annotations a kubelet registers
+/// with (flanneld v0.28 panics on a Node with none: it writes into a nil map).
 pub fn create_node(ns: &Path, kubeconfig: &Path, name: &str, pod_cidr: Ipv4Net) -> Result<(), LabError> {
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"felt.network/lab": "true"}},
+        "metadata": {
+            "name": name,
+            "labels": {"felt.network/lab": "true"},
+            "annotations": {
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            },
+        },
         "spec": {"podCIDR": pod_cidr.to_string(), "podCIDRs": [pod_cidr.to_string()]},
     }))
     .map_err(|e| LabError::Invalid(e.to_string()))?;
@@ -85,10 +94,19 @@ pub fn delete_node(ns: &Path, kubeconfig: &Path, name: &str) -> Result<(), LabEr
 }
 
 /// Every Node that reduces to a valid record, by name.
-pub fn records(ns: &Path, kubeconfig: &Path) -> Result<BTreeMap<String, NodeRecord>, LabError> {
-    in_ns(ns, kubeconfig, |api| async move {
+pub fn records(
+    ns: &Path,
+    kubeconfig: &Path,
+    dialect: Dialect,
+) -> Result<BTreeMap<String, NodeRecord>, LabError> {
+    in_ns(ns, kubeconfig, move |api| async move {
         let list = api.list(&ListParams::default()).await.map_err(|e| format!("listing nodes: {e}"))?;
-        Ok(list.items.iter().filter_map(|n| record_from_node(n).ok()).map(|r| (r.name.clone(), r)).collect())
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|n| record_from_node(n, dialect).ok())
+            .map(|r| (r.name.clone(), r))
+            .collect())
     })
 }
 

@@ -4,7 +4,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::state::{LabRegistry, LabState, NodeState};
+use felt_proto::annotations::Dialect;
+
+use super::state::{LabRegistry, LabState, NodeAgent, NodeState};
 use super::{Lab, LabError, kill_agent, kube, topo, watch};
 use crate::netns;
 use crate::registry::file::FileRegistry;
@@ -17,10 +19,9 @@ impl Lab {
         let mut state = self.loaded()?;
         let watches = self.route_watches(&state)?;
         let index = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
-        let mut node = self.make_node(&state, index)?;
+        let mut node = self.make_node(&state, index, NodeAgent::Felt)?;
         self.pin_underlay(&state, std::slice::from_ref(&node))?;
-        node.pid =
-            self.spawn_agent(&state.registry, state.mode.backend_of(index), &node.name, &node.netns)?;
+        node.pid = self.start_agent(&state, &node)?;
         state.nodes.push(node.clone());
         self.save(&state)?;
         self.wait_leases(&state, Duration::from_secs(30))?;
@@ -29,7 +30,7 @@ impl Lab {
             .ok_or_else(|| LabError::Timeout(format!("a node did not program {}", node.name)))?;
         self.wait_programmed(&state, Duration::from_secs(30))?;
         for j in 1..=state.pods_per_node {
-            let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
+            let pod = self.add_pod(&state, &node, j)?;
             state.pods.push(pod);
             self.save(&state)?;
         }
@@ -134,15 +135,42 @@ impl Lab {
     /// Stops a node's agent (SIGKILL when `kill`, else SIGTERM) and starts it again.
     pub fn restart_agent(&self, node: &str, kill: bool) -> Result<u32, LabError> {
         let mut state = self.loaded()?;
-        let (registry, mode) = (state.registry.clone(), state.mode);
-        let n = state
+        let i = state
             .nodes
-            .iter_mut()
-            .find(|n| n.name == node)
+            .iter()
+            .position(|n| n.name == node)
             .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
-        kill_agent(n.pid, &self.registry_dir(), kill);
-        n.pid = self.spawn_agent(&registry, mode.backend_of(n.index), &n.name, &n.netns)?;
-        let pid = n.pid;
+        kill_agent(state.nodes[i].pid, &self.registry_dir(), kill);
+        let pid = self.start_agent(&state, &state.nodes[i])?;
+        state.nodes[i].pid = pid;
+        self.save(&state)?;
+        Ok(pid)
+    }
+
+    /// Replaces node `node`'s agent: stops it (SIGTERM, as a DaemonSet
+    /// rollout does) and starts `to` in its place, leaving the kernel, the
+    /// pods and the Node as they are; the migration step of README "Coming
+    /// from Flannel", both ways. Returns the new agent's pid.
+    pub fn switch_agent(&self, node: &str, to: NodeAgent) -> Result<u32, LabError> {
+        let mut state = self.loaded()?;
+        if state.dialect() != Dialect::Flannel {
+            return Err(LabError::Invalid(
+                "switching agents needs a lab in Flannel's dialect (--flannel-nodes or --compat flannel)"
+                    .into(),
+            ));
+        }
+        let i = state
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
+        if state.nodes[i].agent == to {
+            return Err(LabError::Invalid(format!("{node} already runs {to:?}")));
+        }
+        kill_agent(state.nodes[i].pid, &self.registry_dir(), false);
+        state.nodes[i].agent = to;
+        let pid = self.start_agent(&state, &state.nodes[i])?;
+        state.nodes[i].pid = pid;
         self.save(&state)?;
         Ok(pid)
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use felt_overlay::DataplaneKind;
 use felt_proto::NodeRecord;
+use felt_proto::annotations::Dialect;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +53,15 @@ pub enum LabRegistry {
         /// The agents' own (the lab's control plane: the `felt` ServiceAccount's token).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent_kubeconfig: Option<PathBuf>,
+        /// Whose annotations the agents publish: Flannel's when the lab
+        /// runs flanneld nodes or felt in `--compat flannel`.
+        #[serde(default, skip_serializing_if = "is_felt")]
+        dialect: Dialect,
     },
+}
+
+fn is_felt(d: &Dialect) -> bool {
+    *d == Dialect::Felt
 }
 
 /// How to build a lab.
@@ -75,6 +84,14 @@ pub struct UpOptions {
     /// Start the lab's own control plane (etcd, kube-apiserver) with these
     /// programs, and register the agents there (`registry` is then ignored).
     pub control_plane: Option<control::Binaries>,
+    /// Run felt's agents in `--compat flannel` (Kubernetes registry only).
+    pub compat_flannel: bool,
+    /// Run flanneld instead of felt on the first this many nodes (implies
+    /// `compat_flannel`; needs `flannel`).
+    pub flannel_nodes: u32,
+    /// The directory holding `flanneld` and Flannel's CNI plugin `flannel`
+    /// (what `tests/flannel/build.sh` prints).
+    pub flannel: Option<PathBuf>,
 }
 
 impl UpOptions {
@@ -88,7 +105,15 @@ impl UpOptions {
             registry: LabRegistry::File,
             cni_delegate: None,
             control_plane: None,
+            compat_flannel: false,
+            flannel_nodes: 0,
+            flannel: None,
         }
+    }
+
+    /// Whose annotations the agents publish.
+    pub fn dialect(&self) -> Dialect {
+        if self.compat_flannel || self.flannel_nodes > 0 { Dialect::Flannel } else { Dialect::Felt }
     }
 }
 
@@ -105,6 +130,35 @@ pub struct NodeState {
     pub underlay_ip: Ipv4Addr,
     /// Its agent's pid.
     pub pid: u32,
+    /// Which agent runs there.
+    #[serde(default, skip_serializing_if = "NodeAgent::is_felt")]
+    pub agent: NodeAgent,
+}
+
+/// The agent a lab node runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeAgent {
+    /// felt, in the lab's mode.
+    #[default]
+    Felt,
+    /// flanneld (vxlan backend, Kubernetes subnet manager), pods attached by
+    /// Flannel's CNI plugin.
+    Flannel,
+}
+
+impl NodeAgent {
+    fn is_felt(&self) -> bool {
+        *self == NodeAgent::Felt
+    }
+
+    /// `felt` or `flanneld`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeAgent::Felt => "felt",
+            NodeAgent::Flannel => "flanneld",
+        }
+    }
 }
 
 /// One lab pod.
@@ -137,10 +191,31 @@ pub struct LabState {
     /// Pods attach in CNI delegate mode with the plugins in this directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_delegate: Option<PathBuf>,
+    /// flanneld and Flannel's CNI plugin, for the nodes that run Flannel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flannel: Option<PathBuf>,
     /// Nodes, in index order.
     pub nodes: Vec<NodeState>,
     /// Pods.
     pub pods: Vec<PodState>,
+}
+
+impl LabState {
+    /// The data plane node `node` runs.
+    pub fn backend_of(&self, node: &NodeState) -> DataplaneKind {
+        match node.agent {
+            NodeAgent::Felt => self.mode.backend_of(node.index),
+            NodeAgent::Flannel => DataplaneKind::Kernel,
+        }
+    }
+
+    /// Whose annotations the lab's agents publish.
+    pub fn dialect(&self) -> Dialect {
+        match &self.registry {
+            LabRegistry::Kube { dialect, .. } => *dialect,
+            LabRegistry::File => Dialect::Felt,
+        }
+    }
 }
 
 impl Lab {
@@ -171,8 +246,8 @@ impl Lab {
         &self,
         registry: &LabRegistry,
     ) -> Result<BTreeMap<String, NodeRecord>, LabError> {
-        if let LabRegistry::Kube { kubeconfig, .. } = registry {
-            return kube::records(&netns::named(&self.underlay_ns()), kubeconfig);
+        if let LabRegistry::Kube { kubeconfig, dialect, .. } = registry {
+            return kube::records(&netns::named(&self.underlay_ns()), kubeconfig, *dialect);
         }
         let reg = FileRegistry::open(&self.registry_dir())
             .map_err(|e| LabError::Invalid(crate::util::error_chain(&e)))?;

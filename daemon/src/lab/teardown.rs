@@ -35,6 +35,18 @@ impl Lab {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        // host-local's leases of Flannel nodes' pods (see Lab::add_pod).
+        let prefix = self.flannel_network("");
+        if let Ok(entries) = std::fs::read_dir(super::up::HOST_LOCAL_DIR) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    match std::fs::remove_dir_all(e.path()) {
+                        Ok(()) => removed.push(e.path().display().to_string()),
+                        Err(err) => errors.push(format!("removing {}: {err}", e.path().display())),
+                    }
+                }
+            }
+        }
         if self.dir.exists() {
             match std::fs::remove_dir_all(&self.dir) {
                 Ok(()) => removed.push(self.dir.display().to_string()),

@@ -256,6 +256,18 @@ pub fn kill_processes_in(ns: &str) -> usize {
 
 /// Starts `felt ARGS…` inside `ns`, detached, logging to `log`. Returns its pid.
 pub fn spawn_in(ns: &str, felt: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+    spawn_program_in(ns, felt, args, &[], log)
+}
+
+/// Starts `program` with `args` and `env` inside namespace `ns`, in its own
+/// process group, its output appended to `log`. Returns its pid.
+pub fn spawn_program_in(
+    ns: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Result<u32, LabError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -264,8 +276,9 @@ pub fn spawn_in(ns: &str, felt: &Path, args: &[String], log: &Path) -> Result<u3
     let file2 = file.try_clone().map_err(|e| LabError::io("opening", log, e))?;
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
-        .arg(felt)
+        .arg(program)
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(file)
@@ -274,26 +287,28 @@ pub fn spawn_in(ns: &str, felt: &Path, args: &[String], log: &Path) -> Result<u3
         .process_group(0)
         .spawn()
         .map_err(|e| LabError::Command {
-            cmd: format!("ip netns exec {ns} felt daemon"),
+            cmd: format!("ip netns exec {ns} {}", program.display()),
             stderr: e.to_string(),
         })?;
     Ok(child.id())
 }
 
-/// Runs `felt cni` inside node namespace `ns` the way a container runtime does.
+/// Runs a CNI plugin (`felt cni`: `plugin` felt, `args` `["cni"]`) inside
+/// node namespace `ns` the way a container runtime does.
 pub fn cni(
     ns: &str,
-    felt: &Path,
+    plugin: &Path,
+    args: &[&str],
     command: &str,
     pod_ns: &str,
     conf: &serde_json::Value,
     cni_path: &Path,
 ) -> Result<serde_json::Value, LabError> {
-    let cmd = format!("CNI_COMMAND={command} felt cni (pod {pod_ns})");
+    let cmd = format!("CNI_COMMAND={command} {} {} (pod {pod_ns})", plugin.display(), args.join(" "));
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
-        .arg(felt)
-        .arg("cni")
+        .arg(plugin)
+        .args(args)
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", pod_ns)
         .env("CNI_NETNS", crate::netns::named(pod_ns))
@@ -324,12 +339,17 @@ pub fn cni(
 
 pub(crate) use crate::process::{cmdline, is_zombie_or_gone};
 
-/// True when `pid` is a live felt agent of the lab whose registry is `registry`.
+/// True when `pid` is a live agent of the lab whose registry is
+/// `registry`: felt naming it, or flanneld naming a file of the lab's.
 pub fn agent_alive(pid: u32, registry: &Path) -> bool {
+    let lab_dir = registry.parent().map(|d| format!("{}/", d.display()));
     !is_zombie_or_gone(pid)
         && cmdline(pid).is_some_and(|args| {
             let registry = registry.display().to_string();
-            args.iter().any(|a| a == "daemon") && args.iter().any(|a| a.contains(&registry))
+            let felt = args.iter().any(|a| a == "daemon") && args.iter().any(|a| a.contains(&registry));
+            let flanneld = args.first().is_some_and(|a| a.ends_with("/flanneld"))
+                && lab_dir.as_ref().is_some_and(|d| args.iter().any(|a| a.contains(d.as_str())));
+            felt || flanneld
         })
 }
 

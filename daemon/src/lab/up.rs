@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use felt_overlay::DataplaneKind;
 use felt_proto::NetConfig;
+use felt_proto::annotations::Dialect;
 use ipnet::Ipv4Net;
 
-use super::state::{LabRegistry, LabState, Mode, NodeState, PodState, UpOptions};
+use super::state::{LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UpOptions};
 use super::teardown::TeardownOnError;
 use super::{Lab, LabError, control, interrupt, kube, topo};
 use crate::netns;
@@ -25,11 +26,21 @@ impl Lab {
         if opts.nodes == 0 || opts.nodes > 200 || opts.pods_per_node > 50 {
             return Err(LabError::Invalid("want 1..=200 nodes and 0..=50 pods per node".into()));
         }
+        check_flannel(opts)?;
         let started = Instant::now();
         let mut guard = TeardownOnError { lab: self, armed: true };
         std::fs::create_dir_all(&self.dir).map_err(|e| LabError::io("creating", &self.dir, e))?;
         let net = NetConfig::default();
-        let net_json = serde_json::to_vec_pretty(&net).expect("net config serialises");
+        let net_json = match opts.dialect() {
+            Dialect::Felt => serde_json::to_vec_pretty(&net).expect("net config serialises"),
+            // kube-flannel.yml's net-conf.json, which flanneld and felt in
+            // --compat flannel both read.
+            Dialect::Flannel => serde_json::to_vec_pretty(&serde_json::json!({
+                "Network": net.network.to_string(),
+                "Backend": {"Type": "vxlan"},
+            }))
+            .expect("net config serialises"),
+        };
         write_atomic(&self.net_conf_path(), &net_json)
             .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
         let underlay = topo::underlay_subnet(&self.name);
@@ -42,6 +53,7 @@ impl Lab {
             registry,
             pods_per_node: opts.pods_per_node,
             cni_delegate: opts.cni_delegate.clone(),
+            flannel: opts.flannel.clone(),
             nodes: Vec::new(),
             pods: Vec::new(),
         };
@@ -49,18 +61,18 @@ impl Lab {
         let mut built = Vec::new();
         for i in 1..=opts.nodes {
             interrupt::check()?;
-            built.push(self.make_node(&state, i)?);
+            let agent = if i <= opts.flannel_nodes { NodeAgent::Flannel } else { NodeAgent::Felt };
+            built.push(self.make_node(&state, i, agent)?);
         }
         self.pin_underlay(&state, &built)?;
         for mut node in built {
             interrupt::check()?;
-            node.pid = self.spawn_agent(
-                &state.registry,
-                state.mode.backend_of(node.index),
-                &node.name,
-                &node.netns,
-            )?;
-            progress(&format!("node {} ({}) agent pid {}", node.name, node.underlay_ip, node.pid));
+            node.pid = self.start_agent(&state, &node)?;
+            let what = match node.agent {
+                NodeAgent::Felt => "agent",
+                NodeAgent::Flannel => "flanneld",
+            };
+            progress(&format!("node {} ({}) {what} pid {}", node.name, node.underlay_ip, node.pid));
             state.nodes.push(node);
             self.save(&state)?;
         }
@@ -68,7 +80,7 @@ impl Lab {
         for node in state.nodes.clone() {
             for j in 1..=opts.pods_per_node {
                 interrupt::check()?;
-                let pod = self.add_pod(&node, j, state.cni_delegate.as_deref())?;
+                let pod = self.add_pod(&state, &node, j)?;
                 progress(&format!("pod {} on {} at {}", pod.name, pod.node, pod.ip));
                 state.pods.push(pod);
                 self.save(&state)?;
@@ -115,10 +127,11 @@ impl Lab {
                 LabRegistry::Kube {
                     kubeconfig: cp.admin_kubeconfig,
                     agent_kubeconfig: Some(cp.agent_kubeconfig),
+                    dialect: opts.dialect(),
                 }
             }
             (None, LabRegistry::File) => LabRegistry::File,
-            (None, LabRegistry::Kube { kubeconfig, agent_kubeconfig }) => {
+            (None, LabRegistry::Kube { kubeconfig, agent_kubeconfig, .. }) => {
                 let kubeconfig = kube::absolute(kubeconfig)?;
                 progress(&format!(
                     "waiting for the API server of {} (it listens inside namespace {})",
@@ -126,30 +139,46 @@ impl Lab {
                     self.underlay_ns()
                 ));
                 kube::wait_api(&netns::named(&self.underlay_ns()), &kubeconfig, Duration::from_secs(60))?;
-                LabRegistry::Kube { kubeconfig, agent_kubeconfig: agent_kubeconfig.clone() }
+                LabRegistry::Kube {
+                    kubeconfig,
+                    agent_kubeconfig: agent_kubeconfig.clone(),
+                    dialect: opts.dialect(),
+                }
             }
         })
     }
 
     /// Node `index`: its namespace wired to the underlay, its directory and,
     /// on Kubernetes, its Node object. Its agent is not started (`pid` 0).
-    pub(super) fn make_node(&self, state: &LabState, index: u32) -> Result<NodeState, LabError> {
+    pub(super) fn make_node(
+        &self,
+        state: &LabState,
+        index: u32,
+        agent: NodeAgent,
+    ) -> Result<NodeState, LabError> {
         let name = format!("n{index}");
         let netns = format!("{}-{name}", self.name);
         let underlay_ip = topo::node_ip(state.underlay, index);
-        let backend = state.mode.backend_of(index);
+        let node = NodeState { name, netns, index, underlay_ip, pid: 0, agent };
+        let backend = state.backend_of(&node);
         // Only a kernel VXLAN node that sends to userspace nodes: see make_node.
         let sum_on_send = state.mode == Mode::Mixed && backend == DataplaneKind::Kernel;
-        topo::make_node(&self.underlay_ns(), &netns, underlay_ip, state.underlay.prefix_len(), sum_on_send)?;
-        let dir = self.node_dir(&name);
+        topo::make_node(
+            &self.underlay_ns(),
+            &node.netns,
+            underlay_ip,
+            state.underlay.prefix_len(),
+            sum_on_send,
+        )?;
+        let dir = self.node_dir(&node.name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
         if let LabRegistry::Kube { kubeconfig, .. } = &state.registry {
             // The controller-manager's job: one /24 per node, by index.
             let cidr = Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, (index - 1) as u8, 0), 24)
                 .map_err(|e| LabError::Invalid(e.to_string()))?;
-            kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &name, cidr)?;
+            kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &node.name, cidr)?;
         }
-        Ok(NodeState { name, netns, index, underlay_ip, pid: 0 })
+        Ok(node)
     }
 
     /// Pins the underlay's addresses as permanent neighbours (see
@@ -171,6 +200,57 @@ impl Lab {
         topo::pin_neighbours(&self.underlay_ns(), "br0", &added)
     }
 
+    /// The CNI network name of Flannel node `node`'s pods; host-local keeps
+    /// their leases in [`HOST_LOCAL_DIR`]`/<it>`.
+    pub(super) fn flannel_network(&self, node: &str) -> String {
+        format!("felt-lab-{}-{node}", self.name)
+    }
+
+    /// Starts node `node`'s agent, felt or flanneld; returns its pid.
+    pub(super) fn start_agent(&self, state: &LabState, node: &NodeState) -> Result<u32, LabError> {
+        match (node.agent, &state.flannel) {
+            (NodeAgent::Felt, _) => {
+                self.spawn_agent(&state.registry, state.backend_of(node), &node.name, &node.netns)
+            }
+            (NodeAgent::Flannel, Some(bins)) => {
+                self.spawn_flanneld(&state.registry, bins, &node.name, &node.netns)
+            }
+            (NodeAgent::Flannel, None) => {
+                Err(LabError::Invalid(format!("{} runs Flannel, but the lab has no flanneld", node.name)))
+            }
+        }
+    }
+
+    /// flanneld as kube-flannel.yml runs it (vxlan, the Kubernetes subnet
+    /// manager, `--ip-masq`), with the lab's kubeconfig and files.
+    fn spawn_flanneld(
+        &self,
+        registry: &LabRegistry,
+        bins: &Path,
+        node: &str,
+        netns: &str,
+    ) -> Result<u32, LabError> {
+        let LabRegistry::Kube { kubeconfig, agent_kubeconfig, .. } = registry else {
+            return Err(LabError::Invalid("flanneld needs the Kubernetes registry".into()));
+        };
+        let dir = self.node_dir(node);
+        let args: Vec<String> = vec![
+            "--kube-subnet-mgr".into(),
+            format!("--kubeconfig-file={}", agent_kubeconfig.as_ref().unwrap_or(kubeconfig).display()),
+            "--iface=eth0".into(),
+            "--ip-masq".into(),
+            format!("--net-config-path={}", self.net_conf_path().display()),
+            format!("--subnet-file={}", dir.join("subnet.env").display()),
+        ];
+        topo::spawn_program_in(
+            netns,
+            &bins.join("flanneld"),
+            &args,
+            &[("NODE_NAME", node)],
+            &self.log_path(node),
+        )
+    }
+
     pub(super) fn spawn_agent(
         &self,
         registry: &LabRegistry,
@@ -187,9 +267,15 @@ impl Lab {
                 "--registry-dir".into(),
                 self.registry_dir().display().to_string(),
             ]),
-            LabRegistry::Kube { kubeconfig, agent_kubeconfig } => args.extend([
+            LabRegistry::Kube { kubeconfig, agent_kubeconfig, dialect } => args.extend([
                 "--registry".into(),
                 "kube".into(),
+                "--compat".into(),
+                match dialect {
+                    Dialect::Felt => "none",
+                    Dialect::Flannel => "flannel",
+                }
+                .into(),
                 "--kubeconfig".into(),
                 agent_kubeconfig.as_ref().unwrap_or(kubeconfig).display().to_string(),
                 // Marks the process as this lab's, for `down` (see topo::agent_alive).
@@ -214,29 +300,48 @@ impl Lab {
         topo::spawn_in(netns, &self.felt, &args, &self.log_path(node))
     }
 
-    /// Attaches pod `j` of `node` through `felt cni`, in delegate mode with
-    /// the plugins in `delegate` when given.
-    pub(super) fn add_pod(
-        &self,
-        node: &NodeState,
-        j: u32,
-        delegate: Option<&Path>,
-    ) -> Result<PodState, LabError> {
+    /// Attaches pod `j` of `node`: through `felt cni` (in delegate mode with
+    /// the lab's `cni_delegate` plugins when it has them), or on a Flannel
+    /// node through Flannel's CNI plugin, which delegates to `bridge` and
+    /// `host-local` (from `cni_delegate`, else Debian's /usr/lib/cni).
+    pub(super) fn add_pod(&self, state: &LabState, node: &NodeState, j: u32) -> Result<PodState, LabError> {
         let name = format!("{}-p{j}", node.name);
         let netns = format!("{}-{name}", self.name);
         topo::ip(&["netns", "add", &netns])?;
-        let mut conf = serde_json::json!({
-            "cniVersion": felt_proto::cni::CURRENT_VERSION,
-            "name": "felt",
-            "type": "felt",
-            "subnetFile": self.node_dir(&node.name).join("subnet.env"),
-            "dataDir": self.node_dir(&node.name).join("cni"),
-        });
-        if delegate.is_some() {
-            conf["delegate"] = serde_json::json!({});
-        }
-        let cni_path = delegate.unwrap_or_else(|| self.felt.parent().unwrap_or(Path::new("/")));
-        let reply = topo::cni(&node.netns, &self.felt, "ADD", &netns, &conf, cni_path)?;
+        let dir = self.node_dir(&node.name);
+        let delegate = state.cni_delegate.as_deref();
+        let reply = match (node.agent, &state.flannel) {
+            (NodeAgent::Flannel, Some(bins)) => {
+                // kube-flannel.yml's conflist entry, with the lab's paths and
+                // a network name of its own: host-local keeps its leases in
+                // /var/lib/cni/networks/<name>, which the plugin does not let
+                // a conflist move (`down` removes it).
+                let conf = serde_json::json!({
+                    "cniVersion": "0.3.1",
+                    "name": self.flannel_network(&node.name),
+                    "type": "flannel",
+                    "subnetFile": dir.join("subnet.env"),
+                    "dataDir": dir.join("flannel-cni"),
+                    "delegate": {"hairpinMode": true, "isDefaultGateway": true},
+                });
+                let plugins = delegate.unwrap_or(Path::new(DEBIAN_CNI_PATH));
+                topo::cni(&node.netns, &bins.join("flannel"), &[], "ADD", &netns, &conf, plugins)?
+            }
+            _ => {
+                let mut conf = serde_json::json!({
+                    "cniVersion": felt_proto::cni::CURRENT_VERSION,
+                    "name": "felt",
+                    "type": "felt",
+                    "subnetFile": dir.join("subnet.env"),
+                    "dataDir": dir.join("cni"),
+                });
+                if delegate.is_some() {
+                    conf["delegate"] = serde_json::json!({});
+                }
+                let cni_path = delegate.unwrap_or_else(|| self.felt.parent().unwrap_or(Path::new("/")));
+                topo::cni(&node.netns, &self.felt, &["cni"], "ADD", &netns, &conf, cni_path)?
+            }
+        };
         let result: felt_proto::cni::CniResult = serde_json::from_value(reply.clone()).map_err(|e| {
             LabError::Invalid(format!("CNI ADD for {name} returned no result ({e}): {reply}"))
         })?;
@@ -252,4 +357,54 @@ impl Lab {
             })?;
         Ok(PodState { name, netns, node: node.name.clone(), ip })
     }
+}
+
+/// Where host-local keeps its leases unless its conf says otherwise.
+pub const HOST_LOCAL_DIR: &str = "/var/lib/cni/networks";
+
+/// Where Debian's containernetworking-plugins puts `bridge` and `host-local`.
+pub const DEBIAN_CNI_PATH: &str = "/usr/lib/cni";
+
+/// Flannel nodes need flanneld, its CNI plugin's delegates, and the
+/// Kubernetes registry; felt in `--compat flannel` needs the registry too.
+fn check_flannel(opts: &UpOptions) -> Result<(), LabError> {
+    let kube = opts.control_plane.is_some() || matches!(opts.registry, LabRegistry::Kube { .. });
+    if opts.dialect() == Dialect::Flannel && !kube {
+        return Err(LabError::Invalid(
+            "Flannel nodes and --compat flannel need --registry kube (Flannel's annotations live on Node objects)"
+                .into(),
+        ));
+    }
+    if opts.flannel_nodes > opts.nodes {
+        return Err(LabError::Invalid(format!(
+            "--flannel-nodes {} is more than --nodes {}",
+            opts.flannel_nodes, opts.nodes
+        )));
+    }
+    if opts.flannel_nodes == 0 {
+        return Ok(());
+    }
+    let Some(bins) = &opts.flannel else {
+        return Err(LabError::Invalid(
+            "--flannel-nodes needs --flannel DIR, holding flanneld and Flannel's CNI plugin `flannel` (bash tests/flannel/build.sh prints one)".into(),
+        ));
+    };
+    for program in ["flanneld", "flannel"] {
+        if !bins.join(program).is_file() {
+            return Err(LabError::Invalid(format!(
+                "--flannel {}: no {program} there (bash tests/flannel/build.sh builds both)",
+                bins.display()
+            )));
+        }
+    }
+    let plugins = opts.cni_delegate.as_deref().unwrap_or(Path::new(DEBIAN_CNI_PATH));
+    for plugin in ["bridge", "host-local"] {
+        if !plugins.join(plugin).is_file() {
+            return Err(LabError::Invalid(format!(
+                "Flannel's CNI plugin delegates to {plugin}, which is not in {} (Debian: apt-get install containernetworking-plugins)",
+                plugins.display()
+            )));
+        }
+    }
+    Ok(())
 }
