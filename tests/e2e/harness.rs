@@ -467,3 +467,25 @@ pub fn control_plane_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// The directory holding the real `flanneld` and Flannel's CNI plugin
+/// `flannel`, built from the Go modules `tests/flannel` by its `build.sh`
+/// on first use (cached outside the repository, like the control plane).
+pub fn flannel_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/flannel/build.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("running tests/flannel/build.sh");
+        assert!(out.status.success(), "tests/flannel/build.sh failed: are Go 1.26+ and gcc installed?");
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        for program in ["flanneld", "flannel"] {
+            assert!(dir.join(program).exists(), "build.sh printed {}, which lacks {program}", dir.display());
+        }
+        dir
+    })
+    .clone()
+}

@@ -8,6 +8,7 @@ mod cni;
 mod debug;
 mod delegate;
 mod egress;
+mod flannel;
 mod harness;
 mod kube;
 mod kube_real;
