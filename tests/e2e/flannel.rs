@@ -85,6 +85,26 @@ fn flanneld_and_felt_kernel_and_userspace_nodes_make_one_fabric() {
         let state = lab.debug_state(n);
         assert!(state.ready, "{n}: {state:?}");
     }
+
+    // Nodes join and leave on either side; the others program and drop them
+    // (add-node and remove-node time it by netlink notifications in every node).
+    for agent in ["felt", "flannel"] {
+        let out = lab.felt(&["lab", "add-node", "--agent", agent]);
+        assert!(out.contains("programmed on every node"), "{agent}: {out}");
+        eprintln!("mixed lab, a {agent} node joins: {}", out.trim());
+    }
+    for node in ["n1", "n3"] {
+        let out = lab.felt(&["lab", "remove-node", node]);
+        assert!(out.contains("every node had dropped it"), "{node}: {out}");
+        eprintln!("mixed lab, {node} leaves: {}", out.trim());
+    }
+    // A felt node's new address (public-ip-overwrite, republished as its
+    // public-ip) reaches every node, flanneld's included.
+    let out = lab.felt(&["lab", "propagation", "--changes", "20"]);
+    eprintln!("mixed lab, address changes: {}", out.trim());
+    assert!(out.contains("20 changes: p50"), "{out}");
+    let check = lab.felt(&["lab", "check"]);
+    assert_eq!(check.lines().last(), Some("90/90 pod pairs reachable"), "after joins and leaves: {check}");
     lab.finish();
 }
 

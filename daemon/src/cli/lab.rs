@@ -29,6 +29,15 @@ pub enum AgentChoice {
     Flannel,
 }
 
+impl From<AgentChoice> for lab::NodeAgent {
+    fn from(a: AgentChoice) -> Self {
+        match a {
+            AgentChoice::Felt => lab::NodeAgent::Felt,
+            AgentChoice::Flannel => lab::NodeAgent::Flannel,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Build the lab and wait until the fabric is programmed.
@@ -99,6 +108,9 @@ pub enum LabCommand {
     AddNode {
         #[command(flatten)]
         lab: LabName,
+        /// The agent the node runs (`flannel` needs a lab with --flannel).
+        #[arg(long, value_enum, default_value = "felt")]
+        agent: AgentChoice,
     },
     /// Remove a node: its pods, agent, registry record and namespace.
     RemoveNode {
@@ -211,7 +223,7 @@ impl LabCommand {
             LabCommand::Up { lab, .. }
             | LabCommand::Status { lab, .. }
             | LabCommand::Check { lab }
-            | LabCommand::AddNode { lab }
+            | LabCommand::AddNode { lab, .. }
             | LabCommand::RemoveNode { lab, .. }
             | LabCommand::RestartAgent { lab, .. }
             | LabCommand::SwitchAgent { lab, .. }
@@ -277,16 +289,13 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Status { lab, json } => status(&lab, json)?,
         LabCommand::SwitchAgent { lab, node, to } => {
-            let to = match to {
-                AgentChoice::Felt => lab::NodeAgent::Felt,
-                AgentChoice::Flannel => lab::NodeAgent::Flannel,
-            };
+            let to = lab::NodeAgent::from(to);
             let pid = open_lab(&lab)?.switch_agent(&node, to)?;
             println!("{node} now runs {} (pid {pid})", to.name());
         }
         LabCommand::Check { lab } => return check(&lab),
-        LabCommand::AddNode { lab } => {
-            let (node, took) = open_lab(&lab)?.add_node()?;
+        LabCommand::AddNode { lab, agent } => {
+            let (node, took) = open_lab(&lab)?.add_node(agent.into())?;
             let ms = took.as_millis();
             println!(
                 "{} joined at {}; programmed on every node {ms} ms after it published",

@@ -15,11 +15,14 @@ impl Lab {
     /// Adds the next node with its pods. Returns it and how long after its
     /// record was published the last existing node had its route (timed by
     /// netlink notifications inside each node, see [`watch`]).
-    pub fn add_node(&self) -> Result<(NodeState, Duration), LabError> {
+    pub fn add_node(&self, agent: NodeAgent) -> Result<(NodeState, Duration), LabError> {
         let mut state = self.loaded()?;
+        if agent == NodeAgent::Flannel && state.flannel.is_none() {
+            return Err(LabError::Invalid("a Flannel node needs a lab built with --flannel".into()));
+        }
         let watches = self.route_watches(&state)?;
         let index = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
-        let mut node = self.make_node(&state, index, NodeAgent::Felt)?;
+        let mut node = self.make_node(&state, index, agent)?;
         self.pin_underlay(&state, std::slice::from_ref(&node))?;
         node.pid = self.start_agent(&state, &node)?;
         state.nodes.push(node.clone());
@@ -42,8 +45,15 @@ impl Lab {
             .nodes
             .iter()
             .map(|n| {
-                watch::RouteWatch::open(&netns::named(&n.netns))
-                    .map_err(|e| LabError::io("watching routes in", &netns::named(&n.netns), e))
+                let ns = netns::named(&n.netns);
+                let watch = match state.dialect() {
+                    Dialect::Felt => watch::RouteWatch::open(&ns),
+                    Dialect::Flannel => {
+                        let device = crate::compat::Compat::Flannel.default_device(felt_proto::DEFAULT_VNI);
+                        watch::RouteWatch::open_tagged(&ns, felt_overlay::RouteTag::FLANNEL, &device)
+                    }
+                };
+                watch.map_err(|e| LabError::io("watching routes in", &ns, e))
             })
             .collect()
     }
@@ -177,10 +187,12 @@ impl Lab {
 
     /// Changes a node's `public-ip-overwrite` `changes` times (round robin over
     /// the nodes, alternating between two unused underlay addresses) and
-    /// times each from the API request to the moment the last other node's
-    /// kernel held the new FDB entry. Needs a kube lab. Traffic to the
+    /// times each from the API request to the moment the last other kernel
+    /// node held the new FDB entry. Needs a kube lab. Traffic to the
     /// changed node stops while its overwrite points nowhere; the overwrite
-    /// is removed at the end.
+    /// is removed at the end. Only felt's nodes are changed (flanneld reads
+    /// its own overwrite only when it starts); flanneld's nodes program the
+    /// `public-ip` felt republishes for it.
     pub fn bench_propagation(
         &self,
         changes: u32,
@@ -192,26 +204,30 @@ impl Lab {
                 "propagation is measured on a kube lab (felt lab up --registry kube)".into(),
             ));
         };
-        if state.nodes.len() < 2 {
-            return Err(LabError::Invalid("need at least two nodes".into()));
+        let felts: Vec<&NodeState> = state.nodes.iter().filter(|n| n.agent == NodeAgent::Felt).collect();
+        if state.nodes.len() < 2 || felts.is_empty() {
+            return Err(LabError::Invalid("need at least two nodes, one of them felt's".into()));
         }
         let ul = netns::named(&self.underlay_ns());
-        const KEY: &str = "felt.network/public-ip-overwrite";
+        let key = state.dialect().keys().public_ip_overwrite;
         let mut samples = Vec::new();
         for i in 0..changes {
-            let target = &state.nodes[i as usize % state.nodes.len()];
-            let offset = 200 + (i / state.nodes.len() as u32 % 2) * 20 + target.index;
+            let target = felts[i as usize % felts.len()];
+            let offset = 200 + (i / felts.len() as u32 % 2) * 20 + target.index;
             let new_ip = Ipv4Addr::from(u32::from(state.underlay.network()) + offset);
+            // The kernel nodes: a userspace engine keeps its peers to itself.
             let watches: Vec<watch::RouteWatch> = state
                 .nodes
                 .iter()
-                .filter(|n| n.name != target.name)
+                .filter(|n| {
+                    n.name != target.name && state.backend_of(n) == felt_overlay::DataplaneKind::Kernel
+                })
                 .map(|n| {
                     watch::RouteWatch::open_fdb(&netns::named(&n.netns))
                         .map_err(|e| LabError::io("watching", &ul, e))
                 })
                 .collect::<Result<_, _>>()?;
-            let sent = kube::annotate(&ul, kubeconfig, &target.name, KEY, Some(new_ip.to_string()))?;
+            let sent = kube::annotate(&ul, kubeconfig, &target.name, key, Some(new_ip.to_string()))?;
             let deadline = Instant::now() + Duration::from_secs(5);
             let waiters: Vec<_> = watches
                 .into_iter()
@@ -232,8 +248,8 @@ impl Lab {
                 progress(&format!("{} changes", i + 1));
             }
         }
-        for n in &state.nodes {
-            kube::annotate(&ul, kubeconfig, &n.name, KEY, None)?;
+        for n in &felts {
+            kube::annotate(&ul, kubeconfig, &n.name, key, None)?;
         }
         self.wait_programmed(&state, Duration::from_secs(30))?;
         Ok(samples)

@@ -13,11 +13,12 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use felt_overlay::ROUTE_PROTOCOL;
+use felt_overlay::RouteTag;
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+use netlink_packet_route::route::RouteAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::MulticastGroup;
 
@@ -37,36 +38,56 @@ pub enum RouteChange {
 pub struct RouteWatch {
     rt: tokio::runtime::Runtime,
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>,
+    /// Which routes are the agent's, and its device's index there.
+    tag: RouteTag,
+    device: u32,
 }
 
 impl RouteWatch {
-    /// Opens the listener inside the namespace at `ns`.
+    /// Opens the listener inside the namespace at `ns`, for felt's own routes.
     pub fn open(ns: &Path) -> io::Result<Self> {
-        Self::open_group(ns, MulticastGroup::Ipv4Route)
+        Self::open_group(ns, MulticastGroup::Ipv4Route, RouteTag::FELT, None)
+    }
+
+    /// Opens the listener inside `ns` for the routes `tag` marks through
+    /// `device` (Flannel's `proto boot` on `flannel.1`).
+    pub fn open_tagged(ns: &Path, tag: RouteTag, device: &str) -> io::Result<Self> {
+        Self::open_group(ns, MulticastGroup::Ipv4Route, tag, Some(device.to_owned()))
     }
 
     /// Opens a listener for neighbour and FDB changes inside `ns`.
     pub fn open_fdb(ns: &Path) -> io::Result<Self> {
-        Self::open_group(ns, MulticastGroup::Neigh)
+        Self::open_group(ns, MulticastGroup::Neigh, RouteTag::FELT, None)
     }
 
-    fn open_group(ns: &Path, group: MulticastGroup) -> io::Result<Self> {
+    fn open_group(
+        ns: &Path,
+        group: MulticastGroup,
+        tag: RouteTag,
+        device: Option<String>,
+    ) -> io::Result<Self> {
         netns::run_in(ns, move || -> io::Result<Self> {
+            let device = match device {
+                Some(d) => nix::net::if_::if_nametoindex(d.as_str()).map_err(io::Error::from)?,
+                None => 0,
+            };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (conn, _handle, messages) =
                 rt.block_on(async { rtnetlink::new_multicast_connection(&[group]) })?;
             rt.spawn(conn);
-            Ok(RouteWatch { rt, messages })
+            Ok(RouteWatch { rt, messages, tag, device })
         })?
     }
 
     /// Blocks until a felt route changes as `want` says, or `deadline`;
     /// returns when the notification arrived.
     pub fn wait(&mut self, want: RouteChange, deadline: Instant) -> Option<SystemTime> {
+        let (tag, device) = (self.tag, self.device);
         self.wait_for(deadline, |m| match (m, want) {
             (RouteNetlinkMessage::NewRoute(r), RouteChange::Added)
             | (RouteNetlinkMessage::DelRoute(r), RouteChange::Removed) => {
-                u8::from(r.header.protocol) == ROUTE_PROTOCOL
+                let on_device = r.attributes.contains(&RouteAttribute::Oif(device));
+                tag.owns(u8::from(r.header.protocol), on_device)
             }
             _ => false,
         })
