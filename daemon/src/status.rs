@@ -86,7 +86,11 @@ pub fn problems(state: &State) -> Vec<String> {
 pub fn render(state: &State) -> String {
     let mut out = String::new();
     let ready = if state.ready { "ready" } else { "NOT READY" };
-    out.push_str(&format!("node {}: {ready}, backend {}\n", state.node, state.config.backend));
+    let compat = match state.config.compat.as_str() {
+        "none" => String::new(),
+        other => format!(", --compat {other}"),
+    };
+    out.push_str(&format!("node {}: {ready}, backend {}{compat}\n", state.node, state.config.backend));
     match &state.lease {
         None => out.push_str("lease: none yet\n"),
         Some(l) => out.push_str(&format!(

@@ -69,13 +69,27 @@ pub struct StartError {
 pub struct Dataplane {
     spec: VxlanSpec,
     engine: Option<Arc<UserspaceDataplane>>,
+    /// Kernel mode: a VXLAN device to remove just before ours is created
+    /// (Flannel's, holding the same VNI and port).
+    replaces: Option<String>,
 }
 
 impl Dataplane {
     /// The kernel's VXLAN device as `spec` describes it (created on the
     /// first [`ensure_device`](Self::ensure_device)).
     pub fn kernel(spec: VxlanSpec) -> Dataplane {
-        Dataplane { spec, engine: None }
+        Dataplane { spec, engine: None, replaces: None }
+    }
+
+    /// Kernel mode: takes VXLAN device `name` over as this one, which needs
+    /// its VNI and port (leaving `--compat flannel`: `flannel.<VNI>` becomes
+    /// `felt.<VNI>`). Renamed in place where the kernel renames a running
+    /// device, so every entry stays and nothing is lost; else removed right
+    /// before this one is created, once the registry has listed: one gap of
+    /// tens of milliseconds, not one as long as the agent's start.
+    pub fn replacing(mut self, name: Option<String>) -> Dataplane {
+        self.replaces = name;
+        self
     }
 
     /// Starts the userspace engine on TUN device `spec.name`: removes a
@@ -119,7 +133,7 @@ impl Dataplane {
             // The keeper stays, now this agent's.
             dp.attach_keeper(link);
         }
-        Ok(Dataplane { spec, engine: Some(Arc::new(dp)) })
+        Ok(Dataplane { spec, engine: Some(Arc::new(dp)), replaces: None })
     }
 
     /// Kernel or userspace.
@@ -165,7 +179,25 @@ impl Dataplane {
         let vtep = vtep_ip(pod_cidr);
         match &self.engine {
             Some(engine) => kernel.ensure_tun(engine.name(), self.spec.mtu, vtep).await,
-            None => kernel.ensure_device(&self.spec, vtep).await,
+            None => {
+                if let Some(old) = &self.replaces {
+                    if kernel.link(&self.spec.name).await?.is_none() {
+                        match kernel.rename_link(old, &self.spec.name).await {
+                            Ok(true) => {
+                                info!(from = %old, to = %self.spec.name, "renamed the VXLAN device in place")
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                warn!(error = %e, from = %old, "cannot rename the VXLAN device in place; replacing it");
+                                if kernel.remove_vxlan(old).await? {
+                                    info!(removed = %old, device = %self.spec.name, "replaced the VXLAN device");
+                                }
+                            }
+                        }
+                    }
+                }
+                kernel.ensure_device(&self.spec, vtep).await
+            }
         }
     }
 }

@@ -188,18 +188,33 @@ pub struct NodeFields<'a> {
 
 /// Reduces a Node's fields, read in `dialect`, to the record felt uses, or
 /// says why it cannot. With `honour_overwrite`, an operator's
-/// `public-ip-overwrite` takes the place of `public-ip`.
+/// `public-ip-overwrite` takes the place of `public-ip`. felt's own dialect
+/// reads a Node that carries none of felt's annotations but Flannel's
+/// backend data in Flannel's: a node still on flanneld, or on felt in
+/// `--compat flannel`, is a peer of a node that has left compat mode.
 pub fn record(
     node: NodeFields<'_>,
     dialect: Dialect,
     honour_overwrite: bool,
 ) -> Result<NodeRecord, NodeError> {
+    let ann = node.annotations;
+    let felt = Dialect::Felt.keys();
+    let dialect = match dialect {
+        Dialect::Felt
+            if ![felt.backend_type, felt.backend_data, felt.public_ip]
+                .iter()
+                .any(|k| ann.contains_key(*k))
+                && ann.contains_key(Dialect::Flannel.keys().backend_data) =>
+        {
+            Dialect::Flannel
+        }
+        d => d,
+    };
     let keys = dialect.keys();
     let mut record = NodeRecord::new(node.name);
     for c in node.pod_cidrs {
         record.pod_cidrs.push(c.parse::<IpNet>().map_err(|_| NodeError::PodCidr(c.clone()))?);
     }
-    let ann = node.annotations;
     if let Some(t) = ann.get(keys.backend_type) {
         record.backend_type = Some(match t.as_str() {
             "vxlan" => BackendType::Vxlan,
@@ -252,9 +267,14 @@ mod tests {
             let d = r.backend_data.unwrap();
             assert_eq!((d.vni, d.vtep_mac.to_string()), (1, "2a:ab:65:a4:e3:2a".to_owned()));
             assert_eq!(r.public_ip, Some(Ipv4Addr::new(198, 18, 238, 13)));
-            // The same Node read as felt's: nothing published yet.
-            let felt = record(fields(&ann, &cidrs), Dialect::Felt, true).unwrap();
-            assert_eq!((felt.backend_data, felt.public_ip), (None, None));
+            // Read as felt's, a Node with only Flannel's annotations is read in
+            // Flannel's: a peer of a node that left compat mode.
+            assert_eq!(record(fields(&ann, &cidrs), Dialect::Felt, true).unwrap(), r);
+            // felt's own annotations, once there, are the ones felt reads.
+            let mut both = ann.clone();
+            both.insert(PUBLIC_IP.to_owned(), "198.18.238.99".to_owned());
+            let felt = record(fields(&both, &cidrs), Dialect::Felt, true).unwrap();
+            assert_eq!((felt.backend_data, felt.public_ip), (None, Some(Ipv4Addr::new(198, 18, 238, 99))));
         }
     }
 

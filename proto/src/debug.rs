@@ -143,6 +143,13 @@ pub struct Config {
     /// The log filter in force.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Whose conventions the agent keeps (`--compat`): `none` or `flannel`.
+    #[serde(default = "no_compat")]
+    pub compat: String,
+}
+
+fn no_compat() -> String {
+    "none".to_owned()
 }
 
 /// One accepted peer: what it needs, what the kernel holds, how it answers.

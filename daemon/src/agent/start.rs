@@ -54,18 +54,26 @@ pub(super) async fn start(
         return Ok(None);
     };
     let mut spec = device_spec(&cfg, &underlay);
-    if cfg.compat == Compat::Flannel {
-        // Taking over from flanneld: keep the MAC every peer has programmed.
-        if let Some(mac) = flannels_mac(&registry, &kernel, &cfg.node_name, &spec.name).await {
-            spec.mac = mac;
-        }
+    let flannels = flannel_device_left(&cfg, &kernel).await;
+    if let Some(mac) = kept_mac(&registry, &kernel, &cfg, &spec.name, flannels.as_deref()).await {
+        spec.mac = mac;
     }
     info!(node = %cfg.node_name, %pod_cidr, vtep_mac = %spec.mac, device = %spec.name, mtu = spec.mtu, "lease held");
     shared.state().lease = Some(lease_view(pod_cidr, &underlay, &spec));
     let vtep_mac = spec.mac;
     let dataplane = match cfg.backend {
-        DataplaneKind::Kernel => Dataplane::kernel(spec),
-        DataplaneKind::Userspace => Dataplane::userspace(&kernel, spec, cfg.offloads).await?,
+        DataplaneKind::Kernel => Dataplane::kernel(spec).replacing(flannels),
+        DataplaneKind::Userspace => {
+            if let Some(old) = &flannels {
+                match kernel.remove_vxlan(old).await {
+                    Ok(_) => info!(removed = %old, "removed Flannel's VXLAN device: it holds the VXLAN port"),
+                    Err(e) => {
+                        warn!(error = %error_chain(&e), device = %old, "cannot remove Flannel's VXLAN device")
+                    }
+                }
+            }
+            Dataplane::userspace(&kernel, spec, cfg.offloads).await?
+        }
     };
     if let Some(engine) = dataplane.engine() {
         if !engine.has_keeper() {
@@ -130,13 +138,42 @@ fn device_spec(cfg: &AgentConfig, underlay: &Underlay) -> VxlanSpec {
     }
 }
 
-/// The VTEP MAC a Flannel node already has: the one its Node publishes
-/// (as flanneld itself reads it back after a restart), else its device's.
-async fn flannels_mac(registry: &Registry, kernel: &Kernel, node: &str, device: &str) -> Option<MacAddr> {
-    if let Some(mac) = registry.published_vtep_mac(node).await {
-        info!(%mac, "keeping the VTEP MAC this node published");
+/// In felt's own conventions, with no `--device`: Flannel's VXLAN device
+/// of our VNI (`flannel.<VNI>`), left by flanneld or by felt in
+/// `--compat flannel`. It holds the VXLAN port, so ours replaces it.
+async fn flannel_device_left(cfg: &AgentConfig, kernel: &Kernel) -> Option<String> {
+    if cfg.compat != Compat::None || cfg.device.is_some() {
+        return None;
+    }
+    let name = Compat::Flannel.default_device(cfg.net.backend.vni);
+    let facts = kernel.link(&name).await.ok().flatten()?;
+    (facts.vxlan.as_ref()?.vni == Some(cfg.net.backend.vni)).then(|| {
+        info!(device = %name, "found Flannel's VXLAN device: leaving Flannel's conventions, felt's replaces it and keeps its MAC");
+        name
+    })
+}
+
+/// The VTEP MAC this node already has, so no peer reprograms it: the one its
+/// record publishes (as flanneld, too, reads its own back after a restart),
+/// else, taking over from Flannel, its device's. `None`: derive one.
+async fn kept_mac(
+    registry: &Registry,
+    kernel: &Kernel,
+    cfg: &AgentConfig,
+    device: &str,
+    flannels: Option<&str>,
+) -> Option<MacAddr> {
+    if let Some(mac) = registry.published_vtep_mac(&cfg.node_name).await {
+        if mac != MacAddr::derive(cfg.node_name.as_bytes()) {
+            info!(%mac, "keeping the VTEP MAC this node published");
+        }
         return Some(mac);
     }
+    let device = match (cfg.compat, flannels) {
+        (Compat::Flannel, _) => device,
+        (Compat::None, Some(old)) => old,
+        (Compat::None, None) => return None,
+    };
     let mac = kernel.link(device).await.ok().flatten()?.mac?;
     info!(%mac, %device, "keeping the VTEP MAC of the device in place");
     Some(mac)
@@ -171,6 +208,7 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
         userspace_offloads: (cfg.backend == DataplaneKind::Userspace).then(|| cfg.offloads.to_string()),
         settings_file: cfg.settings.as_ref().map(|p| p.display().to_string()),
         log_level: None,
+        compat: cfg.compat.name().to_owned(),
     }
 }
 

@@ -177,7 +177,9 @@ pub struct DaemonArgs {
     /// Full resync period when nothing changes (e.g. 30s, 500ms, 2m).
     #[arg(long, env = "FELT_RESYNC_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub resync_period: Duration,
-    /// The VXLAN device name. Default: felt.<VNI> (flannel.<VNI> with --compat flannel).
+    /// The VXLAN device name. Default: felt.<VNI> (flannel.<VNI> with --compat flannel);
+    /// with the default, a flannel.<VNI> device of the same VNI left by Flannel or by
+    /// --compat flannel is taken over as felt.<VNI> (renamed in place where the kernel can).
     #[arg(long, env = "FELT_DEVICE")]
     pub device: Option<String>,
     /// The debug endpoint (health, readiness, metrics, state), or `off`.

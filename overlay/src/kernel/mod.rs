@@ -284,6 +284,18 @@ impl Kernel {
         Ok(true)
     }
 
+    /// Renames device `from` to `to`, up as it is: its routes, neighbours
+    /// and FDB entries stay (Linux 6.x renames a running device; an older
+    /// kernel refuses with EBUSY). Returns whether there was `from` to rename.
+    pub async fn rename_link(&self, from: &str, to: &str) -> Result<bool, KernelError> {
+        let Some(facts) = self.link(from).await? else { return Ok(false) };
+        let set = LinkUnspec::new_with_index(facts.index).name(to).build();
+        self.send(msg::request(RouteNetlinkMessage::SetLink(set), NLM_F_REQUEST | NLM_F_ACK))
+            .await
+            .map_err(refused(format!("renaming {from} to {to}")))?;
+        Ok(true)
+    }
+
     /// Makes felt's VXLAN device exist as `spec` says, with `vtep_ip/32` as its
     /// only IPv4 address. Returns its index and what had to change.
     pub async fn ensure_device(

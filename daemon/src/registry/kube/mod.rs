@@ -7,7 +7,9 @@
 //!   when they differ, honouring an operator's `public-ip-overwrite`; then
 //!   `NetworkUnavailable=False` (reason `FeltIsUp`) on `nodes/status`. With
 //!   `--compat flannel`, Flannel's annotations instead, read and written
-//!   ([`Dialect::Flannel`]), so felt and flanneld nodes see each other.
+//!   ([`Dialect::Flannel`]), so felt and flanneld nodes see each other. A
+//!   node that left compat mode keeps its Flannel annotations up to date
+//!   as long as it carries them, and reads a peer with only Flannel's.
 //! - **watch**: one kube-runtime reflector on all Nodes. Every event is
 //!   reduced to what felt uses (pod CIDRs and felt's annotations): only a
 //!   change there — or the end of a relist, which is a full resync — wakes
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use felt_proto::NodeRecord;
-use felt_proto::annotations::Dialect;
+use felt_proto::annotations::{self, Dialect};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
@@ -330,7 +332,12 @@ impl KubeRegistry {
         let node = self.own().await?;
         let empty = BTreeMap::new();
         let have = node.metadata.annotations.as_ref().unwrap_or(&empty);
-        let want = self.dialect.annotations(record);
+        let mut want = self.dialect.annotations(record);
+        // A node that left compat mode keeps Flannel's annotations true while
+        // it carries them: its peers still on flanneld or in compat mode read those.
+        if self.dialect == Dialect::Felt && have.contains_key(annotations::FLANNEL_KUBE_SUBNET_MANAGER) {
+            want.extend(Dialect::Flannel.annotations(record));
+        }
         let mut wrote = false;
         if want.iter().any(|(k, v)| have.get(*k) != Some(v)) {
             let patch = json!({"metadata": {"annotations": want}});
