@@ -140,7 +140,7 @@ impl Monitor {
         Monitor { children, files }
     }
 
-    /// Every event about the VXLAN device or through it, but the kernel's
+    /// Every event about the VXLAN device (Flannel's or felt's) or through it, but the kernel's
     /// own IPv6 link-local address (its duplicate address detection ends
     /// seconds after flanneld brought the device up, whoever runs then).
     fn stop(mut self) -> Vec<String> {
@@ -152,7 +152,7 @@ impl Monitor {
         self.files
             .iter()
             .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
-            .filter(|l| l.contains("flannel.1") && !l.contains(" fe80::"))
+            .filter(|l| (l.contains("flannel.1") || l.contains("felt.1")) && !l.contains(" fe80::"))
             .collect()
     }
 }
@@ -207,7 +207,7 @@ fn switch(lab: &TestLab, node: &str, to: &str) -> (u32, u32, Vec<String>) {
     std::thread::sleep(Duration::from_secs(1));
     let said = lab.felt(&["lab", "switch-agent", node, "--to", to]);
     assert!(said.contains(&format!("{node} now runs")), "{said}");
-    if to == "felt" {
+    if to.starts_with("felt") {
         let ready = wait_until(Duration::from_secs(20), || {
             lab.try_debug_get(node, "/readyz").is_some_and(|(c, _)| c == 200)
         });
@@ -268,5 +268,38 @@ fn every_flanneld_node_switches_to_felt_and_back_without_losing_a_packet() {
     assert_eq!(lost, 0, "n2: pings lost switching back to flanneld");
     let check = lab.felt(&["lab", "check"]);
     assert_eq!(check.lines().last(), Some("6/6 pod pairs reachable"), "after the way back: {check}");
+    let (_, lost, _) = switch(&lab, "n2", "felt");
+    assert_eq!(lost, 0, "n2: pings lost switching to felt again");
+
+    // The way out of compat mode, node by node: flannel.1 becomes felt.1,
+    // renamed in place with its MAC, so no peer reprograms; its routes are
+    // retagged proto 76 by replacement; Flannel's annotations stay true for
+    // the nodes still in compat mode.
+    let mut lost_total = 0;
+    for node in ["n1", "n2", "n3"] {
+        let (sent, lost, events) = switch(&lab, node, "felt-own");
+        eprintln!(
+            "{node} compat → felt's own conventions: {lost} of {sent} pings lost; {} netlink events:\n  {}",
+            events.len(),
+            events.join("\n  ")
+        );
+        // Renamed in place (Linux 6.x): nothing removed, the routes retagged in place.
+        assert_eq!(lost, 0, "{node}: pings lost leaving compat mode");
+        assert!(!events.iter().any(|e| e.contains("Deleted")), "{node}: {events:?}");
+        lost_total += lost;
+        let links = crate::harness::ip_in(&lab.node_ns(node), &["-o", "link", "show"]);
+        assert!(links.contains(" felt.1:") && !links.contains(" flannel.1:"), "{node}: {links}");
+        let check = lab.felt(&["lab", "check"]);
+        assert_eq!(check.lines().last(), Some("6/6 pod pairs reachable"), "{node} out of compat: {check}");
+    }
+    eprintln!("leaving compat mode: {lost_total} pings lost over three nodes");
+    let nodes = nodes_json(&lab);
+    for node in nodes["items"].as_array().unwrap() {
+        let ann = node["metadata"]["annotations"].as_object().unwrap();
+        let felt: Value = serde_json::from_str(ann["felt.network/backend-data"].as_str().unwrap()).unwrap();
+        let flannel: Value =
+            serde_json::from_str(ann["flannel.alpha.coreos.com/backend-data"].as_str().unwrap()).unwrap();
+        assert_eq!(felt["vtepMAC"], flannel["VtepMAC"], "the MAC was kept: {ann:?}");
+    }
     lab.finish();
 }

@@ -25,6 +25,8 @@ pub struct LabName {
 pub enum AgentChoice {
     /// felt, with --compat flannel.
     Felt,
+    /// felt in its own conventions (--compat none): leaving compat mode.
+    FeltOwn,
     /// flanneld.
     Flannel,
 }
@@ -33,6 +35,7 @@ impl From<AgentChoice> for lab::NodeAgent {
     fn from(a: AgentChoice) -> Self {
         match a {
             AgentChoice::Felt => lab::NodeAgent::Felt,
+            AgentChoice::FeltOwn => lab::NodeAgent::FeltOwn,
             AgentChoice::Flannel => lab::NodeAgent::Flannel,
         }
     }

@@ -10,9 +10,7 @@ use felt_proto::{MacAddr, NodeRecord, SubnetFile};
 
 use super::state::{LabRegistry, LabState, NodeAgent, NodeState};
 use super::{Lab, LabError, interrupt, topo};
-use crate::compat::Compat;
 use crate::netns;
-use felt_proto::annotations::Dialect;
 
 impl Lab {
     /// Waits until every node's agent has written its subnet file. A kube
@@ -96,11 +94,7 @@ impl Lab {
     pub fn pending_ops(&self, state: &LabState) -> Result<BTreeMap<String, usize>, LabError> {
         let records: Vec<NodeRecord> = self.records_of(&state.registry)?.into_values().collect();
         let net = felt_proto::NetConfig::default();
-        let compat = match state.dialect() {
-            Dialect::Felt => Compat::None,
-            Dialect::Flannel => Compat::Flannel,
-        };
-        let device = compat.default_device(net.backend.vni);
+        let dialect = state.dialect();
         let mut out = BTreeMap::new();
         for node in &state.nodes {
             // The peers this node's agent would accept, by the agent's own
@@ -114,20 +108,19 @@ impl Lab {
                 out.insert(node.name.clone(), usize::MAX);
                 continue;
             };
-            // felt derives its MAC from the node name; flanneld picks one at
-            // random and publishes it.
-            let vtep_mac = match node.agent {
-                NodeAgent::Felt => MacAddr::derive(node.name.as_bytes()),
-                NodeAgent::Flannel => {
-                    match records.iter().find(|r| r.name == node.name).and_then(|r| r.backend_data) {
-                        Some(d) => d.vtep_mac,
-                        None => {
-                            out.insert(node.name.clone(), usize::MAX);
-                            continue;
-                        }
-                    }
+            // The MAC the node publishes: felt derives one from the node name
+            // unless it took one over; flanneld picks one at random.
+            let published = records.iter().find(|r| r.name == node.name).and_then(|r| r.backend_data);
+            let vtep_mac = match (published, node.agent) {
+                (Some(d), _) => d.vtep_mac,
+                (None, NodeAgent::Felt | NodeAgent::FeltOwn) => MacAddr::derive(node.name.as_bytes()),
+                (None, NodeAgent::Flannel) => {
+                    out.insert(node.name.clone(), usize::MAX);
+                    continue;
                 }
             };
+            let compat = node.agent.compat(dialect);
+            let device = compat.default_device(net.backend.vni);
             let me = crate::agent::view::Me {
                 name: node.name.clone(),
                 pod_cidr: subnet.subnet,
@@ -137,7 +130,6 @@ impl Lab {
             let peers = crate::agent::view::build(&records, &me, &net, &Default::default()).peers;
             let backend = state.backend_of(node);
             let want = dataplane::desired(backend, &peers);
-            let device = device.clone();
             let tag = compat.route_tag();
             let observed = netns::block_on_in(&netns::named(&node.netns), move || async move {
                 let k = Kernel::connect()?.with_route_tag(tag);

@@ -46,12 +46,13 @@ impl Lab {
             .iter()
             .map(|n| {
                 let ns = netns::named(&n.netns);
-                let watch = match state.dialect() {
-                    Dialect::Felt => watch::RouteWatch::open(&ns),
-                    Dialect::Flannel => {
-                        let device = crate::compat::Compat::Flannel.default_device(felt_proto::DEFAULT_VNI);
-                        watch::RouteWatch::open_tagged(&ns, felt_overlay::RouteTag::FLANNEL, &device)
-                    }
+                let watch = match n.agent.compat(state.dialect()) {
+                    crate::compat::Compat::None => watch::RouteWatch::open(&ns),
+                    c => watch::RouteWatch::open_tagged(
+                        &ns,
+                        c.route_tag(),
+                        &c.default_device(felt_proto::DEFAULT_VNI),
+                    ),
                 };
                 watch.map_err(|e| LabError::io("watching routes in", &ns, e))
             })
@@ -204,12 +205,11 @@ impl Lab {
                 "propagation is measured on a kube lab (felt lab up --registry kube)".into(),
             ));
         };
-        let felts: Vec<&NodeState> = state.nodes.iter().filter(|n| n.agent == NodeAgent::Felt).collect();
+        let felts: Vec<&NodeState> = state.nodes.iter().filter(|n| n.agent != NodeAgent::Flannel).collect();
         if state.nodes.len() < 2 || felts.is_empty() {
             return Err(LabError::Invalid("need at least two nodes, one of them felt's".into()));
         }
         let ul = netns::named(&self.underlay_ns());
-        let key = state.dialect().keys().public_ip_overwrite;
         let mut samples = Vec::new();
         for i in 0..changes {
             let target = felts[i as usize % felts.len()];
@@ -227,6 +227,7 @@ impl Lab {
                         .map_err(|e| LabError::io("watching", &ul, e))
                 })
                 .collect::<Result<_, _>>()?;
+            let key = target.agent.compat(state.dialect()).dialect().keys().public_ip_overwrite;
             let sent = kube::annotate(&ul, kubeconfig, &target.name, key, Some(new_ip.to_string()))?;
             let deadline = Instant::now() + Duration::from_secs(5);
             let waiters: Vec<_> = watches
@@ -249,6 +250,7 @@ impl Lab {
             }
         }
         for n in &felts {
+            let key = n.agent.compat(state.dialect()).dialect().keys().public_ip_overwrite;
             kube::annotate(&ul, kubeconfig, &n.name, key, None)?;
         }
         self.wait_programmed(&state, Duration::from_secs(30))?;

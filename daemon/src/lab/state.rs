@@ -139,9 +139,13 @@ pub struct NodeState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeAgent {
-    /// felt, in the lab's mode.
+    /// felt, in the lab's mode and, in a lab with Flannel nodes, with
+    /// `--compat flannel`.
     #[default]
     Felt,
+    /// felt in its own conventions (`--compat none`) in a lab in Flannel's
+    /// dialect: a node that has left compat mode.
+    FeltOwn,
     /// flanneld (vxlan backend, Kubernetes subnet manager), pods attached by
     /// Flannel's CNI plugin.
     Flannel,
@@ -152,11 +156,22 @@ impl NodeAgent {
         *self == NodeAgent::Felt
     }
 
-    /// `felt` or `flanneld`.
+    /// `felt`, `felt (own conventions)` or `flanneld`.
     pub fn name(self) -> &'static str {
         match self {
             NodeAgent::Felt => "felt",
+            NodeAgent::FeltOwn => "felt (own conventions)",
             NodeAgent::Flannel => "flanneld",
+        }
+    }
+
+    /// felt's device, route tag and subnet-file keys on this node, in a lab
+    /// of `dialect`.
+    pub fn compat(self, dialect: Dialect) -> crate::compat::Compat {
+        use crate::compat::Compat;
+        match (self, dialect) {
+            (NodeAgent::FeltOwn, _) | (_, Dialect::Felt) => Compat::None,
+            (_, Dialect::Flannel) => Compat::Flannel,
         }
     }
 }
@@ -204,7 +219,7 @@ impl LabState {
     /// The data plane node `node` runs.
     pub fn backend_of(&self, node: &NodeState) -> DataplaneKind {
         match node.agent {
-            NodeAgent::Felt => self.mode.backend_of(node.index),
+            NodeAgent::Felt | NodeAgent::FeltOwn => self.mode.backend_of(node.index),
             NodeAgent::Flannel => DataplaneKind::Kernel,
         }
     }

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use felt_overlay::DataplaneKind;
 use felt_proto::NetConfig;
 use felt_proto::annotations::Dialect;
+
+use crate::compat::Compat;
 use ipnet::Ipv4Net;
 
 use super::state::{LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UpOptions};
@@ -69,7 +71,7 @@ impl Lab {
             interrupt::check()?;
             node.pid = self.start_agent(&state, &node)?;
             let what = match node.agent {
-                NodeAgent::Felt => "agent",
+                NodeAgent::Felt | NodeAgent::FeltOwn => "agent",
                 NodeAgent::Flannel => "flanneld",
             };
             progress(&format!("node {} ({}) {what} pid {}", node.name, node.underlay_ip, node.pid));
@@ -210,8 +212,19 @@ impl Lab {
     pub(super) fn start_agent(&self, state: &LabState, node: &NodeState) -> Result<u32, LabError> {
         match (node.agent, &state.flannel) {
             (NodeAgent::Felt, _) => {
-                self.spawn_agent(&state.registry, state.backend_of(node), &node.name, &node.netns)
+                let compat = match state.dialect() {
+                    Dialect::Felt => Compat::None,
+                    Dialect::Flannel => Compat::Flannel,
+                };
+                self.spawn_agent(&state.registry, compat, state.backend_of(node), &node.name, &node.netns)
             }
+            (NodeAgent::FeltOwn, _) => self.spawn_agent(
+                &state.registry,
+                Compat::None,
+                state.backend_of(node),
+                &node.name,
+                &node.netns,
+            ),
             (NodeAgent::Flannel, Some(bins)) => {
                 self.spawn_flanneld(&state.registry, bins, &node.name, &node.netns)
             }
@@ -254,6 +267,7 @@ impl Lab {
     pub(super) fn spawn_agent(
         &self,
         registry: &LabRegistry,
+        compat: Compat,
         backend: DataplaneKind,
         node: &str,
         netns: &str,
@@ -267,15 +281,11 @@ impl Lab {
                 "--registry-dir".into(),
                 self.registry_dir().display().to_string(),
             ]),
-            LabRegistry::Kube { kubeconfig, agent_kubeconfig, dialect } => args.extend([
+            LabRegistry::Kube { kubeconfig, agent_kubeconfig, .. } => args.extend([
                 "--registry".into(),
                 "kube".into(),
                 "--compat".into(),
-                match dialect {
-                    Dialect::Felt => "none",
-                    Dialect::Flannel => "flannel",
-                }
-                .into(),
+                compat.name().into(),
                 "--kubeconfig".into(),
                 agent_kubeconfig.as_ref().unwrap_or(kubeconfig).display().to_string(),
                 // Marks the process as this lab's, for `down` (see topo::agent_alive).
@@ -288,8 +298,6 @@ impl Lab {
             "eth0".into(),
             "--backend".into(),
             backend.name().into(),
-            "--net-conf".into(),
-            self.net_conf_path().display().to_string(),
             "--subnet-file".into(),
             dir.join("subnet.env").display().to_string(),
             "--resync-period".into(),
@@ -297,6 +305,11 @@ impl Lab {
             "--probe-interval".into(),
             "1s".into(),
         ]);
+        // A Flannel lab's net-conf.json is in Flannel's shape; felt in its own
+        // conventions reads felt's, whose defaults are the lab's network.
+        if compat == Compat::Flannel || registry_dialect(registry) == Dialect::Felt {
+            args.extend(["--net-conf".into(), self.net_conf_path().display().to_string()]);
+        }
         topo::spawn_in(netns, &self.felt, &args, &self.log_path(node))
     }
 
@@ -356,6 +369,13 @@ impl Lab {
                 LabError::Invalid(format!("CNI ADD for {name} returned no IPv4 address: {reply}"))
             })?;
         Ok(PodState { name, netns, node: node.name.clone(), ip })
+    }
+}
+
+fn registry_dialect(registry: &LabRegistry) -> Dialect {
+    match registry {
+        LabRegistry::Kube { dialect, .. } => *dialect,
+        LabRegistry::File => Dialect::Felt,
     }
 }
 
