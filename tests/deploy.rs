@@ -1,24 +1,37 @@
 //! deploy/felt.yaml is what the agent needs: every document is a valid
 //! Kubernetes object (checked with k8s-openapi's types), the RBAC grants
 //! what the kube registry calls, and the embedded configs parse with the
-//! same code the agent and the CNI plugin use.
+//! same code the agent and the CNI plugin use. deploy/felt-flannel-compat.yaml
+//! runs the same agent with Flannel's conventions, beside kube-flannel.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::Deserialize;
 
-fn documents() -> Vec<serde_yaml::Value> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/felt.yaml")).unwrap();
+const FELT: &str = "felt.yaml";
+const COMPAT: &str = "felt-flannel-compat.yaml";
+
+fn documents_of(file: &str) -> Vec<serde_yaml::Value> {
+    let path = format!("{}/../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde_yaml::Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
 }
 
+fn documents() -> Vec<serde_yaml::Value> {
+    documents_of(FELT)
+}
+
+fn kind_of<T: serde::de::DeserializeOwned>(file: &str, kind: &str) -> T {
+    let doc = documents_of(file).into_iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
+    serde_yaml::from_value(doc).unwrap_or_else(|e| panic!("{file} {kind} does not parse as k8s-openapi's type: {e}"))
+}
+
 fn of_kind<T: serde::de::DeserializeOwned>(kind: &str) -> T {
-    let doc = documents().into_iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
-    serde_yaml::from_value(doc).unwrap_or_else(|e| panic!("{kind} does not parse as k8s-openapi's type: {e}"))
+    kind_of(FELT, kind)
 }
 
 #[test]
@@ -76,4 +89,49 @@ fn configs_parse_and_the_daemonset_runs_the_agent() {
     )));
     assert_eq!(probe_port(&agent.readiness_probe), want);
     assert_eq!(probe_port(&agent.liveness_probe), want);
+}
+
+#[test]
+fn the_flannel_compat_manifest_runs_the_same_agent_in_flannels_conventions() {
+    let kinds: Vec<String> = documents_of(COMPAT).iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]);
+    let _: ServiceAccount = kind_of(COMPAT, "ServiceAccount");
+    let _: ClusterRoleBinding = kind_of(COMPAT, "ClusterRoleBinding");
+    // The RBAC the lab's agents run with (felt.yaml's), and no more.
+    let (own, compat): (ClusterRole, ClusterRole) = (of_kind("ClusterRole"), kind_of(COMPAT, "ClusterRole"));
+    assert_eq!(own.rules, compat.rules);
+    let ds: DaemonSet = kind_of(COMPAT, "DaemonSet");
+    assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-flannel"), "where kube-flannel-cfg lives");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.node_selector.unwrap()["felt.network/agent"], "felt");
+    assert!(pod.init_containers.is_none(), "Flannel's CNI plugin and conflist stay");
+    let agent = &pod.containers[0];
+    let env: std::collections::BTreeMap<&str, &str> = agent
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+        .collect();
+    assert_eq!(env["FELT_COMPAT"], "flannel");
+    assert_eq!(env["FELT_REGISTRY"], "kube");
+    assert_eq!(env["FELT_SUBNET_FILE"], "/run/flannel/subnet.env", "what Flannel's CNI plugin reads");
+    // The net-conf.json the agent reads is kube-flannel-cfg's, mounted where the env says.
+    let mounts: std::collections::BTreeMap<&str, &str> = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    let cfg = pod.volumes.iter().flatten().find(|v| v.config_map.is_some()).unwrap();
+    assert_eq!(cfg.config_map.as_ref().unwrap().name, "kube-flannel-cfg");
+    assert_eq!(env["FELT_NET_CONF"], format!("{}/net-conf.json", mounts[cfg.name.as_str()]));
+    let run = pod.volumes.iter().flatten().find(|v| v.host_path.is_some()).unwrap();
+    assert_eq!(run.host_path.as_ref().unwrap().path, "/run/flannel");
+    assert_eq!(mounts[run.name.as_str()], "/run/flannel");
+    // kube-flannel.yml's net-conf.json, which this agent reads.
+    let (net, _) = felt_proto::NetConfig::from_flannel_json(
+        br#"{"Network": "10.244.0.0/16", "EnableNFTables": false, "Backend": {"Type": "vxlan"}}"#,
+    )
+    .unwrap();
+    assert_eq!(net, felt_proto::NetConfig::default());
 }
