@@ -26,8 +26,10 @@ fn documents() -> Vec<serde_yaml::Value> {
 }
 
 fn kind_of<T: serde::de::DeserializeOwned>(file: &str, kind: &str) -> T {
-    let doc = documents_of(file).into_iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
-    serde_yaml::from_value(doc).unwrap_or_else(|e| panic!("{file} {kind} does not parse as k8s-openapi's type: {e}"))
+    let doc =
+        documents_of(file).into_iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
+    serde_yaml::from_value(doc)
+        .unwrap_or_else(|e| panic!("{file} {kind} does not parse as k8s-openapi's type: {e}"))
 }
 
 fn of_kind<T: serde::de::DeserializeOwned>(kind: &str) -> T {
@@ -93,7 +95,8 @@ fn configs_parse_and_the_daemonset_runs_the_agent() {
 
 #[test]
 fn the_flannel_compat_manifest_runs_the_same_agent_in_flannels_conventions() {
-    let kinds: Vec<String> = documents_of(COMPAT).iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<String> =
+        documents_of(COMPAT).iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect();
     assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]);
     let _: ServiceAccount = kind_of(COMPAT, "ServiceAccount");
     let _: ClusterRoleBinding = kind_of(COMPAT, "ClusterRoleBinding");
@@ -106,22 +109,14 @@ fn the_flannel_compat_manifest_runs_the_same_agent_in_flannels_conventions() {
     assert_eq!(pod.node_selector.unwrap()["felt.network/agent"], "felt");
     assert!(pod.init_containers.is_none(), "Flannel's CNI plugin and conflist stay");
     let agent = &pod.containers[0];
-    let env: std::collections::BTreeMap<&str, &str> = agent
-        .env
-        .iter()
-        .flatten()
-        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
-        .collect();
+    let env: std::collections::BTreeMap<&str, &str> =
+        agent.env.iter().flatten().filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?))).collect();
     assert_eq!(env["FELT_COMPAT"], "flannel");
     assert_eq!(env["FELT_REGISTRY"], "kube");
     assert_eq!(env["FELT_SUBNET_FILE"], "/run/flannel/subnet.env", "what Flannel's CNI plugin reads");
     // The net-conf.json the agent reads is kube-flannel-cfg's, mounted where the env says.
-    let mounts: std::collections::BTreeMap<&str, &str> = agent
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
-        .collect();
+    let mounts: std::collections::BTreeMap<&str, &str> =
+        agent.volume_mounts.iter().flatten().map(|m| (m.name.as_str(), m.mount_path.as_str())).collect();
     let cfg = pod.volumes.iter().flatten().find(|v| v.config_map.is_some()).unwrap();
     assert_eq!(cfg.config_map.as_ref().unwrap().name, "kube-flannel-cfg");
     assert_eq!(env["FELT_NET_CONF"], format!("{}/net-conf.json", mounts[cfg.name.as_str()]));

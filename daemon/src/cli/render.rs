@@ -41,10 +41,11 @@ pub fn status(status: &felt::lab::LabStatus) {
     let mut problems = Vec::new();
     for n in &status.nodes {
         let agent = if n.agent_running { n.pid.to_string() } else { "stopped".into() };
-        let ready = match n.ready {
-            Some(true) => "ready",
-            Some(false) => "NOT READY",
-            None => "unknown",
+        let ready = match (n.agent, n.ready) {
+            (felt::lab::NodeAgent::Flannel, _) => "flanneld",
+            (_, Some(true)) => "ready",
+            (_, Some(false)) => "NOT READY",
+            (_, None) => "unknown",
         };
         println!(
             "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",

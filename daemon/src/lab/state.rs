@@ -145,6 +145,7 @@ pub enum NodeAgent {
     Felt,
     /// felt in its own conventions (`--compat none`) in a lab in Flannel's
     /// dialect: a node that has left compat mode.
+    #[serde(rename = "felt-own")]
     FeltOwn,
     /// flanneld (vxlan backend, Kubernetes subnet manager), pods attached by
     /// Flannel's CNI plugin.

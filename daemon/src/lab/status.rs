@@ -10,7 +10,7 @@ use felt_proto::debug::ProbeStatus;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::state::PodState;
+use super::state::{NodeAgent, PodState};
 use super::{Lab, LabError, probe, topo};
 use crate::netns;
 
@@ -38,6 +38,9 @@ pub struct NodeStatus {
     pub vtep_mac: Option<felt_proto::MacAddr>,
     /// The agent's process id.
     pub pid: u32,
+    /// Which agent the node runs (`felt`, `felt-own`, `flannel`).
+    #[serde(default)]
+    pub agent: NodeAgent,
     /// That process is a felt agent and alive.
     pub agent_running: bool,
     /// The agent's readiness; `None` when its endpoint did not answer.
@@ -87,6 +90,7 @@ impl Lab {
                     pod_cidr: r.and_then(NodeRecord::pod_cidr_v4),
                     vtep_mac: r.and_then(|r| r.backend_data).map(|d| d.vtep_mac),
                     pid: n.pid,
+                    agent: n.agent,
                     agent_running: topo::agent_alive(n.pid, &self.registry_dir()),
                     ready: None,
                     peers_desired: 0,
@@ -94,7 +98,10 @@ impl Lab {
                     peers_reachable: 0,
                     problems: Vec::new(),
                 };
-                add_agent_view(&n.netns, &mut status);
+                // flanneld has no debug endpoint: the lab knows only that it runs.
+                if n.agent != NodeAgent::Flannel {
+                    add_agent_view(&n.netns, &mut status);
+                }
                 status
             })
             .collect();
