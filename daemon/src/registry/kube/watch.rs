@@ -111,13 +111,28 @@ impl Denials {
 /// on the way.
 pub(super) struct Tracker {
     /// Each Node's record (or why it is not one) as last seen.
-    pub(super) seen: BTreeMap<String, Result<NodeRecord, String>>,
+    pub(super) seen: BTreeMap<String, Seen>,
     /// A relist in progress.
-    pub(super) relist: Option<BTreeMap<String, Result<NodeRecord, String>>>,
+    pub(super) relist: Option<BTreeMap<String, Seen>>,
     pub(super) synced: Arc<AtomicBool>,
     pub(super) listed: Arc<AtomicBool>,
     pub(super) denied: Denials,
     pub(super) dialect: Dialect,
+}
+
+/// What felt uses of a Node: its record as peers use it (an operator's
+/// `public-ip-overwrite` in place of `public-ip`) and the overwrite itself,
+/// so that removing one wakes the node's own agent: it published the
+/// overwrite as its `public-ip` and must publish its own address again,
+/// while the record alone does not change (it falls back to that
+/// published overwrite).
+pub(super) type Seen = Result<(NodeRecord, Option<String>), String>;
+
+fn seen_of(n: &Node, dialect: Dialect) -> Seen {
+    let used = record_from_node(n, dialect).map_err(|e| crate::util::error_chain(&e))?;
+    let key = dialect.keys().public_ip_overwrite;
+    let overwrite = n.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+    Ok((used, overwrite))
 }
 
 impl Tracker {
@@ -130,10 +145,7 @@ impl Tracker {
             }
             Ok(watcher::Event::InitApply(n)) => {
                 if let Some(r) = self.relist.as_mut() {
-                    r.insert(
-                        n.metadata.name.clone().unwrap_or_default(),
-                        record_from_node(&n, self.dialect).map_err(|e| crate::util::error_chain(&e)),
-                    );
+                    r.insert(n.metadata.name.clone().unwrap_or_default(), seen_of(&n, self.dialect));
                 }
                 false
             }
@@ -149,7 +161,7 @@ impl Tracker {
             Ok(watcher::Event::Apply(n)) => {
                 self.denied.allowed("watch", "nodes");
                 let name = n.metadata.name.clone().unwrap_or_default();
-                let rec = record_from_node(&n, self.dialect).map_err(|e| crate::util::error_chain(&e));
+                let rec = seen_of(&n, self.dialect);
                 self.seen.insert(name, rec.clone()).as_ref() != Some(&rec)
             }
             Ok(watcher::Event::Delete(n)) => {
@@ -176,5 +188,43 @@ impl Tracker {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+
+    fn node(ann: &[(&str, &str)]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "annotations": ann.iter().copied().collect::<BTreeMap<_, _>>()},
+            "spec": {"podCIDRs": ["10.244.0.0/24"]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn removing_an_overwrite_the_node_published_wakes_its_agent() {
+        let mut t = Tracker {
+            seen: BTreeMap::new(),
+            relist: None,
+            synced: Arc::default(),
+            listed: Arc::default(),
+            denied: Denials::default(),
+            dialect: Dialect::Felt,
+        };
+        let (ip, over) = (super::super::PUBLIC_IP, super::super::PUBLIC_IP_OVERWRITE);
+        // The agent published its overwrite as its public-ip…
+        assert!(t.on(Ok(Event::Apply(node(&[(ip, "198.18.0.99"), (over, "198.18.0.99")])))));
+        // …so without the overwrite, peers' view of the node is the same, but
+        // its agent must publish its own address again.
+        assert!(
+            t.on(Ok(Event::Apply(node(&[(ip, "198.18.0.99")])))),
+            "no wake-up: the node keeps the old overwrite"
+        );
+        // A heartbeat-like update that changes nothing felt uses does not wake it.
+        assert!(!t.on(Ok(Event::Apply(node(&[(ip, "198.18.0.99"), ("example.com/other", "x")])))));
     }
 }
