@@ -253,6 +253,26 @@ impl Lab {
             let key = n.agent.compat(state.dialect()).dialect().keys().public_ip_overwrite;
             kube::annotate(&ul, kubeconfig, &n.name, key, None)?;
         }
+        // Each agent published its overwrite as its public-ip; the lab is
+        // itself again once every one has published its own address.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let records = self.records_of(&state.registry)?;
+            let behind: Vec<&str> = felts
+                .iter()
+                .filter(|n| records.get(&n.name).and_then(|r| r.public_ip) != Some(n.underlay_ip))
+                .map(|n| n.name.as_str())
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout(format!(
+                    "{behind:?} still publish their overwrite after 30 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.wait_programmed(&state, Duration::from_secs(30))?;
         Ok(samples)
     }
