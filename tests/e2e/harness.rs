@@ -446,26 +446,29 @@ pub fn sample_value(s: &prometheus_parse::Sample) -> Option<f64> {
     }
 }
 
+/// Runs `tests/<module>/build.sh` (which builds once and caches outside the
+/// repository) and returns the directory it prints, checked to hold `programs`.
+fn built_by(module: &str, programs: &[&str], needs: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/{module}/build.sh"));
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running tests/{module}/build.sh: {e}"));
+    assert!(out.status.success(), "tests/{module}/build.sh failed: is {needs} installed?");
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    for program in programs {
+        assert!(dir.join(program).exists(), "build.sh printed {}, which lacks {program}", dir.display());
+    }
+    dir
+}
+
 /// The directory holding the real `kube-apiserver`, `kubectl` and `etcd`, built from
 /// the Go module `tests/k8s` by its `build.sh` on first use (minutes, once
 /// per machine: the binaries are cached outside the repository).
 pub fn control_plane_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/k8s/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("running tests/k8s/build.sh");
-        assert!(out.status.success(), "tests/k8s/build.sh failed: is Go 1.24+ installed?");
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        for program in ["kube-apiserver", "kubectl", "etcd"] {
-            assert!(dir.join(program).exists(), "build.sh printed {}, which lacks {program}", dir.display());
-        }
-        dir
-    })
-    .clone()
+    BIN.get_or_init(|| built_by("k8s", &["kube-apiserver", "kubectl", "etcd"], "Go 1.24+")).clone()
 }
 
 /// The directory holding the real `flanneld` and Flannel's CNI plugin
@@ -473,19 +476,5 @@ pub fn control_plane_bin() -> PathBuf {
 /// on first use (cached outside the repository, like the control plane).
 pub fn flannel_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/flannel/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("running tests/flannel/build.sh");
-        assert!(out.status.success(), "tests/flannel/build.sh failed: are Go 1.26+ and gcc installed?");
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        for program in ["flanneld", "flannel"] {
-            assert!(dir.join(program).exists(), "build.sh printed {}, which lacks {program}", dir.display());
-        }
-        dir
-    })
-    .clone()
+    BIN.get_or_init(|| built_by("flannel", &["flanneld", "flannel"], "Go 1.26+ with gcc")).clone()
 }
