@@ -227,7 +227,14 @@ impl LabState {
 
     /// Whose annotations the lab's agents publish.
     pub fn dialect(&self) -> Dialect {
-        match &self.registry {
+        self.registry.dialect()
+    }
+}
+
+impl LabRegistry {
+    /// Whose annotations the agents publish: felt's on a file registry.
+    pub fn dialect(&self) -> Dialect {
+        match self {
             LabRegistry::Kube { dialect, .. } => *dialect,
             LabRegistry::File => Dialect::Felt,
         }

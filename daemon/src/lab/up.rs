@@ -211,16 +211,9 @@ impl Lab {
     /// Starts node `node`'s agent, felt or flanneld; returns its pid.
     pub(super) fn start_agent(&self, state: &LabState, node: &NodeState) -> Result<u32, LabError> {
         match (node.agent, &state.flannel) {
-            (NodeAgent::Felt, _) => {
-                let compat = match state.dialect() {
-                    Dialect::Felt => Compat::None,
-                    Dialect::Flannel => Compat::Flannel,
-                };
-                self.spawn_agent(&state.registry, compat, state.backend_of(node), &node.name, &node.netns)
-            }
-            (NodeAgent::FeltOwn, _) => self.spawn_agent(
+            (NodeAgent::Felt | NodeAgent::FeltOwn, _) => self.spawn_agent(
                 &state.registry,
-                Compat::None,
+                node.agent.compat(state.dialect()),
                 state.backend_of(node),
                 &node.name,
                 &node.netns,
@@ -307,7 +300,7 @@ impl Lab {
         ]);
         // A Flannel lab's net-conf.json is in Flannel's shape; felt in its own
         // conventions reads felt's, whose defaults are the lab's network.
-        if compat == Compat::Flannel || registry_dialect(registry) == Dialect::Felt {
+        if compat == Compat::Flannel || registry.dialect() == Dialect::Felt {
             args.extend(["--net-conf".into(), self.net_conf_path().display().to_string()]);
         }
         topo::spawn_in(netns, &self.felt, &args, &self.log_path(node))
@@ -369,13 +362,6 @@ impl Lab {
                 LabError::Invalid(format!("CNI ADD for {name} returned no IPv4 address: {reply}"))
             })?;
         Ok(PodState { name, netns, node: node.name.clone(), ip })
-    }
-}
-
-fn registry_dialect(registry: &LabRegistry) -> Dialect {
-    match registry {
-        LabRegistry::Kube { dialect, .. } => *dialect,
-        LabRegistry::File => Dialect::Felt,
     }
 }
 
