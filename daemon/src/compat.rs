@@ -16,7 +16,8 @@ pub enum Compat {
     /// `/run/felt/subnet.env`, routes `proto 76`.
     #[default]
     None,
-    /// Flannel's (see the module docs).
+    /// Flannel's: its annotations, `flannel.<VNI>`, `/run/flannel/subnet.env`,
+    /// routes `proto boot`, its `net-conf.json`.
     Flannel,
 }
 

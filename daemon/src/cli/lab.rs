@@ -23,7 +23,7 @@ pub struct LabName {
 /// The agents a lab node can run.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum AgentChoice {
-    /// felt, with --compat flannel.
+    /// felt (with --compat flannel in a lab with Flannel nodes).
     Felt,
     /// felt in its own conventions (--compat none): leaving compat mode.
     FeltOwn,
