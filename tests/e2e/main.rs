@@ -306,19 +306,24 @@ fn bad_records_are_logged_and_ignored() {
     let n1_ip = status.nodes[0].underlay_ip.to_string();
     let n2_cidr = pod_cidr(&status, "n2");
     let nodes = lab.registry_nodes();
-    // Written the way a careful writer does (temp file, rename), so the agent sees one document.
-    std::fs::write(nodes.join(".garbage.tmp"), b"{\"name\": ").unwrap();
-    std::fs::rename(nodes.join(".garbage.tmp"), nodes.join("garbage.json")).unwrap();
-    std::fs::write(
-        nodes.join("thief.json"),
-        format!(r#"{{"name":"thief","podCIDRs":["10.244.200.0/24"],"publicIP":"{n1_ip}","backendType":"vxlan","backendData":{{"vni":1,"vtepMAC":"02:00:00:00:00:99"}}}}"#),
-    )
-    .unwrap();
-    std::fs::write(
-        nodes.join("overlap.json"),
-        format!(r#"{{"name":"overlap","podCIDRs":["{n2_cidr}"],"publicIP":"198.18.255.250","backendType":"vxlan","backendData":{{"vni":1,"vtepMAC":"02:00:00:00:00:98"}}}}"#),
-    )
-    .unwrap();
+    // Written the way a careful writer does (temp file, rename), so the agent
+    // sees each whole: a plain write can be read half-done, a second malformed
+    // document that the once-only count below would see (a CI run did).
+    let write =
+        |name: &str, text: &str| felt::util::write_atomic(&nodes.join(name), text.as_bytes()).unwrap();
+    write("garbage.json", "{\"name\": ");
+    write(
+        "thief.json",
+        &format!(
+            r#"{{"name":"thief","podCIDRs":["10.244.200.0/24"],"publicIP":"{n1_ip}","backendType":"vxlan","backendData":{{"vni":1,"vtepMAC":"02:00:00:00:00:99"}}}}"#
+        ),
+    );
+    write(
+        "overlap.json",
+        &format!(
+            r#"{{"name":"overlap","podCIDRs":["{n2_cidr}"],"publicIP":"198.18.255.250","backendType":"vxlan","backendData":{{"vni":1,"vtepMAC":"02:00:00:00:00:98"}}}}"#
+        ),
+    );
     let logged = wait_until(Duration::from_secs(5), || {
         let log = lab.log("n1");
         log.contains("ignoring malformed node document")
