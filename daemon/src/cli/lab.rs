@@ -172,6 +172,21 @@ pub enum LabCommand {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Instead: the control-plane benchmark. One node namespace whose agent
+        /// learns N synthetic peers and programs them into the kernel: cold
+        /// start, one change (p50/p99), removals, memory and CPU, per N. Builds
+        /// and removes its own namespace (the lab --name must not exist).
+        #[arg(long, conflicts_with_all = ["mode", "seconds"])]
+        control_plane: bool,
+        /// --control-plane: the peer counts, each with a cold agent.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000", requires = "control_plane")]
+        peers: Vec<u32>,
+        /// --control-plane: peer changes timed one at a time, per N.
+        #[arg(long, default_value_t = 200, requires = "control_plane")]
+        changes: u32,
+        /// --control-plane: peers removed at once, per N (at most N).
+        #[arg(long, default_value_t = 1000, requires = "control_plane")]
+        removals: u32,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -282,7 +297,10 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             return up(&lab, opts, registry, kubeconfig, control_plane, cni_delegate);
         }
         LabCommand::Propagation { lab, changes } => propagation(&lab, changes)?,
-        LabCommand::Bench { lab, mode, seconds, json } => bench(&lab, mode, seconds, json)?,
+        LabCommand::Bench { lab, control_plane: true, peers, changes, removals, json, .. } => {
+            bench_control_plane(&lab, lab::scale::ScaleOptions { peers, changes, removals }, json)?
+        }
+        LabCommand::Bench { lab, mode, seconds, json, .. } => bench(&lab, mode, seconds, json)?,
         LabCommand::Soak { lab, datagrams, max_seconds, json } => {
             return soak(&lab, datagrams, max_seconds, json);
         }
@@ -448,6 +466,17 @@ fn bench(lab: &LabName, mode: Option<Mode>, seconds: f64, json: bool) -> anyhow:
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         render::bench(&results);
+    }
+    Ok(())
+}
+
+/// `felt lab bench --control-plane`.
+fn bench_control_plane(lab: &LabName, opts: lab::scale::ScaleOptions, json: bool) -> anyhow::Result<()> {
+    let report = open_lab(lab)?.bench_control_plane(&opts, &mut progress)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        render::scale(&report);
     }
     Ok(())
 }

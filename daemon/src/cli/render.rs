@@ -138,3 +138,43 @@ pub fn soak(r: &lab::soak::SoakReport) {
         if r.agent_alive { "running" } else { "NOT RUNNING" }
     );
 }
+
+/// `felt lab bench --control-plane`.
+pub fn scale(report: &lab::scale::ScaleReport) {
+    println!("control plane, {} registry: one agent, N synthetic peers, real netlink", report.registry);
+    println!(
+        "{:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7}",
+        "PEERS",
+        "COLD MS",
+        "IDLE %",
+        "CHG P50",
+        "CHG P99",
+        "CHG MAX",
+        "WRITES",
+        "PASSES",
+        "RM MS",
+        "RSS MIB",
+        "CPU S"
+    );
+    for r in &report.rows {
+        println!(
+            "{:>6} {:>9.1} {:>7.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>7.2} {:>9.1} {:>8.1} {:>7.2}",
+            r.peers,
+            r.cold_ms,
+            r.idle_cpu_percent,
+            r.change_p50_ms,
+            r.change_p99_ms,
+            r.change_max_ms,
+            r.netlink_writes_per_change,
+            r.passes_per_change,
+            r.removal_ms,
+            r.rss_peak_mib,
+            r.cpu_seconds
+        );
+    }
+    println!("CHG: one peer's address rewritten in the registry → its FDB entry rewritten (ms);");
+    println!(
+        "WRITES/PASSES: netlink writes and full reconcile passes per change; RM: {} peers removed at once.",
+        report.rows.first().map_or(0, |r| r.removed)
+    );
+}

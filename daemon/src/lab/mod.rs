@@ -25,6 +25,7 @@
 //! | `membership` | add/remove nodes, restart agents, propagation timing |
 //! | [`watch`] | netlink route watches that time propagation |
 //! | [`bench`](mod@bench), [`soak`] | throughput/packet-rate ratios and the garbage flood |
+//! | [`scale`] | the control-plane benchmark: what N peers cost one agent |
 //! | [`rootless`] | a lab inside a user namespace, for unprivileged users |
 
 pub mod bench;
@@ -35,6 +36,7 @@ mod kube;
 mod membership;
 pub mod probe;
 pub mod rootless;
+pub mod scale;
 pub mod soak;
 pub mod state;
 mod status;
