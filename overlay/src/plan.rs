@@ -81,12 +81,15 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     for o in observed.routes.iter().filter(|o| o.ours && !want_routes.contains_key(&o.dst)) {
         dels.push(Op::DelRoute(o.dst));
     }
-    let route_ok = |r: &Route| {
-        observed
-            .routes
-            .iter()
-            .any(|o| o.dst == r.dst && o.gateway == Some(r.gateway) && o.on_device && o.onlink && o.ours)
-    };
+    // Routes already as wanted, indexed: a scan per route would make a plan
+    // of N peers cost N².
+    let good: BTreeSet<(Ipv4Net, Ipv4Addr)> = observed
+        .routes
+        .iter()
+        .filter(|o| o.on_device && o.onlink && o.ours)
+        .filter_map(|o| Some((o.dst, o.gateway?)))
+        .collect();
+    let route_ok = |r: &Route| good.contains(&(r.dst, r.gateway));
     let route_sets: Vec<Op> =
         desired.routes.iter().filter(|r| !route_ok(r)).map(|r| Op::SetRoute(*r)).collect();
 

@@ -55,6 +55,13 @@ pub struct CauseLabel {
     pub cause: &'static str,
 }
 
+/// Labels `{phase}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// `registry`, `view`, `device`, `observe`, `apply`, `nftables`, `report`.
+    pub phase: &'static str,
+}
+
 /// Labels `{reason}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -95,6 +102,8 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabel, Counter>,
     /// `felt_reconcile_duration_seconds`.
     pub reconcile_duration: Histogram,
+    /// `felt_reconcile_phase_seconds_total{phase}`: where the passes' time goes.
+    pub reconcile_phase: Family<PhaseLabel, Counter<f64, AtomicU64>>,
     /// `felt_dataplane_ops_total{op,result}`.
     pub ops: Family<OpLabels, Counter>,
     /// `felt_wakeups_total{cause}`.
@@ -141,6 +150,7 @@ impl Metrics {
             peers: Family::default(),
             reconciles: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            reconcile_phase: Family::default(),
             ops: Family::default(),
             wakeups: Family::default(),
             relists: Counter::default(),
@@ -165,6 +175,11 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Time of one observe-plan-apply pass",
             m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_phase_seconds",
+            "Time spent in each phase of the reconcile passes: registry, view, device, observe, apply, nftables, report",
+            m.reconcile_phase.clone(),
         );
         registry.register("dataplane_ops", "Data-plane operations by kind and result", m.ops.clone());
         registry.register(

@@ -11,7 +11,7 @@ use felt_proto::{BackendData, BackendType, NodeRecord, SubnetFile};
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use super::metrics::{OpLabels, PeerState, ReasonLabel, ResultLabel, StateLabel};
+use super::metrics::{OpLabels, PeerState, PhaseLabel, ReasonLabel, ResultLabel, StateLabel};
 use super::status::{Malformed, ReconcileView, rfc3339};
 use super::{Agent, view};
 use crate::registry::Snapshot;
@@ -101,9 +101,14 @@ impl Agent {
     }
 
     async fn reconcile_inner(&mut self, started: Instant) -> bool {
+        let shared = self.shared.clone();
+        let mut phase = Phases::new(&shared.metrics);
         let Some((snap, synced)) = self.read_registry().await else { return false };
+        phase.done("registry");
         let view = self.accept(&snap, synced);
+        phase.done("view");
         let Some(index) = self.ensure_device(&view.peers).await else { return false };
+        phase.done("device");
         let observed = match self.kernel.observe(index).await {
             Ok(o) => o,
             Err(e) => {
@@ -112,13 +117,17 @@ impl Agent {
                 return false;
             }
         };
+        phase.done("observe");
         let ops = plan(&self.dataplane.desired(&view.peers), &self.dataplane.owned(observed));
         let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
         self.count_applied(&report);
+        phase.done("apply");
         let egress_ok = self.reconcile_nft(&view.peers);
+        phase.done("nftables");
         let in_sync = report.failed.is_empty() && egress_ok;
         self.report(&view.peers, &report, in_sync, started.elapsed());
         self.check_limits(view.peers.len());
+        phase.done("report");
         in_sync && synced
     }
 
@@ -347,6 +356,25 @@ impl Agent {
             info!(peer = %name, "peer left");
         }
         self.state.peers = peers.to_vec();
+    }
+}
+
+/// Adds each phase's time to `felt_reconcile_phase_seconds_total`.
+struct Phases<'a> {
+    metrics: &'a super::metrics::Metrics,
+    since: Instant,
+}
+
+impl<'a> Phases<'a> {
+    fn new(metrics: &'a super::metrics::Metrics) -> Self {
+        Phases { metrics, since: Instant::now() }
+    }
+
+    /// `phase` ended now; the next one starts.
+    fn done(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        let took = now.duration_since(std::mem::replace(&mut self.since, now));
+        self.metrics.reconcile_phase.get_or_create(&PhaseLabel { phase }).inc_by(took.as_secs_f64());
     }
 }
 

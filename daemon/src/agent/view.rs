@@ -11,7 +11,7 @@
 //!   VTEP MAC), the one that was already a peer keeps its place (`stable`),
 //!   then the one whose name sorts first; the other is rejected.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use felt_ipam::subnets::{overlaps, validate_pod_cidr};
@@ -83,28 +83,60 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: &BTreeSet
     // Incumbents first, then by name: a newcomer cannot evict a working peer.
     candidates
         .sort_by(|a, b| (!stable.contains(&a.name), &a.name).cmp(&(!stable.contains(&b.name), &b.name)));
+    let mut taken = Taken::default();
     for c in candidates {
-        let clash = view.peers.iter().find_map(|p| {
-            if overlaps(p.pod_cidr, c.pod_cidr) {
-                Some(format!("pod CIDR {} overlaps peer {} ({})", c.pod_cidr, p.name, p.pod_cidr))
-            } else if p.underlay_ip == c.underlay_ip {
-                Some(format!("underlay IP {} is peer {}'s", c.underlay_ip, p.name))
-            } else if p.vtep_mac == c.vtep_mac {
-                Some(format!("VTEP MAC {} is peer {}'s", c.vtep_mac, p.name))
-            } else {
-                None
-            }
-        });
-        match clash {
+        match taken.clash(&c) {
             Some(message) => {
                 view.rejected.push(Rejection { node: c.name, reason: RejectReason::Clash, message })
             }
-            None => view.peers.push(c),
+            None => {
+                taken.insert(&c);
+                view.peers.push(c);
+            }
         }
     }
     view.peers.sort_by(|a, b| a.name.cmp(&b.name));
     view.rejected.sort();
     view
+}
+
+/// What the peers accepted so far hold, indexed, so that checking a
+/// candidate costs log N, not N: their pod CIDRs (disjoint, by first
+/// address), underlay IPs and VTEP MACs.
+#[derive(Debug, Default)]
+struct Taken {
+    /// First address → (last address, CIDR, peer).
+    cidrs: BTreeMap<u32, (u32, Ipv4Net, String)>,
+    underlay: HashMap<Ipv4Addr, String>,
+    macs: HashMap<MacAddr, String>,
+}
+
+impl Taken {
+    /// Why `c` cannot join the peers taken so far, if it cannot.
+    fn clash(&self, c: &Peer) -> Option<String> {
+        let (first, last) = (u32::from(c.pod_cidr.network()), u32::from(c.pod_cidr.broadcast()));
+        // The taken ranges are disjoint: if any overlaps c, the one starting
+        // last at or before c's end does.
+        if let Some((_, (end, cidr, name))) = self.cidrs.range(..=last).next_back()
+            && *end >= first
+        {
+            return Some(format!("pod CIDR {} overlaps peer {name} ({cidr})", c.pod_cidr));
+        }
+        if let Some(name) = self.underlay.get(&c.underlay_ip) {
+            return Some(format!("underlay IP {} is peer {name}'s", c.underlay_ip));
+        }
+        if let Some(name) = self.macs.get(&c.vtep_mac) {
+            return Some(format!("VTEP MAC {} is peer {name}'s", c.vtep_mac));
+        }
+        None
+    }
+
+    fn insert(&mut self, p: &Peer) {
+        let (first, last) = (u32::from(p.pod_cidr.network()), u32::from(p.pod_cidr.broadcast()));
+        self.cidrs.insert(first, (last, p.pod_cidr, p.name.clone()));
+        self.underlay.insert(p.underlay_ip, p.name.clone());
+        self.macs.insert(p.vtep_mac, p.name.clone());
+    }
 }
 
 #[cfg(test)]
@@ -208,5 +240,43 @@ mod tests {
         let v = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
         assert_eq!(names(&v), ["a"]);
         assert_eq!(v.rejected.len(), 2);
+    }
+
+    /// The indexed clash check says what a scan of every accepted peer would:
+    /// random CIDRs of mixed sizes (nested, adjacent, overlapping several),
+    /// shared addresses and MACs.
+    #[test]
+    fn indexed_clash_check_agrees_with_a_scan() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % u64::from(n)) as u32
+        };
+        for _ in 0..200 {
+            let mut taken = Taken::default();
+            let mut accepted: Vec<Peer> = Vec::new();
+            for i in 0..40 {
+                let len = 20 + next(9) as u8;
+                let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (next(1 << 12) << 4));
+                let c = Peer {
+                    name: format!("p{i}"),
+                    pod_cidr: Ipv4Net::new(addr, len).unwrap().trunc(),
+                    underlay_ip: Ipv4Addr::new(198, 18, 0, next(60) as u8),
+                    vtep_mac: MacAddr([2, 0, 0, 0, 0, next(60) as u8]),
+                };
+                let scan = accepted.iter().any(|p| {
+                    overlaps(p.pod_cidr, c.pod_cidr)
+                        || p.underlay_ip == c.underlay_ip
+                        || p.vtep_mac == c.vtep_mac
+                });
+                assert_eq!(taken.clash(&c).is_some(), scan, "{c:?} against {accepted:?}");
+                if !scan {
+                    taken.insert(&c);
+                    accepted.push(c);
+                }
+            }
+        }
     }
 }

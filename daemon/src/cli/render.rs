@@ -172,7 +172,22 @@ pub fn scale(report: &lab::scale::ScaleReport) {
             r.cpu_seconds
         );
     }
-    println!("CHG: one peer's address rewritten in the registry → its FDB entry rewritten (ms);");
+    let phases: Vec<&String> =
+        report.rows.first().map(|r| r.phase_ms_per_change.keys().collect()).unwrap_or_default();
+    println!("\nwhere a change's time goes in the agent (ms per change, by reconcile phase)");
+    print!("{:>6}", "PEERS");
+    for p in &phases {
+        print!(" {:>9}", p.to_uppercase());
+    }
+    println!();
+    for r in &report.rows {
+        print!("{:>6}", r.peers);
+        for p in &phases {
+            print!(" {:>9.2}", r.phase_ms_per_change.get(*p).copied().unwrap_or(0.0));
+        }
+        println!();
+    }
+    println!("\nCHG: one peer's address rewritten in the registry → its FDB entry rewritten (ms);");
     println!(
         "WRITES/PASSES: netlink writes and full reconcile passes per change; RM: {} peers removed at once.",
         report.rows.first().map_or(0, |r| r.removed)

@@ -20,7 +20,7 @@
 //! [`PEER_UNDERLAY`], both only ever inside the namespace. Everything is
 //! removed after each N, and on failure or Ctrl-C (the guard).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,6 +83,9 @@ pub struct ScaleRow {
     /// Reconcile passes (each a registry read and a dump of the device's
     /// routes, neighbours and FDB) per change.
     pub passes_per_change: f64,
+    /// Where a change's time goes inside the agent: milliseconds per change
+    /// in each reconcile phase (`felt_reconcile_phase_seconds_total`).
+    pub phase_ms_per_change: BTreeMap<String, f64>,
     /// Peers removed at once.
     pub removed: u32,
     /// Their removal → the last of their routes gone.
@@ -231,7 +234,7 @@ impl<'a> Bench<'a> {
             s.routes.len() >= want && s.neighbours.len() >= want && s.fdb.len() >= want
         });
         let Some(done) = done else {
-            return Err(LabError::Timeout(format!(
+            return Err(seen.missed(format!(
                 "{n} peers: after {timeout:?} the kernel holds {} routes, {} neighbours, {} FDB entries{}",
                 seen.routes.len(),
                 seen.neighbours.len(),
@@ -263,9 +266,7 @@ impl<'a> Bench<'a> {
                 .map_err(|e| LabError::io("writing", &self.record_path(&record.name), e))?;
             let seen_at = events.wait(&mut seen, at + Duration::from_secs(10), |s| s.fdb_to.contains(&to));
             let Some(seen_at) = seen_at else {
-                return Err(LabError::Timeout(format!(
-                    "change {c}: peer {i}'s FDB entry never pointed at {to}"
-                )));
+                return Err(seen.missed(format!("change {c}: peer {i}'s FDB entry never pointed at {to}")));
             };
             samples.push(seen_at.duration_since(at));
         }
@@ -285,7 +286,7 @@ impl<'a> Bench<'a> {
         let want = removals as usize;
         let removed = events.wait(&mut seen, at + timeout, |s| s.routes_removed.len() >= want);
         let Some(removed) = removed else {
-            return Err(LabError::Timeout(format!(
+            return Err(seen.missed(format!(
                 "{removals} peers removed: only {} routes went",
                 seen.routes_removed.len()
             )));
@@ -309,6 +310,14 @@ impl<'a> Bench<'a> {
             change_max_ms: pct(1.0),
             netlink_writes_per_change: per_change(after.writes, before.writes),
             passes_per_change: per_change(after.passes, before.passes),
+            phase_ms_per_change: after
+                .phases
+                .iter()
+                .map(|(phase, s)| {
+                    let was = before.phases.get(phase).copied().unwrap_or(0.0);
+                    (phase.clone(), per_change(*s, was) * 1e3)
+                })
+                .collect(),
             removed: removals,
             removal_ms: ms(removed.duration_since(at)),
             rss_peak_mib: peak_rss_kib(pid)? as f64 / 1024.0,
@@ -330,14 +339,28 @@ impl<'a> Bench<'a> {
         Ok(Counters {
             writes: metric_sum(&body, "felt_dataplane_ops_total"),
             passes: metric_sum(&body, "felt_reconcile_total"),
+            phases: by_label(&body, "felt_reconcile_phase_seconds_total", "phase"),
         })
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Counters {
     writes: f64,
     passes: f64,
+    phases: BTreeMap<String, f64>,
+}
+
+/// Every sample of `name` in Prometheus text by the value of its `label`.
+fn by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let key = format!("{label}=\"");
+    text.lines()
+        .filter_map(|l| {
+            let labels = l.strip_prefix(name)?.strip_prefix('{')?;
+            let value = labels.split_once(&key)?.1.split_once('"')?.0.to_owned();
+            Some((value, l.rsplit(' ').next()?.parse::<f64>().ok()?))
+        })
+        .collect()
 }
 
 /// The sum of every sample of `name` in Prometheus text.
@@ -417,6 +440,18 @@ struct Seen {
     fdb: HashSet<[u8; 6]>,
     /// Underlay addresses an FDB entry pointed at.
     fdb_to: HashSet<Ipv4Addr>,
+    /// Why the listener stopped, if it did.
+    failed: Option<String>,
+}
+
+impl Seen {
+    /// Why a wait ended without what it waited for: the listener's failure, or `timed_out`.
+    fn missed(&self, timed_out: String) -> LabError {
+        match &self.failed {
+            Some(why) => LabError::Invalid(why.clone()),
+            None => LabError::Timeout(timed_out),
+        }
+    }
 }
 
 /// One kernel notification that matters here.
@@ -431,8 +466,8 @@ enum Event {
         mac: [u8; 6],
         dst: Ipv4Addr,
     },
-    /// The listener's buffer overflowed: notifications were lost.
-    Overflow,
+    /// The listener stopped (its buffer overflowed: notifications were lost).
+    Failed(String),
 }
 
 /// A netlink listener inside the bench namespace, on its own thread.
@@ -467,11 +502,11 @@ impl Events {
     fn wait(&self, seen: &mut Seen, deadline: Instant, done: impl Fn(&Seen) -> bool) -> Option<Instant> {
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
-            let (at, event) =
-                self.rx.recv_timeout(left.min(Duration::from_millis(200))).ok().or_else(|| {
-                    interrupt::check().ok()?;
-                    None
-                })?;
+            let (at, event) = match self.rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(got) => got,
+                Err(mpsc::RecvTimeoutError::Timeout) if interrupt::check().is_ok() => continue,
+                Err(_) => return None,
+            };
             match event {
                 Event::Route { dst, added: true } => {
                     seen.routes.insert(dst);
@@ -487,7 +522,10 @@ impl Events {
                     seen.fdb.insert(mac);
                     seen.fdb_to.insert(dst);
                 }
-                Event::Overflow => return None,
+                Event::Failed(why) => {
+                    seen.failed = Some(why);
+                    return None;
+                }
             }
             if done(seen) {
                 return Some(at);
@@ -521,14 +559,11 @@ fn listen(socket: &netlink_sys::Socket, tx: &mpsc::Sender<(Instant, Event)>, sto
         let got = socket.recv(&mut buf, 0);
         let at = Instant::now();
         if let Err(e) = got {
-            match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR) => continue,
-                Some(libc::ENOBUFS) => {
-                    let _ = tx.send((at, Event::Overflow));
-                    return;
-                }
-                _ => return,
+            if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                continue;
             }
+            let _ = tx.send((at, Event::Failed(format!("the netlink listener stopped: {e}"))));
+            return;
         }
         let mut rest = buf.as_slice();
         while let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest) {
