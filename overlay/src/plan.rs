@@ -132,5 +132,52 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     dels
 }
 
+/// What the kernel holds once it took `applied` (ops of a [`plan`]) on top
+/// of `observed`: lets a pass plan against what the last one left instead
+/// of dumping every entry again. One walk per table, whatever the count of
+/// ops.
+pub fn apply_to(observed: &mut Observed, applied: &[Op]) {
+    let (mut routes, mut neighbours, mut fdb) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let mut set_routes = Vec::new();
+    for op in applied {
+        match op {
+            // A replace takes the destination's place, whoever held it.
+            Op::SetRoute(r) => {
+                routes.insert((r.dst, false));
+                set_routes.push(ObservedRoute {
+                    dst: r.dst,
+                    gateway: Some(r.gateway),
+                    on_device: true,
+                    onlink: true,
+                    ours: true,
+                });
+            }
+            Op::DelRoute(dst) => {
+                routes.insert((*dst, true));
+            }
+            Op::SetNeighbour(n) | Op::DelNeighbour(n) => {
+                neighbours.insert(n.ip);
+            }
+            Op::SetFdb(f) | Op::DelFdb(f) => {
+                fdb.insert(*f);
+            }
+        }
+    }
+    // A removal takes felt's own route only; a replace, any at that destination.
+    let gone =
+        |o: &ObservedRoute| routes.contains(&(o.dst, false)) || (o.ours && routes.contains(&(o.dst, true)));
+    observed.routes.retain(|o| !gone(o));
+    observed.routes.extend(set_routes);
+    observed.neighbours.retain(|n| !neighbours.contains(&n.ip));
+    observed.fdb.retain(|f| !fdb.contains(f));
+    for op in applied {
+        match op {
+            Op::SetNeighbour(n) => observed.neighbours.push(*n),
+            Op::SetFdb(f) => observed.fdb.push(*f),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,11 @@
 //! The node agent: lease, publish, watch, program — and keep it programmed.
 //!
 //! One task owns the reconcile. It wakes on a registry change, a netlink
-//! change on felt's device, or the resync timer, and each time runs the whole
-//! observe → plan → apply cycle, so any wake-up is a full resync.
+//! change on felt's device, or the resync timer, and each time plans the
+//! whole fabric: observe → plan → apply. A pass woken by the registry reads
+//! only the records that changed and plans against the kernel entries the
+//! last pass left (see `reconcile::Pass`); every other wake-up re-reads the
+//! registry and dumps the device, a full resync.
 //! [`start`] brings the agent up (underlay, lease, data plane, watches);
 //! [`reconcile`] is one pass; this module holds the config and the loop. What it
 //! promises:
@@ -48,6 +51,7 @@ use tracing::{debug, info};
 
 use crate::registry::{Registry, RegistryConfig, RegistryError};
 use metrics::CauseLabel;
+use reconcile::Pass;
 use status::Shared;
 use view::Me;
 
@@ -153,7 +157,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut cause = "start";
     loop {
         agent.shared.metrics.wakeups.get_or_create(&CauseLabel { cause }).inc();
-        agent.reconcile().await;
+        let pass = if cause == "registry" { Pass::Registry } else { Pass::Full };
+        agent.reconcile(pass).await;
+        if pass == Pass::Full {
+            wakeups.full_pass_done();
+        }
         agent.shared.beat();
         match wakeups.next(&mut shutdown).await {
             Some("reload") => {
@@ -179,17 +187,19 @@ struct Wakeups {
     resync: tokio::time::Interval,
     /// SIGHUP; `None` when it cannot be listened for (said at start).
     hangup: Option<tokio::signal::unix::Signal>,
+    /// When the repair of a netlink change is due. Only a full pass (see
+    /// [`Pass`]) settles it: a registry pass trusts what it knows of the kernel.
+    repair_at: Option<tokio::time::Instant>,
 }
 
 impl Wakeups {
     /// Waits for the next reason to reconcile; `None` on shutdown. A netlink
     /// change is repaired after [`REPAIR_DELAY`]: our own writes echo back,
     /// and a person at a shell may not be done. The hold-off is a deadline,
-    /// not a sleep, so registry changes never wait behind it. Every pass is a
-    /// full one, so no repair is pending after it.
+    /// not a sleep, so registry changes never wait behind it.
     async fn next(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<&'static str> {
-        let mut repair_at: Option<tokio::time::Instant> = None;
         loop {
+            let repair_at = self.repair_at;
             let repair = async {
                 match repair_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -199,7 +209,7 @@ impl Wakeups {
             tokio::select! {
                 _ = self.registry.recv() => return Some("registry"),
                 _ = self.netlink.recv() => {
-                    repair_at.get_or_insert_with(|| tokio::time::Instant::now() + REPAIR_DELAY);
+                    self.repair_at.get_or_insert_with(|| tokio::time::Instant::now() + REPAIR_DELAY);
                 }
                 _ = repair => return Some("netlink"),
                 _ = self.resync.tick() => return Some("timer"),
@@ -213,11 +223,21 @@ impl Wakeups {
             }
         }
     }
+
+    /// A full pass ran: it saw every netlink change made before it.
+    fn full_pass_done(&mut self) {
+        self.repair_at = None;
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     peers: Vec<Peer>,
+    /// The device's entries as the last pass left them (its index, and the
+    /// part felt owns); `None` after a failed write, so the next pass dumps.
+    known: Option<(u32, felt_overlay::Observed)>,
+    /// felt's nftables table as the last pass left it; `None` after a failure.
+    nft_known: Option<felt_overlay::nft::Table>,
     /// The peer table last handed to the userspace engine.
     engine_peers: Option<Vec<Peer>>,
     /// What was last logged per bad document or record, so each is said once.

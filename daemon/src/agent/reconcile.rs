@@ -18,6 +18,17 @@ use crate::registry::Snapshot;
 use crate::util::error_chain;
 use crate::util::write_atomic;
 
+/// How much a pass re-reads. Every pass plans the whole fabric; one woken
+/// by the registry reads only what changed there and trusts what it knows
+/// of the kernel (anything else that changes the kernel wakes a full pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Re-read everything: the start, the resync timer, a netlink change, a reload.
+    Full,
+    /// The registry changed.
+    Registry,
+}
+
 impl Agent {
     /// The record this node should have in the registry.
     fn wanted_record(&self) -> NodeRecord {
@@ -92,37 +103,47 @@ impl Agent {
     /// One full observe → plan → apply pass.
     /// One full pass: read the registry, decide the peers, program the data
     /// plane, report. Counted as ok only when everything is as desired.
-    pub(super) async fn reconcile(&mut self) {
+    pub(super) async fn reconcile(&mut self, pass: Pass) {
         let started = Instant::now();
-        let ok = self.reconcile_inner(started).await;
+        let ok = self.reconcile_inner(pass, started).await;
         let m = &self.shared.metrics;
         m.reconcile_duration.observe(started.elapsed().as_secs_f64());
         m.reconciles.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
     }
 
-    async fn reconcile_inner(&mut self, started: Instant) -> bool {
+    async fn reconcile_inner(&mut self, pass: Pass, started: Instant) -> bool {
         let shared = self.shared.clone();
         let mut phase = Phases::new(&shared.metrics);
-        let Some((snap, synced)) = self.read_registry().await else { return false };
+        let Some((snap, synced)) = self.read_registry(pass).await else { return false };
         phase.done("registry");
         let view = self.accept(&snap, synced);
         phase.done("view");
         let Some(index) = self.ensure_device(&view.peers).await else { return false };
         phase.done("device");
-        let observed = match self.kernel.observe(index).await {
-            Ok(o) => o,
-            Err(e) => {
-                self.shared.state().programmed = false;
-                self.fail(format!("cannot read the data plane; will retry: {}", error_chain(&e)));
-                return false;
-            }
+        // What the last pass left, when only the registry changed since.
+        let known = self.state.known.take().filter(|(i, _)| pass == Pass::Registry && *i == index);
+        let owned = match known {
+            Some((_, owned)) => owned,
+            None => match self.kernel.observe(index).await {
+                Ok(o) => self.dataplane.owned(o),
+                Err(e) => {
+                    self.shared.state().programmed = false;
+                    self.fail(format!("cannot read the data plane; will retry: {}", error_chain(&e)));
+                    return false;
+                }
+            },
         };
         phase.done("observe");
-        let ops = plan(&self.dataplane.desired(&view.peers), &self.dataplane.owned(observed));
+        let ops = plan(&self.dataplane.desired(&view.peers), &owned);
         let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
         self.count_applied(&report);
+        if report.failed.is_empty() {
+            let mut owned = owned;
+            felt_overlay::apply_to(&mut owned, &report.applied);
+            self.state.known = Some((index, owned));
+        }
         phase.done("apply");
-        let egress_ok = self.reconcile_nft(&view.peers);
+        let egress_ok = self.reconcile_nft(&view.peers, pass);
         phase.done("nftables");
         let in_sync = report.failed.is_empty() && egress_ok;
         self.report(&view.peers, &report, in_sync, started.elapsed());
@@ -150,9 +171,12 @@ impl Agent {
     /// The registry's records, publishing ours again when it is missing,
     /// stale or was changed under us; `None` (the data plane kept as it is)
     /// when the registry cannot be read.
-    async fn read_registry(&mut self) -> Option<(Snapshot, bool)> {
-        self.shared.metrics.relists.inc();
-        let (snap, synced) = match self.registry.snapshot() {
+    async fn read_registry(&mut self, pass: Pass) -> Option<(Snapshot, bool)> {
+        let full = pass == Pass::Full;
+        if full {
+            self.shared.metrics.relists.inc();
+        }
+        let (snap, synced) = match self.registry.snapshot(full) {
             Ok(s) => s,
             Err(e) => {
                 self.shared.metrics.registry_errors.inc();
@@ -281,7 +305,9 @@ impl Agent {
     /// Keeps felt's nftables table right: the masquerade for the cluster
     /// CIDR, the VXLAN port lock (kernel mode), and every node's underlay
     /// address in their set (see `felt_overlay::nft`); `false` on failure.
-    fn reconcile_nft(&mut self, peers: &[Peer]) -> bool {
+    /// A registry pass plans against the table the last pass left; others
+    /// read it (and the port lock's drop counter) from the kernel.
+    fn reconcile_nft(&mut self, peers: &[Peer], pass: Pass) -> bool {
         use felt_overlay::nft::{self, Nft, Table};
         let locked = self.cfg.vxlan_port_lock && self.dataplane.engine().is_none();
         let want = Table {
@@ -289,14 +315,20 @@ impl Agent {
             port_lock: locked.then_some(self.dataplane.spec().port),
             nodes: peers.iter().map(|p| p.underlay_ip).chain([self.underlay.ip]).collect(),
         };
+        let known = self.state.nft_known.take().filter(|_| pass == Pass::Registry);
         let result = (|| {
             let n = match &mut self.nft {
                 Some(n) => n,
                 None => self.nft.insert(Nft::open()?),
             };
-            let seen = n.observe()?;
-            let p = nft::plan(Some(&want), &seen);
-            n.apply(&p, Some(&want)).map(|()| (p, seen.locked_out))
+            let (p, locked_out) = match &known {
+                Some(k) => (nft::plan(Some(&want), &nft::Observed::built(k)), None),
+                None => {
+                    let seen = n.observe()?;
+                    (nft::plan(Some(&want), &seen), Some(seen.locked_out.unwrap_or(0)))
+                }
+            };
+            n.apply(&p, Some(&want)).map(|()| (p, locked_out))
         })();
         let count = |op, result| self.shared.metrics.ops.get_or_create(&OpLabels { op, result }).inc();
         match result {
@@ -305,7 +337,10 @@ impl Agent {
                     count(op, "ok");
                     info!(op, plan = ?p, table = nft::TABLE, "programmed");
                 }
-                self.count_outsider_drops(locked_out.unwrap_or(0));
+                if let Some(drops) = locked_out {
+                    self.count_outsider_drops(drops);
+                }
+                self.state.nft_known = Some(want);
                 true
             }
             Err(e) => {

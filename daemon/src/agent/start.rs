@@ -104,7 +104,8 @@ pub(super) async fn start(
     };
     let mut resync = tokio::time::interval(in_force.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let wakeups = Wakeups { registry: registry_events, netlink: netlink_events, resync, hangup };
+    let wakeups =
+        Wakeups { registry: registry_events, netlink: netlink_events, resync, hangup, repair_at: None };
     let (nft, state) = (None, State::default());
     let agent = Agent {
         _lock: lock,

@@ -9,15 +9,17 @@
 //! through inotify (or, without it, the directory's modification time),
 //! and relist on a timer as a safety net (the caller's resync). It is the embedded default: the lab runs a whole cluster on it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use felt_ipam::LeaseDir;
 use felt_proto::NodeRecord;
 use felt_proto::node::is_dns_subdomain;
 use futures::StreamExt;
-use inotify::{Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchMask};
 use tokio::sync::mpsc;
 
 use super::Snapshot;
@@ -51,6 +53,54 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileRe
 pub struct FileRegistry {
     nodes: PathBuf,
     leases: LeaseDir,
+    /// What [`FileRegistry::read`] last read, and what changed since.
+    cache: Arc<Mutex<Cache>>,
+}
+
+/// The documents as last read and the files inotify named since: with it a
+/// change costs one file read, not N.
+#[derive(Debug)]
+struct Cache {
+    /// By file name: the record, or why the document is refused.
+    docs: BTreeMap<String, Result<NodeRecord, String>>,
+    /// Files inotify named since the last read.
+    dirty: BTreeSet<String>,
+    /// Read every document next time: nothing read yet, no inotify (the
+    /// mtime poll names no file), or inotify lost events.
+    full: bool,
+    /// The watch names the files that change (inotify is on).
+    named: bool,
+}
+
+impl Cache {
+    /// What the watch saw: a file (`None`: something it cannot name, such
+    /// as lost events).
+    fn changed(&mut self, file: Option<String>) {
+        match file {
+            Some(f) => {
+                self.dirty.insert(f);
+            }
+            None => self.full = true,
+        }
+    }
+}
+
+/// `x` of a node document's file name `x.json` (not a hidden temporary file).
+fn node_file_stem(file: &str) -> Option<&str> {
+    file.strip_suffix(".json").filter(|_| !file.starts_with('.'))
+}
+
+/// Records sorted by name, and the refused documents.
+fn snapshot_of(docs: &BTreeMap<String, Result<NodeRecord, String>>) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for (file, doc) in docs {
+        match doc {
+            Ok(r) => snap.records.push(r.clone()),
+            Err(why) => snap.malformed.push((file.clone(), why.clone())),
+        }
+    }
+    snap.records.sort_by(|a, b| a.name.cmp(&b.name));
+    snap
 }
 
 impl FileRegistry {
@@ -59,7 +109,8 @@ impl FileRegistry {
         let nodes = dir.join("nodes");
         fs::create_dir_all(&nodes).map_err(io_err("creating", &nodes))?;
         let leases = LeaseDir::open(dir.join("leases"))?;
-        Ok(FileRegistry { nodes, leases })
+        let cache = Cache { docs: BTreeMap::new(), dirty: BTreeSet::new(), full: true, named: false };
+        Ok(FileRegistry { nodes, leases, cache: Arc::new(Mutex::new(cache)) })
     }
 
     /// The lease store.
@@ -74,31 +125,67 @@ impl FileRegistry {
     /// Reads every record. A document that does not parse, or whose name does
     /// not match its file, is reported in `malformed` and left out.
     pub fn list(&self) -> Result<Snapshot, FileRegistryError> {
-        let mut snap = Snapshot::default();
+        let docs = self.read_all()?;
+        Ok(snapshot_of(&docs))
+    }
+
+    /// The records as [`FileRegistry::list`] reads them, but re-reading only
+    /// the files the watch named since the last call; every file when
+    /// `full`, on the first call, without inotify, or after it lost events.
+    pub fn read(&self, full: bool) -> Result<Snapshot, FileRegistryError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if full || cache.full {
+            // Whatever the watch names from here on is read again next time.
+            cache.dirty.clear();
+            cache.full = !cache.named;
+            cache.docs = self.read_all()?;
+        } else {
+            for file in std::mem::take(&mut cache.dirty) {
+                match self.read_doc(&file) {
+                    Ok(Some(doc)) => {
+                        cache.docs.insert(file, doc);
+                    }
+                    Ok(None) => {
+                        cache.docs.remove(&file);
+                    }
+                    Err(e) => {
+                        cache.full = true;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(snapshot_of(&cache.docs))
+    }
+
+    /// Every document in the directory, by file name.
+    fn read_all(&self) -> Result<BTreeMap<String, Result<NodeRecord, String>>, FileRegistryError> {
+        let mut docs = BTreeMap::new();
         let entries = fs::read_dir(&self.nodes).map_err(io_err("listing", &self.nodes))?;
         for entry in entries {
             let entry = entry.map_err(io_err("listing", &self.nodes))?;
             let file = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = file.strip_suffix(".json").filter(|_| !file.starts_with('.')).map(str::to_owned)
-            else {
-                continue;
-            };
-            let bytes = match fs::read(entry.path()) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    snap.malformed.push((file, format!("unreadable: {e}")));
-                    continue;
-                }
-            };
-            match NodeRecord::from_json(&bytes) {
-                Ok(r) if r.name == stem => snap.records.push(r),
-                Ok(r) => snap.malformed.push((file, format!("names node `{}`, not `{stem}`", r.name))),
-                Err(e) => snap.malformed.push((file, e.to_string())),
+            if let Some(doc) = self.read_doc(&file)? {
+                docs.insert(file, doc);
             }
         }
-        snap.records.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(snap)
+        Ok(docs)
+    }
+
+    /// One document: `None` when it is gone or is no node document (a
+    /// temporary file, say).
+    fn read_doc(&self, file: &str) -> Result<Option<Result<NodeRecord, String>>, FileRegistryError> {
+        let Some(stem) = node_file_stem(file) else { return Ok(None) };
+        let bytes = match fs::read(self.nodes.join(file)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Ok(Some(Err(format!("unreadable: {e}")))),
+        };
+        Ok(Some(match NodeRecord::from_json(&bytes) {
+            Ok(r) if r.name == stem => Ok(r),
+            Ok(r) => Err(format!("names node `{}`, not `{stem}`", r.name)),
+            Err(e) => Err(e.to_string()),
+        }))
     }
 
     /// This node's record, if it exists and is valid.
@@ -146,7 +233,8 @@ impl FileRegistry {
         let (tx, rx) = mpsc::channel(1);
         match self.inotify() {
             Ok(stream) => {
-                tokio::spawn(forward_events(stream, tx));
+                self.cache.lock().unwrap_or_else(|p| p.into_inner()).named = true;
+                tokio::spawn(forward_events(stream, self.cache.clone(), tx));
             }
             Err(e) => {
                 tracing::warn!(
@@ -180,17 +268,29 @@ impl FileRegistry {
 /// How often the directory is checked when inotify is not available.
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
-async fn forward_events(mut stream: inotify::EventStream<[u8; 4096]>, tx: mpsc::Sender<()>) {
+/// Notes each node document inotify names as changed (lost events: all of
+/// them), then signals.
+async fn forward_events(
+    mut stream: inotify::EventStream<[u8; 4096]>,
+    cache: Arc<Mutex<Cache>>,
+    tx: mpsc::Sender<()>,
+) {
     while let Some(event) = stream.next().await {
-        let relevant = match &event {
-            Ok(ev) => ev.name.as_ref().is_none_or(|n| {
-                let n = n.to_string_lossy();
-                !n.starts_with('.') && n.ends_with(".json")
-            }),
-            // Overflow or read error: a relist is the safe answer.
-            Err(_) => true,
+        let changed = match &event {
+            Ok(ev) if ev.mask.contains(EventMask::Q_OVERFLOW) => Some(None),
+            Ok(ev) => match &ev.name {
+                Some(n) => {
+                    let n = n.to_string_lossy().into_owned();
+                    node_file_stem(&n).is_some().then_some(Some(n))
+                }
+                None => Some(None),
+            },
+            // A read error: a full read is the safe answer.
+            Err(_) => Some(None),
         };
-        if relevant && tx.try_send(()).is_err() && tx.is_closed() {
+        let Some(file) = changed else { continue };
+        cache.lock().unwrap_or_else(|p| p.into_inner()).changed(file);
+        if tx.try_send(()).is_err() && tx.is_closed() {
             break;
         }
     }
@@ -267,5 +367,43 @@ mod tests {
         tokio::time::timeout(POLL * 4, rx.recv()).await.expect("seen within two polls").unwrap();
         std::fs::remove_file(reg.nodes.join("n1.json")).unwrap();
         tokio::time::timeout(POLL * 4, rx.recv()).await.expect("a removal too").unwrap();
+    }
+
+    /// With the watch on, a read re-reads only the files it named: a
+    /// document the cache holds and nobody named is not read again (the
+    /// cache is seeded with a stale copy to show it), a full read is.
+    #[tokio::test]
+    async fn incremental_reads_follow_the_watch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = FileRegistry::open(tmp.path()).unwrap();
+        let mut rx = reg.watch().unwrap();
+        let wait = async |rx: &mut mpsc::Receiver<()>| {
+            tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap()
+        };
+        let mut n1 = NodeRecord::new("n1");
+        reg.put(&n1).unwrap();
+        reg.put(&NodeRecord::new("n2")).unwrap();
+        wait(&mut rx).await;
+        assert_eq!(reg.read(false).unwrap().records.len(), 2, "the first read is a full one");
+
+        n1.public_ip = Some("198.18.7.11".parse().unwrap());
+        reg.put(&n1).unwrap();
+        reg.remove("n2").unwrap();
+        fs::write(tmp.path().join("nodes/bad.json"), b"{not json").unwrap();
+        wait(&mut rx).await;
+        // Let every event of the three writes arrive.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let snap = reg.read(false).unwrap();
+        assert_eq!(snap.records, vec![n1.clone()]);
+        assert_eq!(snap.malformed.len(), 1, "{:?}", snap.malformed);
+        assert_eq!(snap.records, reg.list().unwrap().records);
+
+        let stale = NodeRecord::new("n1");
+        reg.cache.lock().unwrap().docs.insert("n1.json".into(), Ok(stale.clone()));
+        assert_eq!(reg.read(false).unwrap().records, vec![stale], "nothing named n1: not read");
+        assert_eq!(reg.read(true).unwrap().records, vec![n1.clone()], "a full read reads it");
+        reg.cache.lock().unwrap().docs.insert("n1.json".into(), Ok(NodeRecord::new("n1")));
+        reg.cache.lock().unwrap().changed(None);
+        assert_eq!(reg.read(false).unwrap().records, vec![n1], "lost events: a full read");
     }
 }

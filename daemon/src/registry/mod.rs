@@ -132,10 +132,11 @@ impl Registry {
     }
 
     /// Every record, and whether the registry is in sync (a Kubernetes watch
-    /// that is down still yields the last known nodes, not in sync).
-    pub fn snapshot(&self) -> Result<(Snapshot, bool), RegistryError> {
+    /// that is down still yields the last known nodes, not in sync). The
+    /// file registry re-reads only what its watch saw change unless `full`.
+    pub fn snapshot(&self, full: bool) -> Result<(Snapshot, bool), RegistryError> {
         match self {
-            Registry::File(f) => Ok((f.list()?, true)),
+            Registry::File(f) => Ok((f.read(full)?, true)),
             Registry::Kube(k) => k.snapshot().map(|s| (s, k.synced())).ok_or(RegistryError::NotListed),
         }
     }

@@ -149,6 +149,17 @@ impl Observed {
     }
 }
 
+impl Observed {
+    /// What the kernel holds once `table` was built (its drop counter aside).
+    pub fn built(table: &Table) -> Self {
+        if table.is_empty() {
+            return Observed::default();
+        }
+        let (chains, rules) = table.shape();
+        Observed { chains, rules, nodes: Some(table.nodes.clone()), locked_out: None }
+    }
+}
+
 /// What to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {

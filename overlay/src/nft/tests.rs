@@ -9,8 +9,7 @@ fn want(nodes: &[&str]) -> Table {
 }
 
 fn as_built(w: &Table) -> Observed {
-    let (chains, rules) = w.shape();
-    Observed { chains, rules, nodes: Some(w.nodes.clone()), locked_out: None }
+    Observed::built(w)
 }
 
 #[test]

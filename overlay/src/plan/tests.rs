@@ -114,3 +114,29 @@ fn removals_come_before_additions() {
     assert!(last_del < first_set, "{ops:?}");
     assert_eq!(ops.last(), Some(&Op::SetRoute(Route { dst: cidr(1), gateway: vtep(1) })));
 }
+
+/// Planning against `apply_to`'s result of a plan finds nothing left to
+/// do, and the result is what the kernel would then hold: from any mix of
+/// right, stale, foreign and missing entries.
+#[test]
+fn applying_a_plan_to_what_was_observed_leaves_nothing_to_do() {
+    let mut messy = programmed(&[1, 2, 3, 4]);
+    messy.fdb[1].dst = under(9); // stale FDB
+    messy.neighbours[2].mac = mac(9); // stale neighbour
+    messy.routes[3].onlink = false; // a route felt must replace
+    messy.routes.push(ObservedRoute { ours: false, ..route_ok(7) }); // someone else's
+    let want = crate::desired(&[peer(1), peer(2), peer(3), peer(5), peer(6)]);
+    let ops = plan(&want, &messy);
+    assert!(!ops.is_empty());
+    let mut after = messy.clone();
+    apply_to(&mut after, &ops);
+    assert_eq!(plan(&want, &after), Vec::<Op>::new(), "{after:?}");
+    let mut exact = programmed(&[1, 2, 3, 5, 6]);
+    exact.routes.push(ObservedRoute { ours: false, ..route_ok(7) });
+    for o in [&mut after, &mut exact] {
+        o.routes.sort_by_key(|r| (r.dst, r.ours));
+        o.neighbours.sort();
+        o.fdb.sort();
+    }
+    assert_eq!(after, exact);
+}
