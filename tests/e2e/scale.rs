@@ -42,3 +42,48 @@ fn a_forty_node_lab_passes_check_and_a_broken_one_fails_in_seconds() {
     nft(&["delete", "table", "ip", "cut"]);
     lab.finish();
 }
+
+/// `felt lab bench --control-plane` at a small N, so it cannot rot: every
+/// row measured, a change costs the writes it needs and no more, and the
+/// run leaves nothing behind. (Its figures go to the README, not here.)
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn the_control_plane_bench_measures_every_n_and_cleans_up() {
+    require_root();
+    let lab = TestLab::unbuilt(&TestLab::unique_name());
+    let out = lab.felt(&[
+        "lab",
+        "bench",
+        "--control-plane",
+        "--peers",
+        "50,300",
+        "--changes",
+        "30",
+        "--removals",
+        "100",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["registry"], "file");
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["peers"].as_u64().unwrap()).collect::<Vec<_>>(), [50, 300]);
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+        assert!(f("cold_ms") > 0.0 && f("removal_ms") > 0.0 && f("rss_peak_mib") > 1.0, "{r}");
+        assert!(f("change_p50_ms") <= f("change_p99_ms") && f("change_p99_ms") <= f("change_max_ms"), "{r}");
+        assert_eq!(r["changes"], 30);
+        assert_eq!(r["removed"].as_u64().unwrap(), r["peers"].as_u64().unwrap().min(100));
+        // A peer moving to a new underlay address: its FDB entry out and in,
+        // one element of the nodes set (the netlink writes are counted by
+        // the agent, each change timed to the kernel's notification).
+        let writes = f("netlink_writes_per_change");
+        assert!((2.9..=3.5).contains(&writes), "writes per change {writes}: {r}");
+        assert!(f("passes_per_change") >= 1.0, "{r}");
+        for phase in ["registry", "view", "device", "observe", "apply", "nftables", "report"] {
+            assert!(r["phase_ms_per_change"][phase].as_f64().is_some(), "{phase} in {r}");
+        }
+    }
+    assert!(lab.namespaces().is_empty(), "left behind: {:?}", lab.namespaces());
+    assert!(!lab.lab_dir().exists(), "{} left behind", lab.lab_dir().display());
+    lab.finish();
+}
