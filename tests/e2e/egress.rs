@@ -119,6 +119,34 @@ fn masquerade_table_is_built_kept_repaired_and_removed() {
 
 /// Accepts one TCP connection on `addr` inside namespace `ns` within 10 s;
 /// returns the source address it came from. Listening before this returns.
+/// A cluster of 20,000 nodes: the node set's elements go in chunks (one
+/// list of them would overflow its 16-bit attribute length, and the kernel
+/// refused the whole table past ~4,000 nodes) and the batch, one
+/// transaction, fits the socket's send buffer. Built, changed, and read
+/// back whole.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn a_table_of_twenty_thousand_nodes_is_built_and_changed_whole() {
+    require_root();
+    let ns = Netns::new();
+    let nodes = |from: u32, to: u32| -> BTreeSet<std::net::Ipv4Addr> {
+        (from..to)
+            .map(|i| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i))
+            .collect()
+    };
+    let big = Table { port_lock: Some(8472), nodes: nodes(0, 20_000), ..want(&[]) };
+    assert_eq!(reconcile(&ns, Some(big.clone())), Plan::Replace);
+    let seen = ns.with_nft(|n| n.observe().unwrap());
+    assert_eq!(seen.nodes.as_ref(), Some(&big.nodes));
+    assert_eq!(nft::plan(Some(&big), &seen), Plan::Nothing);
+    // 5,000 leave and 5,000 join in one pass.
+    let moved = Table { nodes: nodes(5_000, 25_000), ..big };
+    assert!(matches!(reconcile(&ns, Some(moved.clone())), Plan::Elements { .. }));
+    let seen = ns.with_nft(|n| n.observe().unwrap());
+    assert_eq!(seen.nodes.as_ref(), Some(&moved.nodes));
+    assert_eq!(reconcile(&ns, None), Plan::Remove);
+}
+
 fn listen_once(ns: &str, addr: SocketAddr) -> std::thread::JoinHandle<IpAddr> {
     let path = felt::netns::named(ns);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

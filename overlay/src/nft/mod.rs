@@ -216,12 +216,8 @@ pub fn messages(plan: &Plan, want: Option<&Table>) -> Vec<Msg> {
         }
         (Plan::Elements { add, del }, _) => {
             let mut m = Vec::new();
-            if !del.is_empty() {
-                m.push(msg::del_elements(TABLE, NODES_SET, del));
-            }
-            if !add.is_empty() {
-                m.push(msg::add_elements(TABLE, NODES_SET, add));
-            }
+            m.extend(msg::del_elements(TABLE, NODES_SET, del));
+            m.extend(msg::add_elements(TABLE, NODES_SET, add));
             m
         }
         (Plan::Replace, Some(want)) => {
@@ -232,9 +228,7 @@ pub fn messages(plan: &Plan, want: Option<&Table>) -> Vec<Msg> {
                 msg::new_ipv4_set(TABLE, NODES_SET),
             ];
             let nodes: Vec<Ipv4Addr> = want.nodes.iter().copied().collect();
-            if !nodes.is_empty() {
-                m.push(msg::add_elements(TABLE, NODES_SET, &nodes));
-            }
+            m.extend(msg::add_elements(TABLE, NODES_SET, &nodes));
             if let Some(cluster) = want.masquerade {
                 m.push(msg::new_nat_postrouting_chain(TABLE, CHAIN));
                 let (exprs, userdata) =
@@ -292,6 +286,23 @@ impl Nft {
         nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
             .map_err(|e| NftError::Socket(e.into()))?;
         Ok(Nft { sock, seq: 1 })
+    }
+
+    /// Makes the send buffer hold a batch of `len` bytes: a batch must go in
+    /// one message to be one transaction, and the default buffer (~200 KiB)
+    /// refuses a table of ~12,000 nodes. Root may go past `wmem_max`.
+    fn room_for(&mut self, len: usize) -> Result<(), NftError> {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+        let fd = self.sock.as_fd();
+        // The kernel reports twice what was asked (its bookkeeping), and
+        // wants some room beside the message.
+        let want = len + 64 * 1024;
+        if getsockopt(&fd, sockopt::SndBuf).map_err(|e| NftError::Socket(e.into()))? >= want {
+            return Ok(());
+        }
+        setsockopt(&fd, sockopt::SndBufForce, &want)
+            .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &want))
+            .map_err(|e| NftError::Socket(e.into()))
     }
 
     fn next_seq(&mut self, n: u32) -> u32 {
@@ -376,6 +387,7 @@ impl Nft {
         }
         let first = self.next_seq(msgs.len() as u32);
         let (bytes, mut waiting) = msg::batch(msgs, first);
+        self.room_for(bytes.len())?;
         self.sock.send(&bytes, 0).map_err(NftError::Socket)?;
         let mut failure = None;
         while !waiting.is_empty() {

@@ -124,7 +124,10 @@ pub struct Attrs(Vec<u8>);
 impl Attrs {
     fn raw(mut self, kind: u16, value: &[u8]) -> Self {
         let len = 4 + value.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        // An attribute's length is 16 bits: what could outgrow it (element
+        // lists) is chunked by its builder, so this holds by construction.
+        let len = u16::try_from(len).expect("a netlink attribute over 64 KiB (element lists are chunked)");
+        self.0.extend_from_slice(&len.to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
         self.0.extend_from_slice(value);
         self.0.resize(self.0.len().next_multiple_of(4), 0);
@@ -353,13 +356,23 @@ fn set_elems(kind: MsgType, flags: u16, table: &str, set: &str, addrs: &[Ipv4Add
 }
 
 /// `add element ip TABLE SET { ADDRS }`
-pub fn add_elements(table: &str, set: &str, addrs: &[Ipv4Addr]) -> Msg {
-    set_elems(MsgType::NewSetElem, NLM_F_CREATE, table, set, addrs)
+///
+/// One message per [`ELEMENTS_PER_MESSAGE`] addresses: a message's element
+/// list is one attribute, whose length is 16 bits (4,096 addresses would
+/// overflow it, and the kernel would read garbage).
+pub fn add_elements(table: &str, set: &str, addrs: &[Ipv4Addr]) -> Vec<Msg> {
+    addrs
+        .chunks(ELEMENTS_PER_MESSAGE)
+        .map(|c| set_elems(MsgType::NewSetElem, NLM_F_CREATE, table, set, c))
+        .collect()
 }
 
+/// Set elements per message: 16 bytes each, 16 KiB a message.
+pub const ELEMENTS_PER_MESSAGE: usize = 1024;
+
 /// `delete element ip TABLE SET { ADDRS }`
-pub fn del_elements(table: &str, set: &str, addrs: &[Ipv4Addr]) -> Msg {
-    set_elems(MsgType::DelSetElem, 0, table, set, addrs)
+pub fn del_elements(table: &str, set: &str, addrs: &[Ipv4Addr]) -> Vec<Msg> {
+    addrs.chunks(ELEMENTS_PER_MESSAGE).map(|c| set_elems(MsgType::DelSetElem, 0, table, set, c)).collect()
 }
 
 /// `add rule ip TABLE CHAIN EXPRS` with `userdata` to recognise it by.

@@ -62,8 +62,30 @@ fn rules_carry_their_expressions_and_userdata() {
 fn set_elements_round_trip() {
     let addrs: Vec<Ipv4Addr> = vec!["198.18.7.11".parse().unwrap(), "198.18.7.12".parse().unwrap()];
     let mut out = Vec::new();
-    add_elements("felt", "nodes", &addrs).emit(3, &mut out);
+    let msgs = add_elements("felt", "nodes", &addrs);
+    assert_eq!(msgs.len(), 1);
+    msgs[0].emit(3, &mut out);
     assert_eq!(parse_dumped(MsgType::NewSetElem.wire(), &out[16..]), Some(Dumped::Elements(addrs)));
+}
+
+/// 5,000 addresses in one element list would be 80 KiB, past the 16-bit
+/// length of the attribute that holds it: they go in chunks, each whole.
+#[test]
+fn long_element_lists_are_chunked_and_each_chunk_parses_whole() {
+    let addrs: Vec<Ipv4Addr> = (0..5000u32).map(|i| Ipv4Addr::from(0xc613_0000 + i)).collect();
+    let msgs = add_elements("felt", "nodes", &addrs);
+    assert_eq!(msgs.len(), 5000usize.div_ceil(ELEMENTS_PER_MESSAGE));
+    let mut back = Vec::new();
+    for m in &msgs {
+        let mut out = Vec::new();
+        m.emit(3, &mut out);
+        let Some(Dumped::Elements(a)) = parse_dumped(MsgType::NewSetElem.wire(), &out[16..]) else {
+            panic!("a chunk did not parse")
+        };
+        back.extend(a);
+    }
+    assert_eq!(back, addrs);
+    assert_eq!(del_elements("felt", "nodes", &addrs).len(), msgs.len());
 }
 
 #[test]
