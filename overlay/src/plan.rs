@@ -10,7 +10,7 @@
 //!   additions in the order Flannel uses (neighbour, FDB, route), so a route
 //!   never points at a VTEP the kernel cannot resolve yet.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use felt_proto::MacAddr;
@@ -71,31 +71,29 @@ pub struct Observed {
 
 /// The ops that turn `observed` into `desired`, in the order they must run.
 pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
+    // Hash lookups throughout: a plan of N peers costs N, not N log N or N².
     let mut dels = Vec::new();
     let mut sets = Vec::new();
 
-    // Routes: keep a route that is exactly ours and right; replace anything
-    // else at a desired destination; remove our routes nobody wants.
-    let want_routes: BTreeMap<Ipv4Net, Ipv4Addr> =
-        desired.routes.iter().map(|r| (r.dst, r.gateway)).collect();
+    let want_routes: HashMap<Ipv4Net, Ipv4Addr> = desired.routes.iter().map(|r| (r.dst, r.gateway)).collect();
     for o in observed.routes.iter().filter(|o| o.ours && !want_routes.contains_key(&o.dst)) {
         dels.push(Op::DelRoute(o.dst));
     }
-    // Routes already as wanted, indexed: a scan per route would make a plan
-    // of N peers cost N².
-    let good: BTreeSet<(Ipv4Net, Ipv4Addr)> = observed
+    let good: HashSet<(Ipv4Net, Ipv4Addr)> = observed
         .routes
         .iter()
         .filter(|o| o.on_device && o.onlink && o.ours)
         .filter_map(|o| Some((o.dst, o.gateway?)))
         .collect();
-    let route_ok = |r: &Route| good.contains(&(r.dst, r.gateway));
-    let route_sets: Vec<Op> =
-        desired.routes.iter().filter(|r| !route_ok(r)).map(|r| Op::SetRoute(*r)).collect();
+    let route_sets: Vec<Op> = desired
+        .routes
+        .iter()
+        .filter(|r| !good.contains(&(r.dst, r.gateway)))
+        .map(|r| Op::SetRoute(*r))
+        .collect();
 
-    // Neighbours: one MAC per VTEP address.
-    let want_neigh: BTreeMap<Ipv4Addr, MacAddr> = desired.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
-    let have_neigh: BTreeMap<Ipv4Addr, MacAddr> = observed.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
+    let want_neigh: HashMap<Ipv4Addr, MacAddr> = desired.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
+    let have_neigh: HashMap<Ipv4Addr, MacAddr> = observed.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
     for n in &observed.neighbours {
         if !want_neigh.contains_key(&n.ip) {
             dels.push(Op::DelNeighbour(*n));
@@ -107,21 +105,20 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
         }
     }
 
-    // FDB: a MAC may hold several remotes in the kernel; we want exactly one.
-    let want_fdb: BTreeMap<MacAddr, Ipv4Addr> = desired.fdb.iter().map(|f| (f.mac, f.dst)).collect();
-    let have_fdb: BTreeSet<FdbEntry> = observed.fdb.iter().copied().collect();
-    for f in &have_fdb {
-        if want_fdb.get(&f.mac) != Some(&f.dst) {
-            dels.push(Op::DelFdb(*f));
-        }
-    }
+    let want_fdb: HashMap<MacAddr, Ipv4Addr> = desired.fdb.iter().map(|f| (f.mac, f.dst)).collect();
+    let have_fdb: HashSet<FdbEntry> = observed.fdb.iter().copied().collect();
+    // In entry order, once each (as a set of them would give).
+    let mut fdb_dels: Vec<FdbEntry> =
+        observed.fdb.iter().filter(|f| want_fdb.get(&f.mac) != Some(&f.dst)).copied().collect();
+    fdb_dels.sort();
+    fdb_dels.dedup();
+    dels.extend(fdb_dels.into_iter().map(Op::DelFdb));
     for f in &desired.fdb {
         if !have_fdb.contains(f) {
             sets.push(Op::SetFdb(*f));
         }
     }
 
-    // Removals (routes first, as pushed), then neighbour, FDB, route additions.
     dels.sort_by_key(|op| match op {
         Op::DelRoute(_) => 0,
         Op::DelNeighbour(_) => 1,

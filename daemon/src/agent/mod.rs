@@ -269,6 +269,9 @@ struct Agent {
     me: Me,
     underlay: Underlay,
     ifindex: Arc<AtomicU32>,
+    /// What the device holds once this pass's writes are done, for the
+    /// change listener to tell their echoes from changes made by others.
+    expected: Arc<std::sync::Mutex<Option<felt_overlay::kernel::echo::Expected>>>,
     shared: Arc<Shared>,
     /// felt's nftables table (egress masquerade); opened on first use.
     nft: Option<felt_overlay::nft::Nft>,

@@ -1,7 +1,7 @@
 //! One reconcile pass: registry → peers → data plane → report, plus what
 //! the node publishes about itself (its record and the subnet file).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -122,6 +122,7 @@ impl Agent {
         phase.done("device");
         // What the last pass left, when only the registry changed since.
         let known = self.state.known.take().filter(|(i, _)| pass == Pass::Registry && *i == index);
+        let cached = known.is_some();
         let owned = match known {
             Some((_, owned)) => owned,
             None => match self.kernel.observe(index).await {
@@ -135,12 +136,16 @@ impl Agent {
         };
         phase.done("observe");
         let ops = plan(&self.dataplane.desired(&view.peers), &owned);
+        self.expect(&owned, cached, &ops);
         let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
         self.count_applied(&report);
         if report.failed.is_empty() {
             let mut owned = owned;
             felt_overlay::apply_to(&mut owned, &report.applied);
             self.state.known = Some((index, owned));
+        } else {
+            // Unsure what the device holds: every change wakes the repair.
+            *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         phase.done("apply");
         let egress_ok = self.reconcile_nft(&view.peers, pass);
@@ -150,6 +155,22 @@ impl Agent {
         self.check_limits(view.peers.len());
         phase.done("report");
         in_sync && synced
+    }
+
+    /// Tells the change listener what the device will hold once `ops` are
+    /// done, before they are sent, so their echoes are recognised: from
+    /// what it already knew when `cached`, else from `owned`, just dumped.
+    fn expect(&self, owned: &felt_overlay::Observed, cached: bool, ops: &[felt_overlay::Op]) {
+        use felt_overlay::kernel::echo::Expected;
+        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        match expected.as_mut() {
+            Some(e) if cached => e.update(ops),
+            _ => {
+                let mut e = Expected::of(owned);
+                e.update(ops);
+                *expected = Some(e);
+            }
+        }
     }
 
     /// Warns (once per change: log, metric, `felt status`) when the node's
@@ -206,8 +227,10 @@ impl Agent {
             live.insert(file.clone());
             self.complain_once(file.clone(), why, "malformed", "ignoring malformed node document");
         }
-        let stable: BTreeSet<String> = self.state.peers.iter().map(|p| p.name.clone()).collect();
-        let view = view::build(&snap.records, &self.me, &self.cfg.net, &stable);
+        // The last pass's peers, sorted by name.
+        let was = &self.state.peers;
+        let stable = |name: &str| was.binary_search_by(|p| p.name.as_str().cmp(name)).is_ok();
+        let view = view::build(&snap.records, &self.me, &self.cfg.net, stable);
         for r in &view.rejected {
             live.insert(r.node.clone());
             self.complain_once(r.node.clone(), &r.message, r.reason.label(), "ignoring node record");
@@ -373,22 +396,28 @@ impl Agent {
         }
     }
 
+    /// Says who joined, changed and left: a merge of the old and new peer
+    /// lists, both sorted by name.
     fn log_peer_changes(&mut self, peers: &[Peer]) {
-        let old: BTreeMap<&str, &Peer> = self.state.peers.iter().map(|p| (p.name.as_str(), p)).collect();
-        let new: BTreeMap<&str, &Peer> = peers.iter().map(|p| (p.name.as_str(), p)).collect();
-        for (name, p) in &new {
-            match old.get(name) {
-                None => {
-                    info!(peer = %name, pod_cidr = %p.pod_cidr, underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer joined")
-                }
-                Some(o) if o != p => {
-                    info!(peer = %name, pod_cidr = %p.pod_cidr, underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer changed")
-                }
-                _ => {}
+        let joined = |p: &Peer| info!(peer = %p.name, pod_cidr = %p.pod_cidr, underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer joined");
+        let left = |p: &Peer| info!(peer = %p.name, "peer left");
+        let (mut old, mut new) = (self.state.peers.iter().peekable(), peers.iter().peekable());
+        loop {
+            match (old.peek(), new.peek()) {
+                (Some(o), Some(n)) => match o.name.cmp(&n.name) {
+                    std::cmp::Ordering::Less => left(old.next().expect("peeked")),
+                    std::cmp::Ordering::Greater => joined(new.next().expect("peeked")),
+                    std::cmp::Ordering::Equal => {
+                        let (o, n) = (old.next().expect("peeked"), new.next().expect("peeked"));
+                        if o != n {
+                            info!(peer = %n.name, pod_cidr = %n.pod_cidr, underlay = %n.underlay_ip, vtep_mac = %n.vtep_mac, "peer changed");
+                        }
+                    }
+                },
+                (Some(_), None) => left(old.next().expect("peeked")),
+                (None, Some(_)) => joined(new.next().expect("peeked")),
+                (None, None) => break,
             }
-        }
-        for name in old.keys().filter(|n| !new.contains_key(*n)) {
-            info!(peer = %name, "peer left");
         }
         self.state.peers = peers.to_vec();
     }

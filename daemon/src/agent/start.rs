@@ -85,7 +85,8 @@ pub(super) async fn start(
     // Watch before the first list, so no change falls between the two.
     let ifindex = Arc::new(AtomicU32::new(0));
     let registry_events = registry.watch()?;
-    let netlink_events = change_events(ifindex.clone(), cfg.compat.route_tag())?;
+    let expected = Arc::default();
+    let netlink_events = change_events(ifindex.clone(), cfg.compat.route_tag(), Arc::clone(&expected))?;
     if let Err(e) = probe::spawn(shared.clone()) {
         let message = format!("peer probes are off: cannot start their thread: {e}");
         warn!("{message}");
@@ -116,6 +117,7 @@ pub(super) async fn start(
         me,
         underlay,
         ifindex,
+        expected,
         shared,
         nft,
         state,

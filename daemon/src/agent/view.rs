@@ -11,7 +11,7 @@
 //!   VTEP MAC), the one that was already a peer keeps its place (`stable`),
 //!   then the one whose name sorts first; the other is rejected.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use felt_ipam::subnets::{overlaps, validate_pod_cidr};
@@ -45,8 +45,10 @@ pub struct View {
     pub rejected: Vec<Rejection>,
 }
 
-/// Turns registry records into peers.
-pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: &BTreeSet<String>) -> View {
+/// Turns registry records into peers; `stable` says which names were peers
+/// already. Costs N log N at most (records come sorted by name, so the
+/// sorts below mostly merge runs), allocating little beyond the peers.
+pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&str) -> bool) -> View {
     let mut view = View::default();
     let mut candidates = Vec::new();
     for r in records.iter().filter(|r| r.name != me.name) {
@@ -81,16 +83,16 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: &BTreeSet
         }
     }
     // Incumbents first, then by name: a newcomer cannot evict a working peer.
-    candidates
-        .sort_by(|a, b| (!stable.contains(&a.name), &a.name).cmp(&(!stable.contains(&b.name), &b.name)));
+    let mut candidates: Vec<(bool, Peer)> = candidates.into_iter().map(|c| (!stable(&c.name), c)).collect();
+    candidates.sort_by(|(a_new, a), (b_new, b)| (a_new, &a.name).cmp(&(b_new, &b.name)));
     let mut taken = Taken::default();
-    for c in candidates {
-        match taken.clash(&c) {
+    for (_, c) in candidates {
+        match taken.clash(&c, &view.peers) {
             Some(message) => {
                 view.rejected.push(Rejection { node: c.name, reason: RejectReason::Clash, message })
             }
             None => {
-                taken.insert(&c);
+                taken.insert(&c, view.peers.len());
                 view.peers.push(c);
             }
         }
@@ -100,42 +102,44 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: &BTreeSet
     view
 }
 
-/// What the peers accepted so far hold, indexed, so that checking a
-/// candidate costs log N, not N: their pod CIDRs (disjoint, by first
-/// address), underlay IPs and VTEP MACs.
+/// What the peers accepted so far hold, indexed (by their place in the
+/// peer list), so that checking a candidate costs log N, not N: their pod
+/// CIDRs (disjoint, by first address), underlay IPs and VTEP MACs.
 #[derive(Debug, Default)]
 struct Taken {
-    /// First address → (last address, CIDR, peer).
-    cidrs: BTreeMap<u32, (u32, Ipv4Net, String)>,
-    underlay: HashMap<Ipv4Addr, String>,
-    macs: HashMap<MacAddr, String>,
+    /// First address → (last address, peer).
+    cidrs: BTreeMap<u32, (u32, usize)>,
+    underlay: HashMap<Ipv4Addr, usize>,
+    macs: HashMap<MacAddr, usize>,
 }
 
 impl Taken {
-    /// Why `c` cannot join the peers taken so far, if it cannot.
-    fn clash(&self, c: &Peer) -> Option<String> {
+    /// Why `c` cannot join `peers`, the peers taken so far, if it cannot.
+    fn clash(&self, c: &Peer, peers: &[Peer]) -> Option<String> {
         let (first, last) = (u32::from(c.pod_cidr.network()), u32::from(c.pod_cidr.broadcast()));
         // The taken ranges are disjoint: if any overlaps c, the one starting
         // last at or before c's end does.
-        if let Some((_, (end, cidr, name))) = self.cidrs.range(..=last).next_back()
-            && *end >= first
+        if let Some((_, &(end, i))) = self.cidrs.range(..=last).next_back()
+            && end >= first
         {
-            return Some(format!("pod CIDR {} overlaps peer {name} ({cidr})", c.pod_cidr));
+            let p = &peers[i];
+            return Some(format!("pod CIDR {} overlaps peer {} ({})", c.pod_cidr, p.name, p.pod_cidr));
         }
-        if let Some(name) = self.underlay.get(&c.underlay_ip) {
-            return Some(format!("underlay IP {} is peer {name}'s", c.underlay_ip));
+        if let Some(&i) = self.underlay.get(&c.underlay_ip) {
+            return Some(format!("underlay IP {} is peer {}'s", c.underlay_ip, peers[i].name));
         }
-        if let Some(name) = self.macs.get(&c.vtep_mac) {
-            return Some(format!("VTEP MAC {} is peer {name}'s", c.vtep_mac));
+        if let Some(&i) = self.macs.get(&c.vtep_mac) {
+            return Some(format!("VTEP MAC {} is peer {}'s", c.vtep_mac, peers[i].name));
         }
         None
     }
 
-    fn insert(&mut self, p: &Peer) {
+    /// `p` is taken, at place `i` of the peer list.
+    fn insert(&mut self, p: &Peer, i: usize) {
         let (first, last) = (u32::from(p.pod_cidr.network()), u32::from(p.pod_cidr.broadcast()));
-        self.cidrs.insert(first, (last, p.pod_cidr, p.name.clone()));
-        self.underlay.insert(p.underlay_ip, p.name.clone());
-        self.macs.insert(p.vtep_mac, p.name.clone());
+        self.cidrs.insert(first, (last, i));
+        self.underlay.insert(p.underlay_ip, i);
+        self.macs.insert(p.vtep_mac, i);
     }
 }
 
@@ -172,14 +176,14 @@ mod tests {
     fn good_records_become_peers_and_self_is_skipped() {
         let recs =
             [rec("n1", "10.244.1.0/24", "198.18.7.11", 1), rec("n2", "10.244.2.0/24", "198.18.7.12", 2)];
-        let v = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
+        let v = build(&recs, &me(), &NetConfig::default(), |_| false);
         assert_eq!(names(&v), ["n2"]);
         assert!(v.rejected.is_empty());
     }
 
     #[test]
     fn incomplete_is_pending() {
-        let v = build(&[NodeRecord::new("n3")], &me(), &NetConfig::default(), &BTreeSet::new());
+        let v = build(&[NodeRecord::new("n3")], &me(), &NetConfig::default(), |_| false);
         assert_eq!(v.pending, ["n3"]);
         assert!(v.peers.is_empty());
     }
@@ -196,7 +200,7 @@ mod tests {
             rec("e", "10.244.7.0/24", "198.18.7.17", 1),
             rec("f", "10.244.8.0/24", "198.18.7.18", 8),
         ];
-        let v = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
+        let v = build(&recs, &me(), &NetConfig::default(), |_| false);
         assert_eq!(names(&v), ["f"]);
         let why: Vec<(&str, RejectReason, &str)> =
             v.rejected.iter().map(|r| (r.node.as_str(), r.reason, r.message.as_str())).collect();
@@ -220,10 +224,10 @@ mod tests {
     #[test]
     fn incumbent_wins_an_overlap() {
         let recs = [rec("a", "10.244.2.0/24", "198.18.7.12", 2), rec("z", "10.244.2.0/23", "198.18.7.13", 3)];
-        let fresh = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
+        let fresh = build(&recs, &me(), &NetConfig::default(), |_| false);
         assert_eq!(names(&fresh), ["a"], "by name when nobody is incumbent");
-        let stable: BTreeSet<String> = ["z".to_owned()].into();
-        let v = build(&recs, &me(), &NetConfig::default(), &stable);
+        let stable: std::collections::BTreeSet<String> = ["z".to_owned()].into();
+        let v = build(&recs, &me(), &NetConfig::default(), |n| stable.contains(n));
         assert_eq!(names(&v), ["z"]);
         assert_eq!(v.rejected[0].node, "a");
         assert_eq!(v.rejected[0].reason, RejectReason::Clash);
@@ -237,7 +241,7 @@ mod tests {
             rec("b", "10.244.3.0/24", "198.18.7.12", 3),
             rec("c", "10.244.4.0/24", "198.18.7.14", 2),
         ];
-        let v = build(&recs, &me(), &NetConfig::default(), &BTreeSet::new());
+        let v = build(&recs, &me(), &NetConfig::default(), |_| false);
         assert_eq!(names(&v), ["a"]);
         assert_eq!(v.rejected.len(), 2);
     }
@@ -271,9 +275,9 @@ mod tests {
                         || p.underlay_ip == c.underlay_ip
                         || p.vtep_mac == c.vtep_mac
                 });
-                assert_eq!(taken.clash(&c).is_some(), scan, "{c:?} against {accepted:?}");
+                assert_eq!(taken.clash(&c, &accepted).is_some(), scan, "{c:?} against {accepted:?}");
                 if !scan {
-                    taken.insert(&c);
+                    taken.insert(&c, accepted.len());
                     accepted.push(c);
                 }
             }

@@ -10,6 +10,7 @@
 //! - [`change_events`] reports netlink changes on felt's device so a repair
 //!   does not wait for the resync timer.
 
+pub mod echo;
 pub mod msg;
 pub mod observe;
 
@@ -433,7 +434,14 @@ impl Kernel {
 /// A stream of "something changed on felt's device" signals, coalesced: at
 /// most one is pending at a time. `ifindex` may be updated when the device is
 /// recreated. Must run inside a tokio runtime.
-pub fn change_events(ifindex: Arc<AtomicU32>, tag: RouteTag) -> Result<mpsc::Receiver<()>, KernelError> {
+///
+/// A notification `expected` explains (felt's own write echoing back, see
+/// [`echo`]) is not reported.
+pub fn change_events(
+    ifindex: Arc<AtomicU32>,
+    tag: RouteTag,
+    expected: Arc<std::sync::Mutex<Option<echo::Expected>>>,
+) -> Result<mpsc::Receiver<()>, KernelError> {
     let (conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Neigh,
@@ -461,6 +469,15 @@ pub fn change_events(ifindex: Arc<AtomicU32>, tag: RouteTag) -> Result<mpsc::Rec
                 },
                 _ => false,
             };
+            let echo = || match &msg.payload {
+                NetlinkPayload::InnerMessage(m) => expected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_some_and(|e| e.explains(m, index, tag)),
+                _ => false,
+            };
+            let relevant = relevant && !echo();
             if relevant && tx.try_send(()).is_err() && tx.is_closed() {
                 break;
             }
