@@ -51,6 +51,10 @@ pub fn write_atomic_mode(path: &std::path::Path, bytes: &[u8], mode: Option<u32>
             f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         }
         f.sync_all()?;
+        // Closed before the rename: closing after it would tell a watcher of
+        // the directory (the file registry's inotify) of a second write, under
+        // the final name.
+        drop(f);
         std::fs::rename(&tmp, path)
     };
     write().inspect_err(|_| {
@@ -73,6 +77,26 @@ pub fn temporary_pid(file_name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A watcher of the directory hears of the final name once, moved in:
+    /// a close after the rename told the file registry of a second write
+    /// (and woke every agent twice per record).
+    #[test]
+    fn an_atomic_write_is_one_event_under_its_name() {
+        use inotify::{Inotify, WatchMask};
+        let dir = tempfile::tempdir().unwrap();
+        let mut inotify = Inotify::init().unwrap();
+        inotify.watches().add(dir.path(), WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO).unwrap();
+        write_atomic(&dir.path().join("n1.json"), b"{}").unwrap();
+        let mut buf = [0u8; 4096];
+        let named: Vec<String> = inotify
+            .read_events(&mut buf)
+            .unwrap()
+            .filter_map(|e| e.name.map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| n == "n1.json")
+            .collect();
+        assert_eq!(named, ["n1.json"], "one event under the final name");
+    }
 
     #[test]
     fn atomic_writes_leave_no_temporary_and_name_their_writer() {
