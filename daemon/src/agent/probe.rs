@@ -6,7 +6,7 @@
 //! `min(interval / 2, 1 s)`. A peer is `unreachable` from its first
 //! unanswered probe, so a cut shows within two intervals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -79,23 +79,24 @@ fn record(
 ) {
     let m = &shared.metrics;
     let mut probes = shared.probes();
-    let gone: Vec<String> =
-        probes.keys().filter(|k| !targets.iter().any(|(n, _)| n == *k)).cloned().collect();
+    let live: HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
+    let gone: Vec<String> = probes.keys().filter(|k| !live.contains(k.as_str())).cloned().collect();
     for name in gone {
         probes.remove(&name);
         let label = PeerLabel { peer: name };
         m.peer_reachable.remove(&label);
         m.peer_rtt.remove(&label);
     }
+    let stamp = rfc3339(now);
     for (name, ip) in targets {
         let p = probes.entry(name.clone()).or_default();
-        p.last_probe = Some(rfc3339(now));
+        p.last_probe = Some(stamp.clone());
         let label = PeerLabel { peer: name.clone() };
         match rtts.get(ip) {
             Some(rtt) => {
                 p.state = ProbeStatus::Reachable;
                 p.rtt_ms = Some(rtt.as_secs_f64() * 1e3);
-                p.last_success = Some(rfc3339(now));
+                p.last_success = Some(stamp.clone());
                 p.consecutive_failures = 0;
                 m.peer_reachable.get_or_create(&label).set(1);
                 m.peer_rtt.get_or_create(&label).set(rtt.as_secs_f64());
