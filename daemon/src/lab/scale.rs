@@ -83,6 +83,9 @@ pub struct ScaleRow {
     /// Reconcile passes (each a registry read and a dump of the device's
     /// routes, neighbours and FDB) per change.
     pub passes_per_change: f64,
+    /// What woke those passes, per change: `registry`, `netlink` (a repair),
+    /// `timer` (`felt_wakeups_total{cause}`).
+    pub wakeups_per_change: BTreeMap<String, f64>,
     /// Where a change's time goes inside the agent: milliseconds per change
     /// in each reconcile phase (`felt_reconcile_phase_seconds_total`).
     pub phase_ms_per_change: BTreeMap<String, f64>,
@@ -310,6 +313,14 @@ impl<'a> Bench<'a> {
             change_max_ms: pct(1.0),
             netlink_writes_per_change: per_change(after.writes, before.writes),
             passes_per_change: per_change(after.passes, before.passes),
+            wakeups_per_change: after
+                .wakeups
+                .iter()
+                .map(|(cause, n)| {
+                    (cause.clone(), per_change(*n, before.wakeups.get(cause).copied().unwrap_or(0.0)))
+                })
+                .filter(|(_, n)| *n > 0.0)
+                .collect(),
             phase_ms_per_change: after
                 .phases
                 .iter()
@@ -340,6 +351,7 @@ impl<'a> Bench<'a> {
             writes: metric_sum(&body, "felt_dataplane_ops_total"),
             passes: metric_sum(&body, "felt_reconcile_total"),
             phases: by_label(&body, "felt_reconcile_phase_seconds_total", "phase"),
+            wakeups: by_label(&body, "felt_wakeups_total", "cause"),
         })
     }
 }
@@ -349,6 +361,7 @@ struct Counters {
     writes: f64,
     passes: f64,
     phases: BTreeMap<String, f64>,
+    wakeups: BTreeMap<String, f64>,
 }
 
 /// Every sample of `name` in Prometheus text by the value of its `label`.
