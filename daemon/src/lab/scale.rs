@@ -47,6 +47,9 @@ pub const NETWORK: &str = "10.192.0.0/10";
 pub const PEER_UNDERLAY: &str = "198.19.0.0/16";
 /// The most peers one run takes.
 pub const MAX_PEERS: u32 = 16_000;
+/// The most changes per N: with [`MAX_PEERS`], the addresses stay inside
+/// [`PEER_UNDERLAY`].
+pub const MAX_CHANGES: u32 = 40_000;
 const NODE: &str = "bench";
 const DEBUG_PORT: u16 = 9469;
 
@@ -124,6 +127,10 @@ impl Lab {
         }
         if let Some(&n) = opts.peers.iter().find(|&&n| n == 0 || n > MAX_PEERS) {
             return Err(LabError::Invalid(format!("--peers {n}: want 1 to {MAX_PEERS}")));
+        }
+        // Every peer and every change takes an address of PEER_UNDERLAY (a /16).
+        if opts.changes > MAX_CHANGES {
+            return Err(LabError::Invalid(format!("--changes {}: want at most {MAX_CHANGES}", opts.changes)));
         }
         let mut rows = Vec::new();
         for &n in &opts.peers {
@@ -641,4 +648,37 @@ fn route_dst(attrs: &[RouteAttribute], len: u8) -> Option<Ipv4Net> {
         RouteAttribute::Destination(RouteAddress::Inet(ip)) => Ipv4Net::new(*ip, len).ok(),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every address the bench can hand out stays in its ranges: pod subnets
+    /// in [`NETWORK`], underlay addresses in [`PEER_UNDERLAY`] (inside the
+    /// benchmarking range, LAB-NETWORK.md).
+    #[test]
+    fn every_address_stays_in_the_bench_ranges() {
+        let network: Ipv4Net = NETWORK.parse().unwrap();
+        let underlay: Ipv4Net = PEER_UNDERLAY.parse().unwrap();
+        assert!("198.18.0.0/15".parse::<Ipv4Net>().unwrap().contains(&underlay));
+        let last = peer(MAX_PEERS - 1, peer_underlay(MAX_PEERS + MAX_CHANGES - 1));
+        assert!(network.contains(&last.pod_cidr_v4().unwrap()));
+        assert!(underlay.contains(&last.public_ip.unwrap()));
+        assert!(underlay.contains(&node_underlay()));
+        assert_ne!(
+            peer(0, node_underlay()).pod_cidr_v4(),
+            Some(Ipv4Net::new(network.network(), 24).unwrap())
+        );
+    }
+
+    #[test]
+    fn metrics_are_summed_and_split_by_label() {
+        let text = "felt_dataplane_ops_total{op=\"set_fdb\",result=\"ok\"} 3\n\
+                    felt_dataplane_ops_total{op=\"del_fdb\",result=\"ok\"} 2\n\
+                    felt_dataplane_ops_totalx 9\n\
+                    felt_wakeups_total{cause=\"registry\"} 7\n";
+        assert_eq!(metric_sum(text, "felt_dataplane_ops_total"), 5.0);
+        assert_eq!(by_label(text, "felt_wakeups_total", "cause"), [("registry".to_owned(), 7.0)].into());
+    }
 }
