@@ -142,17 +142,9 @@ impl FileRegistry {
         } else {
             for file in std::mem::take(&mut cache.dirty) {
                 match self.read_doc(&file) {
-                    Ok(Some(doc)) => {
-                        cache.docs.insert(file, doc);
-                    }
-                    Ok(None) => {
-                        cache.docs.remove(&file);
-                    }
-                    Err(e) => {
-                        cache.full = true;
-                        return Err(e);
-                    }
-                }
+                    Some(doc) => cache.docs.insert(file, doc),
+                    None => cache.docs.remove(&file),
+                };
             }
         }
         Ok(snapshot_of(&cache.docs))
@@ -165,27 +157,28 @@ impl FileRegistry {
         for entry in entries {
             let entry = entry.map_err(io_err("listing", &self.nodes))?;
             let file = entry.file_name().to_string_lossy().into_owned();
-            if let Some(doc) = self.read_doc(&file)? {
+            if let Some(doc) = self.read_doc(&file) {
                 docs.insert(file, doc);
             }
         }
         Ok(docs)
     }
 
-    /// One document: `None` when it is gone or is no node document (a
-    /// temporary file, say).
-    fn read_doc(&self, file: &str) -> Result<Option<Result<NodeRecord, String>>, FileRegistryError> {
-        let Some(stem) = node_file_stem(file) else { return Ok(None) };
+    /// One document: the record or why it is refused (an unreadable file
+    /// is refused, not an error); `None` when it is gone or is no node
+    /// document (a temporary file, say).
+    fn read_doc(&self, file: &str) -> Option<Result<NodeRecord, String>> {
+        let stem = node_file_stem(file)?;
         let bytes = match fs::read(self.nodes.join(file)) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Ok(Some(Err(format!("unreadable: {e}")))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(Err(format!("unreadable: {e}"))),
         };
-        Ok(Some(match NodeRecord::from_json(&bytes) {
+        Some(match NodeRecord::from_json(&bytes) {
             Ok(r) if r.name == stem => Ok(r),
             Ok(r) => Err(format!("names node `{}`, not `{stem}`", r.name)),
             Err(e) => Err(e.to_string()),
-        }))
+        })
     }
 
     /// This node's record, if it exists and is valid.
