@@ -58,6 +58,14 @@ pub struct ObservedRoute {
     pub ours: bool,
 }
 
+impl ObservedRoute {
+    /// Destination and gateway, when this is a route as felt programs it
+    /// (its own, through its device, onlink).
+    pub fn as_felts(&self) -> Option<(Ipv4Net, Ipv4Addr)> {
+        (self.ours && self.on_device && self.onlink).then_some((self.dst, self.gateway?))
+    }
+}
+
 /// What the kernel holds that `plan` cares about.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Observed {
@@ -79,12 +87,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     for o in observed.routes.iter().filter(|o| o.ours && !want_routes.contains_key(&o.dst)) {
         dels.push(Op::DelRoute(o.dst));
     }
-    let good: HashSet<(Ipv4Net, Ipv4Addr)> = observed
-        .routes
-        .iter()
-        .filter(|o| o.on_device && o.onlink && o.ours)
-        .filter_map(|o| Some((o.dst, o.gateway?)))
-        .collect();
+    let good: HashSet<(Ipv4Net, Ipv4Addr)> =
+        observed.routes.iter().filter_map(ObservedRoute::as_felts).collect();
     let route_sets: Vec<Op> = desired
         .routes
         .iter()

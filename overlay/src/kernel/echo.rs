@@ -34,12 +34,7 @@ impl Expected {
     /// From the entries a pass found (only felt's own routes count).
     pub fn of(observed: &Observed) -> Self {
         Expected {
-            routes: observed
-                .routes
-                .iter()
-                .filter(|r| r.ours && r.on_device && r.onlink)
-                .filter_map(|r| Some((r.dst, r.gateway?)))
-                .collect(),
+            routes: observed.routes.iter().filter_map(crate::ObservedRoute::as_felts).collect(),
             neighbours: observed.neighbours.iter().map(|n| (n.ip, n.mac)).collect(),
             fdb: observed.fdb.iter().copied().collect(),
         }
