@@ -105,6 +105,11 @@ pub fn render(state: &State) -> String {
             l.underlay_mtu,
         )),
     }
+    if let Some(l) = &state.lease {
+        if let (Some(cidr), Some(vtep)) = (l.pod_cidr6, l.vtep_ip6) {
+            out.push_str(&format!("lease ipv6: {cidr} (VTEP {vtep} on {})\n", l.device));
+        }
+    }
     let problems = problems(state);
     if problems.is_empty() {
         out.push_str("problems: none\n");
@@ -159,6 +164,10 @@ fn peer_table(peers: &[PeerState]) -> String {
             probe.unwrap_or_default(),
             rtt
         ));
+        // A dual-stack peer's IPv6 subnet, under its IPv4 one.
+        if let Some(cidr6) = p.pod_cidr6 {
+            out.push_str(&format!("{:<12} {}\n", "", cidr6));
+        }
     }
     out
 }
@@ -217,5 +226,18 @@ mod tests {
         let text = render(&state);
         assert!(text.find("problems:").unwrap() < text.find("PEER").unwrap());
         assert!(text.contains("MISSING") && text.contains("unreachable"), "{text}");
+        assert!(!text.contains("fd00"), "no IPv6 lines outside a dual-stack cluster");
+        let mut dual = state.clone();
+        dual.peers[0].pod_cidr6 = Some("fd00:f31:244:1::/64".parse().unwrap());
+        dual.lease = Some(
+            serde_json::from_value(json!({"pod_cidr": "10.244.0.0/24", "vtep_ip": "10.244.0.0",
+            "pod_cidr6": "fd00:f31:244::/64", "vtep_ip6": "fd00:f31:244::", "vtep_mac": "0a:00:00:00:00:01",
+            "underlay_iface": "eth0", "underlay_ip": "198.18.0.11", "underlay_mtu": 1500, "device": "felt.1",
+            "mtu": 1450}))
+            .unwrap(),
+        );
+        let text = render(&dual);
+        assert!(text.contains("lease ipv6: fd00:f31:244::/64 (VTEP fd00:f31:244:: on felt.1)\n"), "{text}");
+        assert!(text.contains("\n             fd00:f31:244:1::/64\n"), "{text}");
     }
 }

@@ -2,11 +2,11 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::subnets::first_free;
 
@@ -30,13 +30,13 @@ pub enum StoreError {
         /// `subnet` or `address`.
         what: &'static str,
         /// The range searched.
-        range: Ipv4Net,
+        range: IpNet,
     },
     /// The subnet is leased to another node.
     #[error("{subnet} is leased to node `{owner}`")]
     Taken {
         /// The subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// Who holds it.
         owner: String,
     },
@@ -91,7 +91,8 @@ fn read_dir_files(dir: &Path) -> Result<Vec<(String, String)>, StoreError> {
     Ok(out)
 }
 
-/// Subnet leases: `<dir>/10.244.3.0-24` holds the owning node's name.
+/// Subnet leases of either family: `<dir>/10.244.3.0-24` (or
+/// `<dir>/fd00:10:244:3::-64`) holds the owning node's name.
 #[derive(Debug, Clone)]
 pub struct LeaseDir {
     dir: PathBuf,
@@ -105,24 +106,24 @@ impl LeaseDir {
         Ok(LeaseDir { dir })
     }
 
-    fn file_name(subnet: Ipv4Net) -> String {
+    fn file_name(subnet: IpNet) -> String {
         format!("{}-{}", subnet.network(), subnet.prefix_len())
     }
 
     /// Every lease: subnet and owner. Files that are not leases are skipped.
-    pub fn leases(&self) -> Result<Vec<(Ipv4Net, String)>, StoreError> {
+    pub fn leases(&self) -> Result<Vec<(IpNet, String)>, StoreError> {
         Ok(read_dir_files(&self.dir)?
             .into_iter()
             .filter_map(|(name, owner)| {
                 let (addr, len) = name.split_once('-')?;
-                let subnet = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+                let subnet = IpNet::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
                 Some((subnet, owner.trim().to_owned()))
             })
             .collect())
     }
 
     /// Claims `subnet` for `owner`; succeeds when it is free or already theirs.
-    pub fn claim(&self, subnet: Ipv4Net, owner: &str) -> Result<(), StoreError> {
+    pub fn claim(&self, subnet: IpNet, owner: &str) -> Result<(), StoreError> {
         let name = Self::file_name(subnet);
         if create_exclusive(&self.dir, &name, &format!("{owner}\n"))? {
             return Ok(());
@@ -140,17 +141,17 @@ impl LeaseDir {
     /// of length `len` that overlaps no lease and none of `also_taken`.
     pub fn allocate(
         &self,
-        network: Ipv4Net,
+        network: IpNet,
         len: u8,
         owner: &str,
-        also_taken: &[Ipv4Net],
-    ) -> Result<Ipv4Net, StoreError> {
+        also_taken: &[IpNet],
+    ) -> Result<IpNet, StoreError> {
         loop {
             let leases = self.leases()?;
             if let Some((s, _)) = leases.iter().find(|(s, o)| o == owner && network.contains(s)) {
                 return Ok(*s);
             }
-            let mut taken: Vec<Ipv4Net> = leases.iter().map(|(s, _)| *s).collect();
+            let mut taken: Vec<IpNet> = leases.iter().map(|(s, _)| *s).collect();
             taken.extend_from_slice(also_taken);
             let candidate = first_free(network, len, &taken)
                 .ok_or(StoreError::Exhausted { what: "subnet", range: network })?;
@@ -164,7 +165,7 @@ impl LeaseDir {
     }
 
     /// Drops `owner`'s lease on `subnet`; a lease held by someone else is left alone.
-    pub fn release(&self, subnet: Ipv4Net, owner: &str) -> Result<(), StoreError> {
+    pub fn release(&self, subnet: IpNet, owner: &str) -> Result<(), StoreError> {
         let path = self.dir.join(Self::file_name(subnet));
         match fs::read_to_string(&path) {
             Ok(holder) if holder.trim() == owner => fs::remove_file(&path).map_err(io_err("removing", &path)),
@@ -179,14 +180,16 @@ impl LeaseDir {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodAddress {
     /// The address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The holder's container ID.
     pub container_id: String,
     /// The holder's interface in the container.
     pub ifname: String,
 }
 
-/// Pod addresses on one node: `<dir>/10.244.3.7` holds `<container id>\n<ifname>\n`.
+/// Pod addresses on one node, of either family: `<dir>/10.244.3.7` (or
+/// `<dir>/fd00:f31:244:3::2`) holds `<container id>\n<ifname>\n`. A pod
+/// interface of a dual-stack cluster holds one of each.
 ///
 /// Concurrent plugins never share an address: a claim is a `link(2)` of a
 /// fully written temporary file onto the address's name, which fails with
@@ -211,26 +214,34 @@ impl PodAddressStore {
         format!("{container_id}\n{ifname}\n")
     }
 
-    /// The address held by this container interface, if any.
-    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+    /// The addresses held by this container interface (one per family).
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, StoreError> {
         let want = Self::owner(container_id, ifname);
-        Ok(read_dir_files(&self.dir)?.into_iter().find(|(_, c)| *c == want).and_then(|(n, _)| n.parse().ok()))
+        let mut held: Vec<IpAddr> = read_dir_files(&self.dir)?
+            .into_iter()
+            .filter(|(_, c)| *c == want)
+            .filter_map(|(n, _)| n.parse().ok())
+            .collect();
+        held.sort();
+        Ok(held)
     }
 
-    /// An address in `subnet` for this container interface: the one it holds,
-    /// or the lowest free host address that is not `reserved` (the gateway).
+    /// An address in `subnet` for this container interface: the one it holds
+    /// there, or the lowest free host address that is neither the subnet's
+    /// network address (the node's VTEP address in either family) nor
+    /// `reserved` (the gateway).
     pub fn allocate(
         &self,
-        subnet: Ipv4Net,
-        reserved: Ipv4Addr,
+        subnet: IpNet,
+        reserved: IpAddr,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Ipv4Addr, StoreError> {
-        if let Some(ip) = self.find(container_id, ifname)? {
+    ) -> Result<IpAddr, StoreError> {
+        if let Some(ip) = self.find(container_id, ifname)?.into_iter().find(|ip| subnet.contains(ip)) {
             return Ok(ip);
         }
         let owner = Self::owner(container_id, ifname);
-        for ip in subnet.hosts().filter(|ip| *ip != reserved) {
+        for ip in subnet.hosts().filter(|ip| *ip != reserved && *ip != subnet.network()) {
             if create_exclusive(&self.dir, &ip.to_string(), &owner)? {
                 return Ok(ip);
             }
@@ -275,14 +286,14 @@ impl PodAddressStore {
     }
 
     /// Frees every address this container interface holds; freeing nothing is fine.
-    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, StoreError> {
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, StoreError> {
         let want = Self::owner(container_id, ifname);
         let mut freed = Vec::new();
         for (name, content) in read_dir_files(&self.dir)? {
             if content == want {
                 let path = self.dir.join(&name);
                 fs::remove_file(&path).map_err(io_err("removing", &path))?;
-                freed.extend(name.parse::<Ipv4Addr>().ok());
+                freed.extend(name.parse::<IpAddr>().ok());
             }
         }
         Ok(freed)

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 pub use felt_proto::DataplaneKind;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 
 use crate::kernel::{Kernel, KernelError, VxlanSpec};
@@ -32,10 +32,13 @@ pub fn default_device(vni: u32) -> String {
 }
 
 /// What a `kind` data plane keeps in the kernel for `peers`: everything in
-/// kernel mode; only the routes to the TUN in userspace mode.
+/// kernel mode; only the IPv4 routes to the TUN in userspace mode (the
+/// engine carries no IPv6 yet, so a dual-stack peer is reached over IPv4
+/// only).
 pub fn desired(kind: DataplaneKind, peers: &[Peer]) -> Desired {
     let mut d = crate::desired(peers);
     if kind == DataplaneKind::Userspace {
+        d.routes.retain(|r| r.dst.addr().is_ipv4());
         d.neighbours.clear();
         d.fdb.clear();
     }
@@ -170,11 +173,14 @@ impl Dataplane {
     }
 
     /// Creates or repairs the device, with our pod subnet's VTEP address as
-    /// its only IPv4 address; returns its index and what was changed.
+    /// its only IPv4 address, and in kernel mode our IPv6 pod subnet's (when
+    /// dual-stack) as its only global IPv6 one; returns its index and what
+    /// was changed.
     pub async fn ensure_device(
         &self,
         kernel: &Kernel,
         pod_cidr: Ipv4Net,
+        pod_cidr6: Option<Ipv6Net>,
     ) -> Result<(u32, Vec<String>), KernelError> {
         let vtep = vtep_ip(pod_cidr);
         match &self.engine {
@@ -196,7 +202,7 @@ impl Dataplane {
                         }
                     }
                 }
-                kernel.ensure_device(&self.spec, vtep).await
+                kernel.ensure_device(&self.spec, vtep, pod_cidr6.map(|c| c.network())).await
             }
         }
     }
@@ -210,6 +216,7 @@ mod tests {
         Peer {
             name: "n2".into(),
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            pod_cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
             vtep_mac: "0a:00:00:00:00:02".parse().unwrap(),
             underlay_ip: Ipv4Addr::new(198, 18, 0, 12),
         }
@@ -218,9 +225,9 @@ mod tests {
     #[test]
     fn userspace_keeps_only_routes_in_the_kernel() {
         let k = desired(DataplaneKind::Kernel, &[peer()]);
-        assert_eq!((k.routes.len(), k.neighbours.len(), k.fdb.len()), (1, 1, 1));
+        assert_eq!((k.routes.len(), k.neighbours.len(), k.fdb.len()), (2, 2, 1), "both families, one FDB");
         let u = desired(DataplaneKind::Userspace, &[peer()]);
-        assert_eq!((u.routes, u.neighbours.len(), u.fdb.len()), (k.routes.clone(), 0, 0));
+        assert_eq!((u.routes, u.neighbours.len(), u.fdb.len()), (k.routes[..1].to_vec(), 0, 0));
         let observed = Observed { routes: vec![], neighbours: k.neighbours.clone(), fdb: k.fdb.clone() };
         assert_eq!(owned(DataplaneKind::Kernel, observed.clone()), observed);
         assert_eq!(owned(DataplaneKind::Userspace, observed), Observed::default());

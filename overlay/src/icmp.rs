@@ -2,11 +2,16 @@
 //! and the lab's pod probes. etherparse builds the request (checksum
 //! included) and checks the reply's IPv4 and ICMP headers, so a short or
 //! lying packet is refused, never read past its end (fuzzed: `overlay/fuzz`,
-//! target `icmp`). The sockets are the caller's.
+//! target `icmp`). ICMPv6 echo (RFC 4443) likewise, for IPv6 pods: a raw
+//! ICMPv6 socket hands over the ICMPv6 message alone, and the kernel fills
+//! its checksum (RFC 3542 §3.1), which covers a pseudo-header only the
+//! kernel knows the source of. The sockets are the caller's.
 
 use std::net::Ipv4Addr;
 
-use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Slice, Icmpv4Type, IpNumber, Ipv4Slice};
+use etherparse::{
+    IcmpEchoHeader, Icmpv4Header, Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, IpNumber, Ipv4Slice,
+};
 
 /// The payload of every request, so a capture shows who sent it.
 const PAYLOAD: &[u8; 8] = b"felt-lab";
@@ -33,9 +38,47 @@ pub fn parse_echo_reply(packet: &[u8], from: Ipv4Addr, id: u16) -> Option<u16> {
     }
 }
 
+/// An ICMPv6 echo request (RFC 4443 §4.1) with `id`, `seq` and the same
+/// payload, its checksum left for the kernel.
+pub fn echo_request6(id: u16, seq: u16) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[0] = 128;
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..].copy_from_slice(PAYLOAD);
+    p
+}
+
+/// If `message` (an ICMPv6 message, as a raw ICMPv6 socket returns it) is
+/// an echo reply with `id`, its sequence number. The sender is the
+/// socket's to tell (`recvfrom`).
+pub fn parse_echo_reply6(message: &[u8], id: u16) -> Option<u16> {
+    match Icmpv6Slice::from_slice(message).ok()?.icmp_type() {
+        Icmpv6Type::EchoReply(echo) if echo.id == id => Some(echo.seq),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icmpv6_echo_round_trips_and_refuses_what_is_not_a_reply() {
+        let req = echo_request6(7, 9);
+        assert_eq!((req[0], &req[4..8]), (128, &[0, 7, 0, 9][..]));
+        assert_eq!(parse_echo_reply6(&req, 7), None, "a request is not a reply");
+        let mut reply = req;
+        reply[0] = 129;
+        assert_eq!(parse_echo_reply6(&reply, 7), Some(9));
+        assert_eq!(parse_echo_reply6(&reply, 8), None, "other id");
+        for len in 0..8 {
+            assert_eq!(parse_echo_reply6(&reply[..len], 7), None, "truncated to {len}");
+        }
+        let mut solicitation = reply;
+        solicitation[0] = 135;
+        assert_eq!(parse_echo_reply6(&solicitation, 7), None, "neighbour discovery is not a reply");
+    }
 
     fn reply(src: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
         let mut pkt = vec![0x45, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0];

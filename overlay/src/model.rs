@@ -1,10 +1,10 @@
 //! The domain: peers and the kernel objects that make them reachable
 //! (those are defined in `felt_proto::entry`, as the debug API shows them).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use felt_proto::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 /// A remote node, as the data plane needs it.
@@ -14,6 +14,8 @@ pub struct Peer {
     pub name: String,
     /// The peer's pod subnet.
     pub pod_cidr: Ipv4Net,
+    /// The peer's IPv6 pod subnet, in a dual-stack cluster.
+    pub pod_cidr6: Option<Ipv6Net>,
     /// The peer's VTEP MAC.
     pub vtep_mac: MacAddr,
     /// The peer's underlay address, where VXLAN datagrams go.
@@ -25,6 +27,12 @@ impl Peer {
     /// Flannel assigns it to `flannel.1`.
     pub fn vtep_ip(&self) -> Ipv4Addr {
         crate::dataplane::vtep_ip(self.pod_cidr)
+    }
+
+    /// The peer's IPv6 VTEP address: its IPv6 pod subnet's network address,
+    /// as Flannel assigns it to `flannel-v6.1`.
+    pub fn vtep_ip6(&self) -> Option<Ipv6Addr> {
+        self.pod_cidr6.map(|c| c.network())
     }
 }
 

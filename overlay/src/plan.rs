@@ -11,10 +11,10 @@
 //!   never points at a VTEP the kernel cannot resolve yet.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use felt_proto::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Serialize;
 
 pub use felt_proto::entry::Op;
@@ -24,32 +24,39 @@ use crate::{FdbEntry, Neighbour, Peer, Route};
 /// The data-plane entries a set of peers needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Desired {
-    /// One route per peer.
+    /// One route per peer and family.
     pub routes: Vec<Route>,
-    /// One neighbour per peer.
+    /// One neighbour per peer and family.
     pub neighbours: Vec<Neighbour>,
     /// One FDB entry per peer.
     pub fdb: Vec<FdbEntry>,
 }
 
-/// The entries each peer needs, in peer order.
+/// The entries each peer needs, in peer order: per family a route via the
+/// peer's VTEP address and a neighbour entry that resolves it to the VTEP
+/// MAC; one FDB entry, shared by both families, that sends the MAC to the
+/// peer's underlay address.
 pub fn desired(peers: &[Peer]) -> Desired {
     let mut d = Desired::default();
     for p in peers {
-        d.routes.push(Route { dst: p.pod_cidr, gateway: p.vtep_ip() });
-        d.neighbours.push(Neighbour { ip: p.vtep_ip(), mac: p.vtep_mac });
+        d.routes.push(Route { dst: p.pod_cidr.into(), gateway: p.vtep_ip().into() });
+        d.neighbours.push(Neighbour { ip: p.vtep_ip().into(), mac: p.vtep_mac });
+        if let (Some(cidr), Some(vtep)) = (p.pod_cidr6, p.vtep_ip6()) {
+            d.routes.push(Route { dst: cidr.into(), gateway: vtep.into() });
+            d.neighbours.push(Neighbour { ip: vtep.into(), mac: p.vtep_mac });
+        }
         d.fdb.push(FdbEntry { mac: p.vtep_mac, dst: p.underlay_ip });
     }
     d
 }
 
-/// An IPv4 route as the kernel reported it, reduced to what `plan` checks.
+/// A route as the kernel reported it, reduced to what `plan` checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ObservedRoute {
     /// Destination prefix.
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     /// Gateway, if any.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// Leaves through felt's VXLAN device.
     pub on_device: bool,
     /// Carries `RTNH_F_ONLINK`.
@@ -61,7 +68,7 @@ pub struct ObservedRoute {
 impl ObservedRoute {
     /// Destination and gateway, when this is a route as felt programs it
     /// (its own, through its device, onlink).
-    pub fn as_felts(&self) -> Option<(Ipv4Net, Ipv4Addr)> {
+    pub fn as_felts(&self) -> Option<(IpNet, IpAddr)> {
         (self.ours && self.on_device && self.onlink).then_some((self.dst, self.gateway?))
     }
 }
@@ -69,9 +76,9 @@ impl ObservedRoute {
 /// What the kernel holds that `plan` cares about.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Observed {
-    /// Main-table IPv4 routes via felt's device or tagged as felt's.
+    /// Main-table routes (IPv4 and IPv6) via felt's device or tagged as felt's.
     pub routes: Vec<ObservedRoute>,
-    /// Permanent neighbours on felt's device.
+    /// Permanent neighbours (IPv4 and IPv6) on felt's device.
     pub neighbours: Vec<Neighbour>,
     /// FDB entries with a remote on felt's device.
     pub fdb: Vec<FdbEntry>,
@@ -83,12 +90,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     let mut dels = Vec::new();
     let mut sets = Vec::new();
 
-    let want_routes: HashMap<Ipv4Net, Ipv4Addr> = desired.routes.iter().map(|r| (r.dst, r.gateway)).collect();
+    let want_routes: HashMap<IpNet, IpAddr> = desired.routes.iter().map(|r| (r.dst, r.gateway)).collect();
     for o in observed.routes.iter().filter(|o| o.ours && !want_routes.contains_key(&o.dst)) {
         dels.push(Op::DelRoute(o.dst));
     }
-    let good: HashSet<(Ipv4Net, Ipv4Addr)> =
-        observed.routes.iter().filter_map(ObservedRoute::as_felts).collect();
+    let good: HashSet<(IpNet, IpAddr)> = observed.routes.iter().filter_map(ObservedRoute::as_felts).collect();
     let route_sets: Vec<Op> = desired
         .routes
         .iter()
@@ -96,8 +102,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
         .map(|r| Op::SetRoute(*r))
         .collect();
 
-    let want_neigh: HashMap<Ipv4Addr, MacAddr> = desired.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
-    let have_neigh: HashMap<Ipv4Addr, MacAddr> = observed.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
+    let want_neigh: HashMap<IpAddr, MacAddr> = desired.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
+    let have_neigh: HashMap<IpAddr, MacAddr> = observed.neighbours.iter().map(|n| (n.ip, n.mac)).collect();
     for n in &observed.neighbours {
         if !want_neigh.contains_key(&n.ip) {
             dels.push(Op::DelNeighbour(*n));
@@ -109,7 +115,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
         }
     }
 
-    let want_fdb: HashMap<MacAddr, Ipv4Addr> = desired.fdb.iter().map(|f| (f.mac, f.dst)).collect();
+    let want_fdb: HashMap<MacAddr, std::net::Ipv4Addr> = desired.fdb.iter().map(|f| (f.mac, f.dst)).collect();
     let have_fdb: HashSet<FdbEntry> = observed.fdb.iter().copied().collect();
     // In entry order, once each (as a set of them would give).
     let mut fdb_dels: Vec<FdbEntry> =

@@ -2,14 +2,18 @@
 //!
 //! ```json
 //! {"network":"10.244.0.0/16","subnetLen":24,"ipMasq":true,
+//!  "ipv6Network":"fd00:10:244::/56","ipv6SubnetLen":64,
 //!  "backend":{"type":"vxlan","vni":1,"port":8472}}
 //! ```
 //! Every field but `network` has a default; `backend.mtu` defaults to the
-//! underlay MTU − 50 ([`crate::VXLAN_IPV4_OVERHEAD`]).
+//! underlay MTU − 50 ([`crate::VXLAN_IPV4_OVERHEAD`]). `ipv6Network` makes
+//! the cluster dual-stack: every node then leases an IPv6 subnet of
+//! `ipv6SubnetLen` (default 64) beside its IPv4 one, and IPv6 pod traffic
+//! crosses the same VXLAN device and IPv4 underlay as IPv4's.
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::{BackendType, DEFAULT_VNI, DEFAULT_VXLAN_PORT};
@@ -31,6 +35,12 @@ pub struct NetConfig {
     /// `ipMasq`); pod-to-pod and pod-to-node traffic never is.
     #[serde(default = "default_ip_masq")]
     pub ip_masq: bool,
+    /// The cluster's IPv6 pod network, when it is dual-stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<Ipv6Net>,
+    /// The prefix length of one node's IPv6 pod subnet.
+    #[serde(default = "default_ipv6_subnet_len")]
+    pub ipv6_subnet_len: u8,
 }
 
 /// The encapsulation's settings.
@@ -58,6 +68,9 @@ fn default_ip_masq() -> bool {
 fn default_subnet_len() -> u8 {
     24
 }
+fn default_ipv6_subnet_len() -> u8 {
+    64
+}
 fn default_backend_type() -> BackendType {
     BackendType::Vxlan
 }
@@ -81,6 +94,8 @@ impl Default for NetConfig {
             subnet_len: default_subnet_len(),
             backend: BackendConfig::default(),
             ip_masq: true,
+            ipv6_network: None,
+            ipv6_subnet_len: default_ipv6_subnet_len(),
         }
     }
 }
@@ -110,6 +125,20 @@ pub enum ConfigError {
     /// Port zero.
     #[error("the VXLAN port cannot be 0")]
     BadPort,
+    /// `ipv6Network` has host bits set.
+    #[error("ipv6Network {0} is not a network address")]
+    UnalignedIpv6Network(Ipv6Net),
+    /// `ipv6SubnetLen` is not longer than the IPv6 network's prefix, or
+    /// leaves fewer than 256 addresses.
+    #[error("ipv6SubnetLen {subnet_len} must be in {min}..=120 for ipv6Network {network}")]
+    BadIpv6SubnetLen {
+        /// The configured length.
+        subnet_len: u8,
+        /// The smallest allowed value.
+        min: u8,
+        /// The network.
+        network: Ipv6Net,
+    },
     /// MTU below the IPv4 minimum of 576 or above 65535.
     #[error("MTU {0} must be in 576..=65535")]
     BadMtu(u32),
@@ -139,6 +168,15 @@ impl NetConfig {
                 min,
                 network: self.network,
             });
+        }
+        if let Some(network) = self.ipv6_network {
+            if network.trunc() != network {
+                return Err(ConfigError::UnalignedIpv6Network(network));
+            }
+            let min = network.prefix_len() + 1;
+            if self.ipv6_subnet_len < min || self.ipv6_subnet_len > 120 {
+                return Err(ConfigError::BadIpv6SubnetLen { subnet_len: self.ipv6_subnet_len, min, network });
+            }
         }
         if self.backend.vni == 0 || self.backend.vni > 0x00ff_ffff {
             return Err(ConfigError::BadVni(self.backend.vni));
@@ -182,7 +220,13 @@ impl NetConfig {
             return Err(unsupported("EnableIPv4 false (IPv6-only networks)"));
         }
         if truthy(top.get("enableipv6")) {
-            return Err(unsupported("EnableIPv6 (dual-stack networks)"));
+            // Flannel's dual-stack runs a second VXLAN device (`flannel-v6.1`)
+            // with its own MAC and annotations; felt's carries IPv6 on its one
+            // device, so the two cannot exchange IPv6 traffic yet.
+            return Err(unsupported(
+                "EnableIPv6 beside Flannel nodes (felt's dual-stack uses one device, Flannel's a second \
+                 one, flannel-v6.1; run dual-stack with felt's own conventions, without --compat flannel)",
+            ));
         }
         cfg.network = match top.get("network") {
             Some(Value::String(s)) => {
@@ -256,6 +300,11 @@ impl NetConfig {
         Ok((cfg, notes))
     }
 
+    /// Whether the cluster is dual-stack.
+    pub fn dual_stack(&self) -> bool {
+        self.ipv6_network.is_some()
+    }
+
     /// The overlay MTU for an underlay of `underlay_mtu`.
     pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
         self.backend.mtu.unwrap_or(underlay_mtu.saturating_sub(crate::VXLAN_IPV4_OVERHEAD))
@@ -274,6 +323,23 @@ mod tests {
         assert!(cfg.ip_masq, "egress masquerade is on by default");
         let off = NetConfig::from_json(br#"{"network":"10.244.0.0/16","ipMasq":false}"#).unwrap();
         assert!(!off.ip_masq);
+    }
+
+    #[test]
+    fn an_ipv6_network_makes_it_dual_stack() {
+        let cfg =
+            NetConfig::from_json(br#"{"network":"10.244.0.0/16","ipv6Network":"fd00:10:244::/56"}"#).unwrap();
+        assert!(cfg.dual_stack() && !NetConfig::default().dual_stack());
+        assert_eq!(cfg.ipv6_network, Some("fd00:10:244::/56".parse().unwrap()));
+        assert_eq!(cfg.ipv6_subnet_len, 64);
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains(r#""ipv6Network":"fd00:10:244::/56","ipv6SubnetLen":64"#), "{json}");
+        assert_eq!(NetConfig::from_json(json.as_bytes()).unwrap(), cfg);
+        let err = NetConfig::from_json(
+            br#"{"network":"10.244.0.0/16","ipv6Network":"fd00:10:244::/56","ipv6SubnetLen":48}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "ipv6SubnetLen 48 must be in 57..=120 for ipv6Network fd00:10:244::/56");
     }
 
     #[test]
@@ -300,7 +366,7 @@ mod tests {
                 r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
                 "DirectRouting",
             ),
-            (r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#, "dual-stack"),
+            (r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#, "flannel-v6.1"),
             (r#"{"Network":"10.244.0.0/16"}"#, "Backend is missing"),
             (r#"{"Backend":{"Type":"vxlan"}}"#, "Network is missing"),
             (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#, "VNI 0"),
@@ -324,6 +390,10 @@ mod tests {
             r#"{"network":"10.244.0.0/16","backend":{"mtu":100}}"#,
             r#"{"network":"10.244.0.0/16","backend":{"type":"udp"}}"#,
             r#"{"network":"10.244.0.0/16","typo":1}"#,
+            r#"{"network":"10.244.0.0/16","ipv6Network":"fd00:10:244::1/56"}"#,
+            r#"{"network":"10.244.0.0/16","ipv6Network":"fd00:10:244::/56","ipv6SubnetLen":56}"#,
+            r#"{"network":"10.244.0.0/16","ipv6Network":"fd00:10:244::/56","ipv6SubnetLen":121}"#,
+            r#"{"network":"10.244.0.0/16","ipv6Network":"10.245.0.0/16"}"#,
         ] {
             assert!(NetConfig::from_json(doc.as_bytes()).is_err(), "{doc}");
         }

@@ -5,9 +5,9 @@
 //! rely on (`jq .peers[].in_sync`): add fields, never rename them.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
@@ -97,6 +97,12 @@ pub struct Lease {
     pub pod_cidr: Ipv4Net,
     /// The VTEP address (`.0`).
     pub vtep_ip: Ipv4Addr,
+    /// This node's IPv6 pod subnet, in a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
+    /// The IPv6 VTEP address (the IPv6 subnet's network address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip6: Option<Ipv6Addr>,
     /// The VTEP MAC.
     pub vtep_mac: MacAddr,
     /// The underlay interface.
@@ -124,6 +130,12 @@ pub struct Config {
     pub network: Ipv4Net,
     /// Node subnet length.
     pub subnet_len: u8,
+    /// The IPv6 cluster network, when dual-stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<Ipv6Net>,
+    /// IPv6 node subnet length, when dual-stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet_len: Option<u8>,
     /// VNI.
     pub vni: u32,
     /// VXLAN UDP port.
@@ -163,6 +175,12 @@ pub struct PeerState {
     pub underlay_ip: Ipv4Addr,
     /// The peer's VTEP address.
     pub vtep_ip: Ipv4Addr,
+    /// The peer's IPv6 pod subnet, in a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
+    /// The peer's IPv6 VTEP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip6: Option<Ipv6Addr>,
     /// The peer's VTEP MAC.
     pub vtep_mac: MacAddr,
     /// The entries the peer needs (in kernel mode; the userspace engine
@@ -177,23 +195,29 @@ pub struct PeerState {
     pub probe: Probe,
 }
 
-/// A peer's three entries.
+/// A peer's entries: three, and two more for IPv6 in a dual-stack cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entries {
     /// Its route.
     pub route: Route,
     /// Its permanent neighbour.
     pub neighbour: Neighbour,
-    /// Its FDB entry.
+    /// Its FDB entry (both families').
     pub fdb: FdbEntry,
+    /// Its IPv6 route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route6: Option<Route>,
+    /// Its IPv6 permanent neighbour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbour6: Option<Neighbour>,
 }
 
 /// Which of a peer's entries are as desired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Programmed {
-    /// The route.
+    /// The route (both, in a dual-stack cluster).
     pub route: bool,
-    /// The neighbour.
+    /// The neighbour (both, in a dual-stack cluster).
     pub neighbour: bool,
     /// The FDB entry (and no stale remote for its MAC).
     pub fdb: bool,

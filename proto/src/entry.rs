@@ -4,27 +4,28 @@
 //! them) and part of the debug API (`/debug/state` shows desired entries and
 //! the diff as these shapes), so they live here, with no I/O.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
 
-/// `ip route replace <dst> via <gateway> dev <vxlan> onlink proto 76`.
+/// `ip route replace <dst> via <gateway> dev <vxlan> onlink proto 76`: both
+/// IPv4 or both IPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Route {
     /// The peer's pod subnet.
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     /// The peer's VTEP address.
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
 }
 
 /// `ip neigh replace <ip> lladdr <mac> dev <vxlan> nud permanent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Neighbour {
-    /// The peer's VTEP address.
-    pub ip: Ipv4Addr,
+    /// The peer's VTEP address (IPv4 or IPv6; both map to its one MAC).
+    pub ip: IpAddr,
     /// The peer's VTEP MAC.
     pub mac: MacAddr,
 }
@@ -43,7 +44,7 @@ pub struct FdbEntry {
 #[serde(tag = "op", content = "entry", rename_all = "snake_case")]
 pub enum Op {
     /// Remove a felt route.
-    DelRoute(Ipv4Net),
+    DelRoute(IpNet),
     /// Remove a permanent neighbour.
     DelNeighbour(Neighbour),
     /// Remove one remote of an FDB entry.

@@ -15,7 +15,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
@@ -54,7 +54,7 @@ pub struct BackendData {
 pub struct NodeRecord {
     /// The node's name, unique in the cluster.
     pub name: String,
-    /// The node's pod CIDRs; felt uses the IPv4 one.
+    /// The node's pod CIDRs: at most one IPv4 and one IPv6.
     #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
     pub pod_cidrs: Vec<IpNet>,
     /// The underlay address peers send VXLAN to.
@@ -80,6 +80,9 @@ pub enum RecordError {
     /// More than one IPv4 pod CIDR.
     #[error("more than one IPv4 pod CIDR: {0:?}")]
     SeveralIpv4Cidrs(Vec<IpNet>),
+    /// More than one IPv6 pod CIDR.
+    #[error("more than one IPv6 pod CIDR: {0:?}")]
+    SeveralIpv6Cidrs(Vec<IpNet>),
     /// A pod CIDR whose host bits are set (`10.244.1.5/24`).
     #[error("pod CIDR {0} is not a network address")]
     UnalignedCidr(IpNet),
@@ -130,6 +133,10 @@ impl NodeRecord {
         if v4.len() > 1 {
             return Err(RecordError::SeveralIpv4Cidrs(v4));
         }
+        let v6: Vec<IpNet> = self.pod_cidrs.iter().filter(|c| matches!(c, IpNet::V6(_))).copied().collect();
+        if v6.len() > 1 {
+            return Err(RecordError::SeveralIpv6Cidrs(v6));
+        }
         if let Some(c) = self.pod_cidrs.iter().find(|c| c.trunc() != **c) {
             return Err(RecordError::UnalignedCidr(*c));
         }
@@ -154,6 +161,14 @@ impl NodeRecord {
         self.pod_cidrs.iter().find_map(|c| match c {
             IpNet::V4(v4) => Some(*v4),
             IpNet::V6(_) => None,
+        })
+    }
+
+    /// The node's IPv6 pod CIDR, if it has one.
+    pub fn pod_cidr_v6(&self) -> Option<Ipv6Net> {
+        self.pod_cidrs.iter().find_map(|c| match c {
+            IpNet::V6(v6) => Some(*v6),
+            IpNet::V4(_) => None,
         })
     }
 }
@@ -190,6 +205,14 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_record_has_one_cidr_of_each_family() {
+        let r = NodeRecord::from_json(br#"{"name":"n1","podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"]}"#)
+            .unwrap();
+        assert_eq!(r.pod_cidr_v4(), Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(r.pod_cidr_v6(), Some("fd00:10:244:1::/64".parse().unwrap()));
+    }
+
+    #[test]
     fn incomplete_record_is_valid() {
         let r = NodeRecord::from_json(br#"{"name":"n2"}"#).unwrap();
         assert_eq!(r.pod_cidr_v4(), None);
@@ -204,6 +227,10 @@ mod tests {
             (r#"{"name":"n1","podCIDRs":["10.1.0.0/24","10.2.0.0/24"]}"#, |e| {
                 matches!(e, RecordError::SeveralIpv4Cidrs(_))
             }),
+            (r#"{"name":"n1","podCIDRs":["fd00:1::/64","fd00:2::/64"]}"#, |e| {
+                matches!(e, RecordError::SeveralIpv6Cidrs(_))
+            }),
+            (r#"{"name":"n1","podCIDRs":["fd00:1::1/64"]}"#, |e| matches!(e, RecordError::UnalignedCidr(_))),
             (r#"{"name":"n1","backendData":{"vni":1,"vtepMAC":"01:00:5e:00:00:01"}}"#, |e| {
                 matches!(e, RecordError::BadVtepMac(_))
             }),

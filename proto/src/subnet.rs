@@ -7,13 +7,16 @@
 //! FELT_SUBNET=10.244.1.1/24
 //! FELT_MTU=1450
 //! FELT_IPMASQ=false
+//! FELT_IPV6_NETWORK=fd00:10:244::/56
+//! FELT_IPV6_SUBNET=fd00:10:244:1::1/64
 //! ```
 //! `FELT_SUBNET` is the pods' gateway address (the subnet's first host) with
-//! the subnet's prefix length, as Flannel writes it.
+//! the subnet's prefix length, as Flannel writes it; the `IPV6` keys, in a
+//! dual-stack cluster only, likewise for IPv6 (Flannel's names too).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// The facts the CNI plugin needs from the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +29,9 @@ pub struct SubnetFile {
     pub mtu: u32,
     /// Whether traffic leaving the cluster CIDR is masqueraded (the agent does it, with nftables).
     pub ip_masq: bool,
+    /// The IPv6 cluster CIDR and this node's IPv6 pod subnet, in a
+    /// dual-stack cluster.
+    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
 }
 
 /// Why a subnet file cannot be read.
@@ -58,17 +64,31 @@ impl SubnetFile {
         self.render_as("FELT")
     }
 
+    /// The pods' IPv6 gateway on the node bridge (`::1` of the subnet), in a
+    /// dual-stack cluster.
+    pub fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.map(|(_, subnet)| gateway6_of(subnet))
+    }
+
     /// The file's text with `prefix` for felt's: `FLANNEL` makes the
     /// `/run/flannel/subnet.env` Flannel's CNI plugin reads.
     pub fn render_as(&self, prefix: &str) -> String {
-        format!(
+        let mut text = format!(
             "{prefix}_NETWORK={}\n{prefix}_SUBNET={}/{}\n{prefix}_MTU={}\n{prefix}_IPMASQ={}\n",
             self.network,
             self.gateway(),
             self.subnet.prefix_len(),
             self.mtu,
             self.ip_masq
-        )
+        );
+        if let Some((network, subnet)) = self.ipv6 {
+            text += &format!(
+                "{prefix}_IPV6_NETWORK={network}\n{prefix}_IPV6_SUBNET={}/{}\n",
+                gateway6_of(subnet),
+                subnet.prefix_len()
+            );
+        }
+        text
     }
 
     /// Parses the file's text, felt's keys or Flannel's (`FLANNEL_SUBNET`,
@@ -76,6 +96,7 @@ impl SubnetFile {
     /// keys and `#` comments are ignored.
     pub fn parse(text: &str) -> Result<Self, SubnetFileError> {
         let (mut network, mut subnet, mut mtu, mut ip_masq) = (None, None, None, false);
+        let (mut network6, mut subnet6) = (None, None);
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -83,10 +104,17 @@ impl SubnetFile {
             }
             let (key, value) = line.split_once('=').ok_or(SubnetFileError::BadLine(i + 1))?;
             let key = match key.strip_prefix("FLANNEL_") {
-                Some(rest) => ["FELT_NETWORK", "FELT_SUBNET", "FELT_MTU", "FELT_IPMASQ"]
-                    .into_iter()
-                    .find(|k| k.strip_prefix("FELT_") == Some(rest))
-                    .unwrap_or(key),
+                Some(rest) => [
+                    "FELT_NETWORK",
+                    "FELT_SUBNET",
+                    "FELT_MTU",
+                    "FELT_IPMASQ",
+                    "FELT_IPV6_NETWORK",
+                    "FELT_IPV6_SUBNET",
+                ]
+                .into_iter()
+                .find(|k| k.strip_prefix("FELT_") == Some(rest))
+                .unwrap_or(key),
                 None => key,
             };
             let bad = |key: &'static str| SubnetFileError::BadValue { key, value: value.to_owned() };
@@ -97,14 +125,27 @@ impl SubnetFile {
                 }
                 "FELT_MTU" => mtu = Some(value.parse::<u32>().map_err(|_| bad("FELT_MTU"))?),
                 "FELT_IPMASQ" => ip_masq = value.parse::<bool>().map_err(|_| bad("FELT_IPMASQ"))?,
+                "FELT_IPV6_NETWORK" => {
+                    network6 = Some(value.parse::<Ipv6Net>().map_err(|_| bad("FELT_IPV6_NETWORK"))?)
+                }
+                "FELT_IPV6_SUBNET" => {
+                    subnet6 = Some(value.parse::<Ipv6Net>().map_err(|_| bad("FELT_IPV6_SUBNET"))?.trunc())
+                }
                 _ => {}
             }
         }
+        let ipv6 = match (network6, subnet6) {
+            (Some(n), Some(s)) => Some((n, s)),
+            (None, None) => None,
+            (Some(_), None) => return Err(SubnetFileError::Missing("FELT_IPV6_SUBNET")),
+            (None, Some(_)) => return Err(SubnetFileError::Missing("FELT_IPV6_NETWORK")),
+        };
         Ok(SubnetFile {
             network: network.ok_or(SubnetFileError::Missing("FELT_NETWORK"))?,
             subnet: subnet.ok_or(SubnetFileError::Missing("FELT_SUBNET"))?,
             mtu: mtu.ok_or(SubnetFileError::Missing("FELT_MTU"))?,
             ip_masq,
+            ipv6,
         })
     }
 }
@@ -114,9 +155,35 @@ pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
 }
 
+/// The pods' IPv6 gateway on the node bridge: `::1` of `subnet`.
+pub fn gateway6_of(subnet: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()).wrapping_add(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dual_stack_adds_the_ipv6_keys() {
+        let f = SubnetFile {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            mtu: 1450,
+            ip_masq: true,
+            ipv6: Some(("fd00:10:244::/56".parse().unwrap(), "fd00:10:244:3::/64".parse().unwrap())),
+        };
+        let text = f.render();
+        assert!(
+            text.ends_with("FELT_IPV6_NETWORK=fd00:10:244::/56\nFELT_IPV6_SUBNET=fd00:10:244:3::1/64\n"),
+            "{text}"
+        );
+        assert_eq!(f.gateway6(), Some("fd00:10:244:3::1".parse().unwrap()));
+        assert_eq!(SubnetFile::parse(&text).unwrap(), f);
+        assert_eq!(SubnetFile::parse(&f.render_as("FLANNEL")).unwrap(), f, "Flannel's names too");
+        let half = text.replace("FELT_IPV6_NETWORK=fd00:10:244::/56\n", "");
+        assert_eq!(SubnetFile::parse(&half), Err(SubnetFileError::Missing("FELT_IPV6_NETWORK")));
+    }
 
     #[test]
     fn round_trips() {
@@ -125,6 +192,7 @@ mod tests {
             subnet: "10.244.3.0/24".parse().unwrap(),
             mtu: 1450,
             ip_masq: false,
+            ipv6: None,
         };
         let text = f.render();
         assert!(text.contains("FELT_SUBNET=10.244.3.1/24\n"), "{text}");

@@ -7,6 +7,7 @@ mod cleanup;
 mod cni;
 mod debug;
 mod delegate;
+mod dual_stack;
 mod egress;
 mod flannel;
 mod harness;

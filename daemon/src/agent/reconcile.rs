@@ -33,7 +33,8 @@ impl Agent {
     /// The record this node should have in the registry.
     fn wanted_record(&self) -> NodeRecord {
         let mut record = NodeRecord::new(&self.me.name);
-        record.pod_cidrs = vec![IpNet::V4(self.me.pod_cidr)];
+        record.pod_cidrs =
+            std::iter::once(IpNet::V4(self.me.pod_cidr)).chain(self.me.pod_cidr6.map(IpNet::V6)).collect();
         record.public_ip = Some(self.registry.public_ip(self.underlay.ip));
         record.backend_type = Some(BackendType::Vxlan);
         record.backend_data =
@@ -67,6 +68,7 @@ impl Agent {
             subnet: self.me.pod_cidr,
             mtu: self.dataplane.spec().mtu,
             ip_masq: self.cfg.net.ip_masq,
+            ipv6: self.cfg.net.ipv6_network.zip(self.me.pod_cidr6),
         };
         let text = subnet.render_as(self.cfg.compat.subnet_prefix());
         if std::fs::read_to_string(&self.cfg.subnet_file).ok().as_deref() != Some(text.as_str()) {
@@ -265,7 +267,7 @@ impl Agent {
             self.state.engine_peers = Some(peers.to_vec());
         }
         self.shared.refresh_engine_metrics();
-        match self.dataplane.ensure_device(&self.kernel, self.me.pod_cidr).await {
+        match self.dataplane.ensure_device(&self.kernel, self.me.pod_cidr, self.me.pod_cidr6).await {
             Ok((index, changes)) => {
                 if !changes.is_empty() {
                     info!(device = %self.dataplane.spec().name, changes = ?changes, "VXLAN device set up");
@@ -451,12 +453,18 @@ fn describe(op: &Op) -> String {
     }
 }
 
+fn is_peers_cidr(dst: IpNet, p: &Peer) -> bool {
+    dst == IpNet::V4(p.pod_cidr) || p.pod_cidr6.is_some_and(|c| dst == IpNet::V6(c))
+}
+
 /// True when `op` sets or removes one of peer `p`'s entries.
 fn concerns(op: &Op, p: &Peer) -> bool {
     match op {
-        Op::SetRoute(r) => r.dst == p.pod_cidr,
-        Op::DelRoute(dst) => *dst == p.pod_cidr,
-        Op::SetNeighbour(n) | Op::DelNeighbour(n) => n.ip == p.vtep_ip(),
+        Op::SetRoute(r) => is_peers_cidr(r.dst, p),
+        Op::DelRoute(dst) => is_peers_cidr(*dst, p),
+        Op::SetNeighbour(n) | Op::DelNeighbour(n) => {
+            n.ip == p.vtep_ip() || p.vtep_ip6().is_some_and(|v| n.ip == v)
+        }
         Op::SetFdb(f) | Op::DelFdb(f) => f.mac == p.vtep_mac,
     }
 }

@@ -9,7 +9,6 @@ use felt_overlay::dataplane::{self, Dataplane, DataplaneKind};
 use felt_overlay::kernel::{Kernel, Underlay, VxlanSpec, change_events};
 use felt_overlay::userspace::{UserspaceDataplane, keeper};
 use felt_proto::MacAddr;
-use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -18,7 +17,7 @@ use super::status::{ConfigView, LeaseView, Shared};
 use super::view::Me;
 use super::{Agent, AgentConfig, AgentError, State, Wakeups, debug, lock, probe, reload};
 use crate::compat::Compat;
-use crate::registry::Registry;
+use crate::registry::{Lease, Registry};
 use crate::util::error_chain;
 
 /// Brings the agent up: the one-agent-per-node lock, netlink, the registry, the debug endpoint, the
@@ -48,7 +47,7 @@ pub(super) async fn start(
         return Ok(None);
     };
     info!(iface = %underlay.name, ip = %underlay.ip, mtu = underlay.mtu, "underlay");
-    let Some(pod_cidr) =
+    let Some(lease) =
         retry("leasing a pod subnet", &shared, shutdown, || registry.lease(&cfg.node_name, &cfg.net)).await
     else {
         return Ok(None);
@@ -58,8 +57,15 @@ pub(super) async fn start(
     if let Some(mac) = kept_mac(&registry, &kernel, &cfg, &spec.name, flannels.as_deref()).await {
         spec.mac = mac;
     }
-    info!(node = %cfg.node_name, %pod_cidr, vtep_mac = %spec.mac, device = %spec.name, mtu = spec.mtu, "lease held");
-    shared.state().lease = Some(lease_view(pod_cidr, &underlay, &spec));
+    let pod_cidr6 = lease.pod_cidr6.map(|c| c.to_string());
+    info!(node = %cfg.node_name, pod_cidr = %lease.pod_cidr, pod_cidr6, vtep_mac = %spec.mac, device = %spec.name, mtu = spec.mtu, "lease held");
+    if lease.pod_cidr6.is_some() && cfg.backend == DataplaneKind::Userspace {
+        let message = "the userspace data plane carries IPv4 only yet: this node's pods reach the other \
+                       nodes' over IPv4, and IPv6 pod traffic between nodes needs kernel mode";
+        warn!("{message}");
+        shared.state().warnings.push(message.to_owned());
+    }
+    shared.state().lease = Some(lease_view(lease, &underlay, &spec));
     let vtep_mac = spec.mac;
     let dataplane = match cfg.backend {
         DataplaneKind::Kernel => Dataplane::kernel(spec).replacing(flannels),
@@ -93,7 +99,13 @@ pub(super) async fn start(
         shared.error(message);
     }
 
-    let me = Me { name: cfg.node_name.clone(), pod_cidr, underlay_ip: underlay.ip, vtep_mac };
+    let me = Me {
+        name: cfg.node_name.clone(),
+        pod_cidr: lease.pod_cidr,
+        pod_cidr6: lease.pod_cidr6,
+        underlay_ip: underlay.ip,
+        vtep_mac,
+    };
     let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -183,10 +195,12 @@ async fn kept_mac(
 }
 
 /// The lease as `/debug/state` shows it.
-fn lease_view(pod_cidr: Ipv4Net, underlay: &Underlay, spec: &VxlanSpec) -> LeaseView {
+fn lease_view(lease: Lease, underlay: &Underlay, spec: &VxlanSpec) -> LeaseView {
     LeaseView {
-        pod_cidr,
-        vtep_ip: dataplane::vtep_ip(pod_cidr),
+        pod_cidr: lease.pod_cidr,
+        vtep_ip: dataplane::vtep_ip(lease.pod_cidr),
+        pod_cidr6: lease.pod_cidr6,
+        vtep_ip6: lease.pod_cidr6.map(|c| c.network()),
         vtep_mac: spec.mac,
         underlay_iface: underlay.name.clone(),
         underlay_ip: underlay.ip,
@@ -203,6 +217,8 @@ fn config_view(cfg: &AgentConfig) -> ConfigView {
         backend: cfg.backend,
         network: cfg.net.network,
         subnet_len: cfg.net.subnet_len,
+        ipv6_network: cfg.net.ipv6_network,
+        ipv6_subnet_len: cfg.net.ipv6_network.map(|_| cfg.net.ipv6_subnet_len),
         vni: cfg.net.backend.vni,
         port: cfg.net.backend.port,
         resync_seconds: cfg.resync.as_secs_f64(),

@@ -5,8 +5,11 @@
 //! - a record without a pod CIDR, public IP or backend data is *pending*
 //!   (not yet published), not an error;
 //! - a record is *rejected* when its backend or VNI differ from ours, its
-//!   pod CIDR is outside the cluster network or overlaps ours, or it claims
-//!   our underlay IP or VTEP MAC;
+//!   pod CIDR (either family) is outside the cluster network or overlaps
+//!   ours, or it claims our underlay IP or VTEP MAC;
+//! - in a dual-stack cluster a record without an IPv6 pod CIDR is a peer
+//!   over IPv4 only (a node that has not been given one yet); outside one,
+//!   IPv6 pod CIDRs are ignored;
 //! - when two records clash (overlapping pod CIDRs, same underlay IP, same
 //!   VTEP MAC), the one that was already a peer keeps its place (`stable`),
 //!   then the one whose name sorts first; the other is rejected.
@@ -17,7 +20,7 @@ use std::net::Ipv4Addr;
 use felt_ipam::subnets::{overlaps, validate_pod_cidr};
 use felt_overlay::Peer;
 use felt_proto::{BackendType, MacAddr, NetConfig, NodeRecord};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// This node, as the view needs it.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct Me {
     pub name: String,
     /// Our pod subnet.
     pub pod_cidr: Ipv4Net,
+    /// Our IPv6 pod subnet, in a dual-stack cluster.
+    pub pod_cidr6: Option<Ipv6Net>,
     /// Our underlay address.
     pub underlay_ip: Ipv4Addr,
     /// Our VTEP MAC.
@@ -57,6 +62,8 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&
             view.pending.push(r.name.clone());
             continue;
         };
+        // Only a dual-stack cluster routes IPv6.
+        let v6 = net.ipv6_network.zip(r.pod_cidr_v6());
         use RejectReason as R;
         let why = if r.backend_type != Some(BackendType::Vxlan) {
             Some((R::Backend, format!("backend type {:?} is not vxlan", r.backend_type)))
@@ -66,6 +73,12 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&
             Some((R::OutsideNetwork, e.to_string()))
         } else if overlaps(pod_cidr, me.pod_cidr) {
             Some((R::OverlapsOurs, format!("pod CIDR {pod_cidr} overlaps ours ({})", me.pod_cidr)))
+        } else if let Some(Err(e)) = v6.map(|(network, cidr)| validate_pod_cidr(cidr, network)) {
+            Some((R::OutsideNetwork, e.to_string()))
+        } else if let Some((c6, ours)) =
+            v6.map(|(_, c)| c).zip(me.pod_cidr6).filter(|(c, o)| overlaps(*c, *o))
+        {
+            Some((R::OverlapsOurs, format!("IPv6 pod CIDR {c6} overlaps ours ({ours})")))
         } else if underlay_ip == me.underlay_ip {
             Some((R::ClaimsOurUnderlay, format!("claims our underlay IP {underlay_ip}")))
         } else if data.vtep_mac == me.vtep_mac {
@@ -77,9 +90,13 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&
             Some((reason, message)) => {
                 view.rejected.push(Rejection { node: r.name.clone(), reason, message })
             }
-            None => {
-                candidates.push(Peer { name: r.name.clone(), pod_cidr, vtep_mac: data.vtep_mac, underlay_ip })
-            }
+            None => candidates.push(Peer {
+                name: r.name.clone(),
+                pod_cidr,
+                pod_cidr6: v6.map(|(_, c)| c),
+                vtep_mac: data.vtep_mac,
+                underlay_ip,
+            }),
         }
     }
     // Incumbents first, then by name: a newcomer cannot evict a working peer.
@@ -104,26 +121,40 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&
 
 /// What the peers accepted so far hold, indexed (by their place in the
 /// peer list), so that checking a candidate costs log N, not N: their pod
-/// CIDRs (disjoint, by first address), underlay IPs and VTEP MACs.
+/// CIDRs of each family (disjoint, by first address), underlay IPs and
+/// VTEP MACs.
 #[derive(Debug, Default)]
 struct Taken {
     /// First address → (last address, peer).
     cidrs: BTreeMap<u32, (u32, usize)>,
+    /// The same for IPv6 pod CIDRs.
+    cidrs6: BTreeMap<u128, (u128, usize)>,
     underlay: HashMap<Ipv4Addr, usize>,
     macs: HashMap<MacAddr, usize>,
+}
+
+/// The peer whose range in `taken` (disjoint ranges) overlaps
+/// `first..=last`: if any does, the one starting last at or before `last`.
+fn overlapping<T: Ord + Copy>(taken: &BTreeMap<T, (T, usize)>, first: T, last: T) -> Option<usize> {
+    let (_, &(end, i)) = taken.range(..=last).next_back()?;
+    (end >= first).then_some(i)
 }
 
 impl Taken {
     /// Why `c` cannot join `peers`, the peers taken so far, if it cannot.
     fn clash(&self, c: &Peer, peers: &[Peer]) -> Option<String> {
         let (first, last) = (u32::from(c.pod_cidr.network()), u32::from(c.pod_cidr.broadcast()));
-        // The taken ranges are disjoint: if any overlaps c, the one starting
-        // last at or before c's end does.
-        if let Some((_, &(end, i))) = self.cidrs.range(..=last).next_back()
-            && end >= first
-        {
+        if let Some(i) = overlapping(&self.cidrs, first, last) {
             let p = &peers[i];
             return Some(format!("pod CIDR {} overlaps peer {} ({})", c.pod_cidr, p.name, p.pod_cidr));
+        }
+        if let Some(c6) = c.pod_cidr6 {
+            let (first, last) = (u128::from(c6.network()), u128::from(c6.broadcast()));
+            if let Some(i) = overlapping(&self.cidrs6, first, last) {
+                let p = &peers[i];
+                let theirs = p.pod_cidr6.map(|c| c.to_string()).unwrap_or_default();
+                return Some(format!("IPv6 pod CIDR {c6} overlaps peer {} ({theirs})", p.name));
+            }
         }
         if let Some(&i) = self.underlay.get(&c.underlay_ip) {
             return Some(format!("underlay IP {} is peer {}'s", c.underlay_ip, peers[i].name));
@@ -138,6 +169,9 @@ impl Taken {
     fn insert(&mut self, p: &Peer, i: usize) {
         let (first, last) = (u32::from(p.pod_cidr.network()), u32::from(p.pod_cidr.broadcast()));
         self.cidrs.insert(first, (last, i));
+        if let Some(c6) = p.pod_cidr6 {
+            self.cidrs6.insert(u128::from(c6.network()), (u128::from(c6.broadcast()), i));
+        }
         self.underlay.insert(p.underlay_ip, i);
         self.macs.insert(p.vtep_mac, i);
     }
@@ -153,6 +187,7 @@ mod tests {
         Me {
             name: "n1".into(),
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            pod_cidr6: None,
             underlay_ip: "198.18.7.11".parse().unwrap(),
             vtep_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         }
@@ -234,6 +269,41 @@ mod tests {
         assert!(v.rejected[0].message.contains("overlaps peer z"));
     }
 
+    /// IPv6 pod CIDRs count only in a dual-stack cluster, are checked like
+    /// IPv4 ones, and a peer without one (not assigned yet) stays an IPv4 peer.
+    #[test]
+    fn ipv6_pod_cidrs_in_a_dual_stack_cluster() {
+        let dual = |name: &str, v4: &str, v6: &str, ip: &str, mac: u8| {
+            let mut r = rec(name, v4, ip, mac);
+            r.pod_cidrs.push(v6.parse().unwrap());
+            r
+        };
+        let recs = [
+            dual("a", "10.244.2.0/24", "fd00:10:244:2::/64", "198.18.7.12", 2),
+            rec("b", "10.244.3.0/24", "198.18.7.13", 3),
+            dual("c", "10.244.4.0/24", "fd00:99::/64", "198.18.7.14", 4),
+            dual("d", "10.244.5.0/24", "fd00:10:244:1::/64", "198.18.7.15", 5),
+            dual("e", "10.244.6.0/24", "fd00:10:244:2::/63", "198.18.7.16", 6),
+        ];
+        let single = build(&recs, &me(), &NetConfig::default(), |_| false);
+        assert_eq!(names(&single), ["a", "b", "c", "d", "e"], "IPv4-only: IPv6 CIDRs are ignored");
+        assert!(single.peers.iter().all(|p| p.pod_cidr6.is_none()));
+
+        let net =
+            NetConfig::from_json(br#"{"network":"10.244.0.0/16","ipv6Network":"fd00:10:244::/56"}"#).unwrap();
+        let me = Me { pod_cidr6: Some("fd00:10:244:1::/64".parse().unwrap()), ..me() };
+        let v = build(&recs, &me, &net, |_| false);
+        assert_eq!(names(&v), ["a", "b"]);
+        assert_eq!(v.peers[0].pod_cidr6, Some("fd00:10:244:2::/64".parse().unwrap()));
+        assert_eq!(v.peers[1].pod_cidr6, None, "no IPv6 CIDR yet: an IPv4 peer");
+        let why = |n: &str| v.rejected.iter().find(|r| r.node == n).map(|r| (r.reason, r.message.clone()));
+        assert_eq!(why("c").unwrap().0, RejectReason::OutsideNetwork);
+        assert_eq!(why("d").unwrap().0, RejectReason::OverlapsOurs);
+        let (reason, message) = why("e").unwrap();
+        assert_eq!(reason, RejectReason::Clash);
+        assert_eq!(message, "IPv6 pod CIDR fd00:10:244:2::/63 overlaps peer a (fd00:10:244:2::/64)");
+    }
+
     #[test]
     fn duplicate_underlay_or_mac_among_peers() {
         let recs = [
@@ -267,6 +337,7 @@ mod tests {
                 let c = Peer {
                     name: format!("p{i}"),
                     pod_cidr: Ipv4Net::new(addr, len).unwrap().trunc(),
+                    pod_cidr6: None,
                     underlay_ip: Ipv4Addr::new(198, 18, 0, next(60) as u8),
                     vtep_mac: MacAddr([2, 0, 0, 0, 0, next(60) as u8]),
                 };

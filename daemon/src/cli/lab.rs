@@ -91,6 +91,12 @@ pub enum LabCommand {
         /// Flannel's CNI plugin `flannel` (what `tests/flannel/build.sh` prints).
         #[arg(long, env = "FELT_FLANNEL_BIN", value_name = "DIR")]
         flannel: Option<PathBuf>,
+        /// The pods' address families: `ipv4`, or `dual` (IPv4 and IPv6:
+        /// every pod also gets an address of the lab's IPv6 network
+        /// fd00:f31:244::/56, carried by the same VXLAN device and IPv4
+        /// underlay; kernel mode only).
+        #[arg(long, default_value = "ipv4", value_name = "FAMILY")]
+        ip_family: lab::IpFamily,
     },
     /// Show the lab's nodes and pods.
     Status {
@@ -286,8 +292,10 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             compat,
             flannel_nodes,
             flannel,
+            ip_family,
         } => {
             let mut opts = UpOptions::new(&lab.name);
+            opts.ip_family = ip_family;
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
             opts.compat_flannel = compat == felt::compat::Compat::Flannel;

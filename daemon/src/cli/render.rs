@@ -77,10 +77,12 @@ pub fn status(status: &felt::lab::LabStatus) {
 /// Every failed probe, then the egress line, then the pair line (kept last,
 /// and worded as before: scripts read it).
 pub fn check(report: &CheckReport) {
-    let show = |r: &Result<std::net::Ipv4Addr, String>| match r {
-        Ok(seen) => format!("seen as {seen}"),
-        Err(e) => e.clone(),
-    };
+    fn show<T: std::fmt::Display>(r: &Result<T, String>) -> String {
+        match r {
+            Ok(seen) => format!("seen as {seen}"),
+            Err(e) => e.clone(),
+        }
+    }
     for r in report.pairs.iter().filter(|r| !r.ok()) {
         println!(
             "FAIL {} → {} ({}): icmp {}, tcp {} (want seen as {})",
@@ -108,6 +110,15 @@ pub fn check(report: &CheckReport) {
         count(report.egress.iter().filter(|r| r.ok()).count(), report.egress.len()),
         lab::OUTSIDE_IP
     );
+    let v6: Vec<_> = report.pairs.iter().filter(|r| r.ip.is_ipv6()).collect();
+    if !v6.is_empty() {
+        let v4: Vec<_> = report.pairs.iter().filter(|r| r.ip.is_ipv4()).collect();
+        println!(
+            "by family: ipv4 {}, ipv6 {}",
+            count(v4.iter().filter(|r| r.ok()).count(), v4.len()),
+            count(v6.iter().filter(|r| r.ok()).count(), v6.len())
+        );
+    }
     println!(
         "{} pod pairs reachable",
         count(report.pairs.iter().filter(|r| r.ok()).count(), report.pairs.len())

@@ -44,10 +44,20 @@ pub fn delegate_conf(conf: &NetConf, user: &Map<String, Value>, subnet: &SubnetF
     if let Some(ipam) = ipam.as_object_mut() {
         ipam.entry("type").or_insert(json!("host-local"));
         if ipam["type"] == "host-local" {
-            ipam.entry("ranges").or_insert(json!([[{
+            // One range set per family: host-local gives one address of each.
+            let mut ranges = vec![json!([{
                 "subnet": subnet.subnet.trunc().to_string(),
                 "gateway": subnet.gateway().to_string(),
-            }]]));
+            }])];
+            if let (Some((_, subnet6)), Some(gateway6)) = (subnet.ipv6, subnet.gateway6()) {
+                // host-local starts at ::1 and skips the gateway: `::`, the
+                // node's IPv6 VTEP address, is never handed out.
+                ranges.push(json!([{
+                    "subnet": subnet6.trunc().to_string(),
+                    "gateway": gateway6.to_string(),
+                }]));
+            }
+            ipam.entry("ranges").or_insert(json!(ranges));
             ipam.entry("dataDir").or_insert(json!(conf.data_dir.join("host-local")));
         }
     }

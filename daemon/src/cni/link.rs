@@ -5,15 +5,15 @@
 //! ([`crate::netns::block_on_in`]). Each request is one netlink call; the
 //! iproute2 equivalent is named beside it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use felt_proto::MacAddr;
 use felt_proto::cni::{CniError, ErrorCode};
 use futures::TryStreamExt;
-use ipnet::{IpNet, Ipv4Net};
-use netlink_packet_route::address::AddressAttribute;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoBridgePort, InfoPortData, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -39,12 +39,30 @@ pub struct AttachSpec {
     pub gateway: Ipv4Addr,
     /// The overlay MTU, for the bridge and both veth ends.
     pub mtu: u32,
+    /// The pod's IPv6 side, in a dual-stack cluster.
+    pub v6: Option<Attach6>,
+}
+
+/// A pod's IPv6 address, its subnet's prefix length and the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attach6 {
+    /// The pod's address.
+    pub ip: Ipv6Addr,
+    /// The subnet's prefix length.
+    pub prefix: u8,
+    /// The gateway: the bridge's IPv6 address.
+    pub gateway: Ipv6Addr,
 }
 
 impl AttachSpec {
     /// The pod's address with the subnet's prefix length, as results list it.
     pub fn address(&self) -> IpNet {
         IpNet::V4(Ipv4Net::new(self.ip, self.prefix).expect("the prefix came from a valid subnet"))
+    }
+
+    /// The pod's IPv6 address with its prefix length, in a dual-stack cluster.
+    pub fn address6(&self) -> Option<IpNet> {
+        self.v6.map(|v| IpNet::V6(Ipv6Net::new(v.ip, v.prefix).expect("the prefix came from a valid subnet")))
     }
 }
 
@@ -90,6 +108,10 @@ pub struct PodSide {
     pub addresses: Vec<(Ipv4Addr, u8)>,
     /// The gateway of the IPv4 default route, if any.
     pub default_gateway: Option<Ipv4Addr>,
+    /// Its global IPv6 addresses with prefix lengths.
+    pub addresses6: Vec<(Ipv6Addr, u8)>,
+    /// The gateway of the IPv6 default route, if any.
+    pub default_gateway6: Option<Ipv6Addr>,
 }
 
 fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> CniError {
@@ -213,8 +235,9 @@ fn is_up(l: &LinkMessage) -> bool {
     l.header.flags.contains(netlink_packet_route::link::LinkFlags::Up)
 }
 
-/// `ip -4 addr show dev INDEX`: addresses with their prefix lengths.
-async fn ipv4_addresses(h: &Handle, index: u32, whose: &str) -> Result<Vec<(Ipv4Addr, u8)>, CniError> {
+/// `ip addr show dev INDEX`: addresses with their prefix lengths (an IPv6
+/// address has no `IFA_LOCAL`, only `IFA_ADDRESS`).
+async fn addresses(h: &Handle, index: u32, whose: &str) -> Result<Vec<(IpAddr, u8)>, CniError> {
     let msgs: Vec<_> = h
         .address()
         .get()
@@ -227,11 +250,49 @@ async fn ipv4_addresses(h: &Handle, index: u32, whose: &str) -> Result<Vec<(Ipv4
         .iter()
         .flat_map(|a| {
             a.attributes.iter().filter_map(move |x| match x {
-                AddressAttribute::Local(IpAddr::V4(v)) => Some((*v, a.header.prefix_len)),
+                AddressAttribute::Local(ip @ IpAddr::V4(_))
+                | AddressAttribute::Address(ip @ IpAddr::V6(_)) => Some((*ip, a.header.prefix_len)),
                 _ => None,
             })
         })
         .collect())
+}
+
+/// `ip -4 addr show dev INDEX`.
+async fn ipv4_addresses(h: &Handle, index: u32, whose: &str) -> Result<Vec<(Ipv4Addr, u8)>, CniError> {
+    Ok(addresses(h, index, whose)
+        .await?
+        .into_iter()
+        .filter_map(|(ip, len)| if let IpAddr::V4(v4) = ip { Some((v4, len)) } else { None })
+        .collect())
+}
+
+/// `ip -6 addr show dev INDEX scope global`.
+async fn ipv6_addresses(h: &Handle, index: u32, whose: &str) -> Result<Vec<(Ipv6Addr, u8)>, CniError> {
+    Ok(addresses(h, index, whose)
+        .await?
+        .into_iter()
+        .filter_map(|(ip, len)| match ip {
+            IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some((v6, len)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// `ip addr add IP/PREFIX dev INDEX` (IPv6: `nodad`, usable at once); an
+/// address already there is fine.
+async fn add_address(h: &Handle, index: u32, ip: IpAddr, prefix: u8, what: &str) -> Result<(), CniError> {
+    let mut req = h.address().add(index, ip, prefix);
+    if ip.is_ipv6() {
+        let m = req.message_mut();
+        m.header.flags = AddressHeaderFlags::Nodad;
+        m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    match req.execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_exists(&e) => Ok(()),
+        Err(e) => Err(nl(format!("adding {ip}/{prefix} to {what}"))(e)),
+    }
 }
 
 /// The bridge with the gateway address, up; made when missing. Concurrent
@@ -250,13 +311,13 @@ async fn ensure_bridge(h: &Handle, spec: &AttachSpec) -> Result<LinkMessage, Cni
         }
     };
     let index = br.header.index;
-    let has_gw = ipv4_addresses(h, index, "the bridge").await?.iter().any(|(a, _)| *a == spec.gateway);
-    if !has_gw {
-        // ip addr add GATEWAY/PREFIX dev BRIDGE
-        match h.address().add(index, spec.gateway.into(), spec.prefix).execute().await {
-            Ok(()) => {}
-            Err(e) if is_exists(&e) => {}
-            Err(e) => return Err(nl(format!("adding {} to {}", spec.gateway, spec.bridge))(e)),
+    let held = addresses(h, index, "the bridge").await?;
+    let gateways = std::iter::once((IpAddr::V4(spec.gateway), spec.prefix))
+        .chain(spec.v6.map(|v| (IpAddr::V6(v.gateway), v.prefix)));
+    for (gateway, prefix) in gateways {
+        if !held.iter().any(|(a, _)| *a == gateway) {
+            // ip addr add GATEWAY/PREFIX dev BRIDGE
+            add_address(h, index, gateway, prefix, &spec.bridge).await?;
         }
     }
     // ip link set BRIDGE up
@@ -276,6 +337,10 @@ pub fn attach(spec: &AttachSpec) -> Result<Attached, CniError> {
     }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| CniError::internal("enabling IPv4 forwarding", e))?;
+    if spec.v6.is_some() {
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+            .map_err(|e| CniError::internal("enabling IPv6 forwarding", e))?;
+    }
     let peer_tmp = format!("p{}", spec.host.trim_start_matches("veth"));
     let (bridge_mac, host_mac) = in_runtime(|h| {
         let (spec, peer_tmp) = (spec.clone(), peer_tmp.clone());
@@ -343,6 +408,10 @@ fn configure_pod(spec: AttachSpec, peer_tmp: String) -> Result<String, CniError>
             .execute()
             .await
             .map_err(nl(format!("adding {}/{} in the pod", spec.ip, spec.prefix)))?;
+        if let Some(v6) = spec.v6 {
+            // ip addr add IP6/PREFIX dev IFNAME nodad
+            add_address(&h, index, v6.ip.into(), v6.prefix, "the pod").await?;
+        }
         if let Some(lo) = link_by_name(&h, "lo").await? {
             h.link()
                 .set(LinkUnspec::new_with_index(lo.header.index).up().build())
@@ -362,6 +431,20 @@ fn configure_pod(spec: AttachSpec, peer_tmp: String) -> Result<String, CniError>
             .execute()
             .await
             .map_err(nl(format!("default route via {}", spec.gateway)))?;
+        if let Some(v6) = spec.v6 {
+            // ip -6 route replace default via GATEWAY6 dev IFNAME
+            let default = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+                .gateway(v6.gateway)
+                .output_interface(index)
+                .build();
+            h.route()
+                .add(default)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("default route via {}", v6.gateway)))?;
+        }
         Ok(mac_of(&peer))
     })
 }
@@ -379,21 +462,33 @@ pub fn inspect(spec: &AttachSpec) -> Result<Observed, CniError> {
     let pod = in_netns(&spec.netns, move |h| async move {
         let Some(link) = link_by_name(&h, &ifname).await? else { return Ok(None) };
         let addresses = ipv4_addresses(&h, link.header.index, "the pod").await?;
-        let routes: Vec<_> = h
+        let addresses6 = ipv6_addresses(&h, link.header.index, "the pod").await?;
+        let mut routes: Vec<_> = h
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
             .try_collect()
             .await
             .map_err(nl("listing the pod's routes"))?;
-        let default_gateway =
-            routes.iter().filter(|r| r.header.destination_prefix_length == 0).find_map(|r| {
-                r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
-                    _ => None,
-                })
-            });
-        Ok(Some(PodSide { mtu: mtu_of(&link), addresses, default_gateway }))
+        let routes6: Vec<_> = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing the pod's IPv6 routes"))?;
+        routes.extend(routes6);
+        let defaults = || routes.iter().filter(|r| r.header.destination_prefix_length == 0);
+        let gateways = || defaults().flat_map(|r| r.attributes.iter());
+        let default_gateway = gateways().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+            _ => None,
+        });
+        let default_gateway6 = gateways().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(*g),
+            _ => None,
+        });
+        Ok(Some(PodSide { mtu: mtu_of(&link), addresses, default_gateway, addresses6, default_gateway6 }))
     })?;
     Ok(Observed { host, pod })
 }

@@ -31,15 +31,16 @@ pub(crate) mod link;
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use felt_ipam::{PodAddressStore, StoreError};
 pub use felt_proto::cni::NetConf;
 use felt_proto::cni::{CniError, CniResult, Command, ErrorCode, Interface, IpConfig, Route, VersionReply};
 use felt_proto::{MacAddr, SubnetFile};
+use ipnet::IpNet;
 
-pub use link::{AttachSpec, HostSide, Observed, PodSide};
+pub use link::{Attach6, AttachSpec, HostSide, Observed, PodSide};
 
 /// What the plugin prints and how it exits.
 #[derive(Debug)]
@@ -179,7 +180,19 @@ fn read_subnet(path: &Path) -> Result<SubnetFile, CniError> {
     })
 }
 
-fn attach_spec(conf: &NetConf, pod: &Pod, netns: &Path, subnet: &SubnetFile, ip: Ipv4Addr) -> AttachSpec {
+fn attach_spec(
+    conf: &NetConf,
+    pod: &Pod,
+    netns: &Path,
+    subnet: &SubnetFile,
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+) -> AttachSpec {
+    let v6 = subnet.ipv6.zip(subnet.gateway6()).zip(ip6).map(|(((_, subnet6), gateway), ip)| Attach6 {
+        ip,
+        prefix: subnet6.prefix_len(),
+        gateway,
+    });
     AttachSpec {
         bridge: conf.bridge.clone(),
         host: host_veth_name(&pod.container_id, &pod.ifname),
@@ -189,7 +202,27 @@ fn attach_spec(conf: &NetConf, pod: &Pod, netns: &Path, subnet: &SubnetFile, ip:
         prefix: subnet.subnet.prefix_len(),
         gateway: subnet.gateway(),
         mtu: subnet.mtu,
+        v6,
     }
+}
+
+/// The pod's addresses in the store: its IPv4 one and, in a dual-stack
+/// cluster, its IPv6 one.
+fn held(
+    store: &PodAddressStore,
+    pod: &Pod,
+    subnet: &SubnetFile,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), CniError> {
+    let held = store.find(&pod.container_id, &pod.ifname).map_err(store_error)?;
+    let v4 = held.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) if subnet.subnet.contains(v4) => Some(*v4),
+        _ => None,
+    });
+    let v6 = held.iter().find_map(|ip| match (ip, subnet.ipv6) {
+        (IpAddr::V6(v6), Some((_, s6))) if s6.contains(v6) => Some(*v6),
+        _ => None,
+    });
+    Ok((v4, v6))
 }
 
 fn add(conf: &NetConf, pod: &Pod) -> Result<CniResult, CniError> {
@@ -199,10 +232,27 @@ fn add(conf: &NetConf, pod: &Pod) -> Result<CniResult, CniError> {
         .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set"))?;
     let subnet = read_subnet(&conf.subnet_file)?;
     let store = store(conf)?;
-    let ip = store
-        .allocate(subnet.subnet, subnet.gateway(), &pod.container_id, &pod.ifname)
-        .map_err(store_error)?;
-    let spec = attach_spec(conf, pod, netns, &subnet, ip);
+    let allocate = |subnet: IpNet, gateway: IpAddr| {
+        store.allocate(subnet, gateway, &pod.container_id, &pod.ifname).map_err(store_error)
+    };
+    let allocated = allocate(subnet.subnet.into(), subnet.gateway().into()).and_then(|ip| {
+        let ip6 = match (subnet.ipv6, subnet.gateway6()) {
+            (Some((_, subnet6)), Some(gateway6)) => Some(allocate(subnet6.into(), gateway6.into())?),
+            _ => None,
+        };
+        Ok((ip, ip6))
+    });
+    let (ip, ip6) = match allocated {
+        Ok((IpAddr::V4(ip), None)) => (ip, None),
+        Ok((IpAddr::V4(ip), Some(IpAddr::V6(ip6)))) => (ip, Some(ip6)),
+        Ok(other) => unreachable!("the store hands out addresses of the subnet's family: {other:?}"),
+        Err(e) => {
+            // Nothing half-held: the address of the family that worked goes back.
+            let _ = store.release(&pod.container_id, &pod.ifname);
+            return Err(e);
+        }
+    };
+    let spec = attach_spec(conf, pod, netns, &subnet, ip, ip6);
     match link::attach(&spec) {
         Ok(made) => Ok(add_result(conf, &spec, &made)),
         Err(e) => {
@@ -242,6 +292,15 @@ fn add_result(conf: &NetConf, spec: &AttachSpec, made: &link::Attached) -> CniRe
     });
     r.routes
         .push(Route { dst: "0.0.0.0/0".parse().expect("a valid CIDR"), gw: Some(IpAddr::V4(spec.gateway)) });
+    if let (Some(address), Some(v6)) = (spec.address6(), spec.v6) {
+        r.ips.push(IpConfig {
+            version: None,
+            address,
+            gateway: Some(IpAddr::V6(v6.gateway)),
+            interface: Some(first + 2),
+        });
+        r.routes.push(Route { dst: "::/0".parse().expect("a valid CIDR"), gw: Some(IpAddr::V6(v6.gateway)) });
+    }
     r
 }
 
@@ -257,18 +316,25 @@ fn check(conf: &NetConf, pod: &Pod) -> Result<(), CniError> {
         .as_deref()
         .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set"))?;
     let subnet = read_subnet(&conf.subnet_file)?;
-    let Some(ip) = store(conf)?.find(&pod.container_id, &pod.ifname).map_err(store_error)? else {
+    let (Some(ip), ip6) = held(&store(conf)?, pod, &subnet)? else {
         return Err(CniError::new(
             ErrorCode::AttachmentChanged,
             format!("{}/{} holds no address on this node", pod.container_id, pod.ifname),
         ));
     };
-    let spec = attach_spec(conf, pod, netns, &subnet, ip);
+    if subnet.ipv6.is_some() && ip6.is_none() {
+        return Err(CniError::new(
+            ErrorCode::AttachmentChanged,
+            format!("{}/{} holds no IPv6 address on this node", pod.container_id, pod.ifname),
+        ));
+    }
+    let spec = attach_spec(conf, pod, netns, &subnet, ip, ip6);
     let mut problems = problems(&spec, &link::inspect(&spec)?);
     if let Some(prev) = &conf.prev_result {
-        let want = spec.address();
-        if !prev.ips.iter().any(|c| c.address == want) {
-            problems.push(format!("prevResult does not list {want}"));
+        for want in std::iter::once(spec.address()).chain(spec.address6()) {
+            if !prev.ips.iter().any(|c| c.address == want) {
+                problems.push(format!("prevResult does not list {want}"));
+            }
         }
     }
     if problems.is_empty() {
@@ -319,6 +385,20 @@ pub fn problems(spec: &AttachSpec, seen: &Observed) -> Vec<String> {
                     "the pod's default route is via {:?}, want {}",
                     p.default_gateway, spec.gateway
                 ));
+            }
+            if let Some(v6) = spec.v6 {
+                if !p.addresses6.contains(&(v6.ip, v6.prefix)) {
+                    out.push(format!(
+                        "{} lacks {}/{} (has {:?})",
+                        spec.ifname, v6.ip, v6.prefix, p.addresses6
+                    ));
+                }
+                if p.default_gateway6 != Some(v6.gateway) {
+                    out.push(format!(
+                        "the pod's IPv6 default route is via {:?}, want {}",
+                        p.default_gateway6, v6.gateway
+                    ));
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ fn spec() -> AttachSpec {
         prefix: 24,
         gateway: "10.244.1.1".parse().unwrap(),
         mtu: 1450,
+        v6: None,
     }
 }
 
@@ -28,8 +29,42 @@ fn as_added() -> Observed {
             mtu: 1450,
             addresses: vec![("10.244.1.2".parse().unwrap(), 24)],
             default_gateway: Some("10.244.1.1".parse().unwrap()),
+            addresses6: vec![],
+            default_gateway6: None,
         }),
     }
+}
+
+fn dual() -> AttachSpec {
+    AttachSpec {
+        v6: Some(Attach6 {
+            ip: "fd00:f31:244:1::2".parse().unwrap(),
+            prefix: 64,
+            gateway: "fd00:f31:244:1::1".parse().unwrap(),
+        }),
+        ..spec()
+    }
+}
+
+#[test]
+fn a_dual_stack_attachment_needs_both_families() {
+    let mut seen = as_added();
+    let found = problems(&dual(), &seen);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("eth0 lacks fd00:f31:244:1::2/64"), "{found:#?}");
+    assert!(found[1].contains("IPv6 default route is via None, want fd00:f31:244:1::1"), "{found:#?}");
+    if let Some(p) = &mut seen.pod {
+        p.addresses6 = vec![("fd00:f31:244:1::2".parse().unwrap(), 64)];
+        p.default_gateway6 = Some("fd00:f31:244:1::1".parse().unwrap());
+    }
+    assert!(problems(&dual(), &seen).is_empty());
+    let conf = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"felt"}"#).unwrap();
+    let made = link::Attached { bridge_mac: "b".into(), host_mac: "h".into(), pod_mac: "p".into() };
+    let r = add_result(&conf, &dual(), &made);
+    let ips: Vec<String> = r.ips.iter().map(|c| c.address.to_string()).collect();
+    assert_eq!(ips, ["10.244.1.2/24", "fd00:f31:244:1::2/64"]);
+    let routes: Vec<String> = r.routes.iter().map(|r| format!("{} via {:?}", r.dst, r.gw)).collect();
+    assert_eq!(routes, ["0.0.0.0/0 via Some(10.244.1.1)", "::/0 via Some(fd00:f31:244:1::1)"]);
 }
 
 #[test]

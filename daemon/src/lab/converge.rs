@@ -93,7 +93,7 @@ impl Lab {
     /// The kernel ops still missing on each node for every peer the registry holds.
     pub fn pending_ops(&self, state: &LabState) -> Result<BTreeMap<String, usize>, LabError> {
         let records: Vec<NodeRecord> = self.records_of(&state.registry)?.into_values().collect();
-        let net = felt_proto::NetConfig::default();
+        let net = state.net();
         let dialect = state.dialect();
         let mut out = BTreeMap::new();
         for node in &state.nodes {
@@ -124,6 +124,7 @@ impl Lab {
             let me = crate::agent::view::Me {
                 name: node.name.clone(),
                 pod_cidr: subnet.subnet,
+                pod_cidr6: subnet.ipv6.map(|(_, c)| c),
                 underlay_ip: node.underlay_ip,
                 vtep_mac,
             };

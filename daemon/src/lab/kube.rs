@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use felt_proto::NodeRecord;
 use felt_proto::annotations::Dialect;
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
@@ -58,7 +57,13 @@ pub fn wait_api(ns: &Path, kubeconfig: &Path, timeout: Duration) -> Result<(), L
 /// Creates a Node with its pod CIDR set, as the controller-manager does
 /// with `--allocate-node-cidrs`, and the annotations a kubelet registers
 /// with (flanneld v0.28 panics on a Node with none: it writes into a nil map).
-pub fn create_node(ns: &Path, kubeconfig: &Path, name: &str, pod_cidr: Ipv4Net) -> Result<(), LabError> {
+pub fn create_node(
+    ns: &Path,
+    kubeconfig: &Path,
+    name: &str,
+    pod_cidrs: &[ipnet::IpNet],
+) -> Result<(), LabError> {
+    let cidrs: Vec<String> = pod_cidrs.iter().map(ToString::to_string).collect();
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {
@@ -69,7 +74,7 @@ pub fn create_node(ns: &Path, kubeconfig: &Path, name: &str, pod_cidr: Ipv4Net) 
                 "volumes.kubernetes.io/controller-managed-attach-detach": "true",
             },
         },
-        "spec": {"podCIDR": pod_cidr.to_string(), "podCIDRs": [pod_cidr.to_string()]},
+        "spec": {"podCIDR": cidrs.first(), "podCIDRs": cidrs},
     }))
     .map_err(|e| LabError::Invalid(e.to_string()))?;
     let name = name.to_owned();

@@ -48,7 +48,7 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 
 pub use membership::Removal;
-pub use state::{LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UpOptions};
+pub use state::{IpFamily, LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UpOptions};
 pub use status::{CheckReport, LabStatus, NodeStatus};
 pub use topo::{LabError, OUTSIDE_IP, host_ip, kill_agent, underlay_subnet};
 

@@ -1,7 +1,7 @@
 //! What a lab is made of (`lab.json`), and reading and writing it.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use felt_overlay::DataplaneKind;
@@ -92,6 +92,35 @@ pub struct UpOptions {
     /// The directory holding `flanneld` and Flannel's CNI plugin `flannel`
     /// (what `tests/flannel/build.sh` prints).
     pub flannel: Option<PathBuf>,
+    /// The pods' address families.
+    pub ip_family: IpFamily,
+}
+
+/// The pods' address families in a lab.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    /// IPv4 only.
+    #[default]
+    Ipv4,
+    /// IPv4 and IPv6 (`ipv6Network` [`LAB_IPV6_NETWORK`]).
+    Dual,
+}
+
+/// The lab's IPv6 pod network in a dual-stack lab (ULA space, as
+/// `LAB-NETWORK.md` asks), one /64 per node.
+pub const LAB_IPV6_NETWORK: &str = "fd00:f31:244::/56";
+
+impl std::str::FromStr for IpFamily {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ipv4" => Ok(IpFamily::Ipv4),
+            "dual" => Ok(IpFamily::Dual),
+            "ipv6" => Err("IPv6-only labs are not supported yet: use --ip-family dual".to_owned()),
+            other => Err(format!("unknown IP family `{other}` (ipv4 or dual)")),
+        }
+    }
 }
 
 impl UpOptions {
@@ -108,6 +137,7 @@ impl UpOptions {
             compat_flannel: false,
             flannel_nodes: 0,
             flannel: None,
+            ip_family: IpFamily::Ipv4,
         }
     }
 
@@ -188,6 +218,9 @@ pub struct PodState {
     pub node: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// What `lab.json` holds.
@@ -204,6 +237,9 @@ pub struct LabState {
     pub registry: LabRegistry,
     /// Pods per node, for `add-node`.
     pub pods_per_node: u32,
+    /// The pods' address families.
+    #[serde(default)]
+    pub ip_family: IpFamily,
     /// Pods attach in CNI delegate mode with the plugins in this directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_delegate: Option<PathBuf>,
@@ -228,6 +264,23 @@ impl LabState {
     /// Whose annotations the lab's agents publish.
     pub fn dialect(&self) -> Dialect {
         self.registry.dialect()
+    }
+
+    /// The network config the lab's agents run with.
+    pub fn net(&self) -> felt_proto::NetConfig {
+        self.ip_family.net()
+    }
+}
+
+impl IpFamily {
+    /// The lab's network config for these families: the default, with
+    /// [`LAB_IPV6_NETWORK`] in a dual-stack lab.
+    pub fn net(self) -> felt_proto::NetConfig {
+        let mut net = felt_proto::NetConfig::default();
+        if self == IpFamily::Dual {
+            net.ipv6_network = Some(LAB_IPV6_NETWORK.parse().expect("the lab's IPv6 network parses"));
+        }
+        net
     }
 }
 

@@ -1,7 +1,7 @@
 //! `felt lab status` and `felt lab check`: what the agents say, and what
 //! the pods find when they try.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -122,11 +122,16 @@ impl Lab {
             .pods
             .iter()
             .map(|src| {
-                let targets: Vec<(String, Ipv4Addr)> = state
+                // Every pair over IPv4, and over IPv6 too where both pods have it.
+                let targets: Vec<(String, IpAddr)> = state
                     .pods
                     .iter()
                     .filter(|d| d.name != src.name)
-                    .map(|d| (d.name.clone(), d.ip))
+                    .flat_map(|d| {
+                        let v6 =
+                            d.ip6.filter(|_| src.ip6.is_some()).map(|ip| (d.name.clone(), IpAddr::V6(ip)));
+                        std::iter::once((d.name.clone(), IpAddr::V4(d.ip))).chain(v6)
+                    })
                     .collect();
                 let node_ip = state
                     .nodes
@@ -137,6 +142,7 @@ impl Lab {
                     netns: netns::named(&src.netns),
                     name: src.name.clone(),
                     ip: src.ip,
+                    ip6: src.ip6,
                     node_ip,
                 };
                 std::thread::spawn(move || probe::probe_from(pod, &targets, topo::OUTSIDE_IP))

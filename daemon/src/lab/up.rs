@@ -4,13 +4,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use felt_overlay::DataplaneKind;
-use felt_proto::NetConfig;
 use felt_proto::annotations::Dialect;
 
 use crate::compat::Compat;
 use ipnet::Ipv4Net;
 
-use super::state::{LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UpOptions};
+use super::state::{IpFamily, LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UpOptions};
 use super::teardown::TeardownOnError;
 use super::{Lab, LabError, control, interrupt, kube, topo};
 use crate::netns;
@@ -29,10 +28,15 @@ impl Lab {
             return Err(LabError::Invalid("want 1..=200 nodes and 0..=50 pods per node".into()));
         }
         check_flannel(opts)?;
+        if opts.ip_family == IpFamily::Dual && opts.mode != Mode::Kernel {
+            return Err(LabError::Invalid(
+                "--ip-family dual needs --mode kernel: the userspace engine carries IPv4 only yet".into(),
+            ));
+        }
         let started = Instant::now();
         let mut guard = TeardownOnError { lab: self, armed: true };
         std::fs::create_dir_all(&self.dir).map_err(|e| LabError::io("creating", &self.dir, e))?;
-        let net = NetConfig::default();
+        let net = opts.ip_family.net();
         let net_json = match opts.dialect() {
             Dialect::Felt => serde_json::to_vec_pretty(&net).expect("net config serialises"),
             // kube-flannel.yml's net-conf.json, which flanneld and felt in
@@ -54,6 +58,7 @@ impl Lab {
             mode: opts.mode,
             registry,
             pods_per_node: opts.pods_per_node,
+            ip_family: opts.ip_family,
             cni_delegate: opts.cni_delegate.clone(),
             flannel: opts.flannel.clone(),
             nodes: Vec::new(),
@@ -178,7 +183,13 @@ impl Lab {
             // The controller-manager's job: one /24 per node, by index.
             let cidr = Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, (index - 1) as u8, 0), 24)
                 .map_err(|e| LabError::Invalid(e.to_string()))?;
-            kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &node.name, cidr)?;
+            let mut cidrs = vec![ipnet::IpNet::V4(cidr)];
+            if state.ip_family == IpFamily::Dual {
+                let network = state.net().ipv6_network.expect("a dual-stack lab has an IPv6 network");
+                let cidr6 = network.subnets(64).ok().and_then(|mut s| s.nth((index - 1) as usize));
+                cidrs.extend(cidr6.map(ipnet::IpNet::V6));
+            }
+            kube::create_node(&netns::named(&self.underlay_ns()), kubeconfig, &node.name, &cidrs)?;
         }
         Ok(node)
     }
@@ -361,7 +372,14 @@ impl Lab {
             .ok_or_else(|| {
                 LabError::Invalid(format!("CNI ADD for {name} returned no IPv4 address: {reply}"))
             })?;
-        Ok(PodState { name, netns, node: node.name.clone(), ip })
+        let ip6 = result.ips.iter().find_map(|c| match c.address {
+            ipnet::IpNet::V6(a) => Some(a.addr()),
+            ipnet::IpNet::V4(_) => None,
+        });
+        if state.ip_family == IpFamily::Dual && ip6.is_none() {
+            return Err(LabError::Invalid(format!("CNI ADD for {name} returned no IPv6 address: {reply}")));
+        }
+        Ok(PodState { name, netns, node: node.name.clone(), ip, ip6 })
     }
 }
 
@@ -375,6 +393,13 @@ pub const DEBIAN_CNI_PATH: &str = "/usr/lib/cni";
 /// Kubernetes registry; felt in `--compat flannel` needs the registry too.
 fn check_flannel(opts: &UpOptions) -> Result<(), LabError> {
     let kube = opts.control_plane.is_some() || matches!(opts.registry, LabRegistry::Kube { .. });
+    if opts.dialect() == Dialect::Flannel && opts.ip_family == IpFamily::Dual {
+        return Err(LabError::Invalid(
+            "a dual-stack lab runs felt's own conventions: Flannel's dual-stack needs a second VXLAN device \
+             (flannel-v6.1) that felt does not speak"
+                .into(),
+        ));
+    }
     if opts.dialect() == Dialect::Flannel && !kube {
         return Err(LabError::Invalid(
             "Flannel nodes and --compat flannel need --registry kube (Flannel's annotations live on Node objects)"

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use felt_proto::{NetConfig, NodeRecord};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 
 use self::file::{FileRegistry, FileRegistryError};
@@ -23,6 +23,22 @@ pub struct Snapshot {
     pub records: Vec<NodeRecord>,
     /// Documents that did not: (document name, why).
     pub malformed: Vec<(String, String)>,
+}
+
+/// This node's pod subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The IPv4 one.
+    pub pod_cidr: Ipv4Net,
+    /// The IPv6 one, in a dual-stack cluster.
+    pub pod_cidr6: Option<Ipv6Net>,
+}
+
+impl Lease {
+    /// Both, as a record's `podCIDRs` lists them (IPv4 first).
+    pub fn cidrs(&self) -> Vec<IpNet> {
+        std::iter::once(IpNet::V4(self.pod_cidr)).chain(self.pod_cidr6.map(IpNet::V6)).collect()
+    }
 }
 
 /// Which registry, and where.
@@ -141,11 +157,11 @@ impl Registry {
         }
     }
 
-    /// This node's pod subnet.
-    pub async fn lease(&self, node: &str, net: &NetConfig) -> Result<Ipv4Net, RegistryError> {
+    /// This node's pod subnets: IPv4, and IPv6 when the cluster is dual-stack.
+    pub async fn lease(&self, node: &str, net: &NetConfig) -> Result<Lease, RegistryError> {
         match self {
             Registry::File(f) => file_lease(f, node, net),
-            Registry::Kube(k) => Ok(k.lease(net.network).await?),
+            Registry::Kube(k) => Ok(k.lease(net).await?),
         }
     }
 
@@ -191,22 +207,44 @@ impl Registry {
     }
 }
 
-/// The file registry's lease: the pod CIDR the node's record already
-/// carries, or a free subnet allocated atomically.
-fn file_lease(registry: &FileRegistry, node: &str, net: &NetConfig) -> Result<Ipv4Net, RegistryError> {
+/// The file registry's lease: per family, the pod CIDR the node's record
+/// already carries, or a free subnet allocated atomically.
+fn file_lease(registry: &FileRegistry, node: &str, net: &NetConfig) -> Result<Lease, RegistryError> {
+    let record = registry.get(node)?;
+    let v4 = file_lease_of(registry, node, net.network.into(), net.subnet_len, record.as_ref())?;
+    let v6 = net
+        .ipv6_network
+        .map(|n| file_lease_of(registry, node, n.into(), net.ipv6_subnet_len, record.as_ref()))
+        .transpose()?;
+    match (v4, v6) {
+        (IpNet::V4(pod_cidr), None) => Ok(Lease { pod_cidr, pod_cidr6: None }),
+        (IpNet::V4(pod_cidr), Some(IpNet::V6(v6))) => Ok(Lease { pod_cidr, pod_cidr6: Some(v6) }),
+        _ => unreachable!("a lease is of its network's family: checked inside it, or carved out of it"),
+    }
+}
+
+/// One family's lease in `network`.
+fn file_lease_of(
+    registry: &FileRegistry,
+    node: &str,
+    network: IpNet,
+    len: u8,
+    record: Option<&NodeRecord>,
+) -> Result<IpNet, RegistryError> {
     let lease_err = |source| RegistryError::Lease { node: node.to_owned(), source };
-    if let Some(cidr) = registry.get(node)?.and_then(|r| r.pod_cidr_v4()) {
-        felt_ipam::subnets::validate_pod_cidr(cidr, net.network)
+    let same_family = |c: &IpNet| c.addr().is_ipv4() == network.addr().is_ipv4();
+    if let Some(cidr) = record.and_then(|r| r.pod_cidrs.iter().copied().find(same_family)) {
+        felt_ipam::subnets::validate_pod_cidr(cidr, network)
             .map_err(|source| RegistryError::BadPodCidr { node: node.to_owned(), source })?;
         registry.leases().claim(cidr, node).map_err(lease_err)?;
         return Ok(cidr);
     }
-    let others: Vec<Ipv4Net> = registry
+    let others: Vec<IpNet> = registry
         .list()?
         .records
         .iter()
         .filter(|r| r.name != node)
-        .filter_map(NodeRecord::pod_cidr_v4)
+        .flat_map(|r| r.pod_cidrs.iter().copied().filter(same_family))
         .collect();
-    registry.leases().allocate(net.network, net.subnet_len, node, &others).map_err(lease_err)
+    registry.leases().allocate(network, len, node, &others).map_err(lease_err)
 }

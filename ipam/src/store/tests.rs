@@ -3,7 +3,9 @@ use std::sync::{Arc, Barrier};
 
 use super::*;
 
-fn net(s: &str) -> Ipv4Net {
+use std::net::IpAddr;
+
+fn ip_net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 
@@ -11,7 +13,7 @@ fn net(s: &str) -> Ipv4Net {
 fn lease_allocate_is_sticky_and_exclusive() {
     let tmp = tempfile::tempdir().unwrap();
     let leases = LeaseDir::open(tmp.path()).unwrap();
-    let n = net("10.244.0.0/16");
+    let n = ip_net("10.244.0.0/16");
     let a = leases.allocate(n, 24, "a", &[]).unwrap();
     let b = leases.allocate(n, 24, "b", &[]).unwrap();
     assert_ne!(a, b);
@@ -27,15 +29,15 @@ fn lease_allocate_is_sticky_and_exclusive() {
 fn lease_allocate_respects_foreign_cidrs() {
     let tmp = tempfile::tempdir().unwrap();
     let leases = LeaseDir::open(tmp.path()).unwrap();
-    let got = leases.allocate(net("10.244.0.0/16"), 24, "a", &[net("10.244.0.0/23")]).unwrap();
-    assert_eq!(got, net("10.244.2.0/24"));
+    let got = leases.allocate(ip_net("10.244.0.0/16"), 24, "a", &[ip_net("10.244.0.0/23")]).unwrap();
+    assert_eq!(got, ip_net("10.244.2.0/24"));
 }
 
 #[test]
 fn lease_exhaustion_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let leases = LeaseDir::open(tmp.path()).unwrap();
-    let n = net("10.0.0.0/23");
+    let n = ip_net("10.0.0.0/23");
     leases.allocate(n, 24, "a", &[]).unwrap();
     leases.allocate(n, 24, "b", &[]).unwrap();
     assert!(matches!(leases.allocate(n, 24, "c", &[]), Err(StoreError::Exhausted { .. })));
@@ -54,11 +56,11 @@ fn concurrent_allocators_never_share_a_subnet() {
                 // Each thread opens its own handle, as separate agents would.
                 let leases = LeaseDir::open(dir).unwrap();
                 barrier.wait();
-                leases.allocate(net("10.244.0.0/16"), 24, &format!("node-{i}"), &[]).unwrap()
+                leases.allocate(ip_net("10.244.0.0/16"), 24, &format!("node-{i}"), &[]).unwrap()
             })
         })
         .collect();
-    let got: Vec<Ipv4Net> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let got: Vec<IpNet> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let unique: HashSet<_> = got.iter().collect();
     assert_eq!(unique.len(), n, "{got:?}");
     let on_disk = LeaseDir::open(&dir).unwrap().leases().unwrap();
@@ -66,13 +68,32 @@ fn concurrent_allocators_never_share_a_subnet() {
 }
 
 #[test]
+fn ipv6_leases_live_beside_ipv4_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leases = LeaseDir::open(tmp.path()).unwrap();
+    let v4 = leases.allocate(ip_net("10.244.0.0/16"), 24, "a", &[]).unwrap();
+    let v6 = leases.allocate(ip_net("fd00:10:244::/56"), 64, "a", &[]).unwrap();
+    assert_eq!(v6, ip_net("fd00:10:244::/64"));
+    assert_eq!(leases.allocate(ip_net("fd00:10:244::/56"), 64, "a", &[]).unwrap(), v6, "sticky per family");
+    assert_eq!(
+        leases.allocate(ip_net("fd00:10:244::/56"), 64, "b", &[]).unwrap(),
+        ip_net("fd00:10:244:1::/64")
+    );
+    let mut all = leases.leases().unwrap();
+    all.sort();
+    assert_eq!(all.len(), 3);
+    assert!(all.contains(&(v4, "a".to_owned())) && all.contains(&(v6, "a".to_owned())));
+    assert!(tmp.path().join("fd00:10:244::-64").exists(), "one file per lease, named by the subnet");
+}
+
+#[test]
 fn pod_addresses_skip_gateway_and_are_idempotent() {
     let tmp = tempfile::tempdir().unwrap();
     let store = PodAddressStore::open(tmp.path()).unwrap();
-    let subnet = net("10.244.3.0/24");
-    let gw: Ipv4Addr = "10.244.3.1".parse().unwrap();
+    let subnet = ip_net("10.244.3.0/24");
+    let gw: IpAddr = "10.244.3.1".parse().unwrap();
     let a = store.allocate(subnet, gw, "c1", "eth0").unwrap();
-    assert_eq!(a, "10.244.3.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(a, "10.244.3.2".parse::<IpAddr>().unwrap());
     assert_eq!(store.allocate(subnet, gw, "c1", "eth0").unwrap(), a, "ADD twice gives the same address");
     let b = store.allocate(subnet, gw, "c2", "eth0").unwrap();
     assert_ne!(a, b);
@@ -82,11 +103,33 @@ fn pod_addresses_skip_gateway_and_are_idempotent() {
 }
 
 #[test]
+fn a_dual_stack_pod_holds_one_address_per_family() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = PodAddressStore::open(tmp.path()).unwrap();
+    let (v4, v6) = (ip_net("10.244.3.0/24"), ip_net("fd00:f31:244:3::/64"));
+    let (gw4, gw6): (IpAddr, IpAddr) = ("10.244.3.1".parse().unwrap(), "fd00:f31:244:3::1".parse().unwrap());
+    let a4 = store.allocate(v4, gw4, "c1", "eth0").unwrap();
+    let a6 = store.allocate(v6, gw6, "c1", "eth0").unwrap();
+    assert_eq!(a6, "fd00:f31:244:3::2".parse::<IpAddr>().unwrap(), "neither :: (the VTEP) nor the gateway");
+    assert_eq!(store.allocate(v6, gw6, "c1", "eth0").unwrap(), a6, "ADD twice gives the same address");
+    assert_eq!(store.allocate(v4, gw4, "c1", "eth0").unwrap(), a4);
+    assert_eq!(store.find("c1", "eth0").unwrap(), vec![a4, a6]);
+    assert_eq!(
+        store.allocate(v6, gw6, "c2", "eth0").unwrap(),
+        "fd00:f31:244:3::3".parse::<IpAddr>().unwrap()
+    );
+    let mut freed = store.release("c1", "eth0").unwrap();
+    freed.sort();
+    assert_eq!(freed, vec![a4, a6], "DEL frees both");
+    assert!(store.find("c1", "eth0").unwrap().is_empty());
+}
+
+#[test]
 fn pod_addresses_exhaust() {
     let tmp = tempfile::tempdir().unwrap();
     let store = PodAddressStore::open(tmp.path()).unwrap();
-    let subnet = net("10.0.0.0/30");
-    let gw: Ipv4Addr = "10.0.0.1".parse().unwrap();
+    let subnet = ip_net("10.0.0.0/30");
+    let gw: IpAddr = "10.0.0.1".parse().unwrap();
     store.allocate(subnet, gw, "c1", "eth0").unwrap();
     assert!(matches!(store.allocate(subnet, gw, "c2", "eth0"), Err(StoreError::Exhausted { .. })));
 }
@@ -95,8 +138,8 @@ fn pod_addresses_exhaust() {
 fn pod_addresses_list_holders_and_sweep_dead_writers() {
     let tmp = tempfile::tempdir().unwrap();
     let store = PodAddressStore::open(tmp.path()).unwrap();
-    let subnet = net("10.244.3.0/24");
-    let gw: Ipv4Addr = "10.244.3.1".parse().unwrap();
+    let subnet = ip_net("10.244.3.0/24");
+    let gw: IpAddr = "10.244.3.1".parse().unwrap();
     let a = store.allocate(subnet, gw, "c1", "eth0").unwrap();
     let b = store.allocate(subnet, gw, "c2", "net1").unwrap();
     let mut got = store.entries().unwrap();

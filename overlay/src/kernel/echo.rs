@@ -11,22 +11,22 @@
 //! failed write) nothing is explained.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use felt_proto::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 
 use crate::{FdbEntry, Observed, Op, RouteTag};
 
 /// What felt believes its device holds (the part it owns), indexed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expected {
-    routes: HashMap<Ipv4Net, Ipv4Addr>,
-    neighbours: HashMap<Ipv4Addr, MacAddr>,
+    routes: HashMap<IpNet, IpAddr>,
+    neighbours: HashMap<IpAddr, MacAddr>,
     fdb: HashSet<FdbEntry>,
 }
 
@@ -91,7 +91,7 @@ impl Expected {
 }
 
 /// A route of felt's through `index`: its destination and gateway.
-fn route_of(r: &RouteMessage, index: u32, tag: RouteTag) -> Option<(Ipv4Net, Option<Ipv4Addr>)> {
+fn route_of(r: &RouteMessage, index: u32, tag: RouteTag) -> Option<(IpNet, Option<IpAddr>)> {
     let on_device = r.attributes.contains(&RouteAttribute::Oif(index));
     if !on_device || !tag.owns(u8::from(r.header.protocol), on_device) {
         return None;
@@ -99,16 +99,16 @@ fn route_of(r: &RouteMessage, index: u32, tag: RouteTag) -> Option<(Ipv4Net, Opt
     let (mut dst, mut gateway) = (None, None);
     for a in &r.attributes {
         match a {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+            RouteAttribute::Destination(a) => dst = super::msg::route_ip(a),
+            RouteAttribute::Gateway(a) => gateway = super::msg::route_ip(a),
             _ => {}
         }
     }
-    Some((Ipv4Net::new(dst?, r.header.destination_prefix_length).ok()?, gateway))
+    Some((IpNet::new(dst?, r.header.destination_prefix_length).ok()?, gateway))
 }
 
 enum Entry {
-    Neighbour(Ipv4Addr, Option<MacAddr>),
+    Neighbour(IpAddr, Option<MacAddr>),
     Fdb(FdbEntry),
 }
 
@@ -117,22 +117,23 @@ fn entry_of(n: &NeighbourMessage) -> Option<Entry> {
     let mut mac = None;
     for a in &n.attributes {
         match a {
-            NeighbourAttribute::Destination(a) => ip = super::msg::neighbour_ipv4(a),
+            NeighbourAttribute::Destination(a) => ip = super::msg::neighbour_ip(a),
             NeighbourAttribute::LinkLayerAddress(raw) => mac = MacAddr::try_from(raw.as_slice()).ok(),
             _ => {}
         }
     }
-    match n.header.family {
-        AddressFamily::Inet => Some(Entry::Neighbour(ip?, mac)),
-        AddressFamily::Bridge => Some(Entry::Fdb(FdbEntry { mac: mac?, dst: ip? })),
+    match (n.header.family, ip?) {
+        (AddressFamily::Inet | AddressFamily::Inet6, ip) => Some(Entry::Neighbour(ip, mac)),
+        (AddressFamily::Bridge, IpAddr::V4(dst)) => Some(Entry::Fdb(FdbEntry { mac: mac?, dst })),
         _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use ipnet::Ipv4Net;
     use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourHeader};
-    use netlink_packet_route::route::{RouteHeader, RouteProtocol};
+    use netlink_packet_route::route::{RouteAddress, RouteHeader, RouteProtocol};
 
     use super::*;
     use crate::{Neighbour, Route};

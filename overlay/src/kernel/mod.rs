@@ -15,7 +15,7 @@ pub mod msg;
 pub mod observe;
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -174,37 +174,41 @@ impl Kernel {
 
     /// IPv4 addresses: (interface index, address, prefix length).
     pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, KernelError> {
+        Ok(self
+            .addresses_of(AddressFamily::Inet)
+            .await?
+            .into_iter()
+            .filter_map(|(i, ip, len)| Some((i, msg::ipv4_of(ip)?, len)))
+            .collect())
+    }
+
+    /// Addresses of one family: (interface index, address, prefix length).
+    async fn addresses_of(&self, family: AddressFamily) -> Result<Vec<(u32, IpAddr, u8)>, KernelError> {
         let mut req = AddressMessage::default();
-        req.header.family = AddressFamily::Inet;
+        req.header.family = family;
         let all =
             self.dump(RouteNetlinkMessage::GetAddress(req)).await.map_err(refused("listing addresses"))?;
         Ok(all
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => {
-                    let ip = a
-                        .attributes
-                        .iter()
-                        .find_map(|x| match x {
-                            AddressAttribute::Local(ip) => msg::ipv4_of(*ip),
+                RouteNetlinkMessage::NewAddress(a) if a.header.family == family => {
+                    let of = |local: bool| {
+                        a.attributes.iter().find_map(|x| match x {
+                            AddressAttribute::Local(ip) if local => Some(*ip),
+                            AddressAttribute::Address(ip) if !local => Some(*ip),
                             _ => None,
                         })
-                        .or_else(|| {
-                            a.attributes.iter().find_map(|x| match x {
-                                AddressAttribute::Address(ip) => msg::ipv4_of(*ip),
-                                _ => None,
-                            })
-                        })?;
-                    Some((a.header.index, ip, a.header.prefix_len))
+                    };
+                    Some((a.header.index, of(true).or_else(|| of(false))?, a.header.prefix_len))
                 }
                 _ => None,
             })
             .collect())
     }
 
-    async fn routes(&self) -> Result<Vec<RouteMessage>, KernelError> {
+    async fn routes(&self, family: AddressFamily) -> Result<Vec<RouteMessage>, KernelError> {
         let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
+        req.header.address_family = family;
         let all = self.dump(RouteNetlinkMessage::GetRoute(req)).await.map_err(refused("listing routes"))?;
         Ok(all
             .into_iter()
@@ -256,7 +260,7 @@ impl Kernel {
                 (links.iter().find(|l| l.index == index).ok_or(KernelError::NoSuchAddress(*ip))?, *ip)
             }
             UnderlayChoice::DefaultRoute => {
-                let routes = self.routes().await?;
+                let routes = self.routes(AddressFamily::Inet).await?;
                 let oif = routes
                     .iter()
                     .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
@@ -298,11 +302,13 @@ impl Kernel {
     }
 
     /// Makes felt's VXLAN device exist as `spec` says, with `vtep_ip/32` as its
-    /// only IPv4 address. Returns its index and what had to change.
+    /// only IPv4 address and `vtep_ip6/128` (dual-stack) as its only global
+    /// IPv6 address. Returns its index and what had to change.
     pub async fn ensure_device(
         &self,
         spec: &VxlanSpec,
         vtep_ip: Ipv4Addr,
+        vtep_ip6: Option<Ipv6Addr>,
     ) -> Result<(u32, Vec<String>), KernelError> {
         let mut changes = Vec::new();
         let mut existing = self.link(&spec.name).await?;
@@ -330,6 +336,7 @@ impl Kernel {
             }
         };
         self.configure(&facts, spec.mtu, Some(spec.mac), vtep_ip, &mut changes).await?;
+        self.configure6(&facts, vtep_ip6, &mut changes).await?;
         Ok((facts.index, changes))
     }
 
@@ -405,11 +412,54 @@ impl Kernel {
         Ok(())
     }
 
-    /// What the kernel holds on device `ifindex`.
+    /// The IPv6 VTEP address `vtep_ip6/128` as the device's only global
+    /// IPv6 address (its link-local one stays: the kernel's); with `None`,
+    /// no global IPv6 address (a cluster that is no longer dual-stack).
+    async fn configure6(
+        &self,
+        facts: &LinkFacts,
+        vtep_ip6: Option<Ipv6Addr>,
+        changes: &mut Vec<String>,
+    ) -> Result<(), KernelError> {
+        let name = &facts.name;
+        let global = |ip: &IpAddr| matches!(ip, IpAddr::V6(v6) if !v6.is_unicast_link_local());
+        let mut has_vtep = false;
+        for (index, ip, len) in self.addresses_of(AddressFamily::Inet6).await? {
+            if index != facts.index || !global(&ip) {
+                continue;
+            }
+            if vtep_ip6.is_some_and(|v| IpAddr::V6(v) == ip) && len == 128 {
+                has_vtep = true;
+                continue;
+            }
+            let IpAddr::V6(v6) = ip else { continue };
+            let mut del = msg::vtep_address6(index, v6);
+            del.header.prefix_len = len;
+            self.send(msg::request(RouteNetlinkMessage::DelAddress(del), NLM_F_REQUEST | NLM_F_ACK))
+                .await
+                .map_err(refused(format!("removing stale address {ip}/{len} from {name}")))?;
+            changes.push(format!("removed {ip}/{len}"));
+        }
+        if let Some(vtep) = vtep_ip6.filter(|_| !has_vtep) {
+            let add = msg::request(
+                RouteNetlinkMessage::NewAddress(msg::vtep_address6(facts.index, vtep)),
+                msg::SET_FLAGS,
+            );
+            self.send(add).await.map_err(refused(format!("adding {vtep}/128 to {name}")))?;
+            changes.push(format!("address {vtep}/128"));
+        }
+        Ok(())
+    }
+
+    /// What the kernel holds on device `ifindex`, IPv4 and IPv6.
     pub async fn observe(&self, ifindex: u32) -> Result<Observed, KernelError> {
+        let mut routes = self.routes(AddressFamily::Inet).await?;
+        routes.extend(self.routes(AddressFamily::Inet6).await?);
+        let mut neighbours = self.neighbours(AddressFamily::Inet).await?;
+        neighbours.extend(self.neighbours(AddressFamily::Inet6).await?);
         Ok(Observed {
-            routes: observe::routes(&self.routes().await?, ifindex, self.route_tag),
-            neighbours: observe::neighbours(&self.neighbours(AddressFamily::Inet).await?, ifindex),
+            routes: observe::routes(&routes, ifindex, self.route_tag),
+            neighbours: observe::neighbours(&neighbours, ifindex),
             fdb: observe::fdb(&self.neighbours(AddressFamily::Bridge).await?, ifindex),
         })
     }
@@ -446,6 +496,7 @@ pub fn change_events(
         MulticastGroup::Link,
         MulticastGroup::Neigh,
         MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
     ])
     .map_err(KernelError::Connect)?;
     tokio::spawn(conn);

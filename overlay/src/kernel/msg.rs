@@ -4,16 +4,16 @@
 //! sends what these return, so the tests below pin the exact attributes the
 //! kernel receives without needing root.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use felt_proto::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -56,14 +56,17 @@ pub fn vxlan_link(spec: &VxlanSpec) -> LinkMessage {
         .build()
 }
 
-/// `ip neigh replace IP lladdr MAC dev VXLAN nud permanent`.
+/// `ip neigh replace IP lladdr MAC dev VXLAN nud permanent` (IPv4 or IPv6).
 pub fn neighbour(ifindex: u32, n: &Neighbour) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Inet;
+    m.header.family = family(n.ip);
     m.header.ifindex = ifindex;
     m.header.state = NeighbourState::Permanent;
     m.header.kind = RouteType::Unspec;
-    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+    m.attributes.push(NeighbourAttribute::Destination(match n.ip {
+        IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
+        IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
+    }));
     m.attributes.push(NeighbourAttribute::LinkLayerAddress(n.mac.octets().to_vec()));
     m
 }
@@ -81,12 +84,27 @@ pub fn fdb(ifindex: u32, f: &FdbEntry) -> NeighbourMessage {
     m
 }
 
+fn family(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// A route builder for `dst`'s family, with its destination set.
+fn route_to(dst: IpNet) -> RouteMessageBuilder<IpAddr> {
+    RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .expect("an IpNet's prefix length is valid for its family")
+}
+
 /// `ip route replace DST via GATEWAY dev VXLAN onlink proto 76` (or
-/// `tag`'s protocol).
+/// `tag`'s protocol). Destination and gateway share a family, as
+/// [`crate::desired`] builds every route.
 pub fn route(ifindex: u32, r: &Route, tag: RouteTag) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.dst.network(), r.dst.prefix_len())
+    route_to(r.dst)
         .gateway(r.gateway)
+        .expect("a route's gateway is of its destination's family")
         .output_interface(ifindex)
         .onlink()
         .scope(RouteScope::Universe)
@@ -97,17 +115,24 @@ pub fn route(ifindex: u32, r: &Route, tag: RouteTag) -> RouteMessage {
 
 /// `ip route del DST proto 76`: matches felt's routes only (with a
 /// device-only tag, `… dev VXLAN` too).
-pub fn route_del(ifindex: u32, dst: Ipv4Net, tag: RouteTag) -> RouteMessage {
-    let b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dst.network(), dst.prefix_len())
-        .protocol(RouteProtocol::from(tag.protocol))
-        .scope(RouteScope::Universe);
+pub fn route_del(ifindex: u32, dst: IpNet, tag: RouteTag) -> RouteMessage {
+    let b = route_to(dst).protocol(RouteProtocol::from(tag.protocol)).scope(RouteScope::Universe);
     if tag.device_only { b.output_interface(ifindex).build() } else { b.build() }
 }
 
 /// `ip addr add IP/32 dev VXLAN`: the VTEP address.
 pub fn vtep_address(ifindex: u32, ip: Ipv4Addr) -> AddressMessage {
     AddressMessageBuilder::<Ipv4Addr>::new().index(ifindex).address(ip, 32).build()
+}
+
+/// `ip addr add IP/128 dev VXLAN nodad`: the IPv6 VTEP address, usable at
+/// once (duplicate address detection would hold it tentative for a second
+/// over a device that carries no multicast).
+pub fn vtep_address6(ifindex: u32, ip: Ipv6Addr) -> AddressMessage {
+    let mut m = AddressMessageBuilder::<Ipv6Addr>::new().index(ifindex).address(ip, 128).build();
+    m.header.flags = AddressHeaderFlags::Nodad;
+    m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    m
 }
 
 /// Flags for a create-or-replace request.
@@ -149,6 +174,24 @@ pub(crate) fn neighbour_ipv4(addr: &NeighbourAddress) -> Option<Ipv4Addr> {
     match addr {
         NeighbourAddress::Inet(v4) => Some(*v4),
         NeighbourAddress::Other(raw) => <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from),
+        _ => None,
+    }
+}
+
+/// The IPv4 or IPv6 address inside an `AF_INET`/`AF_INET6` neighbour message.
+pub(crate) fn neighbour_ip(addr: &NeighbourAddress) -> Option<IpAddr> {
+    match addr {
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        other => neighbour_ipv4(other).map(IpAddr::V4),
+    }
+}
+
+/// The address inside a route attribute.
+pub(crate) fn route_ip(addr: &netlink_packet_route::route::RouteAddress) -> Option<IpAddr> {
+    use netlink_packet_route::route::RouteAddress;
+    match addr {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
     }
 }

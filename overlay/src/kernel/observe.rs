@@ -1,18 +1,18 @@
 //! Reading kernel dumps into what [`crate::plan`] compares: pure functions
 //! over parsed netlink messages.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use felt_proto::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteHeader, RouteMessage};
 
-use super::msg::{VxlanSpec, neighbour_ipv4};
+use super::msg::{VxlanSpec, neighbour_ip, neighbour_ipv4, route_ip};
 use crate::{FdbEntry, Neighbour, ObservedRoute, RouteTag};
 
 /// What a link dump says about one device.
@@ -108,10 +108,11 @@ impl VxlanSpec {
     }
 }
 
-/// Main-table IPv4 routes that leave through `ifindex` or that `tag` owns.
+/// Main-table routes (IPv4 and IPv6) that leave through `ifindex` or that
+/// `tag` owns.
 pub fn routes(msgs: &[RouteMessage], ifindex: u32, tag: RouteTag) -> Vec<ObservedRoute> {
     msgs.iter()
-        .filter(|m| m.header.address_family == AddressFamily::Inet)
+        .filter(|m| matches!(m.header.address_family, AddressFamily::Inet | AddressFamily::Inet6))
         .filter_map(|m| {
             let table = m
                 .attributes
@@ -124,12 +125,15 @@ pub fn routes(msgs: &[RouteMessage], ifindex: u32, tag: RouteTag) -> Vec<Observe
             if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
                 return None;
             }
-            let mut dst_addr = Ipv4Addr::UNSPECIFIED;
+            let mut dst_addr = match m.header.address_family {
+                AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
             let (mut gateway, mut oif) = (None, None);
             for a in &m.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst_addr = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                    RouteAttribute::Destination(d) => dst_addr = route_ip(d).unwrap_or(dst_addr),
+                    RouteAttribute::Gateway(g) => gateway = route_ip(g),
                     RouteAttribute::Oif(o) => oif = Some(*o),
                     _ => {}
                 }
@@ -139,7 +143,7 @@ pub fn routes(msgs: &[RouteMessage], ifindex: u32, tag: RouteTag) -> Vec<Observe
             if !ours && !on_device {
                 return None;
             }
-            let dst = Ipv4Net::new(dst_addr, m.header.destination_prefix_length).ok()?;
+            let dst = IpNet::new(dst_addr, m.header.destination_prefix_length).ok()?;
             Some(ObservedRoute {
                 dst,
                 gateway,
@@ -165,15 +169,21 @@ fn destination(m: &NeighbourMessage) -> Option<Ipv4Addr> {
     })
 }
 
-/// Permanent IPv4 neighbours on `ifindex`.
+/// Permanent neighbours (IPv4 and IPv6) on `ifindex`.
 pub fn neighbours(msgs: &[NeighbourMessage], ifindex: u32) -> Vec<Neighbour> {
     msgs.iter()
         .filter(|m| {
-            m.header.family == AddressFamily::Inet
+            matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6)
                 && m.header.ifindex == ifindex
                 && m.header.state == NeighbourState::Permanent
         })
-        .filter_map(|m| Some(Neighbour { ip: destination(m)?, mac: lladdr(m)? }))
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(d) => neighbour_ip(d),
+                _ => None,
+            })?;
+            Some(Neighbour { ip, mac: lladdr(m)? })
+        })
         .collect()
 }
 
@@ -193,7 +203,7 @@ mod tests {
 
     #[test]
     fn reads_back_what_msg_builds() {
-        let r = Route { dst: "10.244.2.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 244, 2, 0) };
+        let r = Route { dst: "10.244.2.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 244, 2, 0).into() };
         let got = routes(&[msg::route(5, &r, RouteTag::FELT)], 5, RouteTag::FELT);
         assert_eq!(
             got,
@@ -230,7 +240,7 @@ mod tests {
     fn foreign_routes_elsewhere_are_ignored() {
         let mut m = msg::route(
             9,
-            &Route { dst: "10.0.0.0/8".parse().unwrap(), gateway: Ipv4Addr::new(10, 0, 0, 1) },
+            &Route { dst: "10.0.0.0/8".parse().unwrap(), gateway: Ipv4Addr::new(10, 0, 0, 1).into() },
             RouteTag::FELT,
         );
         m.header.protocol = 4.into();

@@ -1,3 +1,5 @@
+use std::net::{IpAddr, Ipv4Addr};
+
 use rstest::rstest;
 
 use super::*;
@@ -6,16 +8,17 @@ fn peer(i: u8) -> Peer {
     Peer {
         name: format!("n{i}"),
         pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+        pod_cidr6: None,
         vtep_mac: MacAddr([0x02, 0, 0, 0, 0, i]),
         underlay_ip: Ipv4Addr::new(198, 18, 7, 10 + i),
     }
 }
 
-fn vtep(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, i, 0)
+fn vtep(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 244, i, 0))
 }
 
-fn cidr(i: u8) -> Ipv4Net {
+fn cidr(i: u8) -> IpNet {
     format!("10.244.{i}.0/24").parse().unwrap()
 }
 
@@ -139,4 +142,34 @@ fn applying_a_plan_to_what_was_observed_leaves_nothing_to_do() {
         o.fdb.sort();
     }
     assert_eq!(after, exact);
+}
+
+/// A dual-stack peer needs an IPv6 route and neighbour beside its IPv4
+/// ones, and shares its one FDB entry; a peer that loses its IPv6 subnet
+/// loses only those two.
+#[test]
+fn a_dual_stack_peer_adds_an_ipv6_route_and_neighbour_on_the_same_fdb_entry() {
+    let dual = Peer { pod_cidr6: Some("fd00:f31:244:1::/64".parse().unwrap()), ..peer(1) };
+    let vtep6: IpAddr = "fd00:f31:244:1::".parse().unwrap();
+    let route6 = Route { dst: "fd00:f31:244:1::/64".parse().unwrap(), gateway: vtep6 };
+    let ops = plan(&crate::desired(std::slice::from_ref(&dual)), &Observed::default());
+    assert_eq!(
+        ops,
+        vec![
+            Op::SetNeighbour(Neighbour { ip: vtep(1), mac: mac(1) }),
+            Op::SetNeighbour(Neighbour { ip: vtep6, mac: mac(1) }),
+            Op::SetFdb(FdbEntry { mac: mac(1), dst: under(1) }),
+            Op::SetRoute(Route { dst: cidr(1), gateway: vtep(1) }),
+            Op::SetRoute(route6),
+        ],
+        "neighbours before routes, one FDB entry"
+    );
+    let mut held = Observed::default();
+    apply_to(&mut held, &ops);
+    assert_eq!(plan(&crate::desired(std::slice::from_ref(&dual)), &held), vec![]);
+    assert_eq!(
+        plan(&crate::desired(&[peer(1)]), &held),
+        vec![Op::DelRoute(route6.dst), Op::DelNeighbour(Neighbour { ip: vtep6, mac: mac(1) })],
+        "back to IPv4 only"
+    );
 }

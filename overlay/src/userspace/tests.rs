@@ -24,6 +24,7 @@ fn n1() -> Peer {
     Peer {
         name: "n1".into(),
         pod_cidr: "10.244.0.0/24".parse().unwrap(),
+        pod_cidr6: None,
         vtep_mac: "f6:c0:85:57:ac:1e".parse().unwrap(),
         underlay_ip: N1_UNDERLAY,
     }
@@ -33,6 +34,7 @@ fn n2() -> Peer {
     Peer {
         name: "n2".into(),
         pod_cidr: "10.244.1.0/24".parse().unwrap(),
+        pod_cidr6: None,
         vtep_mac: "06:97:13:10:a2:13".parse().unwrap(),
         underlay_ip: N2_UNDERLAY,
     }

@@ -26,10 +26,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use felt_proto::NodeRecord;
 use felt_proto::annotations::{self, Dialect};
+use felt_proto::{NetConfig, NodeRecord};
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -86,6 +85,13 @@ pub enum KubeError {
     /// The node has no pod CIDR yet.
     #[error("node `{0}` has no spec.podCIDRs yet; waiting for the controller-manager to assign one")]
     NoPodCidr(String),
+    /// The cluster is dual-stack but the node has no IPv6 pod CIDR.
+    #[error(
+        "node `{0}` has no IPv6 pod CIDR in spec.podCIDRs, and the network config has an ipv6Network; \
+         waiting (the controller-manager assigns both in a dual-stack cluster: --cluster-cidr with an \
+         IPv4 and an IPv6 CIDR)"
+    )]
+    NoPodCidr6(String),
     /// The node's own Node object does not make a record.
     #[error("node `{node}`")]
     BadNode {
@@ -296,15 +302,24 @@ impl KubeRegistry {
         self.call("get", "nodes", || format!("reading node `{}`", self.node), self.api.get(&self.node)).await
     }
 
-    /// This node's pod CIDR, checked against the cluster network.
-    pub async fn lease(&self, network: Ipv4Net) -> Result<Ipv4Net, KubeError> {
+    /// This node's pod CIDRs (`spec.podCIDRs`), checked against the cluster
+    /// networks: IPv4, and IPv6 when the cluster is dual-stack.
+    pub async fn lease(&self, net: &NetConfig) -> Result<super::Lease, KubeError> {
         let node = self.own().await?;
         let record = record_from_node(&node, self.dialect)
             .map_err(|source| KubeError::BadNode { node: self.node.clone(), source })?;
-        let cidr = record.pod_cidr_v4().ok_or_else(|| KubeError::NoPodCidr(self.node.clone()))?;
-        felt_ipam::subnets::validate_pod_cidr(cidr, network)
-            .map_err(|source| KubeError::BadPodCidr { node: self.node.clone(), source })?;
-        Ok(cidr)
+        let bad = |source| KubeError::BadPodCidr { node: self.node.clone(), source };
+        let pod_cidr = record.pod_cidr_v4().ok_or_else(|| KubeError::NoPodCidr(self.node.clone()))?;
+        felt_ipam::subnets::validate_pod_cidr(pod_cidr, net.network).map_err(bad)?;
+        let pod_cidr6 = match net.ipv6_network {
+            Some(network) => {
+                let cidr = record.pod_cidr_v6().ok_or_else(|| KubeError::NoPodCidr6(self.node.clone()))?;
+                felt_ipam::subnets::validate_pod_cidr(cidr, network).map_err(bad)?;
+                Some(cidr)
+            }
+            None => None,
+        };
+        Ok(super::Lease { pod_cidr, pod_cidr6 })
     }
 
     /// This node's record exactly as published (its own `public-ip`, not an

@@ -69,7 +69,7 @@ fn vxlan_device_matches_flannel() {
 
 #[test]
 fn neighbour_is_permanent_on_device() {
-    let n = Neighbour { ip: Ipv4Addr::new(10, 244, 2, 0), mac: "02:00:00:00:00:02".parse().unwrap() };
+    let n = Neighbour { ip: Ipv4Addr::new(10, 244, 2, 0).into(), mac: "02:00:00:00:00:02".parse().unwrap() };
     let req = op_request(IFINDEX, &Op::SetNeighbour(n), RouteTag::FELT);
     assert_eq!(req.header.flags, SET_FLAGS);
     let RouteNetlinkMessage::NewNeighbour(m) = round_trip(&req) else { panic!("not a neighbour") };
@@ -77,8 +77,48 @@ fn neighbour_is_permanent_on_device() {
     assert_eq!(m.header.ifindex, IFINDEX);
     assert_eq!(m.header.state, NeighbourState::Permanent);
     assert!(m.header.flags.is_empty(), "no NTF flags, as Flannel");
-    assert!(m.attributes.contains(&NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip))));
+    assert!(
+        m.attributes
+            .contains(&NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(10, 244, 2, 0))))
+    );
     assert!(m.attributes.contains(&NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 2])));
+}
+
+#[test]
+fn ipv6_neighbour_and_route_are_inet6() {
+    let vtep: std::net::Ipv6Addr = "fd00:10:244:2::".parse().unwrap();
+    let n = Neighbour { ip: vtep.into(), mac: "02:00:00:00:00:02".parse().unwrap() };
+    let RouteNetlinkMessage::NewNeighbour(m) =
+        round_trip(&op_request(IFINDEX, &Op::SetNeighbour(n), RouteTag::FELT))
+    else {
+        panic!("not a neighbour")
+    };
+    assert_eq!((m.header.family, m.header.state), (AddressFamily::Inet6, NeighbourState::Permanent));
+    assert!(m.attributes.contains(&NeighbourAttribute::Destination(NeighbourAddress::Inet6(vtep))));
+    let r = Route { dst: "fd00:10:244:2::/64".parse().unwrap(), gateway: vtep.into() };
+    let RouteNetlinkMessage::NewRoute(m) = round_trip(&op_request(IFINDEX, &Op::SetRoute(r), RouteTag::FELT))
+    else {
+        panic!("not a route")
+    };
+    assert_eq!(m.header.address_family, AddressFamily::Inet6);
+    assert_eq!(m.header.destination_prefix_length, 64);
+    assert!(m.header.flags.contains(RouteFlags::Onlink));
+    assert!(m.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet6(vtep))));
+    assert!(m.attributes.contains(&RouteAttribute::Oif(IFINDEX)));
+    // What observe reads back is what plan asked for.
+    let seen = crate::kernel::observe::routes(&[m], IFINDEX, RouteTag::FELT);
+    assert_eq!(
+        seen.iter().filter_map(crate::ObservedRoute::as_felts).collect::<Vec<_>>(),
+        [(r.dst, r.gateway)]
+    );
+    let RouteNetlinkMessage::DelRoute(m) =
+        round_trip(&op_request(IFINDEX, &Op::DelRoute(r.dst), RouteTag::FELT))
+    else {
+        panic!("not a route")
+    };
+    assert_eq!(m.header.address_family, AddressFamily::Inet6);
+    let a = vtep_address6(IFINDEX, vtep);
+    assert_eq!((a.header.family, a.header.prefix_len), (AddressFamily::Inet6, 128));
 }
 
 #[test]
@@ -101,7 +141,7 @@ fn fdb_entry_is_self_permanent_bridge() {
 
 #[test]
 fn route_is_onlink_via_vtep_tagged_ours() {
-    let r = Route { dst: "10.244.2.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 244, 2, 0) };
+    let r = Route { dst: "10.244.2.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 244, 2, 0).into() };
     let req = op_request(IFINDEX, &Op::SetRoute(r), RouteTag::FELT);
     assert_eq!(req.header.flags, SET_FLAGS);
     let RouteNetlinkMessage::NewRoute(m) = round_trip(&req) else { panic!("not a route") };
@@ -113,7 +153,9 @@ fn route_is_onlink_via_vtep_tagged_ours() {
     assert!(
         m.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet(Ipv4Addr::new(10, 244, 2, 0))))
     );
-    assert!(m.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet(r.gateway))));
+    assert!(
+        m.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(10, 244, 2, 0))))
+    );
     assert!(m.attributes.contains(&RouteAttribute::Oif(IFINDEX)));
 }
 

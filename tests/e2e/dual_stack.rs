@@ -1,0 +1,127 @@
+//! Dual-stack labs: IPv6 pods across nodes over the same VXLAN device and
+//! IPv4 underlay, kernel mode.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use felt::lab::probe;
+use felt::netns;
+
+use crate::Monitor;
+use crate::harness::{TestLab, assert_all_answered, ip_in, require_root, wait_until};
+
+/// felt's IPv6 routes and permanent IPv6 neighbours on a node's `felt.1`.
+fn ipv6_entries(lab: &TestLab, node: &str) -> (Vec<String>, Vec<String>) {
+    let ns = lab.node_ns(node);
+    let routes = ip_in(&ns, &["-6", "route", "show", "dev", "felt.1", "proto", "76"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let neigh = ip_in(&ns, &["-6", "neigh", "show", "dev", "felt.1", "nud", "permanent"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (routes, neigh)
+}
+
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn a_dual_stack_lab_reaches_every_pair_over_both_families_and_repairs_ipv6_drift() {
+    require_root();
+    let lab = TestLab::up_named(&TestLab::unique_name(), 3, 2, &["--ip-family", "dual"]);
+    let check = lab.felt(&["lab", "check"]);
+    assert!(check.contains("by family: ipv4 30/30, ipv6 30/30\n"), "{check}");
+    assert_eq!(check.lines().last(), Some("60/60 pod pairs reachable"), "{check}");
+
+    // Every pod holds an address of each family, its node's IPv6 subnet's.
+    let status = lab.status();
+    for pod in &status.pods {
+        let ip6 = pod.ip6.unwrap_or_else(|| panic!("{} has no IPv6 address", pod.name));
+        assert!(felt::lab::IpFamily::Dual.net().ipv6_network.unwrap().contains(&ip6), "{ip6}");
+    }
+    let subnet = std::fs::read_to_string(lab.node_dir("n1").join("subnet.env")).unwrap();
+    assert!(subnet.contains("FELT_IPV6_NETWORK=fd00:f31:244::/56\n"), "{subnet}");
+    let state = lab.debug_state("n1");
+    let lease = state.lease.expect("a lease");
+    let (cidr6, vtep6) = (lease.pod_cidr6.expect("an IPv6 lease"), lease.vtep_ip6.expect("an IPv6 VTEP"));
+    assert_eq!(vtep6, cidr6.network(), "the IPv6 VTEP is the IPv6 subnet's network address");
+    assert!(subnet.contains(&format!("FELT_IPV6_SUBNET={}1/64\n", cidr6.network())), "{subnet}");
+    assert_eq!(state.peers.len(), 2);
+    for p in &state.peers {
+        assert!(p.pod_cidr6.is_some() && p.desired.route6.is_some(), "{p:?}");
+        assert_eq!(p.in_sync, Some(true), "{p:?}");
+    }
+    let addr = ip_in(&lab.node_ns("n1"), &["-6", "addr", "show", "dev", "felt.1", "scope", "global"]);
+    assert!(addr.contains(&format!("inet6 {vtep6}/128")), "{addr}");
+
+    // IPv6 drift: a route and a neighbour deleted by hand come back. Seen
+    // gone first, so their return is the agent's doing.
+    let (routes, neigh) = ipv6_entries(&lab, "n1");
+    assert_eq!((routes.len(), neigh.len()), (2, 2), "{routes:?} {neigh:?}");
+    let n1 = lab.node_ns("n1");
+    let dst = routes[0].split_whitespace().next().unwrap().to_owned();
+    let vtep = neigh[0].split_whitespace().next().unwrap().to_owned();
+    ip_in(&n1, &["-6", "route", "del", &dst, "dev", "felt.1"]);
+    ip_in(&n1, &["-6", "neigh", "del", &vtep, "dev", "felt.1"]);
+    let (r, n) = ipv6_entries(&lab, "n1");
+    assert!(!r.contains(&routes[0]) && !n.contains(&neigh[0]), "not deleted: {r:?} {n:?}");
+    let back =
+        wait_until(Duration::from_secs(6), || ipv6_entries(&lab, "n1") == (routes.clone(), neigh.clone()));
+    assert!(back.is_some(), "IPv6 route/neighbour not restored: {:?}", ipv6_entries(&lab, "n1"));
+    eprintln!(
+        "dual-stack lab: 30 IPv4 and 30 IPv6 pairs reachable; IPv6 drift repaired in {:?}",
+        back.unwrap()
+    );
+    lab.finish();
+}
+
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn an_agent_restart_loses_no_ipv6_packet_and_rewrites_nothing() {
+    require_root();
+    let _alone = crate::harness::exclusive();
+    let lab = TestLab::up_named(&TestLab::unique_name(), 2, 1, &["--ip-family", "dual"]);
+    let status = lab.status();
+    let target = status.pods.iter().find(|p| p.node == "n1").and_then(|p| p.ip6).expect("n1's pod's IPv6");
+    let src = netns::named(&format!("{}-n2-p1", lab.name));
+    let n1 = lab.node_ns("n1");
+    let monitor = Monitor::start(&n1, "ip", &["route", "neigh"]);
+    // The monitor must be seen to see before its silence means anything.
+    let poke = || {
+        ip_in(&n1, &["-6", "route", "add", "blackhole", "fd00:f31:ffff::/64"]);
+        ip_in(&n1, &["-6", "route", "del", "blackhole", "fd00:f31:ffff::/64"]);
+    };
+    assert!(monitor.proves("fd00:f31:ffff::", poke), "the IPv6 route monitor saw nothing");
+
+    // 15 s at 50 packets per second over IPv6, across a SIGKILL and restart of n1's agent.
+    let pinger = std::thread::spawn(move || {
+        netns::run_in(&src, move || {
+            probe::ping_series(IpAddr::V6(target), 750, Duration::from_millis(20), Duration::from_secs(1))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let before = lab.log("n1").len();
+    lab.felt(&["lab", "restart-agent", "n1", "--kill"]);
+    let restarted = wait_until(Duration::from_secs(10), || lab.log("n1")[before..].contains("lease held"));
+    assert!(restarted.is_some(), "the agent did not come back:\n{}", lab.log("n1"));
+    let report = pinger.join().unwrap().unwrap().unwrap();
+    let passed = wait_until(Duration::from_secs(10), || {
+        lab.metric_samples("n1", "felt_reconcile_total").iter().any(|s| {
+            s.labels.get("result") == Some("ok") && crate::harness::sample_value(s).is_some_and(|v| v >= 1.0)
+        })
+    });
+    assert!(passed.is_some(), "the restarted agent never finished a pass:\n{}", lab.log("n1"));
+    let events = monitor.stop();
+
+    assert_all_answered(&report);
+    let on_vxlan: Vec<&str> =
+        events.lines().filter(|l| l.contains("felt.1") && !l.contains("proto kernel")).collect();
+    assert!(on_vxlan.is_empty(), "the restart rewrote IPv6 routes/neighbours: {on_vxlan:?}");
+    let after = &lab.log("n1")[before..];
+    assert!(!after.contains("programmed"), "the restarted agent programmed something:\n{after}");
+    eprintln!(
+        "dual-stack SIGKILL and restart: {}/{} IPv6 pings answered, 0 netlink writes on felt.1",
+        report.received, report.sent
+    );
+    lab.finish();
+}
