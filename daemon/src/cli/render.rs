@@ -105,11 +105,7 @@ pub fn check(report: &CheckReport) {
         );
     }
     let count = |oks: usize, all: usize| format!("{oks}/{all}");
-    println!(
-        "egress: {} pods reach the outside host {} as their node's address",
-        count(report.egress.iter().filter(|r| r.ok()).count(), report.egress.len()),
-        lab::OUTSIDE_IP
-    );
+    // Before the last two lines, which scripts read.
     let v6: Vec<_> = report.pairs.iter().filter(|r| r.ip.is_ipv6()).collect();
     if !v6.is_empty() {
         let v4: Vec<_> = report.pairs.iter().filter(|r| r.ip.is_ipv4()).collect();
@@ -119,6 +115,11 @@ pub fn check(report: &CheckReport) {
             count(v6.iter().filter(|r| r.ok()).count(), v6.len())
         );
     }
+    println!(
+        "egress: {} pods reach the outside host {} as their node's address",
+        count(report.egress.iter().filter(|r| r.ok()).count(), report.egress.len()),
+        lab::OUTSIDE_IP
+    );
     println!(
         "{} pod pairs reachable",
         count(report.pairs.iter().filter(|r| r.ok()).count(), report.pairs.len())
