@@ -32,13 +32,10 @@ pub fn default_device(vni: u32) -> String {
 }
 
 /// What a `kind` data plane keeps in the kernel for `peers`: everything in
-/// kernel mode; only the IPv4 routes to the TUN in userspace mode (the
-/// engine carries no IPv6 yet, so a dual-stack peer is reached over IPv4
-/// only).
+/// kernel mode; only the routes (both families) to the TUN in userspace mode.
 pub fn desired(kind: DataplaneKind, peers: &[Peer]) -> Desired {
     let mut d = crate::desired(peers);
     if kind == DataplaneKind::Userspace {
-        d.routes.retain(|r| r.dst.addr().is_ipv4());
         d.neighbours.clear();
         d.fdb.clear();
     }
@@ -173,18 +170,17 @@ impl Dataplane {
     }
 
     /// Creates or repairs the device, with our pod subnet's VTEP address as
-    /// its only IPv4 address, and in kernel mode our IPv6 pod subnet's (when
-    /// dual-stack) as its only global IPv6 one; returns its index and what
-    /// was changed.
+    /// its only IPv4 address, and our IPv6 pod subnet's (when dual-stack) as
+    /// its only global IPv6 one; returns its index and what was changed.
     pub async fn ensure_device(
         &self,
         kernel: &Kernel,
         pod_cidr: Ipv4Net,
         pod_cidr6: Option<Ipv6Net>,
     ) -> Result<(u32, Vec<String>), KernelError> {
-        let vtep = vtep_ip(pod_cidr);
+        let (vtep, vtep6) = (vtep_ip(pod_cidr), pod_cidr6.map(|c| c.network()));
         match &self.engine {
-            Some(engine) => kernel.ensure_tun(engine.name(), self.spec.mtu, vtep).await,
+            Some(engine) => kernel.ensure_tun(engine.name(), self.spec.mtu, vtep, vtep6).await,
             None => {
                 if let Some(old) = &self.replaces {
                     if kernel.link(&self.spec.name).await?.is_none() {
@@ -202,7 +198,7 @@ impl Dataplane {
                         }
                     }
                 }
-                kernel.ensure_device(&self.spec, vtep, pod_cidr6.map(|c| c.network())).await
+                kernel.ensure_device(&self.spec, vtep, vtep6).await
             }
         }
     }
@@ -227,7 +223,7 @@ mod tests {
         let k = desired(DataplaneKind::Kernel, &[peer()]);
         assert_eq!((k.routes.len(), k.neighbours.len(), k.fdb.len()), (2, 2, 1), "both families, one FDB");
         let u = desired(DataplaneKind::Userspace, &[peer()]);
-        assert_eq!((u.routes, u.neighbours.len(), u.fdb.len()), (k.routes[..1].to_vec(), 0, 0));
+        assert_eq!((u.routes, u.neighbours.len(), u.fdb.len()), (k.routes.clone(), 0, 0));
         let observed = Observed { routes: vec![], neighbours: k.neighbours.clone(), fdb: k.fdb.clone() };
         assert_eq!(owned(DataplaneKind::Kernel, observed.clone()), observed);
         assert_eq!(owned(DataplaneKind::Userspace, observed), Observed::default());

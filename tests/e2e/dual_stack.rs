@@ -125,3 +125,42 @@ fn an_agent_restart_loses_no_ipv6_packet_and_rewrites_nothing() {
     );
     lab.finish();
 }
+
+/// Userspace and mixed modes carry IPv6 too: a 4-node mixed lab (two kernel
+/// nodes, two userspace ones) reaches every pair over both families, and
+/// the bench measures every pod path over both, each family against its
+/// own kernel VXLAN figure.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn ipv6_crosses_userspace_and_mixed_paths_and_the_bench_measures_both_families() {
+    require_root();
+    let lab = TestLab::up_named(&TestLab::unique_name(), 4, 1, &["--mode", "mixed", "--ip-family", "dual"]);
+    let check = lab.felt(&["lab", "check"]);
+    assert!(check.contains("by family: ipv4 12/12, ipv6 12/12\n"), "{check}");
+    assert_eq!(check.lines().last(), Some("24/24 pod pairs reachable"), "{check}");
+    // A userspace node's engine holds its peers' IPv6 subnets; its TUN the IPv6 VTEP.
+    let st = lab.debug_state("n2");
+    assert_eq!(st.config.backend, felt_proto::DataplaneKind::Userspace);
+    assert!(st.peers.iter().all(|p| p.pod_cidr6.is_some() && p.in_sync == Some(true)), "{:?}", st.peers);
+    let vtep6 = st.lease.and_then(|l| l.vtep_ip6).expect("an IPv6 VTEP");
+    let addr = ip_in(&lab.node_ns("n2"), &["-6", "addr", "show", "dev", "felt.1", "scope", "global"]);
+    assert!(addr.contains(&format!("inet6 {vtep6}/128")), "{addr}");
+
+    let bench: serde_json::Value =
+        serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
+    let rows = bench.as_array().unwrap();
+    for path in ["kernel", "userspace", "mixed"] {
+        for test in ["tcp", "udp"] {
+            let r = rows
+                .iter()
+                .find(|r| r["test"] == test && r["path"] == path && r["family"] == "ipv6")
+                .unwrap_or_else(|| panic!("{test} {path} over IPv6: {bench}"));
+            let figure = if test == "tcp" { &r["gbit_per_s"] } else { &r["packets_per_s"] };
+            assert!(figure.as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["between"].as_str().unwrap().contains("fd00:f31:244:"), "{r}");
+        }
+    }
+    assert!(!rows.iter().any(|r| r["path"] == "underlay" && r["family"] == "ipv6"), "the underlay is IPv4");
+    assert!(rows.iter().filter(|r| r["path"] == "kernel").all(|r| r["ratio_to_kernel"] == 1.0), "{bench}");
+    lab.finish();
+}

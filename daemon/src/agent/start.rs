@@ -59,12 +59,6 @@ pub(super) async fn start(
     }
     let pod_cidr6 = lease.pod_cidr6.map(|c| c.to_string());
     info!(node = %cfg.node_name, pod_cidr = %lease.pod_cidr, pod_cidr6, vtep_mac = %spec.mac, device = %spec.name, mtu = spec.mtu, "lease held");
-    if lease.pod_cidr6.is_some() && cfg.backend == DataplaneKind::Userspace {
-        let message = "the userspace data plane carries IPv4 only yet: this node's pods reach the other \
-                       nodes' over IPv4, and IPv6 pod traffic between nodes needs kernel mode";
-        warn!("{message}");
-        shared.state().warnings.push(message.to_owned());
-    }
     shared.state().lease = Some(lease_view(lease, &underlay, &spec));
     let vtep_mac = spec.mac;
     let dataplane = match cfg.backend {

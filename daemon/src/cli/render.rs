@@ -5,12 +5,16 @@ use felt::lab::{self, CheckReport};
 /// The bench table.
 pub fn bench(results: &[lab::bench::PathResult]) {
     let ratio = |r: &lab::bench::PathResult| r.ratio_to_kernel.map_or("-".to_owned(), |x| format!("{x:.2}"));
+    // IPv6 paths (a dual-stack lab) are compared with IPv6 kernel VXLAN.
+    let path = |r: &lab::bench::PathResult| {
+        if r.family == "ipv6" { format!("{} (v6)", r.path) } else { r.path.clone() }
+    };
     println!("TCP, pod to pod (underlay: node to node)");
-    println!("{:<10} {:>7} {:>10} {:>10} {:>14}", "PATH", "STREAMS", "GBIT/S", "× KERNEL", "CORES/GBIT/S");
+    println!("{:<14} {:>7} {:>10} {:>10} {:>14}", "PATH", "STREAMS", "GBIT/S", "× KERNEL", "CORES/GBIT/S");
     for r in results.iter().filter(|r| r.test == "tcp") {
         println!(
-            "{:<10} {:>7} {:>10.2} {:>10} {:>14.2}",
-            r.path,
+            "{:<14} {:>7} {:>10.2} {:>10} {:>14.2}",
+            path(r),
             r.streams,
             r.gbit_per_s,
             ratio(r),
@@ -18,11 +22,11 @@ pub fn bench(results: &[lab::bench::PathResult]) {
         );
     }
     println!("\nUDP, {}-byte datagrams, one sender", lab::bench::UDP_PAYLOAD);
-    println!("{:<10} {:>10} {:>10} {:>8} {:>12}", "PATH", "KPPS", "× KERNEL", "LOSS", "CORES/MPPS");
+    println!("{:<14} {:>10} {:>10} {:>8} {:>12}", "PATH", "KPPS", "× KERNEL", "LOSS", "CORES/MPPS");
     for r in results.iter().filter(|r| r.test == "udp") {
         println!(
-            "{:<10} {:>10.0} {:>10} {:>7.1}% {:>12}",
-            r.path,
+            "{:<14} {:>10.0} {:>10} {:>7.1}% {:>12}",
+            path(r),
             r.packets_per_s.unwrap_or(0.0) / 1e3,
             ratio(r),
             r.loss.unwrap_or(0.0) * 100.0,

@@ -12,7 +12,7 @@
 
 use felt_overlay::DataplaneKind;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +39,9 @@ pub struct PathResult {
     pub test: String,
     /// `underlay`, `kernel`, `userspace` or `mixed`.
     pub path: String,
+    /// The pods' address family on this path: `ipv4`, or `ipv6` (a
+    /// dual-stack lab measures every pod path over both).
+    pub family: &'static str,
     /// From → to, for people.
     pub between: String,
     /// Parallel TCP streams (1 for UDP).
@@ -49,8 +52,8 @@ pub struct PathResult {
     pub packets_per_s: Option<f64>,
     /// UDP: share of the datagrams sent that never arrived.
     pub loss: Option<f64>,
-    /// This figure / the kernel VXLAN one of the same test and streams
-    /// (TCP: goodput; UDP: packets per second).
+    /// This figure / the kernel VXLAN one of the same test, streams and
+    /// family (TCP: goodput; UDP: packets per second).
     pub ratio_to_kernel: Option<f64>,
     /// Busy CPU cores (whole machine) per Gbit/s during the run.
     pub cores_per_gbit: f64,
@@ -64,7 +67,15 @@ pub struct End {
     /// Namespace name.
     pub netns: String,
     /// Address to reach it at.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
+}
+
+/// The unspecified address of `ip`'s family, to bind a socket that talks to it.
+fn any_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
 }
 
 /// Busy cores (whole machine) between two `busy_jiffies` readings.
@@ -91,11 +102,11 @@ pub struct UdpRate {
 /// One sender of [`UDP_PAYLOAD`]-byte datagrams from `src` to `dst`, as fast
 /// as it can for `seconds`; one receiver counting them.
 pub fn udp_rate(src: &End, dst: &End, seconds: f64) -> std::io::Result<UdpRate> {
-    let sink =
-        netns::run_in(&netns::named(&dst.netns), || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT)))??;
+    let any = any_of(dst.ip);
+    let sink = netns::run_in(&netns::named(&dst.netns), move || UdpSocket::bind((any, UDP_PORT)))??;
     let to = SocketAddr::from((dst.ip, UDP_PORT));
     let source = netns::run_in(&netns::named(&src.netns), move || -> std::io::Result<UdpSocket> {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let s = UdpSocket::bind((any, 0))?;
         s.connect(to)?;
         s.set_write_timeout(Some(Duration::from_secs(1)))?;
         Ok(s)
@@ -186,8 +197,8 @@ fn tcp_sink(
 /// Runs `streams` TCP streams from `src` to `dst` for `seconds`; returns
 /// (Gbit/s, busy cores per Gbit/s).
 pub fn tcp(src: &End, dst: &End, streams: u32, seconds: f64) -> std::io::Result<(f64, f64)> {
-    let listener =
-        netns::run_in(&netns::named(&dst.netns), || TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))??;
+    let any = any_of(dst.ip);
+    let listener = netns::run_in(&netns::named(&dst.netns), move || TcpListener::bind((any, PORT)))??;
     listener.set_nonblocking(false)?;
     let received = Arc::new(AtomicU64::new(0));
     let run = Duration::from_secs_f64(seconds);
@@ -271,7 +282,7 @@ impl Lab {
                 let measured = tcp(src, dst, streams, seconds);
                 with_offload(label, false)?;
                 let (gbit, cores) = measured.map_err(|e| LabError::Invalid(format!("bench {label}: {e}")))?;
-                results.push(PathResult::tcp(label, describe(src, dst), streams, gbit, cores));
+                results.push(PathResult::tcp(label, dst.ip, describe(src, dst), streams, gbit, cores));
             }
         }
         for (label, src, dst) in &paths {
@@ -280,7 +291,7 @@ impl Lab {
             let measured = udp_rate(src, dst, seconds);
             with_offload(label, false)?;
             let r = measured.map_err(|e| LabError::Invalid(format!("bench udp {label}: {e}")))?;
-            results.push(PathResult::udp(label, describe(src, dst), &r));
+            results.push(PathResult::udp(label, dst.ip, describe(src, dst), &r));
         }
         set_ratios(&mut results);
         let json = serde_json::to_vec_pretty(&results).expect("results serialise");
@@ -294,16 +305,28 @@ fn nodes_of(state: &LabState, kind: DataplaneKind) -> impl Iterator<Item = &Node
 }
 
 /// Every path the lab has: node to node on the underlay, then pod to pod
-/// between two kernel nodes, two userspace nodes, and kernel to userspace.
+/// between two kernel nodes, two userspace nodes, and kernel to userspace;
+/// in a dual-stack lab the pod paths once more over IPv6.
 fn paths_of(state: &LabState) -> Vec<(&'static str, End, End)> {
+    let mut paths = paths_of_family(state, |p| Some(IpAddr::V4(p.ip)));
+    let v6 = paths_of_family(state, |p| p.ip6.map(IpAddr::V6));
+    paths.extend(v6.into_iter().filter(|(label, _, _)| *label != "underlay"));
+    paths
+}
+
+fn paths_of_family(
+    state: &LabState,
+    address: impl Fn(&super::state::PodState) -> Option<IpAddr>,
+) -> Vec<(&'static str, End, End)> {
     let pod_of = |node: &NodeState| {
-        state.pods.iter().find(|p| p.node == node.name).map(|p| End { netns: p.netns.clone(), ip: p.ip })
+        let p = state.pods.iter().find(|p| p.node == node.name)?;
+        Some(End { netns: p.netns.clone(), ip: address(p)? })
     };
     let kernel: Vec<&NodeState> = nodes_of(state, DataplaneKind::Kernel).collect();
     let user: Vec<&NodeState> = nodes_of(state, DataplaneKind::Userspace).collect();
     let mut paths = Vec::new();
     if let (Some(a), Some(b)) = (state.nodes.first(), state.nodes.get(1)) {
-        let end = |n: &NodeState| End { netns: n.netns.clone(), ip: n.underlay_ip };
+        let end = |n: &NodeState| End { netns: n.netns.clone(), ip: IpAddr::V4(n.underlay_ip) };
         paths.push(("underlay", end(a), end(b)));
     }
     let mut pods_between = |label: &'static str, x: Option<&&NodeState>, y: Option<&&NodeState>| {
@@ -317,25 +340,33 @@ fn paths_of(state: &LabState) -> Vec<(&'static str, End, End)> {
     paths
 }
 
-/// Each result as a ratio to the kernel VXLAN path of the same test.
+/// Each result as a ratio to the kernel VXLAN path of the same test and
+/// family (the underlay's, IPv4, to IPv4's).
 fn set_ratios(results: &mut [PathResult]) {
     let figure = |r: &PathResult| if r.test == "udp" { r.packets_per_s.unwrap_or(0.0) } else { r.gbit_per_s };
-    let kernel: Vec<(String, u32, f64)> = results
+    let kernel: Vec<(String, u32, &str, f64)> = results
         .iter()
         .filter(|k| k.path == "kernel")
-        .map(|k| (k.test.clone(), k.streams, figure(k)))
+        .map(|k| (k.test.clone(), k.streams, k.family, figure(k)))
         .collect();
     for r in results.iter_mut() {
-        let base = kernel.iter().find(|(test, streams, _)| *test == r.test && *streams == r.streams);
-        r.ratio_to_kernel = base.map(|b| b.2).filter(|k| *k > 0.0).map(|k| figure(r) / k);
+        let base = kernel.iter().find(|(test, streams, family, _)| {
+            *test == r.test && *streams == r.streams && *family == r.family
+        });
+        r.ratio_to_kernel = base.map(|b| b.3).filter(|k| *k > 0.0).map(|k| figure(r) / k);
     }
 }
 
+fn family_of(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() { "ipv6" } else { "ipv4" }
+}
+
 impl PathResult {
-    fn tcp(path: &str, between: String, streams: u32, gbit: f64, cores: f64) -> PathResult {
+    fn tcp(path: &str, to: IpAddr, between: String, streams: u32, gbit: f64, cores: f64) -> PathResult {
         PathResult {
             test: "tcp".into(),
             path: path.to_owned(),
+            family: family_of(to),
             between,
             streams,
             gbit_per_s: gbit,
@@ -347,11 +378,12 @@ impl PathResult {
         }
     }
 
-    fn udp(path: &str, between: String, r: &UdpRate) -> PathResult {
+    fn udp(path: &str, to: IpAddr, between: String, r: &UdpRate) -> PathResult {
         let gbit = r.received_per_s * (UDP_PAYLOAD * 8) as f64 / 1e9;
         PathResult {
             test: "udp".into(),
             path: path.to_owned(),
+            family: family_of(to),
             between,
             streams: 1,
             gbit_per_s: gbit,

@@ -28,11 +28,6 @@ impl Lab {
             return Err(LabError::Invalid("want 1..=200 nodes and 0..=50 pods per node".into()));
         }
         check_flannel(opts)?;
-        if opts.ip_family == IpFamily::Dual && opts.mode != Mode::Kernel {
-            return Err(LabError::Invalid(
-                "--ip-family dual needs --mode kernel: the userspace engine carries IPv4 only yet".into(),
-            ));
-        }
         let started = Instant::now();
         let mut guard = TeardownOnError { lab: self, armed: true };
         std::fs::create_dir_all(&self.dir).map_err(|e| LabError::io("creating", &self.dir, e))?;

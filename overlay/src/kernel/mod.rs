@@ -341,16 +341,19 @@ impl Kernel {
     }
 
     /// Makes the TUN device `name` (created by the userspace data plane) up,
-    /// with `mtu` and `vtep_ip/32` as its only IPv4 address.
+    /// with `mtu`, `vtep_ip/32` as its only IPv4 address and `vtep_ip6/128`
+    /// (dual-stack) as its only global IPv6 one.
     pub async fn ensure_tun(
         &self,
         name: &str,
         mtu: u32,
         vtep_ip: Ipv4Addr,
+        vtep_ip6: Option<Ipv6Addr>,
     ) -> Result<(u32, Vec<String>), KernelError> {
         let facts = self.link(name).await?.ok_or_else(|| KernelError::NoSuchLink(name.to_owned()))?;
         let mut changes = Vec::new();
         self.configure(&facts, mtu, None, vtep_ip, &mut changes).await?;
+        self.configure6(&facts, vtep_ip6, &mut changes).await?;
         Ok((facts.index, changes))
     }
 

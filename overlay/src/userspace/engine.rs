@@ -1,13 +1,15 @@
 //! The encap/decap core and its peer table.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use felt_proto::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::offload::{self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, VnetHdr};
-use super::wire::{ETHERNET_LEN, ETHERTYPE_IPV4, EthernetRepr, FLAG_I, VXLAN_LEN, VxlanPacket, VxlanRepr};
+use super::wire::{
+    ETHERNET_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetRepr, FLAG_I, VXLAN_LEN, VxlanPacket, VxlanRepr,
+};
 use crate::Peer;
 
 /// Bytes in front of the inner IP packet: VXLAN header and inner Ethernet.
@@ -26,9 +28,10 @@ pub enum DropReason {
     ShortFrame,
     /// The inner destination MAC is not ours.
     WrongInnerMac,
-    /// The inner frame is not a well-formed IPv4 packet.
+    /// The inner frame is not a well-formed IPv4 or IPv6 packet.
     BadInnerPacket,
-    /// The inner source address is outside the sending peer's pod CIDR.
+    /// The inner source address is outside the sending peer's pod CIDR of
+    /// its family.
     SpoofedSource,
     /// No peer's pod CIDR holds the destination.
     NoRoute,
@@ -158,7 +161,7 @@ pub enum EncapMany {
 /// What to do with a datagram from the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decap<'a> {
-    /// Write this inner IPv4 packet to the TUN.
+    /// Write this inner IPv4 or IPv6 packet to the TUN.
     Deliver(&'a [u8]),
     /// Drop it.
     Drop(DropReason),
@@ -176,6 +179,8 @@ pub struct Engine {
     peers: Vec<Peer>,
     /// Longest-prefix match: one exact-match table per prefix length, longest first.
     by_prefix: Vec<(u8, HashMap<u32, Route>)>,
+    /// The same for peers' IPv6 pod CIDRs.
+    by_prefix6: Vec<(u8, HashMap<u128, Route>)>,
     by_underlay: HashMap<Ipv4Addr, usize>,
     counters: Counters,
 }
@@ -183,6 +188,31 @@ pub struct Engine {
 /// The destination of an IPv4 packet, if it is well formed enough to route.
 fn ipv4_dst(ip: &[u8]) -> Option<Ipv4Addr> {
     valid_ipv4_len(ip).map(|_| Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]))
+}
+
+/// The destination of an IPv4 or IPv6 packet and its inner ethertype, if
+/// it is well formed enough to route.
+fn inner_dst(ip: &[u8]) -> Option<(IpAddr, u16)> {
+    match ip.first()? >> 4 {
+        4 => ipv4_dst(ip).map(|d| (IpAddr::V4(d), ETHERTYPE_IPV4)),
+        6 => valid_ipv6_len(ip).map(|_| (IpAddr::V6(ipv6_at(ip, 24)), ETHERTYPE_IPV6)),
+        _ => None,
+    }
+}
+
+/// The total length of a well-formed IPv6 packet at the start of `ip`
+/// (fixed header + payload length; a jumbogram's zero is just that).
+fn valid_ipv6_len(ip: &[u8]) -> Option<usize> {
+    if ip.len() < 40 || ip[0] >> 4 != 6 {
+        return None;
+    }
+    let total = 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    (total <= ip.len()).then_some(total)
+}
+
+/// The IPv6 address at `ip[at..at + 16]` (the caller checked the length).
+fn ipv6_at(ip: &[u8], at: usize) -> Ipv6Addr {
+    Ipv6Addr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).expect("16 bytes"))
 }
 
 /// The total length of a well-formed IPv4 packet at the start of `ip`.
@@ -202,6 +232,7 @@ impl Engine {
             cfg,
             peers: Vec::new(),
             by_prefix: Vec::new(),
+            by_prefix6: Vec::new(),
             by_underlay: HashMap::new(),
             counters: Counters::default(),
         }
@@ -219,6 +250,12 @@ impl Engine {
         }
         self.by_prefix = tables.into_iter().collect();
         self.by_prefix.sort_by_key(|t| std::cmp::Reverse(t.0));
+        let mut tables6: HashMap<u8, HashMap<u128, Route>> = HashMap::new();
+        for (i, c) in self.peers.iter().enumerate().filter_map(|(i, p)| Some((i, p.pod_cidr6?))) {
+            tables6.entry(c.prefix_len()).or_default().insert(u128::from(c.network()), Route { peer: i });
+        }
+        self.by_prefix6 = tables6.into_iter().collect();
+        self.by_prefix6.sort_by_key(|t| std::cmp::Reverse(t.0));
         self.by_underlay = self.peers.iter().enumerate().map(|(i, p)| (p.underlay_ip, i)).collect();
     }
 
@@ -241,6 +278,14 @@ impl Engine {
         })
     }
 
+    /// The peer whose IPv6 pod CIDR holds `dst` (longest prefix wins).
+    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<&Peer> {
+        self.by_prefix6.iter().find_map(|(len, table)| {
+            let net = Ipv6Net::new(dst, *len).map(|n| u128::from(n.network())).unwrap_or(u128::from(dst));
+            table.get(&net).map(|r| &self.peers[r.peer])
+        })
+    }
+
     fn drop(&mut self, r: DropReason) -> DropReason {
         self.counters.drops[r.index()] += 1;
         r
@@ -252,18 +297,23 @@ impl Engine {
         self.counters.drops[r.index()] += n;
     }
 
-    /// Encapsulates an IPv4 packet read from the TUN into `out`.
+    /// Encapsulates an IPv4 or IPv6 packet read from the TUN into `out`.
     pub fn encap(&mut self, ip: &[u8], out: &mut [u8]) -> Encap {
-        let Some(dst) = ipv4_dst(ip) else { return Encap::Drop(self.drop(DropReason::BadInnerPacket)) };
-        let Some(peer) = self.lookup(dst) else { return Encap::Drop(self.drop(DropReason::NoRoute)) };
+        let Some((dst, ethertype)) = inner_dst(ip) else {
+            return Encap::Drop(self.drop(DropReason::BadInnerPacket));
+        };
+        let peer = match dst {
+            IpAddr::V4(d) => self.lookup(d),
+            IpAddr::V6(d) => self.lookup6(d),
+        };
+        let Some(peer) = peer else { return Encap::Drop(self.drop(DropReason::NoRoute)) };
         let (peer_mac, to) = (peer.vtep_mac, SocketAddrV4::new(peer.underlay_ip, self.cfg.port));
         let len = HEADROOM + ip.len();
         if out.len() < len {
             return Encap::Drop(self.drop(DropReason::TooBig));
         }
         VxlanRepr { vni: self.cfg.vni }.emit(&mut out[..VXLAN_LEN]);
-        EthernetRepr { dst: peer_mac, src: self.cfg.mac, ethertype: ETHERTYPE_IPV4 }
-            .emit(&mut out[VXLAN_LEN..HEADROOM]);
+        EthernetRepr { dst: peer_mac, src: self.cfg.mac, ethertype }.emit(&mut out[VXLAN_LEN..HEADROOM]);
         out[HEADROOM..len].copy_from_slice(ip);
         self.counters.tx_packets += 1;
         self.counters.tx_bytes += len as u64;
@@ -336,12 +386,19 @@ impl Engine {
             return Decap::Drop(self.drop(DropReason::WrongInnerMac));
         }
         let ip = &datagram[HEADROOM..];
-        let total = match (eth.ethertype, valid_ipv4_len(ip)) {
-            (ETHERTYPE_IPV4, Some(total)) => total,
+        let p = &self.peers[peer];
+        let (total, from_peer) = match eth.ethertype {
+            ETHERTYPE_IPV4 => match valid_ipv4_len(ip) {
+                Some(total) => (total, p.pod_cidr.contains(&Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))),
+                None => return Decap::Drop(self.drop(DropReason::BadInnerPacket)),
+            },
+            ETHERTYPE_IPV6 => match valid_ipv6_len(ip) {
+                Some(total) => (total, p.pod_cidr6.is_some_and(|c| c.contains(&ipv6_at(ip, 8)))),
+                None => return Decap::Drop(self.drop(DropReason::BadInnerPacket)),
+            },
             _ => return Decap::Drop(self.drop(DropReason::BadInnerPacket)),
         };
-        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-        if !self.peers[peer].pod_cidr.contains(&src) {
+        if !from_peer {
             return Decap::Drop(self.drop(DropReason::SpoofedSource));
         }
         self.counters.rx_packets += 1;

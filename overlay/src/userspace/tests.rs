@@ -1,4 +1,4 @@
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use felt_proto::MacAddr;
 use proptest::prelude::*;
@@ -125,7 +125,74 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     p
 }
 
+/// An IPv6 packet from `src` to `dst` with `payload` (UDP, hop limit 64).
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn dual(p: Peer, cidr6: &str) -> Peer {
+    Peer { pod_cidr6: Some(cidr6.parse().unwrap()), ..p }
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// IPv6 inner packets: encapsulated with the IPv6 ethertype to the peer
+/// whose IPv6 subnet holds the destination, delivered only from the peer
+/// whose IPv6 subnet holds the source.
+#[test]
+fn ipv6_inner_packets_cross_and_are_checked_like_ipv4_ones() {
+    let (d1, d2) = (dual(n1(), "fd00:f31:244::/64"), dual(n2(), "fd00:f31:244:1::/64"));
+    let mut a = engine_as(&d1, std::slice::from_ref(&d2));
+    let mut b = engine_as(&d2, std::slice::from_ref(&d1));
+    let packet = ipv6(v6("fd00:f31:244::2"), v6("fd00:f31:244:1::2"), b"felt-lab");
+    let mut out = [0u8; 2048];
+    let Encap::Send { len, to } = a.encap(&packet, &mut out) else { panic!("not sent") };
+    assert_eq!(to, SocketAddrV4::new(N2_UNDERLAY, 8472));
+    let eth = wire::EthernetRepr::parse(&out[8..len]).unwrap();
+    assert_eq!((eth.dst, eth.src, eth.ethertype), (d2.vtep_mac, d1.vtep_mac, 0x86dd));
+    assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Deliver(&packet[..]));
+
+    // A source outside the sender's IPv6 subnet, or an IPv4-only sender: spoofed.
+    let spoofed = ipv6(v6("fd00:f31:244:9::2"), v6("fd00:f31:244:1::2"), b"x");
+    let Encap::Send { len, .. } = a.encap(&spoofed, &mut out) else { panic!("not sent") };
+    assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Drop(DropReason::SpoofedSource));
+    let mut v4_only = engine_as(&d2, &[n1()]);
+    let Encap::Send { len, .. } = a.encap(&packet, &mut out) else { panic!("not sent") };
+    assert_eq!(v4_only.decap(N1_UNDERLAY, &out[..len]), Decap::Drop(DropReason::SpoofedSource));
+    // No peer's IPv6 subnet holds it; a payload length beyond the frame.
+    let lost = ipv6(v6("fd00:f31:244::2"), v6("fd00:f31:244:7::2"), b"x");
+    assert_eq!(a.encap(&lost, &mut out), Encap::Drop(DropReason::NoRoute));
+    let mut long = packet.clone();
+    long[4] = 0xff;
+    assert_eq!(a.encap(&long, &mut out), Encap::Drop(DropReason::BadInnerPacket));
+    assert_eq!(a.encap(&packet[..39], &mut out), Encap::Drop(DropReason::BadInnerPacket));
+}
+
 proptest! {
+    #[test]
+    fn decap_of_encap_is_identity_for_ipv6(
+        src_host in 1u16.., dst_host in 1u16.., payload in proptest::collection::vec(any::<u8>(), 0..1400)
+    ) {
+        let (d1, d2) = (dual(n1(), "fd00:f31:244::/64"), dual(n2(), "fd00:f31:244:1::/64"));
+        let src = Ipv6Addr::from(u128::from(v6("fd00:f31:244::")) + u128::from(src_host));
+        let dst = Ipv6Addr::from(u128::from(v6("fd00:f31:244:1::")) + u128::from(dst_host));
+        let packet = ipv6(src, dst, &payload);
+        let mut a = engine_as(&d1, std::slice::from_ref(&d2));
+        let mut b = engine_as(&d2, std::slice::from_ref(&d1));
+        let mut out = [0u8; 2048];
+        let Encap::Send { len, to } = a.encap(&packet, &mut out) else { panic!("not sent") };
+        prop_assert_eq!(to, SocketAddrV4::new(N2_UNDERLAY, 8472));
+        prop_assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Deliver(&packet[..]));
+    }
+
     #[test]
     fn decap_of_encap_is_identity(
         src_host in 1u8..255, dst_host in 1u8..255, payload in proptest::collection::vec(any::<u8>(), 0..1400)

@@ -20,6 +20,8 @@ pub const ETHERNET_LEN: usize = 14;
 pub const FLAG_I: u8 = 0x08;
 /// EtherType of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// IPv6.
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 /// Why bytes are not a well-formed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
