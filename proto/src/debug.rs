@@ -374,6 +374,9 @@ pub struct EnginePeer {
     pub name: String,
     /// Its pod subnet: packets to it are encapsulated for the peer.
     pub pod_cidr: Ipv4Net,
+    /// Its IPv6 pod subnet, in a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
     /// Where the datagrams go; the only source accepted for its frames.
     pub underlay_ip: Ipv4Addr,
     /// Its VTEP MAC, the inner frames' destination.

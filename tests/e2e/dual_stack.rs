@@ -105,12 +105,7 @@ fn an_agent_restart_loses_no_ipv6_packet_and_rewrites_nothing() {
     let restarted = wait_until(Duration::from_secs(10), || lab.log("n1")[before..].contains("lease held"));
     assert!(restarted.is_some(), "the agent did not come back:\n{}", lab.log("n1"));
     let report = pinger.join().unwrap().unwrap().unwrap();
-    let passed = wait_until(Duration::from_secs(10), || {
-        lab.metric_samples("n1", "felt_reconcile_total").iter().any(|s| {
-            s.labels.get("result") == Some("ok") && crate::harness::sample_value(s).is_some_and(|v| v >= 1.0)
-        })
-    });
-    assert!(passed.is_some(), "the restarted agent never finished a pass:\n{}", lab.log("n1"));
+    lab.wait_for_a_pass("n1");
     let events = monitor.stop();
 
     assert_all_answered(&report);

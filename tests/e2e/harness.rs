@@ -256,6 +256,17 @@ impl TestLab {
         scrape.samples.into_iter().filter(|s| s.metric == name).collect()
     }
 
+    /// Waits (10 s at most) until `node`'s agent has finished a reconcile
+    /// pass since it started; panics with its log otherwise.
+    pub fn wait_for_a_pass(&self, node: &str) {
+        let passed = wait_until(Duration::from_secs(10), || {
+            self.metric_samples(node, "felt_reconcile_total")
+                .iter()
+                .any(|s| s.labels.get("result") == Some("ok") && sample_value(s).is_some_and(|v| v >= 1.0))
+        });
+        assert!(passed.is_some(), "{node}'s agent never finished a pass:\n{}", self.log(node));
+    }
+
     /// A node's agent log.
     pub fn log(&self, node: &str) -> String {
         std::fs::read_to_string(self.state.path().join(&self.name).join(node).join("agent.log"))

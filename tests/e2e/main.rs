@@ -232,12 +232,7 @@ fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
     assert!(restarted.is_some(), "the agent did not come back:\n{}", lab.log("n1"));
     let report = pinger.join().unwrap().unwrap().unwrap();
     // The restarted agent has finished a full pass before the monitors stop.
-    let passed = wait_until(Duration::from_secs(10), || {
-        lab.metric_samples("n1", "felt_reconcile_total").iter().any(|s| {
-            s.labels.get("result") == Some("ok") && crate::harness::sample_value(s).is_some_and(|v| v >= 1.0)
-        })
-    });
-    assert!(passed.is_some(), "the restarted agent never finished a pass:\n{}", lab.log("n1"));
+    lab.wait_for_a_pass("n1");
     let route_events = routes.stop();
     let fdb_events = fdb.stop();
 

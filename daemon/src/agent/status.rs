@@ -135,6 +135,7 @@ impl Shared {
             .map(|p| felt_proto::debug::EnginePeer {
                 name: p.name,
                 pod_cidr: p.pod_cidr,
+                pod_cidr6: p.pod_cidr6,
                 underlay_ip: p.underlay_ip,
                 vtep_mac: p.vtep_mac,
             })

@@ -72,9 +72,13 @@ pub fn status(status: &felt::lab::LabStatus) {
         }
     }
     println!();
-    println!("{:<10} {:<6} {:<16}", "POD", "NODE", "IP");
+    let dual = status.pods.iter().any(|p| p.ip6.is_some());
+    let ip6 = |p: &felt::lab::PodState| {
+        if dual { p.ip6.map_or("-".to_owned(), |ip| ip.to_string()) } else { String::new() }
+    };
+    println!("{:<10} {:<6} {:<16} {}", "POD", "NODE", "IP", if dual { "IP6" } else { "" });
     for p in &status.pods {
-        println!("{:<10} {:<6} {:<16}", p.name, p.node, p.ip.to_string());
+        println!("{:<10} {:<6} {:<16} {}", p.name, p.node, p.ip.to_string(), ip6(p));
     }
 }
 

@@ -419,34 +419,30 @@ fn configure_pod(spec: AttachSpec, peer_tmp: String) -> Result<String, CniError>
                 .await
                 .map_err(nl("bringing lo up"))?;
         }
-        // ip route replace default via GATEWAY dev IFNAME
-        let default = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .gateway(spec.gateway)
-            .output_interface(index)
-            .build();
-        h.route()
-            .add(default)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl(format!("default route via {}", spec.gateway)))?;
+        // ip route replace default via GATEWAY dev IFNAME (and -6 for GATEWAY6)
+        default_route(&h, index, spec.gateway.into()).await?;
         if let Some(v6) = spec.v6 {
-            // ip -6 route replace default via GATEWAY6 dev IFNAME
-            let default = RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-                .gateway(v6.gateway)
-                .output_interface(index)
-                .build();
-            h.route()
-                .add(default)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(format!("default route via {}", v6.gateway)))?;
+            default_route(&h, index, v6.gateway.into()).await?;
         }
         Ok(mac_of(&peer))
     })
+}
+
+/// `ip route replace default via GATEWAY dev INDEX`, in the gateway's family.
+async fn default_route(h: &Handle, index: u32, gateway: IpAddr) -> Result<(), CniError> {
+    let unspecified = match gateway {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let invalid = |e| CniError::internal(format!("default route via {gateway}"), e);
+    let default = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(unspecified, 0)
+        .map_err(invalid)?
+        .gateway(gateway)
+        .map_err(invalid)?
+        .output_interface(index)
+        .build();
+    h.route().add(default).replace().execute().await.map_err(nl(format!("default route via {gateway}")))
 }
 
 /// What exists of an attachment now, for `CHECK`.

@@ -316,7 +316,7 @@ fn open(
     };
     if let Tun::Vnet(file) = &tun {
         // Set either way: an adopted device keeps what the previous agent asked for.
-        let flags = if offloads.tso { libc::TUN_F_CSUM | libc::TUN_F_TSO4 } else { 0 };
+        let flags = if offloads.tso { libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 } else { 0 };
         if let Err(e) = sys::set_offload(file, flags) {
             warn!(error = %e, "the TUN device refused checksum/TSO offload; going on without TSO");
             offloads.tso = false;

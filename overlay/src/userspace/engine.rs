@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use felt_proto::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::offload::{self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, VnetHdr};
+use super::offload::{self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VnetHdr};
 use super::wire::{
     ETHERNET_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetRepr, FLAG_I, VXLAN_LEN, VxlanPacket, VxlanRepr,
 };
@@ -336,20 +336,26 @@ impl Engine {
                     Encap::Drop(r) => EncapMany::Drop(r),
                 }
             }
-            GSO_TCPV4 => {
-                let Some(dst) = ipv4_dst(ip) else {
-                    return EncapMany::Drop(self.drop(DropReason::BadInnerPacket));
+            gso @ (GSO_TCPV4 | GSO_TCPV6) => {
+                let peer = match (inner_dst(ip), gso) {
+                    (Some((IpAddr::V4(d), _)), GSO_TCPV4) => self.lookup(d),
+                    (Some((IpAddr::V6(d), _)), GSO_TCPV6) => self.lookup6(d),
+                    _ => return EncapMany::Drop(self.drop(DropReason::BadInnerPacket)),
                 };
-                let Some(peer) = self.lookup(dst) else {
+                let Some(peer) = peer else {
                     return EncapMany::Drop(self.drop(DropReason::NoRoute));
                 };
                 let (peer_mac, to) = (peer.vtep_mac, SocketAddrV4::new(peer.underlay_ip, self.cfg.port));
-                let segs = match offload::segment_tcp4(ip, usize::from(hdr.gso_size), HEADROOM, out) {
-                    Ok(s) => s,
-                    Err(offload::Malformed) => return EncapMany::Drop(self.drop(DropReason::BadInnerPacket)),
+                let (segmented, ethertype) = if gso == GSO_TCPV4 {
+                    (offload::segment_tcp4(ip, usize::from(hdr.gso_size), HEADROOM, out), ETHERTYPE_IPV4)
+                } else {
+                    (offload::segment_tcp6(ip, usize::from(hdr.gso_size), HEADROOM, out), ETHERTYPE_IPV6)
+                };
+                let Ok(segs) = segmented else {
+                    return EncapMany::Drop(self.drop(DropReason::BadInnerPacket));
                 };
                 let vxlan = VxlanRepr { vni: self.cfg.vni };
-                let eth = EthernetRepr { dst: peer_mac, src: self.cfg.mac, ethertype: ETHERTYPE_IPV4 };
+                let eth = EthernetRepr { dst: peer_mac, src: self.cfg.mac, ethertype };
                 for i in 0..segs.count {
                     let at = i * segs.stride;
                     vxlan.emit(&mut out[at..at + VXLAN_LEN]);
@@ -360,7 +366,7 @@ impl Engine {
                 self.counters.tx_bytes += segs.len as u64;
                 EncapMany::Send { len: segs.len, stride: segs.stride, count: segs.count, to }
             }
-            // Never asked for (TUNSETOFFLOAD sets CSUM and TSO4 only).
+            // Never asked for (TUNSETOFFLOAD sets CSUM, TSO4 and TSO6 only).
             _ => EncapMany::Drop(self.drop(DropReason::BadInnerPacket)),
         }
     }

@@ -5,11 +5,12 @@
 //! super-packet for a single TUN write.
 //!
 //! Why: a plain TUN moves one MTU-sized packet per syscall each way. With
-//! `IFF_VNET_HDR` + `TUNSETOFFLOAD(CSUM|TSO4)` one read returns up to 64 KiB
-//! of one TCP flow; cut into segments here, they leave in one UDP GSO send
-//! and arrive in one UDP GRO receive, and one write hands them back.
+//! `IFF_VNET_HDR` + `TUNSETOFFLOAD(CSUM|TSO4|TSO6)` one read returns up to
+//! 64 KiB of one TCP flow; cut into segments here, they leave in one UDP GSO
+//! send and arrive in one UDP GRO receive, and one write hands them back
+//! (coalescing: IPv4 only so far; IPv6 segments are written one by one).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Bytes of the plain `virtio_net_hdr`.
 pub const VNET_HDR_LEN: usize = 10;
@@ -20,6 +21,8 @@ pub const F_NEEDS_CSUM: u8 = 1;
 pub const GSO_NONE: u8 = 0;
 /// `gso_type`: a TCP/IPv4 super-packet of `gso_size`-byte segments.
 pub const GSO_TCPV4: u8 = 1;
+/// `gso_type`: a TCP/IPv6 super-packet of `gso_size`-byte segments.
+pub const GSO_TCPV6: u8 = 4;
 /// `gso_type` bit: the segments carry ECN (CWR on the first only).
 pub const GSO_ECN: u8 = 0x80;
 /// The largest IPv4 packet.
@@ -123,6 +126,15 @@ pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: u16) -> u16 {
         len,
     ];
     words.into_iter().fold(0, add)
+}
+
+/// The TCP/UDP pseudo-header sum for IPv6 (RFC 8200 §8.1), upper-layer
+/// length `len`.
+pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: u32) -> u16 {
+    let mut acc = add(sum(&src.octets()), sum(&dst.octets()));
+    acc = add(acc, (len >> 16) as u16);
+    acc = add(acc, len as u16);
+    add(acc, u16::from(proto))
 }
 
 /// Why a packet from the TUN could not be completed or segmented.
@@ -241,6 +253,59 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, headroom: usize, out: &mut [u8]) -> 
         }
         tcp[13] = flags;
         tcp[16..18].copy_from_slice(&[0, 0]);
+        let c = !add(add(pseudo_base, tcp.len() as u16), sum(tcp));
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    }
+    Ok(Segments { count, stride, len })
+}
+
+/// Cuts a TCP/IPv6 super-packet (TCP right after the fixed header, as the
+/// kernel's TSO6 hands it over; extension headers are refused) into
+/// segments of `mss` payload bytes, laid out as [`segment_tcp4`] lays them:
+/// each with its own payload length, sequence number, flags (FIN and PSH on
+/// the last only, CWR on the first only) and complete TCP checksum.
+pub fn segment_tcp6(pkt: &[u8], mss: usize, headroom: usize, out: &mut [u8]) -> Result<Segments, Malformed> {
+    const IP6: usize = 40;
+    if pkt.len() < IP6 + 20 || pkt[0] >> 4 != 6 || pkt[6] != PROTO_TCP || mss == 0 {
+        return Err(Malformed);
+    }
+    let total = IP6 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+    let thl = usize::from(pkt[IP6 + 12] >> 4) * 4;
+    if total > pkt.len() || thl < 20 || IP6 + thl > total {
+        return Err(Malformed);
+    }
+    let pkt = &pkt[..total];
+    let hl = IP6 + thl;
+    let payload = &pkt[hl..];
+    let count = payload.len().div_ceil(mss).max(1);
+    let stride = headroom + hl + mss;
+    let len = (count - 1) * stride + headroom + hl + (payload.len() - (count - 1) * mss);
+    if len > out.len() {
+        return Err(Malformed);
+    }
+    let at = |i: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[i..i + 16]).expect("16 bytes"));
+    let pseudo_base = pseudo_v6(at(8), at(24), PROTO_TCP, 0);
+    let seq0 = u32::from_be_bytes(pkt[IP6 + 4..IP6 + 8].try_into().expect("4 bytes"));
+    let flags0 = pkt[IP6 + 13];
+    for (i, chunk) in payload.chunks(mss).chain(payload.is_empty().then_some(&[][..])).enumerate() {
+        let last = i + 1 == count;
+        let seg = &mut out[i * stride + headroom..i * stride + headroom + hl + chunk.len()];
+        seg[..hl].copy_from_slice(&pkt[..hl]);
+        seg[hl..].copy_from_slice(chunk);
+        seg[4..6].copy_from_slice(&((thl + chunk.len()) as u16).to_be_bytes());
+        let tcp = &mut seg[IP6..];
+        tcp[4..8].copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
+        let mut flags = flags0;
+        if i > 0 {
+            flags &= !TCP_CWR;
+        }
+        if !last {
+            flags &= !(TCP_FIN | TCP_PSH);
+        }
+        tcp[13] = flags;
+        tcp[16..18].copy_from_slice(&[0, 0]);
+        // The upper-layer length fits 16 bits: the segment came from one
+        // IPv6 packet's payload.
         let c = !add(add(pseudo_base, tcp.len() as u16), sum(tcp));
         tcp[16..18].copy_from_slice(&c.to_be_bytes());
     }
