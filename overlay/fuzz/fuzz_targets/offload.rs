@@ -1,8 +1,9 @@
 //! Any virtio_net_hdr and bytes from a vnet-header TUN: encap_offloaded must
 //! not panic and must lay segments out as it says; the peer decaps them and
 //! a coalescer takes what it delivers (and any raw bytes): no panic, and
-//! every write it makes is a well-formed vnet header + an IPv4 packet that
-//! fits IPv4, with a GSO size whenever it claims to be a super-packet.
+//! every write it makes is a well-formed vnet header + an IPv4 or IPv6
+//! packet whose length field says its length, with a GSO size whenever it
+//! claims to be a super-packet.
 #![no_main]
 
 mod common;
@@ -21,10 +22,14 @@ fuzz_target!(|input: (u8, u8, u16, u16, u16, &[u8])| {
     let mut write = |w: &[u8]| {
         let h = VnetHdr::parse(w).expect("a vnet header");
         let ip = &w[VNET_HDR_LEN..];
-        assert!(ip.len() <= 65535);
+        assert!(ip.len() <= 40 + 65535);
         if h.gso_type != 0 {
             assert!(h.gso_size > 0 && usize::from(h.hdr_len) < ip.len());
-            assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len());
+            match ip[0] >> 4 {
+                4 => assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len()),
+                6 => assert_eq!(40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])), ip.len()),
+                v => panic!("a super-packet of IP version {v}"),
+            }
         }
     };
     if let EncapMany::Send { len, stride, count, .. } = a.encap_offloaded(hdr, &mut ip, &mut out) {

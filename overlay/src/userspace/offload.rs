@@ -8,7 +8,7 @@
 //! `IFF_VNET_HDR` + `TUNSETOFFLOAD(CSUM|TSO4|TSO6)` one read returns up to
 //! 64 KiB of one TCP flow; cut into segments here, they leave in one UDP GSO
 //! send and arrive in one UDP GRO receive, and one write hands them back
-//! (coalescing: IPv4 only so far; IPv6 segments are written one by one).
+//! (IPv6 without extension headers, as the kernel's TSO6 makes them).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -200,6 +200,62 @@ impl Tcp4 {
     }
 }
 
+/// A TCP segment's layout in either family, for coalescing: `ihl` is the
+/// IP header's length (40 for IPv6, whose extension headers are not merged).
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    v6: bool,
+    ihl: usize,
+    thl: usize,
+    total: usize,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+impl Flow {
+    fn parse(pkt: &[u8]) -> Option<Flow> {
+        if pkt.first()? >> 4 == 4 {
+            let t = Tcp4::parse(pkt)?;
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src[..4].copy_from_slice(&t.src.octets());
+            dst[..4].copy_from_slice(&t.dst.octets());
+            return Some(Flow { v6: false, ihl: t.ihl, thl: t.thl, total: t.total, src, dst });
+        }
+        if pkt.len() < 60 || pkt[0] >> 4 != 6 || pkt[6] != PROTO_TCP {
+            return None;
+        }
+        let total = 40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+        let thl = usize::from(pkt[52] >> 4) * 4;
+        if total > pkt.len() || thl < 20 || 40 + thl > total {
+            return None;
+        }
+        let at = |i: usize| <[u8; 16]>::try_from(&pkt[i..i + 16]).expect("16 bytes");
+        Some(Flow { v6: true, ihl: 40, thl, total, src: at(8), dst: at(24) })
+    }
+
+    fn hl(&self) -> usize {
+        self.ihl + self.thl
+    }
+
+    /// The largest packet of this family: 64 KiB of IPv4, or an IPv6
+    /// header and 64 KiB of payload.
+    fn max_total(&self) -> usize {
+        if self.v6 { 40 + 65535 } else { MAX_IPV4 }
+    }
+
+    /// The IP header fields that must match for two segments to merge:
+    /// IPv4 TOS, DF, TTL and protocol; IPv6 traffic class, flow label, next
+    /// header and hop limit.
+    fn same_ip(&self, a: &[u8], b: &[u8]) -> bool {
+        if self.v6 {
+            a[..4] == b[..4] && a[6..8] == b[6..8]
+        } else {
+            a[1] == b[1] && a[6] & 0x40 == b[6] & 0x40 && a[8..10] == b[8..10]
+        }
+    }
+}
+
 /// How a super-packet was laid out by [`segment_tcp4`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segments {
@@ -315,7 +371,7 @@ pub fn segment_tcp6(pkt: &[u8], mss: usize, headroom: usize, out: &mut [u8]) -> 
 /// The run of segments being coalesced.
 #[derive(Debug, Clone, Copy)]
 struct Run {
-    t: Tcp4,
+    t: Flow,
     mss: usize,
     next_seq: u32,
     segments: usize,
@@ -323,8 +379,9 @@ struct Run {
     closed: bool,
 }
 
-/// Coalesces consecutive in-order TCP/IPv4 segments of one flow into one
-/// super-packet for a vnet-header TUN (GRO in software); everything else
+/// Coalesces consecutive in-order TCP segments of one flow (IPv4, or IPv6
+/// without extension headers) into one super-packet for a vnet-header TUN
+/// (GRO in software); everything else
 /// passes through one packet per write. Writes go to the caller's closure
 /// as `virtio_net_hdr` + packet.
 #[derive(Debug)]
@@ -345,7 +402,7 @@ impl Coalescer {
     /// A coalescer that merges at most `max_segments` segments.
     pub fn new(max_segments: usize) -> Self {
         Coalescer {
-            buf: Vec::with_capacity(VNET_HDR_LEN + MAX_IPV4),
+            buf: Vec::with_capacity(VNET_HDR_LEN + 40 + 65535),
             run: None,
             max_segments: max_segments.max(1),
             coalesced: 0,
@@ -359,36 +416,35 @@ impl Coalescer {
 
     /// Whether `pkt` is a segment a run may hold: data, ACK set, and no flag
     /// that must reach the stack on its own.
-    fn mergeable(pkt: &[u8]) -> Option<Tcp4> {
-        let t = Tcp4::parse(pkt)?;
+    fn mergeable(pkt: &[u8]) -> Option<Flow> {
+        let t = Flow::parse(pkt)?;
         let flags = pkt[t.ihl + 13];
         let plain = flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_ECE | TCP_CWR) == 0;
         (plain && flags & TCP_ACK != 0 && t.total > t.hl() && t.total == pkt.len()).then_some(t)
     }
 
-    fn fits(&self, run: &Run, pkt: &[u8], t: &Tcp4) -> bool {
+    fn fits(&self, run: &Run, pkt: &[u8], t: &Flow) -> bool {
         let cur = &self.buf[VNET_HDR_LEN..];
         let payload = t.total - t.hl();
         !run.closed
             && run.segments < self.max_segments
+            && t.v6 == run.t.v6
             && t.src == run.t.src
             && t.dst == run.t.dst
             && t.ihl == run.t.ihl
             && t.thl == run.t.thl
             && payload <= run.mss
-            && cur.len() + payload <= MAX_IPV4
+            && cur.len() + payload <= t.max_total()
             && Tcp4::seq(pkt, t.ihl) == run.next_seq
-            // TOS, DF, TTL and protocol; then ports, ack, window and every option.
-            && pkt[1] == cur[1]
-            && pkt[6] & 0x40 == cur[6] & 0x40
-            && pkt[8..10] == cur[8..10]
+            // The IP fields; then ports, ack, window and every option.
+            && t.same_ip(pkt, cur)
             && pkt[t.ihl..t.ihl + 4] == cur[t.ihl..t.ihl + 4]
             && pkt[t.ihl + 8..t.ihl + 12] == cur[t.ihl + 8..t.ihl + 12]
             && pkt[t.ihl + 14..t.ihl + 16] == cur[t.ihl + 14..t.ihl + 16]
             && pkt[t.ihl + 20..t.hl()] == cur[t.ihl + 20..t.hl()]
     }
 
-    /// Takes one packet (IPv4, as delivered by decap).
+    /// Takes one packet (IPv4 or IPv6, as delivered by decap).
     pub fn push(&mut self, pkt: &[u8], write: &mut impl FnMut(&[u8])) {
         let Some(t) = Self::mergeable(pkt) else {
             self.flush(write);
@@ -441,15 +497,21 @@ impl Coalescer {
             let t = run.t;
             let ip = &mut self.buf[VNET_HDR_LEN..];
             let total = ip.len();
-            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            fix_ipv4_checksum(ip, t.ihl);
             // The stack finishes the checksum (CHECKSUM_PARTIAL): the field
             // holds the pseudo-header sum, as the kernel's own TSO expects.
-            let pseudo = pseudo_v4(t.src, t.dst, PROTO_TCP, (total - t.ihl) as u16);
+            let (pseudo, gso_type) = if t.v6 {
+                ip[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+                (pseudo_v6(t.src.into(), t.dst.into(), PROTO_TCP, (total - 40) as u32), GSO_TCPV6)
+            } else {
+                ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+                fix_ipv4_checksum(ip, t.ihl);
+                let v4 = |a: [u8; 16]| Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+                (pseudo_v4(v4(t.src), v4(t.dst), PROTO_TCP, (total - t.ihl) as u16), GSO_TCPV4)
+            };
             ip[t.ihl + 16..t.ihl + 18].copy_from_slice(&pseudo.to_be_bytes());
             VnetHdr {
                 flags: F_NEEDS_CSUM,
-                gso_type: GSO_TCPV4,
+                gso_type,
                 hdr_len: t.hl() as u16,
                 gso_size: run.mss as u16,
                 csum_start: t.ihl as u16,

@@ -345,3 +345,91 @@ proptest! {
         }
     }
 }
+
+/// Parses an IPv6 packet and checks its length and TCP checksum.
+fn verified6(pkt: &[u8]) -> (etherparse::Ipv6Header, TcpHeader, Vec<u8>) {
+    let (ip, rest) = etherparse::Ipv6Header::from_slice(pkt).unwrap();
+    assert_eq!(usize::from(ip.payload_length) + 40, pkt.len());
+    let (tcp, p) = TcpHeader::from_slice(rest).unwrap();
+    assert_eq!(tcp.checksum, tcp.calc_checksum_ipv6(&ip, p).unwrap(), "TCP checksum");
+    (ip, tcp, p.to_vec())
+}
+
+#[test]
+fn in_order_ipv6_segments_become_one_write_and_families_never_mix() {
+    let data = payload(10 * 1366 + 100);
+    let seg = |i: usize, c: &[u8]| {
+        let mut p = tcp6_packet(1000 + (i * 1366) as u32, c, &TS_OPTION);
+        if i != 10 {
+            p[53] &= !0x08; // PSH on the last only
+            let (ip, rest) = etherparse::Ipv6Header::from_slice(&p).unwrap();
+            let (mut tcp, body) = TcpHeader::from_slice(rest).unwrap();
+            tcp.psh = false;
+            tcp.checksum = tcp.calc_checksum_ipv6(&ip, body).unwrap();
+            p[56..58].copy_from_slice(&tcp.checksum.to_be_bytes());
+        }
+        p
+    };
+    let pkts: Vec<Vec<u8>> = data.chunks(1366).enumerate().map(|(i, c)| seg(i, c)).collect();
+    let writes = coalesce(&pkts);
+    assert_eq!(writes.len(), 1);
+    let (h, pkt) = writes[0].clone();
+    assert_eq!(
+        h,
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV6,
+            hdr_len: 72,
+            gso_size: 1366,
+            csum_start: 40,
+            csum_offset: 16
+        }
+    );
+    let (_, tcp, p) = verified6(&as_the_kernel_sees_it(&h, pkt));
+    assert_eq!(p, data);
+    assert_eq!(tcp.sequence_number, 1000);
+    assert!(tcp.psh);
+    // An IPv4 segment between two IPv6 ones of the same sequence breaks the run.
+    let v4 = tcp_packet(1000 + 1366, &payload(1366), false, &TS_OPTION);
+    assert_eq!(coalesce(&[pkts[0].clone(), v4, pkts[1].clone()]).len(), 3);
+    // Another flow label is another flow.
+    let mut labelled = pkts[1].clone();
+    labelled[3] ^= 1;
+    assert_eq!(coalesce(&[pkts[0].clone(), labelled]).len(), 2);
+}
+
+proptest! {
+    #[test]
+    fn ipv6_segmenting_then_coalescing_gives_the_super_packet_back(
+        len in 1usize..60_000,
+        mss in 200usize..1500,
+        seq in any::<u32>(),
+    ) {
+        let data = payload(len);
+        let sup = tcp6_packet(seq, &data, &TS_OPTION);
+        let mut out = vec![0u8; 4 * 65536];
+        let segs = segment_tcp6(&sup, mss, 0, &mut out).unwrap();
+        let pkts: Vec<Vec<u8>> = (0..segs.count)
+            .map(|i| {
+                let start = i * segs.stride;
+                let end = if i + 1 == segs.count { segs.len } else { start + segs.stride };
+                out[start..end].to_vec()
+            })
+            .collect();
+        let writes = coalesce(&pkts);
+        prop_assert_eq!(writes.len(), segs.count.div_ceil(64));
+        let mut joined = Vec::new();
+        let mut next_seq = seq;
+        for (i, (h, back)) in writes.iter().enumerate() {
+            let (_, tcp, p) = verified6(&as_the_kernel_sees_it(h, back.clone()));
+            prop_assert_eq!(tcp.sequence_number, next_seq);
+            prop_assert_eq!(tcp.psh, i + 1 == writes.len());
+            if h.gso_type == GSO_TCPV6 {
+                prop_assert_eq!(usize::from(h.gso_size), mss);
+            }
+            next_seq = next_seq.wrapping_add(p.len() as u32);
+            joined.extend(p);
+        }
+        prop_assert_eq!(joined, data);
+    }
+}
