@@ -275,7 +275,45 @@ pub struct Segments {
 pub fn segment_tcp4(pkt: &[u8], mss: usize, headroom: usize, out: &mut [u8]) -> Result<Segments, Malformed> {
     let t = Tcp4::parse(pkt).ok_or(Malformed)?;
     let pkt = &pkt[..t.total];
-    let hl = t.hl();
+    let id0 = u16::from_be_bytes([pkt[4], pkt[5]]);
+    let pseudo_base = pseudo_v4(t.src, t.dst, PROTO_TCP, 0);
+    segment_tcp(pkt, (t.ihl, t.hl()), mss, headroom, out, pseudo_base, |seg, i| {
+        let total = seg.len() as u16;
+        seg[2..4].copy_from_slice(&total.to_be_bytes());
+        seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+        fix_ipv4_checksum(seg, t.ihl);
+    })
+}
+
+/// Cuts a TCP/IPv6 super-packet (TCP right after the fixed header, as the
+/// kernel's TSO6 hands it over; extension headers are refused) into
+/// segments of `mss` payload bytes, laid out as [`segment_tcp4`] lays them:
+/// each with its own payload length, sequence number, flags (FIN and PSH on
+/// the last only, CWR on the first only) and complete TCP checksum.
+pub fn segment_tcp6(pkt: &[u8], mss: usize, headroom: usize, out: &mut [u8]) -> Result<Segments, Malformed> {
+    let t = Flow::parse(pkt).filter(|t| t.v6).ok_or(Malformed)?;
+    let pseudo_base = pseudo_v6(t.src.into(), t.dst.into(), PROTO_TCP, 0);
+    segment_tcp(&pkt[..t.total], (t.ihl, t.hl()), mss, headroom, out, pseudo_base, |seg, _| {
+        let payload_len = (seg.len() - 40) as u16;
+        seg[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    })
+}
+
+/// What TSO does in either family: lays `pkt`'s payload (after `hl` bytes
+/// of headers, TCP at `ihl`: `headers` is both) out in segments of `mss` bytes, each after
+/// `headroom` and a copy of the headers; `fix_ip` sets segment `i`'s IP
+/// header for its length; then each gets its sequence number, flags and
+/// TCP checksum (over `pseudo_base`, the pseudo-header sum without the
+/// length, which fits 16 bits: each segment comes from one packet).
+fn segment_tcp(
+    pkt: &[u8],
+    (ihl, hl): (usize, usize),
+    mss: usize,
+    headroom: usize,
+    out: &mut [u8],
+    pseudo_base: u16,
+    mut fix_ip: impl FnMut(&mut [u8], usize),
+) -> Result<Segments, Malformed> {
     let payload = &pkt[hl..];
     if mss == 0 {
         return Err(Malformed);
@@ -286,19 +324,15 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, headroom: usize, out: &mut [u8]) -> 
     if len > out.len() {
         return Err(Malformed);
     }
-    let id0 = u16::from_be_bytes([pkt[4], pkt[5]]);
-    let seq0 = Tcp4::seq(pkt, t.ihl);
-    let flags0 = pkt[t.ihl + 13];
-    let pseudo_base = pseudo_v4(t.src, t.dst, PROTO_TCP, 0);
+    let seq0 = Tcp4::seq(pkt, ihl);
+    let flags0 = pkt[ihl + 13];
     for (i, chunk) in payload.chunks(mss).chain(payload.is_empty().then_some(&[][..])).enumerate() {
         let last = i + 1 == count;
         let seg = &mut out[i * stride + headroom..i * stride + headroom + hl + chunk.len()];
         seg[..hl].copy_from_slice(&pkt[..hl]);
         seg[hl..].copy_from_slice(chunk);
-        seg[2..4].copy_from_slice(&((hl + chunk.len()) as u16).to_be_bytes());
-        seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        fix_ipv4_checksum(seg, t.ihl);
-        let tcp = &mut seg[t.ihl..];
+        fix_ip(seg, i);
+        let tcp = &mut seg[ihl..];
         tcp[4..8].copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
         let mut flags = flags0;
         if i > 0 {
@@ -309,59 +343,6 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, headroom: usize, out: &mut [u8]) -> 
         }
         tcp[13] = flags;
         tcp[16..18].copy_from_slice(&[0, 0]);
-        let c = !add(add(pseudo_base, tcp.len() as u16), sum(tcp));
-        tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    }
-    Ok(Segments { count, stride, len })
-}
-
-/// Cuts a TCP/IPv6 super-packet (TCP right after the fixed header, as the
-/// kernel's TSO6 hands it over; extension headers are refused) into
-/// segments of `mss` payload bytes, laid out as [`segment_tcp4`] lays them:
-/// each with its own payload length, sequence number, flags (FIN and PSH on
-/// the last only, CWR on the first only) and complete TCP checksum.
-pub fn segment_tcp6(pkt: &[u8], mss: usize, headroom: usize, out: &mut [u8]) -> Result<Segments, Malformed> {
-    const IP6: usize = 40;
-    if pkt.len() < IP6 + 20 || pkt[0] >> 4 != 6 || pkt[6] != PROTO_TCP || mss == 0 {
-        return Err(Malformed);
-    }
-    let total = IP6 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
-    let thl = usize::from(pkt[IP6 + 12] >> 4) * 4;
-    if total > pkt.len() || thl < 20 || IP6 + thl > total {
-        return Err(Malformed);
-    }
-    let pkt = &pkt[..total];
-    let hl = IP6 + thl;
-    let payload = &pkt[hl..];
-    let count = payload.len().div_ceil(mss).max(1);
-    let stride = headroom + hl + mss;
-    let len = (count - 1) * stride + headroom + hl + (payload.len() - (count - 1) * mss);
-    if len > out.len() {
-        return Err(Malformed);
-    }
-    let at = |i: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[i..i + 16]).expect("16 bytes"));
-    let pseudo_base = pseudo_v6(at(8), at(24), PROTO_TCP, 0);
-    let seq0 = u32::from_be_bytes(pkt[IP6 + 4..IP6 + 8].try_into().expect("4 bytes"));
-    let flags0 = pkt[IP6 + 13];
-    for (i, chunk) in payload.chunks(mss).chain(payload.is_empty().then_some(&[][..])).enumerate() {
-        let last = i + 1 == count;
-        let seg = &mut out[i * stride + headroom..i * stride + headroom + hl + chunk.len()];
-        seg[..hl].copy_from_slice(&pkt[..hl]);
-        seg[hl..].copy_from_slice(chunk);
-        seg[4..6].copy_from_slice(&((thl + chunk.len()) as u16).to_be_bytes());
-        let tcp = &mut seg[IP6..];
-        tcp[4..8].copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
-        let mut flags = flags0;
-        if i > 0 {
-            flags &= !TCP_CWR;
-        }
-        if !last {
-            flags &= !(TCP_FIN | TCP_PSH);
-        }
-        tcp[13] = flags;
-        tcp[16..18].copy_from_slice(&[0, 0]);
-        // The upper-layer length fits 16 bits: the segment came from one
-        // IPv6 packet's payload.
         let c = !add(add(pseudo_base, tcp.len() as u16), sum(tcp));
         tcp[16..18].copy_from_slice(&c.to_be_bytes());
     }
