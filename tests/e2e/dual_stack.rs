@@ -100,10 +100,7 @@ fn an_agent_restart_loses_no_ipv6_packet_and_rewrites_nothing() {
         })
     });
     std::thread::sleep(Duration::from_secs(4));
-    let before = lab.log("n1").len();
-    lab.felt(&["lab", "restart-agent", "n1", "--kill"]);
-    let restarted = wait_until(Duration::from_secs(10), || lab.log("n1")[before..].contains("lease held"));
-    assert!(restarted.is_some(), "the agent did not come back:\n{}", lab.log("n1"));
+    let before = lab.kill_and_restart("n1");
     let report = pinger.join().unwrap().unwrap().unwrap();
     lab.wait_for_a_pass("n1");
     let events = monitor.stop();

@@ -256,6 +256,18 @@ impl TestLab {
         scrape.samples.into_iter().filter(|s| s.metric == name).collect()
     }
 
+    /// SIGKILLs `node`'s agent and starts it again; returns once the new
+    /// one holds its lease, with the length its log had before the kill
+    /// (where the new agent's lines start).
+    pub fn kill_and_restart(&self, node: &str) -> usize {
+        let before = self.log(node).len();
+        self.felt(&["lab", "restart-agent", node, "--kill"]);
+        let restarted =
+            wait_until(Duration::from_secs(10), || self.log(node)[before..].contains("lease held"));
+        assert!(restarted.is_some(), "{node}'s agent did not come back:\n{}", self.log(node));
+        before
+    }
+
     /// Waits (10 s at most) until `node`'s agent has finished a reconcile
     /// pass since it started; panics with its log otherwise.
     pub fn wait_for_a_pass(&self, node: &str) {

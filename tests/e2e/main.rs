@@ -226,10 +226,7 @@ fn agent_kill_and_restart_loses_no_packet_and_rewrites_nothing() {
         })
     });
     std::thread::sleep(Duration::from_secs(5));
-    let before = lab.log("n1").len();
-    lab.felt(&["lab", "restart-agent", "n1", "--kill"]);
-    let restarted = wait_until(Duration::from_secs(10), || lab.log("n1")[before..].contains("lease held"));
-    assert!(restarted.is_some(), "the agent did not come back:\n{}", lab.log("n1"));
+    let before = lab.kill_and_restart("n1");
     let report = pinger.join().unwrap().unwrap().unwrap();
     // The restarted agent has finished a full pass before the monitors stop.
     lab.wait_for_a_pass("n1");
