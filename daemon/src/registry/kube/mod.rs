@@ -10,14 +10,18 @@
 //!   ([`Dialect::Flannel`]), so felt and flanneld nodes see each other. A
 //!   node that left compat mode keeps its Flannel annotations up to date
 //!   as long as it carries them, and reads a peer with only Flannel's.
-//! - **watch**: one kube-runtime reflector on all Nodes. Every event is
-//!   reduced to what felt uses (pod CIDRs and felt's annotations): only a
-//!   change there — or the end of a relist, which is a full resync — wakes
-//!   the agent, so status heartbeats cause no work at all.
+//! - **watch**: a watch of every Node's *metadata* (`PartialObjectMetadata`),
+//!   so a kubelet's status updates, most of a Node's bytes, never reach the
+//!   agent; each Node's `spec.podCIDRs`, set once and then immutable, is read
+//!   once per Node object (one paged list at start, a GET per joining Node;
+//!   see `watch`). Every event is reduced to what felt uses (pod CIDRs and
+//!   felt's annotations) and only that is kept: only a change there — or
+//!   the end of a relist, which is a full resync — wakes the agent, so
+//!   status heartbeats cause no work at all.
 //! - **outage**: the watcher backs off and relists; the store keeps the last
 //!   state meanwhile, and [`KubeRegistry::synced`] is false until a relist
 //!   completes. A server that goes silent (frozen, its etcd stopped) is found
-//!   by a bounded GET of this node every 10 s; a list that never completes
+//!   by a bounded GET of this node's metadata every 10 s; a list that never completes
 //!   starts the watcher over after 20 s.
 
 use std::collections::BTreeMap;
@@ -33,7 +37,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
 use kube::{Client, Config};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -46,7 +50,7 @@ mod watch;
 
 use node::record_from_node_with;
 pub use node::{NodeError, record_from_node};
-use watch::{Denials, Tracker, restarting_watcher};
+use watch::{Denials, Known, PodCidrs, Tracker, restarting_watcher};
 
 pub use felt_proto::annotations::{BACKEND_DATA, BACKEND_TYPE, PREFIX, PUBLIC_IP, PUBLIC_IP_OVERWRITE};
 
@@ -150,8 +154,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
 pub struct KubeRegistry {
     api: Api<Node>,
     node: String,
-    store: Store<Node>,
-    writer: Arc<Mutex<Option<reflector::store::Writer<Node>>>>,
+    /// What the watch made of every Node.
+    known: Arc<Mutex<Known>>,
+    watching: Arc<AtomicBool>,
     synced: Arc<AtomicBool>,
     listed: Arc<AtomicBool>,
     /// Requests the API server forbade, by "verb resource", until one succeeds.
@@ -170,17 +175,20 @@ impl KubeRegistry {
     /// Connects with `kubeconfig`, or in-cluster / `KUBECONFIG` when `None`.
     pub async fn connect(kubeconfig: Option<&Path>, node: &str, dialect: Dialect) -> Result<Self, KubeError> {
         let client = client(kubeconfig).await?;
-        let (store, writer) = reflector::store();
         Ok(KubeRegistry {
             api: Api::all(client),
             node: node.to_owned(),
-            store,
-            writer: Arc::new(Mutex::new(Some(writer))),
+            known: Arc::default(),
+            watching: Arc::default(),
             synced: Arc::new(AtomicBool::new(false)),
             listed: Arc::new(AtomicBool::new(false)),
             denied: Denials::default(),
             dialect,
         })
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True when the last relist completed and the watch has not failed since.
@@ -210,21 +218,57 @@ impl KubeRegistry {
         }
     }
 
-    /// Starts the reflector; signals (coalesced) when something felt uses
+    /// Starts the watch; signals (coalesced) when something felt uses
     /// changed, and at the end of every relist. Call once.
     pub fn watch(&self) -> mpsc::Receiver<()> {
         let (tx, rx) = mpsc::channel(1);
-        let writer =
-            self.writer.lock().unwrap_or_else(|p| p.into_inner()).take().expect("watch is called once");
-        let stream = reflector::reflector(writer, restarting_watcher(self.api.clone())).default_backoff();
-        let (synced, listed, denied) = (self.synced.clone(), self.listed.clone(), self.denied.clone());
+        assert!(!self.watching.swap(true, Ordering::Relaxed), "watch is called once");
         tokio::spawn(self.clone().health(tx.clone()));
-        let dialect = self.dialect;
-        let mut tracker = Tracker { seen: BTreeMap::new(), relist: None, synced, listed, denied, dialect };
+        let mut tracker = Tracker {
+            known: self.known.clone(),
+            node: self.node.clone(),
+            relist: None,
+            waiting: BTreeMap::new(),
+            synced: self.synced.clone(),
+            listed: self.listed.clone(),
+            denied: self.denied.clone(),
+            dialect: self.dialect,
+        };
+        let (api, denied) = (self.api.clone(), self.denied.clone());
         tokio::spawn(async move {
+            let mut cidrs = PodCidrs::default();
+            match cidrs.list(&api, &denied).await {
+                Ok(n) => info!(nodes = n, "read every node's pod CIDRs; watching node metadata from now on"),
+                Err(e) => {
+                    warn!(error = %crate::util::error_chain(&e), "listing nodes failed; reading each node's pod CIDRs as the watch meets it")
+                }
+            }
+            let stream = restarting_watcher(api.clone()).default_backoff();
             futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                if tracker.on(event) && tx.try_send(()).is_err() && tx.is_closed() {
+            let mut tick = tokio::time::interval(watch::REREAD_AFTER);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let woke = tokio::select! {
+                    event = stream.next() => {
+                        let Some(event) = event else { break };
+                        if let Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) = &event
+                            && cidrs.due(&m.metadata)
+                        {
+                            cidrs.read(&api, &m.metadata, &denied).await;
+                        }
+                        tracker.on(event, &mut cidrs)
+                    }
+                    _ = tick.tick(), if !tracker.waiting.is_empty() && tracker.relist.is_none() => {
+                        let mut woke = false;
+                        for metadata in tracker.due(&cidrs) {
+                            cidrs.read(&api, &metadata, &denied).await;
+                            let event = watcher::Event::Apply(watch::Meta { metadata, ..Default::default() });
+                            woke |= tracker.on(Ok(event), &mut cidrs);
+                        }
+                        woke
+                    }
+                };
+                if woke && tx.try_send(()).is_err() && tx.is_closed() {
                     break;
                 }
             }
@@ -248,7 +292,7 @@ impl KubeRegistry {
             if !self.listed.load(Ordering::Relaxed) {
                 continue;
             }
-            let answer = tokio::time::timeout(HEALTH_TIMEOUT, self.api.get(&self.node)).await;
+            let answer = tokio::time::timeout(HEALTH_TIMEOUT, self.api.get_metadata(&self.node)).await;
             if let Ok(r) = &answer {
                 self.denied.note("get", "nodes", r);
             }
@@ -287,14 +331,13 @@ impl KubeRegistry {
             return None;
         }
         let mut snap = Snapshot::default();
-        for n in self.store.state() {
-            let name = n.metadata.name.clone().unwrap_or_default();
-            match record_from_node(&n, self.dialect) {
-                Ok(r) => snap.records.push(r),
-                Err(why) => snap.malformed.push((format!("node/{name}"), crate::util::error_chain(&why))),
+        // In name order already.
+        for (name, seen) in &self.known().seen {
+            match seen {
+                Ok((r, _)) => snap.records.push(r.clone()),
+                Err(why) => snap.malformed.push((format!("node/{name}"), why.clone())),
             }
         }
-        snap.records.sort_by(|a, b| a.name.cmp(&b.name));
         Some(snap)
     }
 
@@ -325,8 +368,7 @@ impl KubeRegistry {
     /// This node's record exactly as published (its own `public-ip`, not an
     /// overwrite), from the store.
     pub fn published(&self) -> Option<NodeRecord> {
-        let node = self.store.get(&reflector::ObjectRef::new(&self.node))?;
-        record_from_node_with(&node, self.dialect, false).ok()
+        self.known().own.as_ref()?.0.clone()
     }
 
     /// This node's record exactly as published, read from the API server.
@@ -336,9 +378,7 @@ impl KubeRegistry {
 
     /// The operator's `public-ip-overwrite` on this node, if valid.
     pub fn public_ip_overwrite(&self) -> Option<Ipv4Addr> {
-        let key = reflector::ObjectRef::new(&self.node);
-        let node = self.store.get(&key)?;
-        node.metadata.annotations.as_ref()?.get(self.dialect.keys().public_ip_overwrite)?.parse().ok()
+        self.known().own.as_ref()?.1.as_ref()?.parse().ok()
     }
 
     /// Patches this node's annotations to `record`'s, and sets

@@ -1,11 +1,9 @@
 //! Node objects → node records: takes out of a Node what felt reads of it;
 //! `felt_proto::annotations` makes the record (or says why not).
 
-use std::collections::BTreeMap;
-
 use felt_proto::NodeRecord;
+use felt_proto::annotations::Dialect;
 pub use felt_proto::annotations::NodeError;
-use felt_proto::annotations::{self, Dialect, NodeFields};
 use k8s_openapi::api::core::v1::Node;
 
 /// Reduces a Node, read in `dialect`, to the record felt uses, or says why
@@ -19,18 +17,7 @@ pub(super) fn record_from_node_with(
     dialect: Dialect,
     honour_overwrite: bool,
 ) -> Result<NodeRecord, NodeError> {
-    let spec = node.spec.as_ref();
-    let pod_cidrs: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|c| !c.is_empty()) {
-        Some(c) => c,
-        None => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
-    };
-    let empty = BTreeMap::new();
-    let fields = NodeFields {
-        name: node.metadata.name.as_deref().unwrap_or_default(),
-        pod_cidrs: &pod_cidrs,
-        annotations: node.metadata.annotations.as_ref().unwrap_or(&empty),
-    };
-    annotations::record(fields, dialect, honour_overwrite)
+    super::watch::record_of(&node.metadata, &super::watch::pod_cidrs_of(node), dialect, honour_overwrite)
 }
 
 #[cfg(test)]
