@@ -570,3 +570,73 @@ fn a_role_missing_a_verb_is_named_once_and_makes_the_agent_unready() {
     assert!(lab.log("n1").contains("the API server allows `patch` on `nodes` again"));
     lab.finish();
 }
+
+/// A peer's pod CIDRs come from its Node's spec, read once per Node object,
+/// while everything else comes from a metadata watch: annotations that come
+/// before the controller-manager's CIDR, and a Node deleted and created
+/// again under the same name with another CIDR, are programmed from the
+/// spec each time, never from a stale read.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn pod_cidrs_follow_the_spec_when_annotations_come_first_or_a_node_is_recreated() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+    use std::time::Duration;
+    require_root();
+    let lab = real_lab(2, 0);
+    let underlay = felt::lab::underlay_subnet(&lab.name);
+    let ip = std::net::Ipv4Addr::from(u32::from(underlay.network()) + 77).to_string();
+    let routes =
+        |lab: &TestLab| crate::harness::ip_in(&lab.node_ns("n1"), &["route", "show", "dev", "felt.1"]);
+    let create = move |mac: &'static str, cidr: Option<&'static str>| {
+        let ip = ip.clone();
+        move |c: kube::Client| async move {
+            let api: Api<Node> = Api::all(c);
+            let mut node = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "lag", "annotations": {
+                    "felt.network/backend-type": "vxlan",
+                    "felt.network/backend-data": format!(r#"{{"vni":1,"vtepMAC":"{mac}"}}"#),
+                    "felt.network/public-ip": ip}}});
+            if let Some(cidr) = cidr {
+                node["spec"] = serde_json::json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+            }
+            api.create(&PostParams::default(), &serde_json::from_value(node).unwrap())
+                .await
+                .expect("creating lag");
+        }
+    };
+    // Annotations first, no pod CIDR yet: no route, no crash.
+    with_admin(&lab, create("02:fe:00:00:01:01", None));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(routes(&lab).lines().count(), 1, "only n2's route:\n{}", routes(&lab));
+    // The controller-manager's CIDR arrives: programmed from the spec.
+    with_admin(&lab, |c| async move {
+        let patch =
+            serde_json::json!({"spec": {"podCIDR": "10.244.200.0/24", "podCIDRs": ["10.244.200.0/24"]}});
+        Api::<Node>::all(c)
+            .patch("lag", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("the CIDR");
+    });
+    let programmed =
+        crate::harness::wait_until(Duration::from_secs(15), || routes(&lab).contains("10.244.200.0/24"));
+    assert!(
+        programmed.is_some(),
+        "the CIDR set after the annotations was never programmed:\n{}",
+        routes(&lab)
+    );
+    eprintln!("a CIDR set after the annotations: programmed in {:?}", programmed.unwrap());
+    // Deleted and created again under the same name with another CIDR.
+    with_admin(&lab, |c| async move {
+        Api::<Node>::all(c).delete("lag", &DeleteParams::default()).await.expect("deleting lag");
+    });
+    with_admin(&lab, create("02:fe:00:00:01:02", Some("10.244.201.0/24")));
+    let moved = crate::harness::wait_until(Duration::from_secs(5), || {
+        let r = routes(&lab);
+        r.contains("10.244.201.0/24") && !r.contains("10.244.200.0/24")
+    });
+    assert!(moved.is_some(), "the recreated node's CIDR:\n{}", routes(&lab));
+    let fdb = fdb(&lab, "n1");
+    assert!(fdb.contains("02:fe:00:00:01:02") && !fdb.contains("02:fe:00:00:01:01"), "{fdb}");
+    lab.finish();
+}

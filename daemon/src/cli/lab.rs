@@ -193,6 +193,17 @@ pub enum LabCommand {
         /// --control-plane: peers removed at once, per N (at most N).
         #[arg(long, default_value_t = 1000, requires = "control_plane")]
         removals: u32,
+        /// --control-plane: where the peers come from: files, or Node objects
+        /// of a real kube-apiserver and etcd started for the run (also measures
+        /// the bytes the API server sends the agent while Nodes' status changes).
+        #[arg(long, value_enum, default_value_t = RegistryKind::File, requires = "control_plane")]
+        registry: RegistryKind,
+        /// --registry kube: every Node's status is updated once over this many seconds.
+        #[arg(long, default_value_t = 60.0, requires = "control_plane")]
+        status_seconds: f64,
+        /// --registry kube: where kube-apiserver and etcd are (else on PATH).
+        #[arg(long, env = "FELT_K8S_BIN", value_name = "DIR", requires = "control_plane")]
+        k8s_bin: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -305,8 +316,26 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             return up(&lab, opts, registry, kubeconfig, control_plane, cni_delegate);
         }
         LabCommand::Propagation { lab, changes } => propagation(&lab, changes)?,
-        LabCommand::Bench { lab, control_plane: true, peers, changes, removals, json, .. } => {
-            bench_control_plane(&lab, lab::scale::ScaleOptions { peers, changes, removals }, json)?
+        LabCommand::Bench {
+            lab,
+            control_plane: true,
+            peers,
+            changes,
+            removals,
+            registry,
+            status_seconds,
+            k8s_bin,
+            json,
+            ..
+        } => {
+            let registry = match registry {
+                RegistryKind::File => lab::scale::BenchRegistry::File,
+                RegistryKind::Kube => {
+                    lab::scale::BenchRegistry::Kube(lab::control::Binaries::find(k8s_bin.as_deref())?)
+                }
+            };
+            let opts = lab::scale::ScaleOptions { peers, changes, removals, registry, status_seconds };
+            bench_control_plane(&lab, opts, json)?
         }
         LabCommand::Bench { lab, mode, seconds, json, .. } => bench(&lab, mode, seconds, json)?,
         LabCommand::Soak { lab, datagrams, max_seconds, json } => {

@@ -210,4 +210,36 @@ pub fn scale(report: &lab::scale::ScaleReport) {
     println!("\nCHG: one peer's address rewritten in the registry → its FDB entry rewritten (ms);");
     println!("WRITES/PASSES: netlink writes and reconcile passes per change; RM: the removal of");
     println!("min(N, --removals) peers at once, until the last of their routes is gone (ms).");
+    if report.rows.iter().all(|r| r.api.is_none()) {
+        return;
+    }
+    println!("\nwhat the API server sent while every Node's status was updated once");
+    println!(
+        "{:>6} {:>8} {:>7} {:>14} {:>14} {:>7} {:>7} {:>7}",
+        "PEERS", "UPDATES", "SECONDS", "AGENT B/MIN", "FULL B/MIN", "RATIO", "WRITES", "PASSES"
+    );
+    for r in &report.rows {
+        let Some(a) = &r.api else { continue };
+        println!(
+            "{:>6} {:>8} {:>7.1} {:>14.0} {:>14.0} {:>6.1}x {:>7.0} {:>7.0}",
+            r.peers,
+            a.status_updates,
+            a.seconds,
+            a.agent_bytes_per_minute,
+            a.full_watch_bytes_per_minute,
+            a.ratio,
+            a.netlink_writes,
+            a.passes
+        );
+    }
+    if let Some(a) = report.rows.iter().rev().find_map(|r| r.api.as_ref()) {
+        println!(
+            "one peer's Node: {} bytes of JSON, its metadata {} (managedFields {})",
+            a.node_bytes, a.metadata_bytes, a.managed_fields_bytes
+        );
+    }
+    println!("AGENT: bytes the API server sent felt's agent; FULL: a Flannel-style watch of whole");
+    println!(
+        "Nodes in the same run; WRITES/PASSES: the agent's netlink writes and reconcile passes meanwhile."
+    );
 }

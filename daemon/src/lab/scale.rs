@@ -19,6 +19,11 @@
 //! Peers: pod subnets /24 of [`NETWORK`], underlay addresses in
 //! [`PEER_UNDERLAY`], both only ever inside the namespace. Everything is
 //! removed after each N, and on failure or Ctrl-C (the guard).
+//!
+//! The registry is a file registry, or (`--registry kube`) a real API
+//! server in the namespace with kubelet-shaped Node objects; then also the
+//! bytes the server sends the agent while every Node's status is updated,
+//! next to a Flannel-style watch of whole Nodes (see [`kube`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,10 +41,13 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use serde::Serialize;
 
-use super::{Lab, LabError, interrupt, topo};
+use super::{Lab, LabError, control, interrupt, topo};
+
+mod kube;
 use crate::netns;
 use crate::registry::file::FileRegistry;
 use crate::util::write_atomic;
+pub use kube::ApiTraffic;
 
 /// The cluster network of the benchmark: room for 16,383 peers' /24s.
 pub const NETWORK: &str = "10.192.0.0/10";
@@ -62,6 +70,19 @@ pub struct ScaleOptions {
     pub changes: u32,
     /// Peers removed at once, per N (at most N).
     pub removals: u32,
+    /// The file registry, or a real API server.
+    pub registry: BenchRegistry,
+    /// `kube`: every Node's status is updated once over this long.
+    pub status_seconds: f64,
+}
+
+/// Where the benchmark's peers come from.
+#[derive(Debug, Clone)]
+pub enum BenchRegistry {
+    /// Files in a directory.
+    File,
+    /// Node objects of a real kube-apiserver and etcd started for the run.
+    Kube(control::Binaries),
 }
 
 /// One N's figures.
@@ -100,12 +121,15 @@ pub struct ScaleRow {
     pub rss_peak_mib: f64,
     /// The agent's CPU over the whole run, seconds.
     pub cpu_seconds: f64,
+    /// `kube`: what the API server sent while every Node's status was updated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiTraffic>,
 }
 
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleReport {
-    /// `file` (today the only registry the benchmark drives).
+    /// `file` or `kube`.
     pub registry: String,
     /// One row per N.
     pub rows: Vec<ScaleRow>,
@@ -132,13 +156,20 @@ impl Lab {
         if opts.changes > MAX_CHANGES {
             return Err(LabError::Invalid(format!("--changes {}: want at most {MAX_CHANGES}", opts.changes)));
         }
+        if !(1.0..=3600.0).contains(&opts.status_seconds) {
+            return Err(LabError::Invalid("--status-seconds: want 1 to 3600".into()));
+        }
         let mut rows = Vec::new();
         for &n in &opts.peers {
+            let guard = Bench::build(self, &opts.registry, progress)?;
             progress(&format!("{n} peers: writing the registry, starting the agent"));
-            let guard = Bench::build(self)?;
             rows.push(guard.run(n, opts, progress)?);
         }
-        Ok(ScaleReport { registry: "file".into(), rows })
+        let registry = match opts.registry {
+            BenchRegistry::File => "file",
+            BenchRegistry::Kube(_) => "kube",
+        };
+        Ok(ScaleReport { registry: registry.into(), rows })
     }
 }
 
@@ -147,6 +178,8 @@ struct Bench<'a> {
     lab: &'a Lab,
     ns: String,
     registry: FileRegistry,
+    /// `kube`: the API server and what measures it.
+    kube: Option<kube::Side>,
     agent: Option<u32>,
 }
 
@@ -155,18 +188,21 @@ impl Drop for Bench<'_> {
         if let Some(pid) = self.agent.take() {
             topo::kill_agent(pid, &self.lab.registry_dir(), true);
         }
+        self.kube = None;
+        // The agent (a kube one), etcd, kube-apiserver.
+        topo::kill_processes_in(&self.ns);
         let _ = topo::ip(&["netns", "del", &self.ns]);
         let _ = std::fs::remove_dir_all(&self.lab.dir);
     }
 }
 
 impl<'a> Bench<'a> {
-    fn build(lab: &'a Lab) -> Result<Self, LabError> {
+    fn build(lab: &'a Lab, source: &BenchRegistry, progress: &mut dyn FnMut(&str)) -> Result<Self, LabError> {
         let ns = format!("{}-cp", lab.name);
         std::fs::create_dir_all(&lab.dir).map_err(|e| LabError::io("creating", &lab.dir, e))?;
         let registry = FileRegistry::open(&lab.registry_dir())
             .map_err(|e| LabError::Invalid(format!("opening the bench registry: {e}")))?;
-        let bench = Bench { lab, ns, registry, agent: None };
+        let mut bench = Bench { lab, ns, registry, kube: None, agent: None };
         topo::ip(&["netns", "add", &bench.ns])?;
         let ns = bench.ns.as_str();
         topo::ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -182,6 +218,10 @@ impl<'a> Bench<'a> {
         let net_json = serde_json::to_vec_pretty(&net).expect("a config serialises");
         write_atomic(&lab.net_conf_path(), &net_json)
             .map_err(|e| LabError::io("writing", &lab.net_conf_path(), e))?;
+        if let BenchRegistry::Kube(bins) = source {
+            let dir = lab.dir.join("control-plane");
+            bench.kube = Some(kube::Side::start(&dir, &bench.ns, node_underlay(), bins, progress)?);
+        }
         Ok(bench)
     }
 
@@ -197,27 +237,98 @@ impl<'a> Bench<'a> {
     fn spawn_agent(&mut self) -> Result<u32, LabError> {
         let dir = self.lab.node_dir(NODE);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
-        let args: Vec<String> = [
-            "daemon",
-            "--node-name",
-            NODE,
-            "--registry",
-            "file",
-            "--registry-dir",
-            &self.lab.registry_dir().display().to_string(),
-            "--underlay-iface",
-            "ul0",
-            "--subnet-file",
-            &dir.join("subnet.env").display().to_string(),
-            "--net-conf",
-            &self.lab.net_conf_path().display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = vec!["daemon".into(), "--node-name".into(), NODE.into()];
+        match &self.kube {
+            None => args.extend([
+                "--registry".into(),
+                "file".into(),
+                "--registry-dir".into(),
+                self.lab.registry_dir().display().to_string(),
+            ]),
+            Some(k) => args.extend([
+                "--registry".into(),
+                "kube".into(),
+                "--kubeconfig".into(),
+                k.agent_kubeconfig.display().to_string(),
+            ]),
+        }
+        args.extend([
+            "--underlay-iface".into(),
+            "ul0".into(),
+            "--subnet-file".into(),
+            dir.join("subnet.env").display().to_string(),
+            "--net-conf".into(),
+            self.lab.net_conf_path().display().to_string(),
+        ]);
         let pid = topo::spawn_in(&self.ns, &self.lab.felt, &args, &self.lab.log_path(NODE))?;
         self.agent = Some(pid);
         Ok(pid)
+    }
+
+    /// Writes every peer's record (kube: creates the agent's Node too).
+    fn put_all(&self, peers: &[NodeRecord]) -> Result<(), LabError> {
+        match &self.kube {
+            None => peers.iter().try_for_each(|p| self.put(p)),
+            Some(k) => {
+                let net: Ipv4Net = NETWORK.parse().expect("a CIDR");
+                let own = Ipv4Net::new(net.network(), 24).expect("a /24");
+                k.create(NODE, &own.to_string(), peers)
+            }
+        }
+    }
+
+    /// Rewrites `record`; returns when the write left.
+    fn change(&self, record: &NodeRecord) -> Result<Instant, LabError> {
+        match &self.kube {
+            None => {
+                let bytes = serde_json::to_vec(record).expect("a record serialises");
+                let at = Instant::now();
+                write_atomic(&self.record_path(&record.name), &bytes)
+                    .map_err(|e| LabError::io("writing", &self.record_path(&record.name), e))?;
+                Ok(at)
+            }
+            Some(k) => k.change(&record.name, record.public_ip.expect("a peer has an address")),
+        }
+    }
+
+    /// Removes peers `0..count` at once; returns when the first removal left.
+    fn remove(&self, count: u32) -> Result<Instant, LabError> {
+        match &self.kube {
+            None => {
+                let at = Instant::now();
+                for i in 0..count {
+                    let path = self.record_path(&peer_name(i));
+                    std::fs::remove_file(&path).map_err(|e| LabError::io("removing", &path, e))?;
+                }
+                Ok(at)
+            }
+            Some(k) => k.remove((0..count).map(peer_name).collect()),
+        }
+    }
+
+    /// `kube`: every Node's status updated once over `over`; what the
+    /// agent and the reference watch received, and what it cost the agent.
+    fn status_churn(&self, n: u32, over: Duration) -> Result<Option<ApiTraffic>, LabError> {
+        let Some(k) = &self.kube else { return Ok(None) };
+        k.wait_full_watch()?;
+        let names: Vec<String> = std::iter::once(NODE.to_owned()).chain((0..n).map(peer_name)).collect();
+        let before = self.agent_counters()?;
+        let (agent, full, took) = k.status_churn(names.clone(), over)?;
+        let after = self.agent_counters()?;
+        let per_minute = |b: u64| b as f64 * 60.0 / took.as_secs_f64();
+        let (node_bytes, metadata_bytes, managed_fields_bytes) = k.sizes(&peer_name(n - 1))?;
+        Ok(Some(ApiTraffic {
+            status_updates: names.len() as u32,
+            seconds: took.as_secs_f64(),
+            agent_bytes_per_minute: per_minute(agent),
+            full_watch_bytes_per_minute: per_minute(full),
+            ratio: full as f64 / (agent.max(1)) as f64,
+            netlink_writes: after.writes - before.writes,
+            passes: after.passes - before.passes,
+            node_bytes,
+            metadata_bytes,
+            managed_fields_bytes,
+        }))
     }
 
     fn run(
@@ -226,9 +337,8 @@ impl<'a> Bench<'a> {
         opts: &ScaleOptions,
         progress: &mut dyn FnMut(&str),
     ) -> Result<ScaleRow, LabError> {
-        for i in 0..n {
-            self.put(&peer(i, peer_underlay(i)))?;
-        }
+        let peers: Vec<NodeRecord> = (0..n).map(|i| peer(i, peer_underlay(i))).collect();
+        self.put_all(&peers)?;
         // Every underlay address a peer will have, pinned: unanswered ARP for
         // thousands of them would fill the kernel's neighbour table, which all
         // namespaces share (permanent entries do not count).
@@ -269,11 +379,7 @@ impl<'a> Bench<'a> {
             let i = c % n;
             // A fresh address each time, never one any peer has had.
             let to = peer_underlay(n + c);
-            let record = peer(i, to);
-            let bytes = serde_json::to_vec(&record).expect("a record serialises");
-            let at = Instant::now();
-            write_atomic(&self.record_path(&record.name), &bytes)
-                .map_err(|e| LabError::io("writing", &self.record_path(&record.name), e))?;
+            let at = self.change(&peer(i, to))?;
             let seen_at = events.wait(&mut seen, at + Duration::from_secs(10), |s| s.fdb_to.contains(&to));
             let Some(seen_at) = seen_at else {
                 return Err(seen.missed(format!("change {c}: peer {i}'s FDB entry never pointed at {to}")));
@@ -285,14 +391,17 @@ impl<'a> Bench<'a> {
         let after = self.agent_counters()?;
         let per_change = |a: f64, b: f64| (a - b) / f64::from(opts.changes.max(1));
 
+        let api = if self.kube.is_some() {
+            progress(&format!("{n} peers: every node's status updated once over {} s", opts.status_seconds));
+            self.status_churn(n, Duration::from_secs_f64(opts.status_seconds))?
+        } else {
+            None
+        };
+
         let removals = opts.removals.min(n);
         progress(&format!("{n} peers: removing {removals} at once"));
         seen.routes_removed.clear();
-        let at = Instant::now();
-        for i in 0..removals {
-            let path = self.record_path(&peer_name(i));
-            std::fs::remove_file(&path).map_err(|e| LabError::io("removing", &path, e))?;
-        }
+        let at = self.remove(removals)?;
         let want = removals as usize;
         let removed = events.wait(&mut seen, at + timeout, |s| s.routes_removed.len() >= want);
         let Some(removed) = removed else {
@@ -340,6 +449,7 @@ impl<'a> Bench<'a> {
             removal_ms: ms(removed.duration_since(at)),
             rss_peak_mib: peak_rss_kib(pid)? as f64 / 1024.0,
             cpu_seconds: cpu_seconds(pid)?,
+            api,
         })
     }
 
