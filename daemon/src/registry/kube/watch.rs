@@ -35,7 +35,8 @@ pub(super) type Meta = PartialObjectMeta<Node>;
 /// request and hung) would otherwise keep the agent "not listed" forever.
 const LIST_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Whole Nodes per page of the agent's one list of them.
+/// Nodes per page of a list (whole ones in the agent's one list of them,
+/// metadata in the watch's).
 const LIST_PAGE: u32 = 100;
 
 /// How often a Node whose pod CIDRs could not be read (or were empty while
@@ -54,8 +55,10 @@ pub(super) fn restarting_watcher(
     api: Api<Node>,
 ) -> impl futures::Stream<Item = Result<watcher::Event<Meta>, watcher::Error>> {
     let api: Api<Meta> = Api::all(api.into_client());
-    let make =
-        move || -> NodeEvents { watcher(api.clone(), watcher::Config::default().any_semantic()).boxed() };
+    // Paged lists (a list at resourceVersion 0 is served whole from the
+    // server's cache, however large: one allocation of every Node at once).
+    let config = watcher::Config::default().page_size(LIST_PAGE);
+    let make = move || -> NodeEvents { watcher(api.clone(), config.clone()).boxed() };
     let due = || Some(tokio::time::Instant::now() + LIST_TIMEOUT);
     futures::stream::unfold((make(), due(), make), move |(mut inner, mut deadline, make)| async move {
         loop {
