@@ -10,7 +10,9 @@
 //!   additions in the order Flannel uses (neighbour, FDB, route), so a route
 //!   never points at a VTEP the kernel cannot resolve yet.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use felt_proto::MacAddr;

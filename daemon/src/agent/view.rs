@@ -14,7 +14,9 @@
 //!   VTEP MAC), the one that was already a peer keeps its place (`stable`),
 //!   then the one whose name sorts first; the other is rejected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::net::Ipv4Addr;
 
 use felt_ipam::subnets::{overlaps, validate_pod_cidr};

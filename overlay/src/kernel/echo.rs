@@ -10,7 +10,7 @@
 //! the repair. When felt does not know (before its first pass, after a
 //! failed write) nothing is explained.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use felt_proto::MacAddr;
