@@ -149,6 +149,17 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
     Client::try_from(config).map_err(|source| KubeError::Api { what: "building the client".into(), source })
 }
 
+/// Reads every Node's pod CIDRs in one list, saying how it went.
+async fn list_pod_cidrs(cidrs: &mut PodCidrs, api: &Api<Node>, denied: &Denials) {
+    match cidrs.list(api, denied).await {
+        Ok(n) => info!(nodes = n, "read every node's pod CIDRs; watching node metadata from now on"),
+        Err(e) => warn!(
+            error = %crate::util::error_chain(&e),
+            "listing nodes failed; reading each node's pod CIDRs as the watch meets it"
+        ),
+    }
+}
+
 /// The Kubernetes registry.
 #[derive(Clone)]
 pub struct KubeRegistry {
@@ -237,12 +248,7 @@ impl KubeRegistry {
         let (api, denied) = (self.api.clone(), self.denied.clone());
         tokio::spawn(async move {
             let mut cidrs = PodCidrs::default();
-            match cidrs.list(&api, &denied).await {
-                Ok(n) => info!(nodes = n, "read every node's pod CIDRs; watching node metadata from now on"),
-                Err(e) => {
-                    warn!(error = %crate::util::error_chain(&e), "listing nodes failed; reading each node's pod CIDRs as the watch meets it")
-                }
-            }
+            list_pod_cidrs(&mut cidrs, &api, &denied).await;
             let stream = restarting_watcher(api.clone()).default_backoff();
             futures::pin_mut!(stream);
             let mut tick = tokio::time::interval(watch::REREAD_AFTER);
@@ -251,6 +257,13 @@ impl KubeRegistry {
                 let woke = tokio::select! {
                     event = stream.next() => {
                         let Some(event) = event else { break };
+                        // The list at start failed (a server down as the agent
+                        // started): try it again before reading Nodes one by one.
+                        if let Ok(watcher::Event::Init) = &event
+                            && !cidrs.listed
+                        {
+                            list_pod_cidrs(&mut cidrs, &api, &denied).await;
+                        }
                         if let Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) = &event
                             && cidrs.due(&m.metadata)
                         {
@@ -262,8 +275,7 @@ impl KubeRegistry {
                         let mut woke = false;
                         for metadata in tracker.due(&cidrs) {
                             cidrs.read(&api, &metadata, &denied).await;
-                            let event = watcher::Event::Apply(watch::Meta { metadata, ..Default::default() });
-                            woke |= tracker.on(Ok(event), &mut cidrs);
+                            woke |= tracker.apply(&metadata, &cidrs);
                         }
                         woke
                     }

@@ -124,6 +124,8 @@ pub(super) struct PodCidrs {
     by_uid: HashMap<String, Read>,
     /// Whole Nodes read so far (the list's items and single reads).
     pub(super) reads: u64,
+    /// Whether a list of whole Nodes completed.
+    pub(super) listed: bool,
 }
 
 impl PodCidrs {
@@ -153,7 +155,10 @@ impl PodCidrs {
             self.reads += page.items.len() as u64;
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
-                None => return Ok(n),
+                None => {
+                    self.listed = true;
+                    return Ok(n);
+                }
             }
         }
     }
@@ -394,12 +399,7 @@ impl Tracker {
             }
             Ok(watcher::Event::Apply(n)) => {
                 self.denied.allowed("watch", "nodes");
-                let name = n.metadata.name.clone().unwrap_or_default();
-                match self.reduce(&n.metadata, cidrs) {
-                    Some(seen) => self.known().seen.insert(name, seen.clone()).as_ref() != Some(&seen),
-                    // A new object under a known name: the old one is gone.
-                    None => self.known().seen.remove(&name).is_some(),
-                }
+                self.apply(&n.metadata, cidrs)
             }
             Ok(watcher::Event::Delete(n)) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
@@ -430,6 +430,16 @@ impl Tracker {
                 }
                 true
             }
+        }
+    }
+
+    /// A Node as it is now; whether that changed what felt uses.
+    pub(super) fn apply(&mut self, meta: &ObjectMeta, cidrs: &PodCidrs) -> bool {
+        let name = meta.name.clone().unwrap_or_default();
+        match self.reduce(meta, cidrs) {
+            Some(seen) => self.known().seen.insert(name, seen.clone()).as_ref() != Some(&seen),
+            // A new object under a known name: the old one is gone.
+            None => self.known().seen.remove(&name).is_some(),
         }
     }
 
