@@ -122,8 +122,6 @@ struct Read {
 #[derive(Debug, Default)]
 pub(super) struct PodCidrs {
     by_uid: HashMap<String, Read>,
-    /// Whole Nodes read so far (the list's items and single reads).
-    pub(super) reads: u64,
     /// Whether a list of whole Nodes completed.
     pub(super) listed: bool,
 }
@@ -152,7 +150,6 @@ impl PodCidrs {
                     n += 1;
                 }
             }
-            self.reads += page.items.len() as u64;
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
                 None => {
@@ -185,7 +182,6 @@ impl PodCidrs {
     /// Reads `meta`'s Node (bounded by [`READ_TIMEOUT`]).
     pub(super) async fn read(&mut self, api: &Api<Node>, meta: &ObjectMeta, denied: &Denials) {
         let (Some(name), Some(uid)) = (meta.name.as_deref(), meta.uid.clone()) else { return };
-        self.reads += 1;
         let cidrs = match tokio::time::timeout(READ_TIMEOUT, api.get(name)).await {
             Ok(r) => {
                 denied.note("get", "nodes", &r);
