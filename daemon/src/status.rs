@@ -58,7 +58,7 @@ pub fn problems(state: &State) -> Vec<String> {
             out.push(format!(
                 "peer {}: VTEP {} unreachable over the overlay ({failures} probe{} failed in a row)",
                 p.name,
-                p.vtep_ip,
+                or_dash(p.vtep_ip),
                 if failures == 1 { "" } else { "s" }
             ));
         }
@@ -95,8 +95,9 @@ pub fn render(state: &State) -> String {
         None => out.push_str("lease: none yet\n"),
         Some(l) => out.push_str(&format!(
             "lease: {} (VTEP {} {} on {}, mtu {}), underlay {} {} (mtu {})\n",
-            l.pod_cidr,
-            l.vtep_ip,
+            // An IPv6-only cluster's lease is its IPv6 one.
+            or_dash(l.pod_cidr.map(|c| c.to_string()).or(l.pod_cidr6.map(|c| c.to_string()))),
+            or_dash(l.vtep_ip.map(|v| v.to_string()).or(l.vtep_ip6.map(|v| v.to_string()))),
             l.vtep_mac,
             l.device,
             l.mtu,
@@ -106,7 +107,7 @@ pub fn render(state: &State) -> String {
         )),
     }
     if let Some(l) = &state.lease {
-        if let (Some(cidr), Some(vtep)) = (l.pod_cidr6, l.vtep_ip6) {
+        if let (Some(_), Some(cidr), Some(vtep)) = (l.pod_cidr, l.pod_cidr6, l.vtep_ip6) {
             out.push_str(&format!("lease ipv6: {cidr} (VTEP {vtep} on {})\n", l.device));
         }
     }
@@ -155,7 +156,8 @@ fn peer_table(peers: &[PeerState]) -> String {
         out.push_str(&format!(
             "{:<12} {:<18} {:<16} {:<18} {:<6} {:<6} {:<6} {:<12} {:>9}\n",
             p.name,
-            p.pod_cidr.to_string(),
+            // An IPv6-only peer's IPv6 subnet in the column.
+            or_dash(p.pod_cidr.map(|c| c.to_string()).or(p.pod_cidr6.map(|c| c.to_string()))),
             p.underlay_ip.to_string(),
             p.vtep_mac.to_string(),
             yes(p.programmed.map(|x| x.route)),
@@ -165,7 +167,7 @@ fn peer_table(peers: &[PeerState]) -> String {
             rtt
         ));
         // A dual-stack peer's IPv6 subnet, under its IPv4 one.
-        if let Some(cidr6) = p.pod_cidr6 {
+        if let (Some(_), Some(cidr6)) = (p.pod_cidr, p.pod_cidr6) {
             out.push_str(&format!("{:<12} {}\n", "", cidr6));
         }
     }

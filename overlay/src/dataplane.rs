@@ -169,16 +169,17 @@ impl Dataplane {
         }
     }
 
-    /// Creates or repairs the device, with our pod subnet's VTEP address as
-    /// its only IPv4 address, and our IPv6 pod subnet's (when dual-stack) as
-    /// its only global IPv6 one; returns its index and what was changed.
+    /// Creates or repairs the device, with our IPv4 pod subnet's VTEP address
+    /// (when the cluster has IPv4) as its only IPv4 address, and our IPv6 pod
+    /// subnet's (when it has IPv6) as its only global IPv6 one; returns its
+    /// index and what was changed.
     pub async fn ensure_device(
         &self,
         kernel: &Kernel,
-        pod_cidr: Ipv4Net,
+        pod_cidr: Option<Ipv4Net>,
         pod_cidr6: Option<Ipv6Net>,
     ) -> Result<(u32, Vec<String>), KernelError> {
-        let (vtep, vtep6) = (vtep_ip(pod_cidr), pod_cidr6.map(|c| c.network()));
+        let (vtep, vtep6) = (pod_cidr.map(vtep_ip), pod_cidr6.map(|c| c.network()));
         match &self.engine {
             Some(engine) => kernel.ensure_tun(engine.name(), self.spec.mtu, vtep, vtep6).await,
             None => {
@@ -211,7 +212,7 @@ mod tests {
     fn peer() -> Peer {
         Peer {
             name: "n2".into(),
-            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            pod_cidr: Some("10.244.2.0/24".parse().unwrap()),
             pod_cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
             vtep_mac: "0a:00:00:00:00:02".parse().unwrap(),
             underlay_ip: Ipv4Addr::new(198, 18, 0, 12),
@@ -232,7 +233,7 @@ mod tests {
     #[test]
     fn the_vtep_is_the_subnet_network_address() {
         assert_eq!(vtep_ip("10.244.7.0/24".parse().unwrap()), Ipv4Addr::new(10, 244, 7, 0));
-        assert_eq!(peer().vtep_ip(), Ipv4Addr::new(10, 244, 2, 0));
+        assert_eq!(peer().vtep_ip(), Some(Ipv4Addr::new(10, 244, 2, 0)));
         assert_eq!(default_device(1), "felt.1");
     }
 }

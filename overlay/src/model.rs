@@ -12,9 +12,9 @@ use serde::Serialize;
 pub struct Peer {
     /// Node name.
     pub name: String,
-    /// The peer's pod subnet.
-    pub pod_cidr: Ipv4Net,
-    /// The peer's IPv6 pod subnet, in a dual-stack cluster.
+    /// The peer's IPv4 pod subnet (none in an IPv6-only cluster).
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The peer's IPv6 pod subnet, in a dual-stack or IPv6-only cluster.
     pub pod_cidr6: Option<Ipv6Net>,
     /// The peer's VTEP MAC.
     pub vtep_mac: MacAddr,
@@ -25,8 +25,14 @@ pub struct Peer {
 impl Peer {
     /// The peer's VTEP address: its pod subnet's network address (`.0`), as
     /// Flannel assigns it to `flannel.1`.
-    pub fn vtep_ip(&self) -> Ipv4Addr {
-        crate::dataplane::vtep_ip(self.pod_cidr)
+    pub fn vtep_ip(&self) -> Option<Ipv4Addr> {
+        self.pod_cidr.map(crate::dataplane::vtep_ip)
+    }
+
+    /// Its pod subnets, IPv4 first, comma-separated (for logs).
+    pub fn pod_cidrs(&self) -> String {
+        let v4 = self.pod_cidr.map(|c| c.to_string());
+        v4.into_iter().chain(self.pod_cidr6.map(|c| c.to_string())).collect::<Vec<_>>().join(",")
     }
 
     /// The peer's IPv6 VTEP address: its IPv6 pod subnet's network address,

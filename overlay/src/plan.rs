@@ -41,8 +41,10 @@ pub struct Desired {
 pub fn desired(peers: &[Peer]) -> Desired {
     let mut d = Desired::default();
     for p in peers {
-        d.routes.push(Route { dst: p.pod_cidr.into(), gateway: p.vtep_ip().into() });
-        d.neighbours.push(Neighbour { ip: p.vtep_ip().into(), mac: p.vtep_mac });
+        if let (Some(cidr), Some(vtep)) = (p.pod_cidr, p.vtep_ip()) {
+            d.routes.push(Route { dst: cidr.into(), gateway: vtep.into() });
+            d.neighbours.push(Neighbour { ip: vtep.into(), mac: p.vtep_mac });
+        }
         if let (Some(cidr), Some(vtep)) = (p.pod_cidr6, p.vtep_ip6()) {
             d.routes.push(Route { dst: cidr.into(), gateway: vtep.into() });
             d.neighbours.push(Neighbour { ip: vtep.into(), mac: p.vtep_mac });

@@ -5,11 +5,13 @@
 //!  "ipv6Network":"fd00:10:244::/56","ipv6SubnetLen":64,
 //!  "backend":{"type":"vxlan","vni":1,"port":8472}}
 //! ```
-//! Every field but `network` has a default; `backend.mtu` defaults to the
-//! underlay MTU − 50 ([`crate::VXLAN_IPV4_OVERHEAD`]). `ipv6Network` makes
-//! the cluster dual-stack: every node then leases an IPv6 subnet of
-//! `ipv6SubnetLen` (default 64) beside its IPv4 one, and IPv6 pod traffic
-//! crosses the same VXLAN device and IPv4 underlay as IPv4's.
+//! Every field but the networks has a default; `backend.mtu` defaults to the
+//! underlay MTU − 50 ([`crate::VXLAN_IPV4_OVERHEAD`]). `network` (IPv4) and
+//! `ipv6Network` choose the families, at least one: `network` alone is an
+//! IPv4 cluster, both make it dual-stack, `ipv6Network` alone IPv6-only.
+//! Every node leases a subnet of each family (`subnetLen`, default 24;
+//! `ipv6SubnetLen`, default 64), and IPv6 pod traffic crosses the same VXLAN
+//! device and IPv4 underlay as IPv4's.
 
 use std::collections::BTreeMap;
 
@@ -23,8 +25,10 @@ use crate::{BackendType, DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NetConfig {
-    /// The cluster CIDR every node's pod subnet is carved from.
-    pub network: Ipv4Net,
+    /// The IPv4 cluster CIDR every node's IPv4 pod subnet is carved from;
+    /// `None` in an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Ipv4Net>,
     /// The prefix length of one node's pod subnet.
     #[serde(default = "default_subnet_len")]
     pub subnet_len: u8,
@@ -35,7 +39,7 @@ pub struct NetConfig {
     /// `ipMasq`); pod-to-pod and pod-to-node traffic never is.
     #[serde(default = "default_ip_masq")]
     pub ip_masq: bool,
-    /// The cluster's IPv6 pod network, when it is dual-stack.
+    /// The cluster's IPv6 pod network, when it is dual-stack or IPv6-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_network: Option<Ipv6Net>,
     /// The prefix length of one node's IPv6 pod subnet.
@@ -90,7 +94,9 @@ impl Default for BackendConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
-            network: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).expect("16 is a valid prefix"),
+            network: Some(
+                Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).expect("16 is a valid prefix"),
+            ),
             subnet_len: default_subnet_len(),
             backend: BackendConfig::default(),
             ip_masq: true,
@@ -106,6 +112,12 @@ pub enum ConfigError {
     /// Not valid JSON of the config's shape.
     #[error("malformed network config: {0}")]
     Malformed(String),
+    /// Neither `network` nor `ipv6Network`.
+    #[error("no pod network: set network (IPv4), ipv6Network, or both")]
+    NoNetwork,
+    /// An MTU IPv6 cannot run over (below 1280) in a cluster with IPv6.
+    #[error("MTU {0} is below IPv6's minimum of 1280, and the cluster has ipv6Network")]
+    MtuTooSmallForIpv6(u32),
     /// `network` has host bits set.
     #[error("network {0} is not a network address")]
     UnalignedNetwork(Ipv4Net),
@@ -158,16 +170,17 @@ impl NetConfig {
 
     /// Checks the ranges serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.network.trunc() != self.network {
-            return Err(ConfigError::UnalignedNetwork(self.network));
+        if self.network.is_none() && self.ipv6_network.is_none() {
+            return Err(ConfigError::NoNetwork);
         }
-        let min = self.network.prefix_len() + 1;
-        if self.subnet_len < min || self.subnet_len > 30 {
-            return Err(ConfigError::BadSubnetLen {
-                subnet_len: self.subnet_len,
-                min,
-                network: self.network,
-            });
+        if let Some(network) = self.network {
+            if network.trunc() != network {
+                return Err(ConfigError::UnalignedNetwork(network));
+            }
+            let min = network.prefix_len() + 1;
+            if self.subnet_len < min || self.subnet_len > 30 {
+                return Err(ConfigError::BadSubnetLen { subnet_len: self.subnet_len, min, network });
+            }
         }
         if let Some(network) = self.ipv6_network {
             if network.trunc() != network {
@@ -187,6 +200,9 @@ impl NetConfig {
         if let Some(mtu) = self.backend.mtu {
             if !(576..=65535).contains(&mtu) {
                 return Err(ConfigError::BadMtu(mtu));
+            }
+            if mtu < 1280 && self.ipv6_network.is_some() {
+                return Err(ConfigError::MtuTooSmallForIpv6(mtu));
             }
         }
         Ok(())
@@ -230,7 +246,7 @@ impl NetConfig {
         }
         cfg.network = match top.get("network") {
             Some(Value::String(s)) => {
-                s.parse().map_err(|_| malformed(format!("Network `{s}` is not an IPv4 CIDR")))?
+                Some(s.parse().map_err(|_| malformed(format!("Network `{s}` is not an IPv4 CIDR")))?)
             }
             Some(other) => return Err(malformed(format!("Network {other} is not a string"))),
             None => return Err(malformed("Network is missing".to_owned())),
@@ -302,7 +318,7 @@ impl NetConfig {
 
     /// Whether the cluster is dual-stack.
     pub fn dual_stack(&self) -> bool {
-        self.ipv6_network.is_some()
+        self.network.is_some() && self.ipv6_network.is_some()
     }
 
     /// The overlay MTU for an underlay of `underlay_mtu`.
@@ -343,6 +359,29 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_network_alone_makes_it_ipv6_only() {
+        let cfg = NetConfig::from_json(br#"{"ipv6Network":"fd00:10:244::/56"}"#).unwrap();
+        assert_eq!((cfg.network, cfg.ipv6_network), (None, Some("fd00:10:244::/56".parse().unwrap())));
+        assert!(!cfg.dual_stack());
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(!json.contains(r#""network""#), "no IPv4 network is written: {json}");
+        assert_eq!(NetConfig::from_json(json.as_bytes()).unwrap(), cfg);
+        for (doc, want) in [
+            (r#"{}"#, "no pod network: set network (IPv4), ipv6Network, or both"),
+            (r#"{"subnetLen":24}"#, "no pod network"),
+            (
+                r#"{"ipv6Network":"fd00:10:244::/56","backend":{"mtu":1200}}"#,
+                "MTU 1200 is below IPv6's minimum of 1280, and the cluster has ipv6Network",
+            ),
+        ] {
+            let err = NetConfig::from_json(doc.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{doc}: {err}");
+        }
+        let v4 = NetConfig::from_json(br#"{"network":"10.244.0.0/16","backend":{"mtu":1200}}"#).unwrap();
+        assert_eq!(v4.backend.mtu, Some(1200), "IPv4-only clusters keep IPv4's minimum of 576");
+    }
+
+    #[test]
     fn reads_flannels_net_conf() {
         // kube-flannel.yml's, byte for byte.
         let doc = br#"{
@@ -358,7 +397,7 @@ mod tests {
         let doc = br#"{"network":"10.8.0.0/14","SubnetLen":23,"Backend":{"type":"VXLAN","VNI":4,"Port":4789,"MTU":1400}}"#;
         let (cfg, notes) = NetConfig::from_flannel_json(doc).unwrap();
         assert!(notes.is_empty(), "{notes:?}");
-        assert_eq!((cfg.network.to_string(), cfg.subnet_len), ("10.8.0.0/14".to_owned(), 23));
+        assert_eq!((cfg.network.unwrap().to_string(), cfg.subnet_len), ("10.8.0.0/14".to_owned(), 23));
         assert_eq!((cfg.backend.vni, cfg.backend.port, cfg.backend.mtu), (4, 4789, Some(1400)));
         for (doc, want) in [
             (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#, "backend `host-gw`"),

@@ -93,11 +93,13 @@ pub struct State {
 /// The lease and the VTEP built on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// This node's pod subnet.
-    pub pod_cidr: Ipv4Net,
+    /// This node's IPv4 pod subnet; absent in an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Net>,
     /// The VTEP address (`.0`).
-    pub vtep_ip: Ipv4Addr,
-    /// This node's IPv6 pod subnet, in a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip: Option<Ipv4Addr>,
+    /// This node's IPv6 pod subnet, in a dual-stack or IPv6-only cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr6: Option<Ipv6Net>,
     /// The IPv6 VTEP address (the IPv6 subnet's network address).
@@ -126,8 +128,9 @@ pub struct Config {
     pub registry_location: String,
     /// Data plane.
     pub backend: DataplaneKind,
-    /// Cluster network.
-    pub network: Ipv4Net,
+    /// The IPv4 cluster network; absent in an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Ipv4Net>,
     /// Node subnet length.
     pub subnet_len: u8,
     /// The IPv6 cluster network, when dual-stack.
@@ -169,12 +172,14 @@ fn no_compat() -> String {
 pub struct PeerState {
     /// Node name.
     pub name: String,
-    /// The peer's pod subnet.
-    pub pod_cidr: Ipv4Net,
+    /// The peer's IPv4 pod subnet; absent in an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Net>,
     /// The peer's underlay address.
     pub underlay_ip: Ipv4Addr,
-    /// The peer's VTEP address.
-    pub vtep_ip: Ipv4Addr,
+    /// The peer's VTEP address; absent in an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip: Option<Ipv4Addr>,
     /// The peer's IPv6 pod subnet, in a dual-stack cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr6: Option<Ipv6Net>,
@@ -195,13 +200,16 @@ pub struct PeerState {
     pub probe: Probe,
 }
 
-/// A peer's entries: three, and two more for IPv6 in a dual-stack cluster.
+/// A peer's entries: per family a route and a permanent neighbour, and one
+/// FDB entry for both (IPv4's are absent in an IPv6-only cluster).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entries {
-    /// Its route.
-    pub route: Route,
-    /// Its permanent neighbour.
-    pub neighbour: Neighbour,
+    /// Its IPv4 route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    /// Its IPv4 permanent neighbour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbour: Option<Neighbour>,
     /// Its FDB entry (both families').
     pub fdb: FdbEntry,
     /// Its IPv6 route.
@@ -372,9 +380,11 @@ pub struct Engine {
 pub struct EnginePeer {
     /// Node name.
     pub name: String,
-    /// Its pod subnet: packets to it are encapsulated for the peer.
-    pub pod_cidr: Ipv4Net,
-    /// Its IPv6 pod subnet, in a dual-stack cluster.
+    /// Its IPv4 pod subnet: packets to it are encapsulated for the peer;
+    /// absent in an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Its IPv6 pod subnet, in a dual-stack or IPv6-only cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr6: Option<Ipv6Net>,
     /// Where the datagrams go; the only source accepted for its frames.

@@ -12,7 +12,8 @@
 //! ```
 //! `FELT_SUBNET` is the pods' gateway address (the subnet's first host) with
 //! the subnet's prefix length, as Flannel writes it; the `IPV6` keys, in a
-//! dual-stack cluster only, likewise for IPv6 (Flannel's names too).
+//! cluster with IPv6 only, likewise for IPv6 (Flannel's names too). An
+//! IPv6-only cluster's file has no `FELT_NETWORK` and `FELT_SUBNET`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -21,16 +22,15 @@ use ipnet::{Ipv4Net, Ipv6Net};
 /// The facts the CNI plugin needs from the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetFile {
-    /// The cluster CIDR.
-    pub network: Ipv4Net,
-    /// This node's pod subnet.
-    pub subnet: Ipv4Net,
+    /// The IPv4 cluster CIDR and this node's IPv4 pod subnet; `None` in an
+    /// IPv6-only cluster.
+    pub ipv4: Option<(Ipv4Net, Ipv4Net)>,
     /// The MTU to give pods.
     pub mtu: u32,
     /// Whether traffic leaving the cluster CIDR is masqueraded (the agent does it, with nftables).
     pub ip_masq: bool,
     /// The IPv6 cluster CIDR and this node's IPv6 pod subnet, in a
-    /// dual-stack cluster.
+    /// dual-stack or IPv6-only cluster.
     pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
 }
 
@@ -51,12 +51,26 @@ pub enum SubnetFileError {
     /// A required key is missing.
     #[error("missing {0}")]
     Missing(&'static str),
+    /// Neither family's keys.
+    #[error("no pod subnet: neither FELT_SUBNET nor FELT_IPV6_SUBNET")]
+    NoSubnet,
 }
 
 impl SubnetFile {
-    /// The pods' gateway on the node bridge: the subnet's first host address.
-    pub fn gateway(&self) -> Ipv4Addr {
-        gateway_of(self.subnet)
+    /// This node's IPv4 pod subnet, when the cluster has IPv4.
+    pub fn subnet(&self) -> Option<Ipv4Net> {
+        self.ipv4.map(|(_, subnet)| subnet)
+    }
+
+    /// This node's IPv6 pod subnet, when the cluster has IPv6.
+    pub fn subnet6(&self) -> Option<Ipv6Net> {
+        self.ipv6.map(|(_, subnet)| subnet)
+    }
+
+    /// The pods' IPv4 gateway on the node bridge: the subnet's first host
+    /// address, when the cluster has IPv4.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.subnet().map(gateway_of)
     }
 
     /// The file's text.
@@ -64,8 +78,8 @@ impl SubnetFile {
         self.render_as("FELT")
     }
 
-    /// The pods' IPv6 gateway on the node bridge (`::1` of the subnet), in a
-    /// dual-stack cluster.
+    /// The pods' IPv6 gateway on the node bridge (`::1` of the subnet), when
+    /// the cluster has IPv6.
     pub fn gateway6(&self) -> Option<Ipv6Addr> {
         self.ipv6.map(|(_, subnet)| gateway6_of(subnet))
     }
@@ -73,14 +87,15 @@ impl SubnetFile {
     /// The file's text with `prefix` for felt's: `FLANNEL` makes the
     /// `/run/flannel/subnet.env` Flannel's CNI plugin reads.
     pub fn render_as(&self, prefix: &str) -> String {
-        let mut text = format!(
-            "{prefix}_NETWORK={}\n{prefix}_SUBNET={}/{}\n{prefix}_MTU={}\n{prefix}_IPMASQ={}\n",
-            self.network,
-            self.gateway(),
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ip_masq
-        );
+        let mut text = String::new();
+        if let Some((network, subnet)) = self.ipv4 {
+            text += &format!(
+                "{prefix}_NETWORK={network}\n{prefix}_SUBNET={}/{}\n",
+                gateway_of(subnet),
+                subnet.prefix_len()
+            );
+        }
+        text += &format!("{prefix}_MTU={}\n{prefix}_IPMASQ={}\n", self.mtu, self.ip_masq);
         if let Some((network, subnet)) = self.ipv6 {
             text += &format!(
                 "{prefix}_IPV6_NETWORK={network}\n{prefix}_IPV6_SUBNET={}/{}\n",
@@ -134,19 +149,27 @@ impl SubnetFile {
                 _ => {}
             }
         }
-        let ipv6 = match (network6, subnet6) {
-            (Some(n), Some(s)) => Some((n, s)),
-            (None, None) => None,
-            (Some(_), None) => return Err(SubnetFileError::Missing("FELT_IPV6_SUBNET")),
-            (None, Some(_)) => return Err(SubnetFileError::Missing("FELT_IPV6_NETWORK")),
-        };
-        Ok(SubnetFile {
-            network: network.ok_or(SubnetFileError::Missing("FELT_NETWORK"))?,
-            subnet: subnet.ok_or(SubnetFileError::Missing("FELT_SUBNET"))?,
-            mtu: mtu.ok_or(SubnetFileError::Missing("FELT_MTU"))?,
-            ip_masq,
-            ipv6,
-        })
+        let ipv4 = pair(network, subnet, "FELT_NETWORK", "FELT_SUBNET")?;
+        let ipv6 = pair(network6, subnet6, "FELT_IPV6_NETWORK", "FELT_IPV6_SUBNET")?;
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err(SubnetFileError::NoSubnet);
+        }
+        Ok(SubnetFile { ipv4, mtu: mtu.ok_or(SubnetFileError::Missing("FELT_MTU"))?, ip_masq, ipv6 })
+    }
+}
+
+/// A family's network and subnet: both or neither.
+fn pair<T>(
+    network: Option<T>,
+    subnet: Option<T>,
+    network_key: &'static str,
+    subnet_key: &'static str,
+) -> Result<Option<(T, T)>, SubnetFileError> {
+    match (network, subnet) {
+        (Some(n), Some(s)) => Ok(Some((n, s))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(SubnetFileError::Missing(subnet_key)),
+        (None, Some(_)) => Err(SubnetFileError::Missing(network_key)),
     }
 }
 
@@ -167,8 +190,7 @@ mod tests {
     #[test]
     fn dual_stack_adds_the_ipv6_keys() {
         let f = SubnetFile {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv4: Some(("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap())),
             mtu: 1450,
             ip_masq: true,
             ipv6: Some(("fd00:10:244::/56".parse().unwrap(), "fd00:10:244:3::/64".parse().unwrap())),
@@ -188,8 +210,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let f = SubnetFile {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv4: Some(("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap())),
             mtu: 1450,
             ip_masq: false,
             ipv6: None,
@@ -203,6 +224,26 @@ mod tests {
             "what flanneld writes"
         );
         assert_eq!(SubnetFile::parse(&f.render_as("FLANNEL")).unwrap(), f, "read back");
+    }
+
+    #[test]
+    fn ipv6_only_has_no_ipv4_keys() {
+        let f = SubnetFile {
+            ipv4: None,
+            mtu: 1450,
+            ip_masq: false,
+            ipv6: Some(("fd00:10:244::/56".parse().unwrap(), "fd00:10:244:3::/64".parse().unwrap())),
+        };
+        let text = f.render_as("FLANNEL");
+        assert_eq!(
+            text,
+            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\n\
+             FLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n",
+            "no IPv4 keys"
+        );
+        assert_eq!(SubnetFile::parse(&text).unwrap(), f);
+        assert_eq!((f.gateway(), f.subnet()), (None, None));
+        assert_eq!(SubnetFile::parse("FELT_MTU=1450\n"), Err(SubnetFileError::NoSubnet));
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl Node {
             o.engine = engine
                 .peers
                 .iter()
-                .map(|p| (p.pod_cidr.to_string(), p.underlay_ip.to_string(), p.vtep_mac.to_string()))
+                .map(|p| (p.pod_cidr.unwrap().to_string(), p.underlay_ip.to_string(), p.vtep_mac.to_string()))
                 .collect();
         } else {
             o.neighbours = json("ip", &["neigh", "show", "dev", "felt.1", "nud", "permanent"])

@@ -45,7 +45,7 @@ fn kept(lab: &TestLab, node: &str) -> usize {
 
 fn subnet_of(lab: &TestLab, node: &str) -> ipnet::Ipv4Net {
     let text = std::fs::read_to_string(lab.node_dir(node).join("subnet.env")).unwrap();
-    felt_proto::SubnetFile::parse(&text).unwrap().subnet.trunc()
+    felt_proto::SubnetFile::parse(&text).unwrap().subnet().expect("an IPv4 subnet").trunc()
 }
 
 #[test]

@@ -81,7 +81,10 @@ fn sighup_reloads_the_settings_and_says_what_it_ignored() {
     let config = lab.debug_state("n1").config;
     assert_eq!((config.probe_interval_seconds, config.resync_seconds), (0.5, 2.0));
     assert_eq!(config.log_level.as_deref(), Some("debug"));
-    assert_eq!(lab.debug_state("n1").lease.unwrap().pod_cidr.to_string().split('.').next(), Some("10"));
+    assert_eq!(
+        lab.debug_state("n1").lease.unwrap().pod_cidr.unwrap().to_string().split('.').next(),
+        Some("10")
+    );
     let debugs = || lab.log("n1").contains(" DEBUG ");
     assert!(wait_until(Duration::from_secs(10), debugs).is_some(), "no debug line after the reload");
     // Probes every 500 ms: at least 4 more in 3 s (at 3 s there would be one).

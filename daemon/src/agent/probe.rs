@@ -43,8 +43,9 @@ fn run(shared: &Shared) {
         let wait = (interval / 2).min(Duration::from_secs(1));
         let round = Instant::now();
         seq = seq.wrapping_add(1);
+        // IPv4 VTEPs only: an IPv6-only cluster's peers are not probed yet.
         let targets: Vec<(String, Ipv4Addr)> =
-            shared.state().peers.iter().map(|p| (p.name.clone(), p.vtep_ip())).collect();
+            shared.state().peers.iter().filter_map(|p| Some((p.name.clone(), p.vtep_ip()?))).collect();
         let mut sent: BTreeMap<Ipv4Addr, Instant> = BTreeMap::new();
         for (_, ip) in &targets {
             if sock.send_to(&echo_request(id, seq), &SockAddr::from(SocketAddrV4::new(*ip, 0))).is_ok() {

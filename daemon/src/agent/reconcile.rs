@@ -34,7 +34,7 @@ impl Agent {
     fn wanted_record(&self) -> NodeRecord {
         let mut record = NodeRecord::new(&self.me.name);
         record.pod_cidrs =
-            std::iter::once(IpNet::V4(self.me.pod_cidr)).chain(self.me.pod_cidr6.map(IpNet::V6)).collect();
+            self.me.pod_cidr.map(IpNet::V4).into_iter().chain(self.me.pod_cidr6.map(IpNet::V6)).collect();
         record.public_ip = Some(self.registry.public_ip(self.underlay.ip));
         record.backend_type = Some(BackendType::Vxlan);
         record.backend_data =
@@ -64,8 +64,7 @@ impl Agent {
     /// Writes the subnet file the CNI plugin reads, only when it changed.
     fn write_subnet_file(&self) {
         let subnet = SubnetFile {
-            network: self.cfg.net.network,
-            subnet: self.me.pod_cidr,
+            ipv4: self.cfg.net.network.zip(self.me.pod_cidr),
             mtu: self.dataplane.spec().mtu,
             ip_masq: self.cfg.net.ip_masq,
             ipv6: self.cfg.net.ipv6_network.zip(self.me.pod_cidr6),
@@ -336,7 +335,7 @@ impl Agent {
         use felt_overlay::nft::{self, Nft, Table};
         let locked = self.cfg.vxlan_port_lock && self.dataplane.engine().is_none();
         let want = Table {
-            masquerade: self.cfg.net.ip_masq.then_some(self.cfg.net.network),
+            masquerade: self.cfg.net.network.filter(|_| self.cfg.net.ip_masq),
             port_lock: locked.then_some(self.dataplane.spec().port),
             nodes: peers.iter().map(|p| p.underlay_ip).chain([self.underlay.ip]).collect(),
         };
@@ -401,7 +400,7 @@ impl Agent {
     /// Says who joined, changed and left: a merge of the old and new peer
     /// lists, both sorted by name.
     fn log_peer_changes(&mut self, peers: &[Peer]) {
-        let joined = |p: &Peer| info!(peer = %p.name, pod_cidr = %p.pod_cidr, underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer joined");
+        let joined = |p: &Peer| info!(peer = %p.name, pod_cidrs = %p.pod_cidrs(), underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer joined");
         let left = |p: &Peer| info!(peer = %p.name, "peer left");
         let (mut old, mut new) = (self.state.peers.iter().peekable(), peers.iter().peekable());
         loop {
@@ -412,7 +411,7 @@ impl Agent {
                     std::cmp::Ordering::Equal => {
                         let (o, n) = (old.next().expect("peeked"), new.next().expect("peeked"));
                         if o != n {
-                            info!(peer = %n.name, pod_cidr = %n.pod_cidr, underlay = %n.underlay_ip, vtep_mac = %n.vtep_mac, "peer changed");
+                            info!(peer = %n.name, pod_cidrs = %n.pod_cidrs(), underlay = %n.underlay_ip, vtep_mac = %n.vtep_mac, "peer changed");
                         }
                     }
                 },
@@ -454,7 +453,7 @@ fn describe(op: &Op) -> String {
 }
 
 fn is_peers_cidr(dst: IpNet, p: &Peer) -> bool {
-    dst == IpNet::V4(p.pod_cidr) || p.pod_cidr6.is_some_and(|c| dst == IpNet::V6(c))
+    p.pod_cidr.is_some_and(|c| dst == IpNet::V4(c)) || p.pod_cidr6.is_some_and(|c| dst == IpNet::V6(c))
 }
 
 /// True when `op` sets or removes one of peer `p`'s entries.
@@ -463,7 +462,7 @@ fn concerns(op: &Op, p: &Peer) -> bool {
         Op::SetRoute(r) => is_peers_cidr(r.dst, p),
         Op::DelRoute(dst) => is_peers_cidr(*dst, p),
         Op::SetNeighbour(n) | Op::DelNeighbour(n) => {
-            n.ip == p.vtep_ip() || p.vtep_ip6().is_some_and(|v| n.ip == v)
+            p.vtep_ip().is_some_and(|v| n.ip == v) || p.vtep_ip6().is_some_and(|v| n.ip == v)
         }
         Op::SetFdb(f) | Op::DelFdb(f) => f.mac == p.vtep_mac,
     }

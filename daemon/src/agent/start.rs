@@ -57,8 +57,9 @@ pub(super) async fn start(
     if let Some(mac) = kept_mac(&registry, &kernel, &cfg, &spec.name, flannels.as_deref()).await {
         spec.mac = mac;
     }
-    let pod_cidr6 = lease.pod_cidr6.map(|c| c.to_string());
-    info!(node = %cfg.node_name, pod_cidr = %lease.pod_cidr, pod_cidr6, vtep_mac = %spec.mac, device = %spec.name, mtu = spec.mtu, "lease held");
+    let (pod_cidr, pod_cidr6) =
+        (lease.pod_cidr.map(|c| c.to_string()), lease.pod_cidr6.map(|c| c.to_string()));
+    info!(node = %cfg.node_name, pod_cidr, pod_cidr6, vtep_mac = %spec.mac, device = %spec.name, mtu = spec.mtu, "lease held");
     shared.state().lease = Some(lease_view(lease, &underlay, &spec));
     let vtep_mac = spec.mac;
     let dataplane = match cfg.backend {
@@ -192,7 +193,7 @@ async fn kept_mac(
 fn lease_view(lease: Lease, underlay: &Underlay, spec: &VxlanSpec) -> LeaseView {
     LeaseView {
         pod_cidr: lease.pod_cidr,
-        vtep_ip: dataplane::vtep_ip(lease.pod_cidr),
+        vtep_ip: lease.pod_cidr.map(dataplane::vtep_ip),
         pod_cidr6: lease.pod_cidr6,
         vtep_ip6: lease.pod_cidr6.map(|c| c.network()),
         vtep_mac: spec.mac,

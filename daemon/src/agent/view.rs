@@ -7,9 +7,11 @@
 //! - a record is *rejected* when its backend or VNI differ from ours, its
 //!   pod CIDR (either family) is outside the cluster network or overlaps
 //!   ours, or it claims our underlay IP or VTEP MAC;
-//! - in a dual-stack cluster a record without an IPv6 pod CIDR is a peer
-//!   over IPv4 only (a node that has not been given one yet); outside one,
-//!   IPv6 pod CIDRs are ignored;
+//! - a record's pod CIDRs count for the families the cluster has: in a
+//!   dual-stack cluster a record without an IPv6 pod CIDR is a peer over
+//!   IPv4 only (a node that has not been given one yet); an IPv4 cluster
+//!   ignores IPv6 pod CIDRs, an IPv6-only one IPv4 pod CIDRs (and a record
+//!   without an IPv6 one is pending there);
 //! - when two records clash (overlapping pod CIDRs, same underlay IP, same
 //!   VTEP MAC), the one that was already a peer keeps its place (`stable`),
 //!   then the one whose name sorts first; the other is rejected.
@@ -29,9 +31,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 pub struct Me {
     /// Node name.
     pub name: String,
-    /// Our pod subnet.
-    pub pod_cidr: Ipv4Net,
-    /// Our IPv6 pod subnet, in a dual-stack cluster.
+    /// Our IPv4 pod subnet; `None` in an IPv6-only cluster.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Our IPv6 pod subnet, in a dual-stack or IPv6-only cluster.
     pub pod_cidr6: Option<Ipv6Net>,
     /// Our underlay address.
     pub underlay_ip: Ipv4Addr,
@@ -59,22 +61,24 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&
     let mut view = View::default();
     let mut candidates = Vec::new();
     for r in records.iter().filter(|r| r.name != me.name) {
-        let (Some(pod_cidr), Some(underlay_ip), Some(data)) = (r.pod_cidr_v4(), r.public_ip, r.backend_data)
-        else {
+        // Only the cluster's families count: (network, the record's CIDR).
+        let (v4, v6) = (net.network.zip(r.pod_cidr_v4()), net.ipv6_network.zip(r.pod_cidr_v6()));
+        // The first family is required: IPv4, or IPv6 in an IPv6-only cluster.
+        let first = if net.network.is_some() { v4.is_some() } else { v6.is_some() };
+        let (true, Some(underlay_ip), Some(data)) = (first, r.public_ip, r.backend_data) else {
             view.pending.push(r.name.clone());
             continue;
         };
-        // Only a dual-stack cluster routes IPv6.
-        let v6 = net.ipv6_network.zip(r.pod_cidr_v6());
         use RejectReason as R;
         let why = if r.backend_type != Some(BackendType::Vxlan) {
             Some((R::Backend, format!("backend type {:?} is not vxlan", r.backend_type)))
         } else if data.vni != net.backend.vni {
             Some((R::Vni, format!("VNI {} differs from ours ({})", data.vni, net.backend.vni)))
-        } else if let Err(e) = validate_pod_cidr(pod_cidr, net.network) {
+        } else if let Some(Err(e)) = v4.map(|(network, cidr)| validate_pod_cidr(cidr, network)) {
             Some((R::OutsideNetwork, e.to_string()))
-        } else if overlaps(pod_cidr, me.pod_cidr) {
-            Some((R::OverlapsOurs, format!("pod CIDR {pod_cidr} overlaps ours ({})", me.pod_cidr)))
+        } else if let Some((c4, ours)) = v4.map(|(_, c)| c).zip(me.pod_cidr).filter(|(c, o)| overlaps(*c, *o))
+        {
+            Some((R::OverlapsOurs, format!("pod CIDR {c4} overlaps ours ({ours})")))
         } else if let Some(Err(e)) = v6.map(|(network, cidr)| validate_pod_cidr(cidr, network)) {
             Some((R::OutsideNetwork, e.to_string()))
         } else if let Some((c6, ours)) =
@@ -94,7 +98,7 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&
             }
             None => candidates.push(Peer {
                 name: r.name.clone(),
-                pod_cidr,
+                pod_cidr: v4.map(|(_, c)| c),
                 pod_cidr6: v6.map(|(_, c)| c),
                 vtep_mac: data.vtep_mac,
                 underlay_ip,
@@ -145,10 +149,13 @@ fn overlapping<T: Ord + Copy>(taken: &BTreeMap<T, (T, usize)>, first: T, last: T
 impl Taken {
     /// Why `c` cannot join `peers`, the peers taken so far, if it cannot.
     fn clash(&self, c: &Peer, peers: &[Peer]) -> Option<String> {
-        let (first, last) = (u32::from(c.pod_cidr.network()), u32::from(c.pod_cidr.broadcast()));
-        if let Some(i) = overlapping(&self.cidrs, first, last) {
-            let p = &peers[i];
-            return Some(format!("pod CIDR {} overlaps peer {} ({})", c.pod_cidr, p.name, p.pod_cidr));
+        if let Some(c4) = c.pod_cidr {
+            let (first, last) = (u32::from(c4.network()), u32::from(c4.broadcast()));
+            if let Some(i) = overlapping(&self.cidrs, first, last) {
+                let p = &peers[i];
+                let theirs = p.pod_cidr.map(|c| c.to_string()).unwrap_or_default();
+                return Some(format!("pod CIDR {c4} overlaps peer {} ({theirs})", p.name));
+            }
         }
         if let Some(c6) = c.pod_cidr6 {
             let (first, last) = (u128::from(c6.network()), u128::from(c6.broadcast()));
@@ -169,8 +176,9 @@ impl Taken {
 
     /// `p` is taken, at place `i` of the peer list.
     fn insert(&mut self, p: &Peer, i: usize) {
-        let (first, last) = (u32::from(p.pod_cidr.network()), u32::from(p.pod_cidr.broadcast()));
-        self.cidrs.insert(first, (last, i));
+        if let Some(c4) = p.pod_cidr {
+            self.cidrs.insert(u32::from(c4.network()), (u32::from(c4.broadcast()), i));
+        }
         if let Some(c6) = p.pod_cidr6 {
             self.cidrs6.insert(u128::from(c6.network()), (u128::from(c6.broadcast()), i));
         }
@@ -188,7 +196,7 @@ mod tests {
     fn me() -> Me {
         Me {
             name: "n1".into(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
             pod_cidr6: None,
             underlay_ip: "198.18.7.11".parse().unwrap(),
             vtep_mac: MacAddr([2, 0, 0, 0, 0, 1]),
@@ -306,6 +314,37 @@ mod tests {
         assert_eq!(message, "IPv6 pod CIDR fd00:10:244:2::/63 overlaps peer a (fd00:10:244:2::/64)");
     }
 
+    /// An IPv6-only cluster reads only IPv6 pod CIDRs: a record with just an
+    /// IPv4 one is pending, a dual-stack record is an IPv6 peer, and IPv6
+    /// CIDRs are checked as they are in a dual-stack cluster.
+    #[test]
+    fn ipv6_only_clusters_peer_over_ipv6_alone() {
+        let v6 = |name: &str, cidrs: &[&str], ip: &str, mac: u8| {
+            let mut r = rec(name, "10.244.9.0/24", ip, mac);
+            r.pod_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+            r
+        };
+        let recs = [
+            v6("a", &["fd00:10:244:2::/64"], "198.18.7.12", 2),
+            v6("b", &["10.244.3.0/24"], "198.18.7.13", 3),
+            v6("c", &["10.244.4.0/24", "fd00:10:244:4::/64"], "198.18.7.14", 4),
+            v6("d", &["fd00:10:244:1::/64"], "198.18.7.15", 5),
+            v6("e", &["fd00:10:244:2::/63"], "198.18.7.16", 6),
+            v6("f", &["fd00:99::/64"], "198.18.7.17", 7),
+        ];
+        let net = NetConfig::from_json(br#"{"ipv6Network":"fd00:10:244::/56"}"#).unwrap();
+        let me = Me { pod_cidr: None, pod_cidr6: Some("fd00:10:244:1::/64".parse().unwrap()), ..me() };
+        let v = build(&recs, &me, &net, |_| false);
+        assert_eq!(names(&v), ["a", "c"]);
+        assert!(v.peers.iter().all(|p| p.pod_cidr.is_none() && p.pod_cidr6.is_some()), "{:?}", v.peers);
+        assert_eq!(v.pending, ["b"], "no IPv6 pod CIDR: not published yet");
+        let why = |n: &str| v.rejected.iter().find(|r| r.node == n).map(|r| r.reason);
+        assert_eq!(
+            (why("d"), why("e"), why("f")),
+            (Some(RejectReason::OverlapsOurs), Some(RejectReason::Clash), Some(RejectReason::OutsideNetwork))
+        );
+    }
+
     #[test]
     fn duplicate_underlay_or_mac_among_peers() {
         let recs = [
@@ -338,13 +377,13 @@ mod tests {
                 let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (next(1 << 12) << 4));
                 let c = Peer {
                     name: format!("p{i}"),
-                    pod_cidr: Ipv4Net::new(addr, len).unwrap().trunc(),
+                    pod_cidr: Some(Ipv4Net::new(addr, len).unwrap().trunc()),
                     pod_cidr6: None,
                     underlay_ip: Ipv4Addr::new(198, 18, 0, next(60) as u8),
                     vtep_mac: MacAddr([2, 0, 0, 0, 0, next(60) as u8]),
                 };
                 let scan = accepted.iter().any(|p| {
-                    overlaps(p.pod_cidr, c.pod_cidr)
+                    overlaps(p.pod_cidr.unwrap(), c.pod_cidr.unwrap())
                         || p.underlay_ip == c.underlay_ip
                         || p.vtep_mac == c.vtep_mac
                 });

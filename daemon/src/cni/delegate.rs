@@ -45,11 +45,14 @@ pub fn delegate_conf(conf: &NetConf, user: &Map<String, Value>, subnet: &SubnetF
         ipam.entry("type").or_insert(json!("host-local"));
         if ipam["type"] == "host-local" {
             // One range set per family: host-local gives one address of each.
-            let mut ranges = vec![json!([{
-                "subnet": subnet.subnet.trunc().to_string(),
-                "gateway": subnet.gateway().to_string(),
-            }])];
-            if let (Some((_, subnet6)), Some(gateway6)) = (subnet.ipv6, subnet.gateway6()) {
+            let mut ranges = Vec::new();
+            if let (Some(subnet4), Some(gateway)) = (subnet.subnet(), subnet.gateway()) {
+                ranges.push(json!([{
+                    "subnet": subnet4.trunc().to_string(),
+                    "gateway": gateway.to_string(),
+                }]));
+            }
+            if let (Some(subnet6), Some(gateway6)) = (subnet.subnet6(), subnet.gateway6()) {
                 // host-local starts at ::1 and skips the gateway: `::`, the
                 // node's IPv6 VTEP address, is never handed out.
                 ranges.push(json!([{

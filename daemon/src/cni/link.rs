@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use felt_proto::MacAddr;
 use felt_proto::cni::{CniError, ErrorCode};
 use futures::TryStreamExt;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoBridgePort, InfoPortData, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
@@ -31,38 +31,48 @@ pub struct AttachSpec {
     pub netns: PathBuf,
     /// The interface name inside the pod.
     pub ifname: String,
-    /// The pod's address.
-    pub ip: Ipv4Addr,
-    /// The subnet's prefix length.
-    pub prefix: u8,
-    /// The gateway: the bridge's address.
-    pub gateway: Ipv4Addr,
     /// The overlay MTU, for the bridge and both veth ends.
     pub mtu: u32,
-    /// The pod's IPv6 side, in a dual-stack cluster.
+    /// The pod's IPv4 side; `None` in an IPv6-only cluster.
+    pub v4: Option<Attach4>,
+    /// The pod's IPv6 side, in a dual-stack or IPv6-only cluster.
     pub v6: Option<Attach6>,
 }
 
-/// A pod's IPv6 address, its subnet's prefix length and the gateway.
+/// A pod's address of one family, its subnet's prefix length and the
+/// gateway (the bridge's address of that family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attach6 {
+pub struct Attach<A> {
     /// The pod's address.
-    pub ip: Ipv6Addr,
+    pub ip: A,
     /// The subnet's prefix length.
     pub prefix: u8,
-    /// The gateway: the bridge's IPv6 address.
-    pub gateway: Ipv6Addr,
+    /// The gateway: the bridge's address.
+    pub gateway: A,
+}
+
+/// A pod's IPv4 side.
+pub type Attach4 = Attach<Ipv4Addr>;
+/// A pod's IPv6 side.
+pub type Attach6 = Attach<Ipv6Addr>;
+
+impl<A: Into<IpAddr> + Copy> Attach<A> {
+    /// The address with the subnet's prefix length, as results list it.
+    pub fn address(&self) -> IpNet {
+        IpNet::new(self.ip.into(), self.prefix).expect("the prefix came from a valid subnet")
+    }
 }
 
 impl AttachSpec {
-    /// The pod's address with the subnet's prefix length, as results list it.
-    pub fn address(&self) -> IpNet {
-        IpNet::V4(Ipv4Net::new(self.ip, self.prefix).expect("the prefix came from a valid subnet"))
+    /// The pod's addresses with their prefix lengths, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.v4.map(|v| v.address()).into_iter().chain(self.v6.map(|v| v.address()))
     }
 
-    /// The pod's IPv6 address with its prefix length, in a dual-stack cluster.
-    pub fn address6(&self) -> Option<IpNet> {
-        self.v6.map(|v| IpNet::V6(Ipv6Net::new(v.ip, v.prefix).expect("the prefix came from a valid subnet")))
+    /// The gateways with their subnets' prefix lengths, IPv4 first.
+    pub fn gateways(&self) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
+        let v4 = self.v4.map(|v| (IpAddr::V4(v.gateway), v.prefix));
+        v4.into_iter().chain(self.v6.map(|v| (IpAddr::V6(v.gateway), v.prefix)))
     }
 }
 
@@ -312,9 +322,7 @@ async fn ensure_bridge(h: &Handle, spec: &AttachSpec) -> Result<LinkMessage, Cni
     };
     let index = br.header.index;
     let held = addresses(h, index, "the bridge").await?;
-    let gateways = std::iter::once((IpAddr::V4(spec.gateway), spec.prefix))
-        .chain(spec.v6.map(|v| (IpAddr::V6(v.gateway), v.prefix)));
-    for (gateway, prefix) in gateways {
+    for (gateway, prefix) in spec.gateways() {
         if !held.iter().any(|(a, _)| *a == gateway) {
             // ip addr add GATEWAY/PREFIX dev BRIDGE
             add_address(h, index, gateway, prefix, &spec.bridge).await?;
@@ -335,8 +343,10 @@ pub fn attach(spec: &AttachSpec) -> Result<Attached, CniError> {
     if !spec.netns.exists() {
         return Err(no_netns(&spec.netns));
     }
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| CniError::internal("enabling IPv4 forwarding", e))?;
+    if spec.v4.is_some() {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| CniError::internal("enabling IPv4 forwarding", e))?;
+    }
     if spec.v6.is_some() {
         std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
             .map_err(|e| CniError::internal("enabling IPv6 forwarding", e))?;
@@ -402,12 +412,14 @@ fn configure_pod(spec: AttachSpec, peer_tmp: String) -> Result<String, CniError>
             .execute()
             .await
             .map_err(nl(format!("naming {} in the pod", spec.ifname)))?;
-        // ip addr add IP/PREFIX dev IFNAME
-        h.address()
-            .add(index, spec.ip.into(), spec.prefix)
-            .execute()
-            .await
-            .map_err(nl(format!("adding {}/{} in the pod", spec.ip, spec.prefix)))?;
+        if let Some(v4) = spec.v4 {
+            // ip addr add IP/PREFIX dev IFNAME
+            h.address()
+                .add(index, v4.ip.into(), v4.prefix)
+                .execute()
+                .await
+                .map_err(nl(format!("adding {}/{} in the pod", v4.ip, v4.prefix)))?;
+        }
         if let Some(v6) = spec.v6 {
             // ip addr add IP6/PREFIX dev IFNAME nodad
             add_address(&h, index, v6.ip.into(), v6.prefix, "the pod").await?;
@@ -420,9 +432,8 @@ fn configure_pod(spec: AttachSpec, peer_tmp: String) -> Result<String, CniError>
                 .map_err(nl("bringing lo up"))?;
         }
         // ip route replace default via GATEWAY dev IFNAME (and -6 for GATEWAY6)
-        default_route(&h, index, spec.gateway.into()).await?;
-        if let Some(v6) = spec.v6 {
-            default_route(&h, index, v6.gateway.into()).await?;
+        for (gateway, _) in spec.gateways() {
+            default_route(&h, index, gateway).await?;
         }
         Ok(mac_of(&peer))
     })

@@ -40,7 +40,7 @@ use felt_proto::cni::{CniError, CniResult, Command, ErrorCode, Interface, IpConf
 use felt_proto::{MacAddr, SubnetFile};
 use ipnet::IpNet;
 
-pub use link::{Attach6, AttachSpec, HostSide, Observed, PodSide};
+pub use link::{Attach, Attach4, Attach6, AttachSpec, HostSide, Observed, PodSide};
 
 /// What the plugin prints and how it exits.
 #[derive(Debug)]
@@ -185,10 +185,15 @@ fn attach_spec(
     pod: &Pod,
     netns: &Path,
     subnet: &SubnetFile,
-    ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
     ip6: Option<Ipv6Addr>,
 ) -> AttachSpec {
-    let v6 = subnet.ipv6.zip(subnet.gateway6()).zip(ip6).map(|(((_, subnet6), gateway), ip)| Attach6 {
+    let v4 = subnet.subnet().zip(subnet.gateway()).zip(ip).map(|((subnet, gateway), ip)| Attach4 {
+        ip,
+        prefix: subnet.prefix_len(),
+        gateway,
+    });
+    let v6 = subnet.subnet6().zip(subnet.gateway6()).zip(ip6).map(|((subnet6, gateway), ip)| Attach6 {
         ip,
         prefix: subnet6.prefix_len(),
         gateway,
@@ -198,16 +203,13 @@ fn attach_spec(
         host: host_veth_name(&pod.container_id, &pod.ifname),
         netns: netns.to_owned(),
         ifname: pod.ifname.clone(),
-        ip,
-        prefix: subnet.subnet.prefix_len(),
-        gateway: subnet.gateway(),
         mtu: subnet.mtu,
+        v4,
         v6,
     }
 }
 
-/// The pod's addresses in the store: its IPv4 one and, in a dual-stack
-/// cluster, its IPv6 one.
+/// The pod's addresses in the store: one per family the cluster has.
 fn held(
     store: &PodAddressStore,
     pod: &Pod,
@@ -215,11 +217,11 @@ fn held(
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), CniError> {
     let held = store.find(&pod.container_id, &pod.ifname).map_err(store_error)?;
     let v4 = held.iter().find_map(|ip| match ip {
-        IpAddr::V4(v4) if subnet.subnet.contains(v4) => Some(*v4),
+        IpAddr::V4(v4) if subnet.subnet().is_some_and(|s| s.contains(v4)) => Some(*v4),
         _ => None,
     });
-    let v6 = held.iter().find_map(|ip| match (ip, subnet.ipv6) {
-        (IpAddr::V6(v6), Some((_, s6))) if s6.contains(v6) => Some(*v6),
+    let v6 = held.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) if subnet.subnet6().is_some_and(|s| s.contains(v6)) => Some(*v6),
         _ => None,
     });
     Ok((v4, v6))
@@ -235,17 +237,29 @@ fn add(conf: &NetConf, pod: &Pod) -> Result<CniResult, CniError> {
     let allocate = |subnet: IpNet, gateway: IpAddr| {
         store.allocate(subnet, gateway, &pod.container_id, &pod.ifname).map_err(store_error)
     };
-    let allocated = allocate(subnet.subnet.into(), subnet.gateway().into()).and_then(|ip| {
-        let ip6 = match (subnet.ipv6, subnet.gateway6()) {
-            (Some((_, subnet6)), Some(gateway6)) => Some(allocate(subnet6.into(), gateway6.into())?),
-            _ => None,
+    let allocated = (|| {
+        let ip = match subnet.subnet().zip(subnet.gateway()) {
+            Some((subnet, gateway)) => Some(allocate(subnet.into(), gateway.into())?),
+            None => None,
+        };
+        let ip6 = match subnet.subnet6().zip(subnet.gateway6()) {
+            Some((subnet6, gateway6)) => Some(allocate(subnet6.into(), gateway6.into())?),
+            None => None,
         };
         Ok((ip, ip6))
-    });
+    })();
+    let family = "the store hands out addresses of the subnet's family";
     let (ip, ip6) = match allocated {
-        Ok((IpAddr::V4(ip), None)) => (ip, None),
-        Ok((IpAddr::V4(ip), Some(IpAddr::V6(ip6)))) => (ip, Some(ip6)),
-        Ok(other) => unreachable!("the store hands out addresses of the subnet's family: {other:?}"),
+        Ok((ip, ip6)) => (
+            ip.map(|ip| match ip {
+                IpAddr::V4(ip) => ip,
+                IpAddr::V6(_) => unreachable!("{family}"),
+            }),
+            ip6.map(|ip| match ip {
+                IpAddr::V6(ip) => ip,
+                IpAddr::V4(_) => unreachable!("{family}"),
+            }),
+        ),
         Err(e) => {
             // Nothing half-held: the address of the family that worked goes back.
             let _ = store.release(&pod.container_id, &pod.ifname);
@@ -284,22 +298,10 @@ fn add_result(conf: &NetConf, spec: &AttachSpec, made: &link::Attached) -> CniRe
             sandbox: Some(spec.netns.display().to_string()),
         },
     ]);
-    r.ips.push(IpConfig {
-        version: None,
-        address: spec.address(),
-        gateway: Some(IpAddr::V4(spec.gateway)),
-        interface: Some(first + 2),
-    });
-    r.routes
-        .push(Route { dst: "0.0.0.0/0".parse().expect("a valid CIDR"), gw: Some(IpAddr::V4(spec.gateway)) });
-    if let (Some(address), Some(v6)) = (spec.address6(), spec.v6) {
-        r.ips.push(IpConfig {
-            version: None,
-            address,
-            gateway: Some(IpAddr::V6(v6.gateway)),
-            interface: Some(first + 2),
-        });
-        r.routes.push(Route { dst: "::/0".parse().expect("a valid CIDR"), gw: Some(IpAddr::V6(v6.gateway)) });
+    for (address, (gateway, _)) in spec.addresses().zip(spec.gateways()) {
+        r.ips.push(IpConfig { version: None, address, gateway: Some(gateway), interface: Some(first + 2) });
+        let default = if gateway.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+        r.routes.push(Route { dst: default.parse().expect("a valid CIDR"), gw: Some(gateway) });
     }
     r
 }
@@ -316,22 +318,21 @@ fn check(conf: &NetConf, pod: &Pod) -> Result<(), CniError> {
         .as_deref()
         .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set"))?;
     let subnet = read_subnet(&conf.subnet_file)?;
-    let (Some(ip), ip6) = held(&store(conf)?, pod, &subnet)? else {
-        return Err(CniError::new(
-            ErrorCode::AttachmentChanged,
-            format!("{}/{} holds no address on this node", pod.container_id, pod.ifname),
-        ));
-    };
-    if subnet.ipv6.is_some() && ip6.is_none() {
-        return Err(CniError::new(
-            ErrorCode::AttachmentChanged,
-            format!("{}/{} holds no IPv6 address on this node", pod.container_id, pod.ifname),
-        ));
+    let (ip, ip6) = held(&store(conf)?, pod, &subnet)?;
+    for (family, want, held) in
+        [("IPv4", subnet.ipv4.is_some(), ip.is_some()), ("IPv6", subnet.ipv6.is_some(), ip6.is_some())]
+    {
+        if want && !held {
+            return Err(CniError::new(
+                ErrorCode::AttachmentChanged,
+                format!("{}/{} holds no {family} address on this node", pod.container_id, pod.ifname),
+            ));
+        }
     }
     let spec = attach_spec(conf, pod, netns, &subnet, ip, ip6);
     let mut problems = problems(&spec, &link::inspect(&spec)?);
     if let Some(prev) = &conf.prev_result {
-        for want in std::iter::once(spec.address()).chain(spec.address6()) {
+        for want in spec.addresses() {
             if !prev.ips.iter().any(|c| c.address == want) {
                 problems.push(format!("prevResult does not list {want}"));
             }
@@ -374,35 +375,35 @@ pub fn problems(spec: &AttachSpec, seen: &Observed) -> Vec<String> {
             if p.mtu != spec.mtu {
                 out.push(format!("{} has MTU {} in the pod, want {}", spec.ifname, p.mtu, spec.mtu));
             }
-            if !p.addresses.contains(&(spec.ip, spec.prefix)) {
-                out.push(format!(
-                    "{} lacks {}/{} (has {:?})",
-                    spec.ifname, spec.ip, spec.prefix, p.addresses
-                ));
-            }
-            if p.default_gateway != Some(spec.gateway) {
-                out.push(format!(
-                    "the pod's default route is via {:?}, want {}",
-                    p.default_gateway, spec.gateway
-                ));
+            if let Some(v4) = spec.v4 {
+                family_problems(&mut out, &spec.ifname, "", v4, &p.addresses, p.default_gateway);
             }
             if let Some(v6) = spec.v6 {
-                if !p.addresses6.contains(&(v6.ip, v6.prefix)) {
-                    out.push(format!(
-                        "{} lacks {}/{} (has {:?})",
-                        spec.ifname, v6.ip, v6.prefix, p.addresses6
-                    ));
-                }
-                if p.default_gateway6 != Some(v6.gateway) {
-                    out.push(format!(
-                        "the pod's IPv6 default route is via {:?}, want {}",
-                        p.default_gateway6, v6.gateway
-                    ));
-                }
+                family_problems(&mut out, &spec.ifname, "IPv6 ", v6, &p.addresses6, p.default_gateway6);
             }
         }
     }
     out
+}
+
+/// What differs for one family: the pod's address and its default route.
+fn family_problems<A: PartialEq + Copy + std::fmt::Display + std::fmt::Debug>(
+    out: &mut Vec<String>,
+    ifname: &str,
+    family: &str,
+    want: link::Attach<A>,
+    addresses: &[(A, u8)],
+    default_gateway: Option<A>,
+) {
+    if !addresses.contains(&(want.ip, want.prefix)) {
+        out.push(format!("{ifname} lacks {}/{} (has {addresses:?})", want.ip, want.prefix));
+    }
+    if default_gateway != Some(want.gateway) {
+        out.push(format!(
+            "the pod's {family}default route is via {default_gateway:?}, want {}",
+            want.gateway
+        ));
+    }
 }
 
 /// Ready when the agent has written a subnet file that parses.

@@ -14,10 +14,12 @@ fn spec() -> AttachSpec {
         host: "veth01020304".into(),
         netns: "/run/netns/p".into(),
         ifname: "eth0".into(),
-        ip: "10.244.1.2".parse().unwrap(),
-        prefix: 24,
-        gateway: "10.244.1.1".parse().unwrap(),
         mtu: 1450,
+        v4: Some(Attach4 {
+            ip: "10.244.1.2".parse().unwrap(),
+            prefix: 24,
+            gateway: "10.244.1.1".parse().unwrap(),
+        }),
         v6: None,
     }
 }
@@ -65,6 +67,30 @@ fn a_dual_stack_attachment_needs_both_families() {
     assert_eq!(ips, ["10.244.1.2/24", "fd00:f31:244:1::2/64"]);
     let routes: Vec<String> = r.routes.iter().map(|r| format!("{} via {:?}", r.dst, r.gw)).collect();
     assert_eq!(routes, ["0.0.0.0/0 via Some(10.244.1.1)", "::/0 via Some(fd00:f31:244:1::1)"]);
+}
+
+/// An IPv6-only attachment: no IPv4 address or route is wanted, and an IPv4
+/// one left in the pod is not a problem CHECK reports.
+#[test]
+fn an_ipv6_only_attachment_has_no_ipv4_side() {
+    let v6 = AttachSpec { v4: None, ..dual() };
+    let mut seen = as_added();
+    if let Some(p) = &mut seen.pod {
+        p.addresses6 = vec![("fd00:f31:244:1::2".parse().unwrap(), 64)];
+        p.default_gateway6 = Some("fd00:f31:244:1::1".parse().unwrap());
+    }
+    assert!(problems(&v6, &seen).is_empty());
+    if let Some(p) = &mut seen.pod {
+        p.default_gateway6 = None;
+    }
+    assert_eq!(problems(&v6, &seen), ["the pod's IPv6 default route is via None, want fd00:f31:244:1::1"]);
+    let conf = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"felt"}"#).unwrap();
+    let made = link::Attached { bridge_mac: "b".into(), host_mac: "h".into(), pod_mac: "p".into() };
+    let r = add_result(&conf, &v6, &made);
+    let ips: Vec<String> = r.ips.iter().map(|c| format!("{} gw {:?}", c.address, c.gateway)).collect();
+    assert_eq!(ips, ["fd00:f31:244:1::2/64 gw Some(fd00:f31:244:1::1)"]);
+    let routes: Vec<String> = r.routes.iter().map(|r| r.dst.to_string()).collect();
+    assert_eq!(routes, ["::/0"]);
 }
 
 #[test]

@@ -123,8 +123,8 @@ impl Lab {
             let device = compat.default_device(net.backend.vni);
             let me = crate::agent::view::Me {
                 name: node.name.clone(),
-                pod_cidr: subnet.subnet,
-                pod_cidr6: subnet.ipv6.map(|(_, c)| c),
+                pod_cidr: subnet.subnet(),
+                pod_cidr6: subnet.subnet6(),
                 underlay_ip: node.underlay_ip,
                 vtep_mac,
             };

@@ -213,7 +213,7 @@ impl<'a> Bench<'a> {
         topo::ip(&["-n", ns, "link", "set", "ul1", "up"])?;
         topo::ip(&["-n", ns, "link", "set", "ul0", "up"])?;
         let mut net = NetConfig::default();
-        net.network = NETWORK.parse().expect("a CIDR");
+        net.network = Some(NETWORK.parse().expect("a CIDR"));
         net.subnet_len = 24;
         let net_json = serde_json::to_vec_pretty(&net).expect("a config serialises");
         write_atomic(&lab.net_conf_path(), &net_json)

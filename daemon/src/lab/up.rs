@@ -37,7 +37,7 @@ impl Lab {
             // kube-flannel.yml's net-conf.json, which flanneld and felt in
             // --compat flannel both read.
             Dialect::Flannel => serde_json::to_vec_pretty(&serde_json::json!({
-                "Network": net.network.to_string(),
+                "Network": net.network.map(|n| n.to_string()),
                 "Backend": {"Type": "vxlan"},
             }))
             .expect("net config serialises"),

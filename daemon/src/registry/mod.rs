@@ -25,19 +25,19 @@ pub struct Snapshot {
     pub malformed: Vec<(String, String)>,
 }
 
-/// This node's pod subnets.
+/// This node's pod subnets: one per family the cluster has (at least one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
-    /// The IPv4 one.
-    pub pod_cidr: Ipv4Net,
-    /// The IPv6 one, in a dual-stack cluster.
+    /// The IPv4 one; `None` in an IPv6-only cluster.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The IPv6 one, in a dual-stack or IPv6-only cluster.
     pub pod_cidr6: Option<Ipv6Net>,
 }
 
 impl Lease {
     /// Both, as a record's `podCIDRs` lists them (IPv4 first).
     pub fn cidrs(&self) -> Vec<IpNet> {
-        std::iter::once(IpNet::V4(self.pod_cidr)).chain(self.pod_cidr6.map(IpNet::V6)).collect()
+        self.pod_cidr.map(IpNet::V4).into_iter().chain(self.pod_cidr6.map(IpNet::V6)).collect()
     }
 }
 
@@ -211,16 +211,25 @@ impl Registry {
 /// already carries, or a free subnet allocated atomically.
 fn file_lease(registry: &FileRegistry, node: &str, net: &NetConfig) -> Result<Lease, RegistryError> {
     let record = registry.get(node)?;
-    let v4 = file_lease_of(registry, node, net.network.into(), net.subnet_len, record.as_ref())?;
+    let v4 = net
+        .network
+        .map(|n| file_lease_of(registry, node, n.into(), net.subnet_len, record.as_ref()))
+        .transpose()?;
     let v6 = net
         .ipv6_network
         .map(|n| file_lease_of(registry, node, n.into(), net.ipv6_subnet_len, record.as_ref()))
         .transpose()?;
-    match (v4, v6) {
-        (IpNet::V4(pod_cidr), None) => Ok(Lease { pod_cidr, pod_cidr6: None }),
-        (IpNet::V4(pod_cidr), Some(IpNet::V6(v6))) => Ok(Lease { pod_cidr, pod_cidr6: Some(v6) }),
-        _ => unreachable!("a lease is of its network's family: checked inside it, or carved out of it"),
-    }
+    let family = "a lease is of its network's family: checked inside it, or carved out of it";
+    Ok(Lease {
+        pod_cidr: v4.map(|c| match c {
+            IpNet::V4(c) => c,
+            IpNet::V6(_) => unreachable!("{family}"),
+        }),
+        pod_cidr6: v6.map(|c| match c {
+            IpNet::V6(c) => c,
+            IpNet::V4(_) => unreachable!("{family}"),
+        }),
+    })
 }
 
 /// One family's lease in `network`.

@@ -8,7 +8,7 @@ use felt_overlay::userspace::{Engine, EngineConfig};
 pub fn peer(name: &str, cidr: &str, cidr6: &str, ip: Ipv4Addr) -> Peer {
     Peer {
         name: name.into(),
-        pod_cidr: cidr.parse().unwrap(),
+        pod_cidr: Some(cidr.parse().unwrap()),
         pod_cidr6: Some(cidr6.parse().unwrap()),
         vtep_mac: felt_proto::MacAddr::derive(name.as_bytes()),
         underlay_ip: ip,

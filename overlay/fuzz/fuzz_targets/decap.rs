@@ -14,7 +14,7 @@ fuzz_target!(|input: (bool, &[u8])| {
     let mut e = Engine::new(EngineConfig { vni: 1, mac: me, port: 8472 });
     e.set_peers(&[Peer {
         name: "n1".into(),
-        pod_cidr: "10.244.0.0/24".parse().unwrap(),
+        pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
         pod_cidr6: Some("fd00:f31:244::/64".parse().unwrap()),
         vtep_mac: felt_proto::MacAddr::derive(b"n1"),
         underlay_ip: Ipv4Addr::new(198, 18, 7, 11),

@@ -302,12 +302,13 @@ impl Kernel {
     }
 
     /// Makes felt's VXLAN device exist as `spec` says, with `vtep_ip/32` as its
-    /// only IPv4 address and `vtep_ip6/128` (dual-stack) as its only global
-    /// IPv6 address. Returns its index and what had to change.
+    /// only IPv4 address (none in an IPv6-only cluster) and `vtep_ip6/128`
+    /// (dual-stack, IPv6-only) as its only global IPv6 address. Returns its
+    /// index and what had to change.
     pub async fn ensure_device(
         &self,
         spec: &VxlanSpec,
-        vtep_ip: Ipv4Addr,
+        vtep_ip: Option<Ipv4Addr>,
         vtep_ip6: Option<Ipv6Addr>,
     ) -> Result<(u32, Vec<String>), KernelError> {
         let mut changes = Vec::new();
@@ -341,13 +342,13 @@ impl Kernel {
     }
 
     /// Makes the TUN device `name` (created by the userspace data plane) up,
-    /// with `mtu`, `vtep_ip/32` as its only IPv4 address and `vtep_ip6/128`
-    /// (dual-stack) as its only global IPv6 one.
+    /// with `mtu`, `vtep_ip/32` as its only IPv4 address (none when IPv6-only)
+    /// and `vtep_ip6/128` (dual-stack, IPv6-only) as its only global IPv6 one.
     pub async fn ensure_tun(
         &self,
         name: &str,
         mtu: u32,
-        vtep_ip: Ipv4Addr,
+        vtep_ip: Option<Ipv4Addr>,
         vtep_ip6: Option<Ipv6Addr>,
     ) -> Result<(u32, Vec<String>), KernelError> {
         let facts = self.link(name).await?.ok_or_else(|| KernelError::NoSuchLink(name.to_owned()))?;
@@ -357,13 +358,14 @@ impl Kernel {
         Ok((facts.index, changes))
     }
 
-    /// MTU, MAC (when given), up, and the VTEP address as the only IPv4 address.
+    /// MTU, MAC (when given), up, and the VTEP address as the only IPv4
+    /// address; with `None` (an IPv6-only cluster), no IPv4 address.
     async fn configure(
         &self,
         facts: &LinkFacts,
         mtu: u32,
         mac: Option<felt_proto::MacAddr>,
-        vtep_ip: Ipv4Addr,
+        vtep_ip: Option<Ipv4Addr>,
         changes: &mut Vec<String>,
     ) -> Result<(), KernelError> {
         let name = &facts.name;
@@ -390,7 +392,7 @@ impl Kernel {
                 .map_err(refused(format!("configuring {}", name)))?;
         }
         for (index, ip, len) in self.addresses().await? {
-            if index == facts.index && (ip != vtep_ip || len != 32) {
+            if index == facts.index && (Some(ip) != vtep_ip || len != 32) {
                 let mut del = msg::vtep_address(index, ip);
                 del.header.prefix_len = len;
                 self.send(msg::request(RouteNetlinkMessage::DelAddress(del), NLM_F_REQUEST | NLM_F_ACK))
@@ -399,6 +401,7 @@ impl Kernel {
                 changes.push(format!("removed {ip}/{len}"));
             }
         }
+        let Some(vtep_ip) = vtep_ip else { return Ok(()) };
         let has_vtep = self
             .addresses()
             .await?

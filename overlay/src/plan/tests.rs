@@ -7,7 +7,7 @@ use super::*;
 fn peer(i: u8) -> Peer {
     Peer {
         name: format!("n{i}"),
-        pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+        pod_cidr: Some(format!("10.244.{i}.0/24").parse().unwrap()),
         pod_cidr6: None,
         vtep_mac: MacAddr([0x02, 0, 0, 0, 0, i]),
         underlay_ip: Ipv4Addr::new(198, 18, 7, 10 + i),
@@ -171,5 +171,32 @@ fn a_dual_stack_peer_adds_an_ipv6_route_and_neighbour_on_the_same_fdb_entry() {
         plan(&crate::desired(&[peer(1)]), &held),
         vec![Op::DelRoute(route6.dst), Op::DelNeighbour(Neighbour { ip: vtep6, mac: mac(1) })],
         "back to IPv4 only"
+    );
+}
+
+#[test]
+fn an_ipv6_only_peer_has_an_ipv6_route_neighbour_and_its_fdb_entry_alone() {
+    let only6 = Peer { pod_cidr: None, pod_cidr6: Some("fd00:f31:244:1::/64".parse().unwrap()), ..peer(1) };
+    let vtep6: IpAddr = "fd00:f31:244:1::".parse().unwrap();
+    let route6 = Route { dst: "fd00:f31:244:1::/64".parse().unwrap(), gateway: vtep6 };
+    let want = crate::desired(std::slice::from_ref(&only6));
+    assert_eq!(
+        plan(&want, &Observed::default()),
+        vec![
+            Op::SetNeighbour(Neighbour { ip: vtep6, mac: mac(1) }),
+            Op::SetFdb(FdbEntry { mac: mac(1), dst: under(1) }),
+            Op::SetRoute(route6),
+        ]
+    );
+    assert_eq!(only6.pod_cidrs(), "fd00:f31:244:1::/64");
+    // A peer that was IPv4 loses its IPv4 entries, keeps its FDB entry.
+    assert_eq!(
+        plan(&want, &programmed(&[1])),
+        vec![
+            Op::DelRoute(cidr(1)),
+            Op::DelNeighbour(Neighbour { ip: vtep(1), mac: mac(1) }),
+            Op::SetNeighbour(Neighbour { ip: vtep6, mac: mac(1) }),
+            Op::SetRoute(route6),
+        ]
     );
 }

@@ -242,11 +242,8 @@ impl Engine {
     pub fn set_peers(&mut self, peers: &[Peer]) {
         self.peers = peers.to_vec();
         let mut tables: HashMap<u8, HashMap<u32, Route>> = HashMap::new();
-        for (i, p) in self.peers.iter().enumerate() {
-            tables
-                .entry(p.pod_cidr.prefix_len())
-                .or_default()
-                .insert(u32::from(p.pod_cidr.network()), Route { peer: i });
+        for (i, c) in self.peers.iter().enumerate().filter_map(|(i, p)| Some((i, p.pod_cidr?))) {
+            tables.entry(c.prefix_len()).or_default().insert(u32::from(c.network()), Route { peer: i });
         }
         self.by_prefix = tables.into_iter().collect();
         self.by_prefix.sort_by_key(|t| std::cmp::Reverse(t.0));
@@ -395,7 +392,10 @@ impl Engine {
         let p = &self.peers[peer];
         let (total, from_peer) = match eth.ethertype {
             ETHERTYPE_IPV4 => match valid_ipv4_len(ip) {
-                Some(total) => (total, p.pod_cidr.contains(&Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))),
+                Some(total) => (
+                    total,
+                    p.pod_cidr.is_some_and(|c| c.contains(&Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))),
+                ),
                 None => return Decap::Drop(self.drop(DropReason::BadInnerPacket)),
             },
             ETHERTYPE_IPV6 => match valid_ipv6_len(ip) {

@@ -23,7 +23,7 @@ fn hex(s: &str) -> Vec<u8> {
 fn n1() -> Peer {
     Peer {
         name: "n1".into(),
-        pod_cidr: "10.244.0.0/24".parse().unwrap(),
+        pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
         pod_cidr6: None,
         vtep_mac: "f6:c0:85:57:ac:1e".parse().unwrap(),
         underlay_ip: N1_UNDERLAY,
@@ -33,7 +33,7 @@ fn n1() -> Peer {
 fn n2() -> Peer {
     Peer {
         name: "n2".into(),
-        pod_cidr: "10.244.1.0/24".parse().unwrap(),
+        pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
         pod_cidr6: None,
         vtep_mac: "06:97:13:10:a2:13".parse().unwrap(),
         underlay_ip: N2_UNDERLAY,
@@ -106,7 +106,7 @@ fn encap_drops_with_a_reason() {
 
 #[test]
 fn longest_prefix_wins() {
-    let wide = Peer { name: "wide".into(), pod_cidr: "10.244.0.0/16".parse().unwrap(), ..n1() };
+    let wide = Peer { name: "wide".into(), pod_cidr: Some("10.244.0.0/16".parse().unwrap()), ..n1() };
     let narrow = Peer { underlay_ip: Ipv4Addr::new(198, 18, 173, 50), ..n2() };
     let e = engine_as(&n1(), &[wide, narrow]);
     assert_eq!(e.lookup(Ipv4Addr::new(10, 244, 1, 7)).map(|p| p.name.as_str()), Some("n2"));
@@ -174,6 +174,27 @@ fn ipv6_inner_packets_cross_and_are_checked_like_ipv4_ones() {
     long[4] = 0xff;
     assert_eq!(a.encap(&long, &mut out), Encap::Drop(DropReason::BadInnerPacket));
     assert_eq!(a.encap(&packet[..39], &mut out), Encap::Drop(DropReason::BadInnerPacket));
+}
+
+/// IPv6-only peers: IPv6 crosses; an IPv4 packet has no route out, and one
+/// that arrives from such a peer is spoofed (it holds no IPv4 subnet).
+#[test]
+fn ipv6_only_peers_carry_ipv6_alone() {
+    let only6 = |p: Peer, cidr6: &str| Peer { pod_cidr: None, ..dual(p, cidr6) };
+    let (o1, o2) = (only6(n1(), "fd00:f31:244::/64"), only6(n2(), "fd00:f31:244:1::/64"));
+    let mut a = engine_as(&o1, std::slice::from_ref(&o2));
+    let mut b = engine_as(&o2, std::slice::from_ref(&o1));
+    let packet = ipv6(v6("fd00:f31:244::2"), v6("fd00:f31:244:1::2"), b"felt-lab");
+    let mut out = [0u8; 2048];
+    let Encap::Send { len, to } = a.encap(&packet, &mut out) else { panic!("not sent") };
+    assert_eq!(to, SocketAddrV4::new(N2_UNDERLAY, 8472));
+    assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Deliver(&packet[..]));
+    let v4 = ipv4(Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 1, 2), b"x");
+    assert_eq!(a.encap(&v4, &mut out), Encap::Drop(DropReason::NoRoute));
+    // An IPv4 frame from the IPv6-only peer, built by a dual-stack engine.
+    let mut dual_a = engine_as(&dual(n1(), "fd00:f31:244::/64"), &[dual(n2(), "fd00:f31:244:1::/64")]);
+    let Encap::Send { len, .. } = dual_a.encap(&v4, &mut out) else { panic!("not sent") };
+    assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Drop(DropReason::SpoofedSource));
 }
 
 proptest! {

@@ -89,11 +89,11 @@ pub enum KubeError {
     /// The node has no pod CIDR yet.
     #[error("node `{0}` has no spec.podCIDRs yet; waiting for the controller-manager to assign one")]
     NoPodCidr(String),
-    /// The cluster is dual-stack but the node has no IPv6 pod CIDR.
+    /// The cluster has IPv6 but the node has no IPv6 pod CIDR.
     #[error(
         "node `{0}` has no IPv6 pod CIDR in spec.podCIDRs, and the network config has an ipv6Network; \
-         waiting (the controller-manager assigns both in a dual-stack cluster: --cluster-cidr with an \
-         IPv4 and an IPv6 CIDR)"
+         waiting (the controller-manager assigns one per family of its --cluster-cidr: give it an \
+         IPv6 CIDR too)"
     )]
     NoPodCidr6(String),
     /// The node's own Node object does not make a record.
@@ -358,14 +358,23 @@ impl KubeRegistry {
     }
 
     /// This node's pod CIDRs (`spec.podCIDRs`), checked against the cluster
-    /// networks: IPv4, and IPv6 when the cluster is dual-stack.
+    /// networks: one per family the network config has.
     pub async fn lease(&self, net: &NetConfig) -> Result<super::Lease, KubeError> {
         let node = self.own().await?;
         let record = record_from_node(&node, self.dialect)
             .map_err(|source| KubeError::BadNode { node: self.node.clone(), source })?;
         let bad = |source| KubeError::BadPodCidr { node: self.node.clone(), source };
-        let pod_cidr = record.pod_cidr_v4().ok_or_else(|| KubeError::NoPodCidr(self.node.clone()))?;
-        felt_ipam::subnets::validate_pod_cidr(pod_cidr, net.network).map_err(bad)?;
+        if record.pod_cidrs.is_empty() {
+            return Err(KubeError::NoPodCidr(self.node.clone()));
+        }
+        let pod_cidr = match net.network {
+            Some(network) => {
+                let cidr = record.pod_cidr_v4().ok_or_else(|| KubeError::NoPodCidr(self.node.clone()))?;
+                felt_ipam::subnets::validate_pod_cidr(cidr, network).map_err(bad)?;
+                Some(cidr)
+            }
+            None => None,
+        };
         let pod_cidr6 = match net.ipv6_network {
             Some(network) => {
                 let cidr = record.pod_cidr_v6().ok_or_else(|| KubeError::NoPodCidr6(self.node.clone()))?;
