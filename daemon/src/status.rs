@@ -58,7 +58,7 @@ pub fn problems(state: &State) -> Vec<String> {
             out.push(format!(
                 "peer {}: VTEP {} unreachable over the overlay ({failures} probe{} failed in a row)",
                 p.name,
-                or_dash(p.vtep_ip),
+                or_dash(p.vtep_ip.map(std::net::IpAddr::V4).or(p.vtep_ip6.map(std::net::IpAddr::V6))),
                 if failures == 1 { "" } else { "s" }
             ));
         }
@@ -142,7 +142,7 @@ pub fn render(state: &State) -> String {
 fn peer_table(peers: &[PeerState]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "\n{:<12} {:<18} {:<16} {:<18} {:<6} {:<6} {:<6} {:<12} {:>9}\n",
+        "\n{:<12} {:<19} {:<16} {:<18} {:<6} {:<6} {:<6} {:<12} {:>9}\n",
         "PEER", "POD CIDR", "UNDERLAY", "VTEP MAC", "ROUTE", "NEIGH", "FDB", "PROBE", "RTT"
     ));
     let yes = |v: Option<bool>| match v {
@@ -154,7 +154,7 @@ fn peer_table(peers: &[PeerState]) -> String {
         let rtt = p.probe.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.2} ms"));
         let probe = serde_json::to_value(p.probe.state).map(|v| v.as_str().unwrap_or("?").to_owned());
         out.push_str(&format!(
-            "{:<12} {:<18} {:<16} {:<18} {:<6} {:<6} {:<6} {:<12} {:>9}\n",
+            "{:<12} {:<19} {:<16} {:<18} {:<6} {:<6} {:<6} {:<12} {:>9}\n",
             p.name,
             // An IPv6-only peer's IPv6 subnet in the column.
             or_dash(p.pod_cidr.map(|c| c.to_string()).or(p.pod_cidr6.map(|c| c.to_string()))),

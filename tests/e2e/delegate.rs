@@ -185,7 +185,7 @@ fn a_lab_in_delegate_mode_passes_its_check() {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Ipv4Addr>().ok().map(|a| a.to_string()))
         .collect();
     let on_n1: HashSet<String> =
-        status.pods.iter().filter(|p| p.node == "n1").map(|p| p.ip.to_string()).collect();
+        status.pods.iter().filter(|p| p.node == "n1").map(|p| p.ip.unwrap().to_string()).collect();
     assert_eq!(held, on_n1);
     lab.finish();
 }

@@ -1,5 +1,5 @@
-//! Dual-stack labs: IPv6 pods across nodes over the same VXLAN device and
-//! IPv4 underlay, kernel mode.
+//! Dual-stack and IPv6-only labs: IPv6 pods across nodes over the same
+//! VXLAN device and IPv4 underlay, in kernel, userspace and mixed mode.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -154,5 +154,99 @@ fn ipv6_crosses_userspace_and_mixed_paths_and_the_bench_measures_both_families()
     }
     assert!(!rows.iter().any(|r| r["path"] == "underlay" && r["family"] == "ipv6"), "the underlay is IPv4");
     assert!(rows.iter().filter(|r| r["path"] == "kernel").all(|r| r["ratio_to_kernel"] == 1.0), "{bench}");
+    lab.finish();
+}
+
+/// An IPv6-only lab (no IPv4 pod network) in mixed mode: every pair over
+/// IPv6 on kernel–kernel, userspace–userspace and kernel–userspace paths,
+/// no IPv4 anywhere in the overlay, peers probed over ICMPv6, IPv6 drift
+/// repaired, and the bench measuring every pod path over IPv6.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn an_ipv6_only_lab_reaches_every_pair_in_every_mode_with_no_ipv4_in_the_overlay() {
+    require_root();
+    let lab = TestLab::up_named(&TestLab::unique_name(), 4, 1, &["--mode", "mixed", "--ip-family", "ipv6"]);
+    let check = lab.felt(&["lab", "check"]);
+    assert!(check.contains("by family: ipv4 0/0, ipv6 12/12\n"), "{check}");
+    assert!(check.contains("egress: not probed: no pod has an IPv4 address"), "{check}");
+    assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
+
+    let network6 = felt::lab::IpFamily::Ipv6.net().ipv6_network.unwrap();
+    for pod in &lab.status().pods {
+        assert_eq!(pod.ip, None, "{} has an IPv4 address", pod.name);
+        assert!(pod.ip6.is_some_and(|ip| network6.contains(&ip)), "{pod:?}");
+    }
+    let subnet = std::fs::read_to_string(lab.node_dir("n1").join("subnet.env")).unwrap();
+    assert!(!subnet.contains("FELT_NETWORK=") && !subnet.contains("FELT_SUBNET="), "{subnet}");
+    assert!(subnet.contains("FELT_IPV6_NETWORK=fd00:f31:244::/56\n"), "{subnet}");
+
+    // Kernel (n1) and userspace (n2) nodes: an IPv6 VTEP, no IPv4 address
+    // on the device; the same `ip addr` that finds the one finds no other.
+    for (node, kind) in [("n1", "kernel"), ("n2", "userspace")] {
+        let state = lab.debug_state(node);
+        assert_eq!(state.config.backend.to_string(), kind);
+        assert_eq!(state.config.network, None);
+        let lease = state.lease.expect("a lease");
+        assert_eq!((lease.pod_cidr, lease.vtep_ip), (None, None), "{lease:?}");
+        let vtep6 = lease.vtep_ip6.expect("an IPv6 VTEP");
+        let ns = lab.node_ns(node);
+        let v6 = ip_in(&ns, &["-6", "addr", "show", "dev", "felt.1", "scope", "global"]);
+        assert!(v6.contains(&format!("inet6 {vtep6}/128")), "{node}: {v6}");
+        let v4 = ip_in(&ns, &["-4", "addr", "show", "dev", "felt.1"]);
+        assert!(v4.trim().is_empty(), "{node}: an IPv4 address on felt.1: {v4}");
+        assert_eq!(state.peers.len(), 3);
+        for p in &state.peers {
+            assert!(
+                p.pod_cidr.is_none() && p.desired.route.is_none() && p.desired.neighbour.is_none(),
+                "{p:?}"
+            );
+            assert!(p.pod_cidr6.is_some() && p.desired.route6.is_some(), "{p:?}");
+            assert_eq!(p.in_sync, Some(true), "{p:?}");
+        }
+    }
+    // The agents probe their peers' IPv6 VTEPs.
+    let reachable = wait_until(Duration::from_secs(10), || {
+        lab.debug_state("n1").peers.iter().all(|p| p.probe.state == felt_proto::debug::ProbeStatus::Reachable)
+    });
+    assert!(reachable.is_some(), "{:?}", lab.debug_state("n1").peers);
+
+    // The kernel node's entries: IPv6 only, repaired when deleted by hand.
+    let n1 = lab.node_ns("n1");
+    let routes4 = ip_in(&n1, &["-4", "route", "show", "dev", "felt.1", "proto", "76"]);
+    assert!(routes4.trim().is_empty(), "IPv4 routes in an IPv6-only lab: {routes4}");
+    let (routes, neigh) = ipv6_entries(&lab, "n1");
+    assert_eq!((routes.len(), neigh.len()), (3, 3), "{routes:?} {neigh:?}");
+    let dst = routes[0].split_whitespace().next().unwrap().to_owned();
+    let vtep = neigh[0].split_whitespace().next().unwrap().to_owned();
+    ip_in(&n1, &["-6", "route", "del", &dst, "dev", "felt.1"]);
+    ip_in(&n1, &["-6", "neigh", "del", &vtep, "dev", "felt.1"]);
+    let (r, n) = ipv6_entries(&lab, "n1");
+    assert!(!r.contains(&routes[0]) && !n.contains(&neigh[0]), "not deleted: {r:?} {n:?}");
+    let back =
+        wait_until(Duration::from_secs(6), || ipv6_entries(&lab, "n1") == (routes.clone(), neigh.clone()));
+    assert!(back.is_some(), "IPv6 route/neighbour not restored: {:?}", ipv6_entries(&lab, "n1"));
+
+    let bench: serde_json::Value =
+        serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
+    let rows = bench.as_array().unwrap();
+    for path in ["kernel", "userspace", "mixed"] {
+        for test in ["tcp", "udp"] {
+            let r = rows
+                .iter()
+                .find(|r| r["test"] == test && r["path"] == path && r["family"] == "ipv6")
+                .unwrap_or_else(|| panic!("{test} {path} over IPv6: {bench}"));
+            let figure = if test == "tcp" { &r["gbit_per_s"] } else { &r["packets_per_s"] };
+            assert!(figure.as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    assert!(rows.iter().any(|r| r["path"] == "underlay"), "the underlay is measured: {bench}");
+    assert!(
+        !rows.iter().any(|r| r["path"] != "underlay" && r["family"] == "ipv4"),
+        "no IPv4 pod path: {bench}"
+    );
+    eprintln!(
+        "IPv6-only lab: 12/12 pairs over IPv6 in mixed mode; IPv6 drift repaired in {:?}",
+        back.unwrap()
+    );
     lab.finish();
 }

@@ -206,13 +206,13 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     let ul = format!("{}-ul", lab.name);
     assert_eq!(seen_from(p1_ns, &ul, outside), IpAddr::from(n1.underlay_ip), "egress leaves as the node");
     // To a pod on another node: the pod's own address.
-    let to_pod = SocketAddr::new(IpAddr::from(p2.ip), 7002);
-    assert_eq!(seen_from(p1_ns, &p2.netns, to_pod), IpAddr::from(p1.ip), "pod-to-pod is not NATed");
+    let to_pod = SocketAddr::new(IpAddr::from(p2.ip.unwrap()), 7002);
+    assert_eq!(seen_from(p1_ns, &p2.netns, to_pod), IpAddr::from(p1.ip.unwrap()), "pod-to-pod is not NATed");
     // To another node's underlay address: the pod's own address too.
     let to_node = SocketAddr::new(IpAddr::from(n2.underlay_ip), 7003);
     assert_eq!(
         seen_from(p1_ns, &lab.node_ns("n2"), to_node),
-        IpAddr::from(p1.ip),
+        IpAddr::from(p1.ip.unwrap()),
         "pod-to-node is not NATed"
     );
 
@@ -248,7 +248,7 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     let want = format!(
         "FAIL {} ({}) → outside 203.0.113.1: connection timed out (want seen as its node {})",
         p1.name,
-        IpAddr::from(p1.ip),
+        IpAddr::from(p1.ip.unwrap()),
         IpAddr::from(n1.underlay_ip)
     );
     assert!(check.contains(&want), "want `{want}` in:\n{check}");

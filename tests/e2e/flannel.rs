@@ -171,7 +171,7 @@ impl Drop for Monitor {
 fn pings_around(lab: &TestLab, node: &str, count: u16) -> std::thread::JoinHandle<(u32, u32)> {
     let status = lab.status();
     let pods: Vec<(String, String, Ipv4Addr)> =
-        status.pods.iter().map(|p| (p.netns.clone(), p.node.clone(), p.ip)).collect();
+        status.pods.iter().map(|p| (p.netns.clone(), p.node.clone(), p.ip.unwrap())).collect();
     let node = node.to_owned();
     std::thread::spawn(move || {
         let mut flows = Vec::new();

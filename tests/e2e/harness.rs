@@ -220,9 +220,10 @@ impl TestLab {
             .expect("status --json is the lab's status")
     }
 
-    /// The address of the first pod on `node`.
+    /// The IPv4 address of the first pod on `node`.
     pub fn first_pod_ip(&self, node: &str) -> std::net::Ipv4Addr {
-        self.status().pods.into_iter().find(|p| p.node == node).expect("a pod on the node").ip
+        let pod = self.status().pods.into_iter().find(|p| p.node == node).expect("a pod on the node");
+        pod.ip.expect("the pod has an IPv4 address")
     }
 
     /// `GET path` on `node`'s debug endpoint, from inside its namespace; `None`

@@ -1,6 +1,7 @@
 //! Peer health probes: every interval, one ICMP echo to each peer's VTEP
-//! address over the overlay, so a node can say which peers it really
-//! reaches and how fast — not just what it programmed.
+//! address over the overlay (its IPv4 one; its IPv6 one, over ICMPv6, in an
+//! IPv6-only cluster), so a node can say which peers it really reaches and
+//! how fast — not just what it programmed.
 //!
 //! Bounded: one packet per peer per interval, replies awaited at most
 //! `min(interval / 2, 1 s)`. A peer is `unreachable` from its first
@@ -8,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +18,9 @@ use tracing::warn;
 
 use super::metrics::{PeerLabel, ResultLabel};
 use super::status::{ProbeStatus, Shared, rfc3339};
-use crate::icmp::{echo_request, parse_echo_reply, raw_socket};
+use crate::icmp::{
+    echo_request, echo_request6, parse_echo_reply, parse_echo_reply6, raw_socket, raw_socket6,
+};
 
 /// Starts the prober thread. Its interval is the config's at each round
 /// (a SIGHUP may change it).
@@ -35,6 +38,15 @@ fn run(shared: &Shared) {
             return;
         }
     };
+    // As a std datagram socket: its recv_from names the sender, which an
+    // ICMPv6 message does not carry.
+    let sock6: Option<UdpSocket> = match raw_socket6(Duration::from_millis(10)) {
+        Ok(s) => Some(s.into()),
+        Err(e) => {
+            warn!(error = %e, "IPv6 VTEPs are not probed: cannot open an ICMPv6 socket");
+            None
+        }
+    };
     let id = (std::process::id() as u16) ^ 0x4654;
     let mut seq: u16 = 0;
     let mut buf = [0u8; 1500];
@@ -43,25 +55,52 @@ fn run(shared: &Shared) {
         let wait = (interval / 2).min(Duration::from_secs(1));
         let round = Instant::now();
         seq = seq.wrapping_add(1);
-        // IPv4 VTEPs only: an IPv6-only cluster's peers are not probed yet.
-        let targets: Vec<(String, Ipv4Addr)> =
-            shared.state().peers.iter().filter_map(|p| Some((p.name.clone(), p.vtep_ip()?))).collect();
-        let mut sent: BTreeMap<Ipv4Addr, Instant> = BTreeMap::new();
+        let targets: Vec<(String, IpAddr)> = shared
+            .state()
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let vtep = p.vtep_ip().map(IpAddr::V4).or_else(|| p.vtep_ip6().map(IpAddr::V6))?;
+                Some((p.name.clone(), vtep))
+            })
+            .collect();
+        let mut sent: BTreeMap<IpAddr, Instant> = BTreeMap::new();
         for (_, ip) in &targets {
-            if sock.send_to(&echo_request(id, seq), &SockAddr::from(SocketAddrV4::new(*ip, 0))).is_ok() {
+            let ok = match ip {
+                IpAddr::V4(v4) => {
+                    sock.send_to(&echo_request(id, seq), &SockAddr::from(SocketAddrV4::new(*v4, 0))).is_ok()
+                }
+                IpAddr::V6(v6) => sock6.as_ref().is_some_and(|s| {
+                    s.send_to(&echo_request6(id, seq), SocketAddrV6::new(*v6, 0, 0, 0)).is_ok()
+                }),
+            };
+            if ok {
                 sent.insert(*ip, Instant::now());
             }
         }
-        let mut rtts: BTreeMap<Ipv4Addr, Duration> = BTreeMap::new();
+        let (want4, want6) = (sent.keys().any(IpAddr::is_ipv4), sent.keys().any(IpAddr::is_ipv6));
+        let mut rtts: BTreeMap<IpAddr, Duration> = BTreeMap::new();
         while round.elapsed() < wait && rtts.len() < sent.len() {
-            let Ok(n) = (&sock).read(&mut buf) else { continue };
-            if n < 20 {
-                continue;
-            }
-            let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-            if let (Some(at), Some(s)) = (sent.get(&from), parse_echo_reply(&buf[..n], from, id)) {
-                if s == seq {
+            let mut replied = |from: IpAddr| {
+                if let Some(at) = sent.get(&from) {
                     rtts.entry(from).or_insert_with(|| at.elapsed());
+                }
+            };
+            if want4 {
+                if let Ok(n) = (&sock).read(&mut buf) {
+                    if n >= 20 {
+                        let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+                        if parse_echo_reply(&buf[..n], from, id) == Some(seq) {
+                            replied(IpAddr::V4(from));
+                        }
+                    }
+                }
+            }
+            if let Some(s6) = sock6.as_ref().filter(|_| want6) {
+                if let Ok((n, from)) = s6.recv_from(&mut buf) {
+                    if parse_echo_reply6(&buf[..n], id) == Some(seq) {
+                        replied(from.ip());
+                    }
                 }
             }
         }
@@ -72,12 +111,7 @@ fn run(shared: &Shared) {
     }
 }
 
-fn record(
-    shared: &Shared,
-    targets: &[(String, Ipv4Addr)],
-    rtts: &BTreeMap<Ipv4Addr, Duration>,
-    now: SystemTime,
-) {
+fn record(shared: &Shared, targets: &[(String, IpAddr)], rtts: &BTreeMap<IpAddr, Duration>, now: SystemTime) {
     let m = &shared.metrics;
     let mut probes = shared.probes();
     let live: HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();

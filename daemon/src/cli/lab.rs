@@ -91,10 +91,11 @@ pub enum LabCommand {
         /// Flannel's CNI plugin `flannel` (what `tests/flannel/build.sh` prints).
         #[arg(long, env = "FELT_FLANNEL_BIN", value_name = "DIR")]
         flannel: Option<PathBuf>,
-        /// The pods' address families: `ipv4`, or `dual` (IPv4 and IPv6:
+        /// The pods' address families: `ipv4`; `dual` (IPv4 and IPv6:
         /// every pod also gets an address of the lab's IPv6 network
         /// fd00:f31:244::/56, carried by the same VXLAN device and IPv4
-        /// underlay; kernel mode only).
+        /// underlay); or `ipv6` (IPv6 only: no IPv4 pod network; the
+        /// underlay stays IPv4). Any --mode.
         #[arg(long, default_value = "ipv4", value_name = "FAMILY")]
         ip_family: lab::IpFamily,
     },

@@ -39,7 +39,7 @@ pub fn bench(results: &[lab::bench::PathResult]) {
 pub fn status(status: &felt::lab::LabStatus) {
     let dash = |v: Option<String>| v.unwrap_or_else(|| "null".to_owned());
     println!(
-        "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",
+        "{:<6} {:<14} {:<15} {:<19} {:<18} {:>8} {:<9} {:>6} {:>9}",
         "NODE", "NETNS", "UNDERLAY", "POD CIDR", "VTEP MAC", "AGENT", "READY", "PEERS", "REACHABLE"
     );
     let mut problems = Vec::new();
@@ -52,11 +52,12 @@ pub fn status(status: &felt::lab::LabStatus) {
             (_, None) => "unknown",
         };
         println!(
-            "{:<6} {:<14} {:<15} {:<15} {:<18} {:>8} {:<9} {:>6} {:>9}",
+            "{:<6} {:<14} {:<15} {:<19} {:<18} {:>8} {:<9} {:>6} {:>9}",
             n.name,
             n.netns,
             n.underlay_ip.to_string(),
-            dash(n.pod_cidr.map(|c| c.to_string())),
+            // An IPv6-only lab's node shows its IPv6 subnet.
+            dash(n.pod_cidr.map(|c| c.to_string()).or(n.pod_cidr6.map(|c| c.to_string()))),
             dash(n.vtep_mac.map(|m| m.to_string())),
             agent,
             ready,
@@ -78,7 +79,8 @@ pub fn status(status: &felt::lab::LabStatus) {
     };
     println!("{:<10} {:<6} {:<16} {}", "POD", "NODE", "IP", if dual { "IP6" } else { "" });
     for p in &status.pods {
-        println!("{:<10} {:<6} {:<16} {}", p.name, p.node, p.ip.to_string(), ip6(p));
+        let ip = p.ip.map_or("-".to_owned(), |ip| ip.to_string());
+        println!("{:<10} {:<6} {:<16} {}", p.name, p.node, ip, ip6(p));
     }
 }
 
@@ -123,11 +125,18 @@ pub fn check(report: &CheckReport) {
             count(v6.iter().filter(|r| r.ok()).count(), v6.len())
         );
     }
-    println!(
-        "egress: {} pods reach the outside host {} as their node's address",
-        count(report.egress.iter().filter(|r| r.ok()).count(), report.egress.len()),
-        lab::OUTSIDE_IP
-    );
+    if report.egress.is_empty() && report.pods > 0 {
+        println!(
+            "egress: not probed: no pod has an IPv4 address (the outside host {} is IPv4)",
+            lab::OUTSIDE_IP
+        );
+    } else {
+        println!(
+            "egress: {} pods reach the outside host {} as their node's address",
+            count(report.egress.iter().filter(|r| r.ok()).count(), report.egress.len()),
+            lab::OUTSIDE_IP
+        );
+    }
     println!(
         "{} pod pairs reachable",
         count(report.pairs.iter().filter(|r| r.ok()).count(), report.pairs.len())

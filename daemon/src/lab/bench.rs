@@ -308,7 +308,8 @@ fn nodes_of(state: &LabState, kind: DataplaneKind) -> impl Iterator<Item = &Node
 /// between two kernel nodes, two userspace nodes, and kernel to userspace;
 /// in a dual-stack lab the pod paths once more over IPv6.
 fn paths_of(state: &LabState) -> Vec<(&'static str, End, End)> {
-    let mut paths = paths_of_family(state, |p| Some(IpAddr::V4(p.ip)));
+    // The underlay path comes with IPv4's, pods or not (IPv6-only).
+    let mut paths = paths_of_family(state, |p| p.ip.map(IpAddr::V4));
     let v6 = paths_of_family(state, |p| p.ip6.map(IpAddr::V6));
     paths.extend(v6.into_iter().filter(|(label, _, _)| *label != "underlay"));
     paths

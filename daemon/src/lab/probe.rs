@@ -246,9 +246,9 @@ pub struct Prober {
     pub netns: PathBuf,
     /// Its name.
     pub name: String,
-    /// Its address.
-    pub ip: Ipv4Addr,
-    /// Its IPv6 address, in a dual-stack lab.
+    /// Its IPv4 address; none in an IPv6-only lab.
+    pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address, in a dual-stack or IPv6-only lab.
     pub ip6: Option<Ipv6Addr>,
     /// Its node's underlay address.
     pub node_ip: Ipv4Addr,
@@ -265,7 +265,7 @@ pub fn probe_from(
     pod: Prober,
     targets: &[(String, IpAddr)],
     outside: Ipv4Addr,
-) -> std::io::Result<(Vec<PairResult>, EgressResult)> {
+) -> std::io::Result<(Vec<PairResult>, Option<EgressResult>)> {
     let targets = targets.to_vec();
     netns::run_in(&pod.netns.clone(), move || {
         let ips: Vec<IpAddr> = targets.iter().map(|(_, ip)| *ip).collect();
@@ -292,9 +292,9 @@ pub fn probe_from(
             .zip(tcp)
             .map(|((to, ip), tcp)| PairResult {
                 from: pod.name.clone(),
-                from_ip: match (ip, pod.ip6) {
-                    (IpAddr::V6(_), Some(ip6)) => IpAddr::V6(ip6),
-                    _ => IpAddr::V4(pod.ip),
+                from_ip: match ip {
+                    IpAddr::V6(_) => pod.ip6.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::V6),
+                    IpAddr::V4(_) => pod.ip.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4),
                 },
                 to: to.clone(),
                 ip: *ip,
@@ -302,16 +302,17 @@ pub fn probe_from(
                 tcp,
             })
             .collect();
-        let egress = EgressResult {
+        // Egress is IPv4's: an IPv6-only pod has no way to the IPv4 outside host.
+        let egress = pod.ip.map(|from_ip| EgressResult {
             from: pod.name.clone(),
-            from_ip: pod.ip,
+            from_ip,
             node_ip: pod.node_ip,
             seen: match tcp_round_trip(outside.into(), Duration::from_secs(2)) {
                 Ok(IpAddr::V4(seen)) => Ok(seen),
                 Ok(other) => Err(format!("the outside host saw {other}, not an IPv4 address")),
                 Err(e) => Err(e.to_string()),
             },
-        };
+        });
         (pairs, egress)
     })
 }

@@ -367,7 +367,7 @@ impl Lab {
         let before = (felt_drops(&target.netns)?, drop_points.read()?);
         let stop = Arc::new(AtomicBool::new(false));
         let pings = match (pod_on(peer), pod_on(target)) {
-            (Some(src), Some(dst)) => Some(pinger(&src.netns, dst.ip, stop.clone())),
+            (Some(src), Some(dst)) => dst.ip.map(|ip| pinger(&src.netns, ip, stop.clone())),
             _ => None,
         };
         progress(&format!(
@@ -389,10 +389,10 @@ impl Lab {
         };
         let (counted_by_felt, dropped_by_kernel) = settle(&drop_points, &target.netns, &before, sent)?;
         let recovered = match (pod_on(peer), pod_on(target)) {
-            (Some(src), Some(dst)) => {
-                let ip = dst.ip;
-                netns::run_in(&netns::named(&src.netns), move || probe_once(ip)).unwrap_or(false)
-            }
+            (Some(src), Some(dst)) => match dst.ip {
+                Some(ip) => netns::run_in(&netns::named(&src.netns), move || probe_once(ip)).unwrap_or(false),
+                None => false,
+            },
             _ => false,
         };
         Ok(SoakReport {
@@ -425,6 +425,9 @@ struct Soak<'a> {
 
 impl<'a> Soak<'a> {
     fn new(lab: &Lab, state: &'a LabState) -> Result<Self, LabError> {
+        if !state.ip_family.has_ipv4() {
+            return Err(LabError::Invalid("soak pings pods over IPv4: use an ipv4 or dual lab".into()));
+        }
         let target: &NodeState = state
             .nodes
             .iter()

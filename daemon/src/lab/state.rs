@@ -105,10 +105,12 @@ pub enum IpFamily {
     Ipv4,
     /// IPv4 and IPv6 (`ipv6Network` [`LAB_IPV6_NETWORK`]).
     Dual,
+    /// IPv6 only: no IPv4 pod network (`ipv6Network` alone).
+    Ipv6,
 }
 
-/// The lab's IPv6 pod network in a dual-stack lab (ULA space, as
-/// `LAB-NETWORK.md` asks), one /64 per node.
+/// The lab's IPv6 pod network in a dual-stack or IPv6-only lab (ULA space,
+/// as `LAB-NETWORK.md` asks), one /64 per node.
 pub const LAB_IPV6_NETWORK: &str = "fd00:f31:244::/56";
 
 impl std::str::FromStr for IpFamily {
@@ -117,8 +119,8 @@ impl std::str::FromStr for IpFamily {
         match s {
             "ipv4" => Ok(IpFamily::Ipv4),
             "dual" => Ok(IpFamily::Dual),
-            "ipv6" => Err("IPv6-only labs are not supported yet: use --ip-family dual".to_owned()),
-            other => Err(format!("unknown IP family `{other}` (ipv4 or dual)")),
+            "ipv6" => Ok(IpFamily::Ipv6),
+            other => Err(format!("unknown IP family `{other}` (ipv4, dual or ipv6)")),
         }
     }
 }
@@ -216,9 +218,10 @@ pub struct PodState {
     pub netns: String,
     /// Its node.
     pub node: String,
-    /// Its address.
-    pub ip: Ipv4Addr,
-    /// Its IPv6 address, in a dual-stack lab.
+    /// Its IPv4 address; none in an IPv6-only lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address, in a dual-stack or IPv6-only lab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<Ipv6Addr>,
 }
@@ -273,14 +276,28 @@ impl LabState {
 }
 
 impl IpFamily {
-    /// The lab's network config for these families: the default, with
-    /// [`LAB_IPV6_NETWORK`] in a dual-stack lab.
+    /// The lab's network config for these families: the default (IPv4),
+    /// with [`LAB_IPV6_NETWORK`] in a dual-stack lab, and that alone in an
+    /// IPv6-only one.
     pub fn net(self) -> felt_proto::NetConfig {
         let mut net = felt_proto::NetConfig::default();
-        if self == IpFamily::Dual {
+        if self != IpFamily::Ipv4 {
             net.ipv6_network = Some(LAB_IPV6_NETWORK.parse().expect("the lab's IPv6 network parses"));
         }
+        if self == IpFamily::Ipv6 {
+            net.network = None;
+        }
         net
+    }
+
+    /// Whether the lab's pods have an IPv4 address.
+    pub fn has_ipv4(self) -> bool {
+        self != IpFamily::Ipv6
+    }
+
+    /// Whether the lab's pods have an IPv6 address.
+    pub fn has_ipv6(self) -> bool {
+        self != IpFamily::Ipv4
     }
 }
 

@@ -32,8 +32,11 @@ pub struct NodeStatus {
     pub netns: String,
     /// Its underlay address.
     pub underlay_ip: Ipv4Addr,
-    /// Its pod subnet, once its record has one.
+    /// Its IPv4 pod subnet, once its record has one.
     pub pod_cidr: Option<Ipv4Net>,
+    /// Its IPv6 pod subnet, in a dual-stack or IPv6-only lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<ipnet::Ipv6Net>,
     /// Its VTEP MAC, once published.
     pub vtep_mac: Option<felt_proto::MacAddr>,
     /// The agent's process id.
@@ -60,14 +63,17 @@ pub struct NodeStatus {
 pub struct CheckReport {
     /// Every ordered pod pair.
     pub pairs: Vec<probe::PairResult>,
-    /// Every pod to the outside host.
+    /// Every pod with an IPv4 address to the outside host (egress is
+    /// masqueraded for IPv4 only; the outside host is IPv4).
     pub egress: Vec<probe::EgressResult>,
+    /// How many pods probed.
+    pub pods: usize,
 }
 
 impl CheckReport {
     /// Every pair and every egress probe passed, and there was something to probe.
     pub fn ok(&self) -> bool {
-        !self.egress.is_empty()
+        self.pods > 0
             && self.pairs.iter().all(probe::PairResult::ok)
             && self.egress.iter().all(probe::EgressResult::ok)
     }
@@ -88,6 +94,7 @@ impl Lab {
                     netns: n.netns.clone(),
                     underlay_ip: n.underlay_ip,
                     pod_cidr: r.and_then(NodeRecord::pod_cidr_v4),
+                    pod_cidr6: r.and_then(NodeRecord::pod_cidr_v6),
                     vtep_mac: r.and_then(|r| r.backend_data).map(|d| d.vtep_mac),
                     pid: n.pid,
                     agent: n.agent,
@@ -122,15 +129,16 @@ impl Lab {
             .pods
             .iter()
             .map(|src| {
-                // Every pair over IPv4, and over IPv6 too where both pods have it.
+                // Every pair over each family both pods have.
                 let targets: Vec<(String, IpAddr)> = state
                     .pods
                     .iter()
                     .filter(|d| d.name != src.name)
                     .flat_map(|d| {
+                        let v4 = d.ip.filter(|_| src.ip.is_some()).map(|ip| (d.name.clone(), IpAddr::V4(ip)));
                         let v6 =
                             d.ip6.filter(|_| src.ip6.is_some()).map(|ip| (d.name.clone(), IpAddr::V6(ip)));
-                        std::iter::once((d.name.clone(), IpAddr::V4(d.ip))).chain(v6)
+                        v4.into_iter().chain(v6)
                     })
                     .collect();
                 let node_ip = state
@@ -153,7 +161,8 @@ impl Lab {
             let r = w.join().map_err(|_| LabError::Invalid("a probe thread panicked".into()))?;
             let (pairs, egress) = r.map_err(|e| LabError::Invalid(format!("probing: {e}")))?;
             report.pairs.extend(pairs);
-            report.egress.push(egress);
+            report.egress.extend(egress);
+            report.pods += 1;
         }
         Ok(report)
     }

@@ -83,7 +83,13 @@ impl Lab {
             for j in 1..=opts.pods_per_node {
                 interrupt::check()?;
                 let pod = self.add_pod(&state, &node, j)?;
-                progress(&format!("pod {} on {} at {}", pod.name, pod.node, pod.ip));
+                let ips = pod.ip.map(|ip| ip.to_string()).into_iter().chain(pod.ip6.map(|ip| ip.to_string()));
+                progress(&format!(
+                    "pod {} on {} at {}",
+                    pod.name,
+                    pod.node,
+                    ips.collect::<Vec<_>>().join(", ")
+                ));
                 state.pods.push(pod);
                 self.save(&state)?;
             }
@@ -178,9 +184,10 @@ impl Lab {
             // The controller-manager's job: one /24 per node, by index.
             let cidr = Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, (index - 1) as u8, 0), 24)
                 .map_err(|e| LabError::Invalid(e.to_string()))?;
-            let mut cidrs = vec![ipnet::IpNet::V4(cidr)];
-            if state.ip_family == IpFamily::Dual {
-                let network = state.net().ipv6_network.expect("a dual-stack lab has an IPv6 network");
+            let mut cidrs: Vec<ipnet::IpNet> =
+                state.ip_family.has_ipv4().then_some(cidr.into()).into_iter().collect();
+            if state.ip_family.has_ipv6() {
+                let network = state.net().ipv6_network.expect("a lab with IPv6 has an IPv6 network");
                 let cidr6 = network.subnets(64).ok().and_then(|mut s| s.nth((index - 1) as usize));
                 cidrs.extend(cidr6.map(ipnet::IpNet::V6));
             }
@@ -357,22 +364,23 @@ impl Lab {
         let result: felt_proto::cni::CniResult = serde_json::from_value(reply.clone()).map_err(|e| {
             LabError::Invalid(format!("CNI ADD for {name} returned no result ({e}): {reply}"))
         })?;
-        let ip = result
-            .ips
-            .iter()
-            .find_map(|c| match c.address {
-                ipnet::IpNet::V4(a) => Some(a.addr()),
-                ipnet::IpNet::V6(_) => None,
-            })
-            .ok_or_else(|| {
-                LabError::Invalid(format!("CNI ADD for {name} returned no IPv4 address: {reply}"))
-            })?;
+        let ip = result.ips.iter().find_map(|c| match c.address {
+            ipnet::IpNet::V4(a) => Some(a.addr()),
+            ipnet::IpNet::V6(_) => None,
+        });
         let ip6 = result.ips.iter().find_map(|c| match c.address {
             ipnet::IpNet::V6(a) => Some(a.addr()),
             ipnet::IpNet::V4(_) => None,
         });
-        if state.ip_family == IpFamily::Dual && ip6.is_none() {
-            return Err(LabError::Invalid(format!("CNI ADD for {name} returned no IPv6 address: {reply}")));
+        for (family, want, got) in [
+            ("IPv4", state.ip_family.has_ipv4(), ip.is_some()),
+            ("IPv6", state.ip_family.has_ipv6(), ip6.is_some()),
+        ] {
+            if want && !got {
+                return Err(LabError::Invalid(format!(
+                    "CNI ADD for {name} returned no {family} address: {reply}"
+                )));
+            }
         }
         Ok(PodState { name, netns, node: node.name.clone(), ip, ip6 })
     }
@@ -388,10 +396,10 @@ pub const DEBIAN_CNI_PATH: &str = "/usr/lib/cni";
 /// Kubernetes registry; felt in `--compat flannel` needs the registry too.
 fn check_flannel(opts: &UpOptions) -> Result<(), LabError> {
     let kube = opts.control_plane.is_some() || matches!(opts.registry, LabRegistry::Kube { .. });
-    if opts.dialect() == Dialect::Flannel && opts.ip_family == IpFamily::Dual {
+    if opts.dialect() == Dialect::Flannel && opts.ip_family != IpFamily::Ipv4 {
         return Err(LabError::Invalid(
-            "a dual-stack lab runs felt's own conventions: Flannel's dual-stack needs a second VXLAN device \
-             (flannel-v6.1) that felt does not speak"
+            "a dual-stack or IPv6-only lab runs felt's own conventions: Flannel's IPv6 needs a second VXLAN \
+             device (flannel-v6.1) that felt does not speak"
                 .into(),
         ));
     }
