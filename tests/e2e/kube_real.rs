@@ -11,17 +11,46 @@ use serde_json::Value;
 use crate::harness::{TestLab, control_plane_bin, require_root};
 
 fn real_lab(nodes: u32, pods: u32) -> TestLab {
+    real_lab_with(nodes, pods, &[])
+}
+
+fn real_lab_with(nodes: u32, pods: u32, extra: &[&str]) -> TestLab {
     let bin = control_plane_bin();
     let bin = bin.to_str().unwrap();
     let alone = crate::harness::exclusive();
-    let mut lab = TestLab::up_named(
-        &TestLab::unique_name(),
-        nodes,
-        pods,
-        &["--registry", "kube", "--control-plane", bin],
-    );
+    let mut args = vec!["--registry", "kube", "--control-plane", bin];
+    args.extend_from_slice(extra);
+    let mut lab = TestLab::up_named(&TestLab::unique_name(), nodes, pods, &args);
     lab.hold(alone);
     lab
+}
+
+/// An IPv6-only cluster on the real control plane: Nodes whose
+/// `spec.podCIDRs` holds one IPv6 CIDR, agents that lease it, publish it and
+/// program it, pods that reach each other over IPv6 alone.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn an_ipv6_only_cluster_leases_its_pod_cidrs_from_the_api_server() {
+    require_root();
+    let lab = real_lab_with(3, 1, &["--ip-family", "ipv6"]);
+    let check = lab.felt(&["lab", "check"]);
+    assert!(check.contains("by family: ipv4 0/0, ipv6 6/6\n"), "{check}");
+    assert_eq!(check.lines().last(), Some("6/6 pod pairs reachable"), "{check}");
+    let (ok, out, err) = kubectl(&lab, &["get", "node", "n1", "-o", "jsonpath={.spec.podCIDRs}"]);
+    assert!(ok, "{err}");
+    let cidrs: Vec<String> = serde_json::from_str(&out).unwrap();
+    assert_eq!(cidrs.len(), 1, "{cidrs:?}");
+    let state = lab.debug_state("n1");
+    let lease = state.lease.expect("a lease");
+    assert_eq!(lease.pod_cidr, None);
+    assert_eq!(lease.pod_cidr6.map(|c| c.to_string()), Some(cidrs[0].clone()), "the Node's spec, leased");
+    assert_eq!(state.peers.len(), 2);
+    assert!(
+        state.peers.iter().all(|p| p.pod_cidr6.is_some() && p.in_sync == Some(true)),
+        "{:?}",
+        state.peers
+    );
+    lab.finish();
 }
 
 /// `kubectl` as the lab's admin, from the host: the lab's loopback proxy
