@@ -15,7 +15,7 @@ fn peer(i: u8) -> Peer {
         pod_cidr: Some(format!("10.244.{i}.0/24").parse().expect("cidr")),
         pod_cidr6: None,
         vtep_mac: felt_proto::MacAddr::derive(format!("n{i}").as_bytes()),
-        underlay_ip: Ipv4Addr::new(198, 18, 7, 10 + i),
+        underlay_ip: Ipv4Addr::new(198, 18, 7, 10 + i).into(),
     }
 }
 

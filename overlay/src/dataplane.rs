@@ -215,7 +215,7 @@ mod tests {
             pod_cidr: Some("10.244.2.0/24".parse().unwrap()),
             pod_cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
             vtep_mac: "0a:00:00:00:00:02".parse().unwrap(),
-            underlay_ip: Ipv4Addr::new(198, 18, 0, 12),
+            underlay_ip: Ipv4Addr::new(198, 18, 0, 12).into(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The domain: peers and the kernel objects that make them reachable
 //! (those are defined in `felt_proto::entry`, as the debug API shows them).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use felt_proto::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -18,8 +18,9 @@ pub struct Peer {
     pub pod_cidr6: Option<Ipv6Net>,
     /// The peer's VTEP MAC.
     pub vtep_mac: MacAddr,
-    /// The peer's underlay address, where VXLAN datagrams go.
-    pub underlay_ip: Ipv4Addr,
+    /// The peer's underlay address, where VXLAN datagrams go (IPv4, or
+    /// IPv6 on an IPv6 underlay).
+    pub underlay_ip: IpAddr,
 }
 
 impl Peer {

@@ -119,7 +119,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
         }
     }
 
-    let want_fdb: HashMap<MacAddr, std::net::Ipv4Addr> = desired.fdb.iter().map(|f| (f.mac, f.dst)).collect();
+    let want_fdb: HashMap<MacAddr, IpAddr> = desired.fdb.iter().map(|f| (f.mac, f.dst)).collect();
     let have_fdb: HashSet<FdbEntry> = observed.fdb.iter().copied().collect();
     // In entry order, once each (as a set of them would give).
     let mut fdb_dels: Vec<FdbEntry> =

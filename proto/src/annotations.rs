@@ -11,7 +11,7 @@
 //! flanneld nodes are one fabric.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -229,9 +229,9 @@ pub fn record(
                 source,
             })?);
     }
-    let ip = |key: &'static str| -> Result<Option<Ipv4Addr>, NodeError> {
+    let ip = |key: &'static str| -> Result<Option<IpAddr>, NodeError> {
         ann.get(key)
-            .map(|v| v.parse::<Ipv4Addr>().map_err(|_| NodeError::Address { key, value: v.clone() }))
+            .map(|v| v.parse::<IpAddr>().map_err(|_| NodeError::Address { key, value: v.clone() }))
             .transpose()
     };
     let overwrite = if honour_overwrite { ip(keys.public_ip_overwrite)? } else { None };
@@ -266,7 +266,7 @@ mod tests {
             let r = record(fields(&ann, &cidrs), Dialect::Flannel, true).unwrap();
             let d = r.backend_data.unwrap();
             assert_eq!((d.vni, d.vtep_mac.to_string()), (1, "2a:ab:65:a4:e3:2a".to_owned()));
-            assert_eq!(r.public_ip, Some(Ipv4Addr::new(198, 18, 238, 13)));
+            assert_eq!(r.public_ip, Some(std::net::Ipv4Addr::new(198, 18, 238, 13).into()));
             // Read as felt's, a Node with only Flannel's annotations is read in
             // Flannel's: a peer of a node that left compat mode.
             assert_eq!(record(fields(&ann, &cidrs), Dialect::Felt, true).unwrap(), r);
@@ -274,7 +274,10 @@ mod tests {
             let mut both = ann.clone();
             both.insert(PUBLIC_IP.to_owned(), "198.18.238.99".to_owned());
             let felt = record(fields(&both, &cidrs), Dialect::Felt, true).unwrap();
-            assert_eq!((felt.backend_data, felt.public_ip), (None, Some(Ipv4Addr::new(198, 18, 238, 99))));
+            assert_eq!(
+                (felt.backend_data, felt.public_ip),
+                (None, Some(std::net::Ipv4Addr::new(198, 18, 238, 99).into()))
+            );
         }
     }
 
@@ -282,7 +285,7 @@ mod tests {
     fn each_dialect_reads_back_what_it_writes() {
         let mut r = NodeRecord::new("n2");
         r.pod_cidrs.push("10.244.2.0/24".parse().unwrap());
-        r.public_ip = Some(Ipv4Addr::new(198, 18, 0, 12));
+        r.public_ip = Some(std::net::Ipv4Addr::new(198, 18, 0, 12).into());
         r.backend_type = Some(BackendType::Vxlan);
         r.backend_data = Some(BackendData { vni: 7, vtep_mac: "02:f1:00:00:00:02".parse().unwrap() });
         for dialect in [Dialect::Felt, Dialect::Flannel] {

@@ -5,7 +5,7 @@
 //! rely on (`jq .peers[].in_sync`): add fields, never rename them.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -110,7 +110,7 @@ pub struct Lease {
     /// The underlay interface.
     pub underlay_iface: String,
     /// The underlay (public) address.
-    pub underlay_ip: Ipv4Addr,
+    pub underlay_ip: IpAddr,
     /// The underlay MTU.
     pub underlay_mtu: u32,
     /// The VXLAN (or TUN) device.
@@ -176,7 +176,7 @@ pub struct PeerState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<Ipv4Net>,
     /// The peer's underlay address.
-    pub underlay_ip: Ipv4Addr,
+    pub underlay_ip: IpAddr,
     /// The peer's VTEP address; absent in an IPv6-only cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_ip: Option<Ipv4Addr>,
@@ -292,6 +292,9 @@ pub enum RejectReason {
     ClaimsOurMac,
     /// Clashes with an accepted peer (CIDR, underlay IP or MAC).
     Clash,
+    /// Its underlay address is of the other family than ours (an IPv6
+    /// public IP on an IPv4 underlay, or the reverse): unreachable.
+    UnderlayFamily,
 }
 
 impl RejectReason {
@@ -305,6 +308,7 @@ impl RejectReason {
             RejectReason::ClaimsOurUnderlay => "claims_our_underlay",
             RejectReason::ClaimsOurMac => "claims_our_mac",
             RejectReason::Clash => "clash",
+            RejectReason::UnderlayFamily => "underlay_family",
         }
     }
 }
@@ -388,7 +392,7 @@ pub struct EnginePeer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr6: Option<Ipv6Net>,
     /// Where the datagrams go; the only source accepted for its frames.
-    pub underlay_ip: Ipv4Addr,
+    pub underlay_ip: IpAddr,
     /// Its VTEP MAC, the inner frames' destination.
     pub vtep_mac: MacAddr,
 }

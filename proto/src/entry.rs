@@ -4,7 +4,7 @@
 //! them) and part of the debug API (`/debug/state` shows desired entries and
 //! the diff as these shapes), so they live here, with no I/O.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -35,8 +35,8 @@ pub struct Neighbour {
 pub struct FdbEntry {
     /// The peer's VTEP MAC.
     pub mac: MacAddr,
-    /// The peer's underlay address.
-    pub dst: Ipv4Addr,
+    /// The peer's underlay address (IPv4, or IPv6 on an IPv6 underlay).
+    pub dst: IpAddr,
 }
 
 /// One change to the data plane.
@@ -84,7 +84,7 @@ mod tests {
     fn ops_keep_their_json_shape() {
         let op = Op::SetFdb(FdbEntry {
             mac: "0a:00:00:00:00:01".parse().unwrap(),
-            dst: Ipv4Addr::new(198, 18, 0, 2),
+            dst: std::net::Ipv4Addr::new(198, 18, 0, 2).into(),
         });
         let json = serde_json::to_string(&op).unwrap();
         assert_eq!(json, r#"{"op":"set_fdb","entry":{"mac":"0a:00:00:00:00:01","dst":"198.18.0.2"}}"#);

@@ -13,7 +13,7 @@
 //! A record may be incomplete (no pod CIDR yet, not yet published): such a
 //! node is known but is not a peer until it is complete.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -57,9 +57,10 @@ pub struct NodeRecord {
     /// The node's pod CIDRs: at most one IPv4 and one IPv6.
     #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
     pub pod_cidrs: Vec<IpNet>,
-    /// The underlay address peers send VXLAN to.
+    /// The underlay address peers send VXLAN to (IPv4, or IPv6 on an IPv6
+    /// underlay).
     #[serde(rename = "publicIP", default, skip_serializing_if = "Option::is_none")]
-    pub public_ip: Option<Ipv4Addr>,
+    pub public_ip: Option<IpAddr>,
     /// The backend the node speaks, once published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_type: Option<BackendType>,
@@ -92,9 +93,10 @@ pub enum RecordError {
     /// The VNI does not fit in 24 bits.
     #[error("VNI {0} does not fit in 24 bits")]
     BadVni(u32),
-    /// The public IP is unspecified, loopback, multicast or broadcast.
+    /// The public IP is unspecified, loopback, multicast, broadcast or
+    /// (IPv6) link-local.
     #[error("public IP {0} cannot be an underlay address")]
-    BadPublicIp(Ipv4Addr),
+    BadPublicIp(IpAddr),
 }
 
 impl NodeRecord {
@@ -149,7 +151,11 @@ impl NodeRecord {
             }
         }
         if let Some(ip) = self.public_ip {
-            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+            let bad = match ip {
+                IpAddr::V4(v4) => v4.is_broadcast(),
+                IpAddr::V6(v6) => v6.is_unicast_link_local(),
+            };
+            if bad || ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
                 return Err(RecordError::BadPublicIp(ip));
             }
         }
@@ -198,7 +204,7 @@ mod tests {
         let r = NodeRecord::from_json(FULL.as_bytes()).unwrap();
         assert_eq!(r.name, "n1");
         assert_eq!(r.pod_cidr_v4(), Some("10.244.1.0/24".parse().unwrap()));
-        assert_eq!(r.public_ip, Some(Ipv4Addr::new(198, 18, 7, 11)));
+        assert_eq!(r.public_ip, Some(std::net::Ipv4Addr::new(198, 18, 7, 11).into()));
         assert_eq!(r.backend_data.unwrap().vni, 1);
         let again = NodeRecord::from_json(&r.to_json()).unwrap();
         assert_eq!(again, r);

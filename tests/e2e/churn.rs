@@ -196,7 +196,7 @@ impl Node {
     fn record(name: &str, s: Slots) -> NodeRecord {
         let mut r = NodeRecord::new(name);
         r.pod_cidrs = vec![s.cidr().parse().unwrap()];
-        r.public_ip = Some(s.ip());
+        r.public_ip = Some(s.ip().into());
         r.backend_type = Some(BackendType::Vxlan);
         r.backend_data = Some(BackendData { vni: 1, vtep_mac: s.mac() });
         r

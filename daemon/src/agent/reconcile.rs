@@ -337,7 +337,16 @@ impl Agent {
         let want = Table {
             masquerade: self.cfg.net.network.filter(|_| self.cfg.net.ip_masq),
             port_lock: locked.then_some(self.dataplane.spec().port),
-            nodes: peers.iter().map(|p| p.underlay_ip).chain([self.underlay.ip]).collect(),
+            // IPv4 underlay addresses: a peer on the other family is refused.
+            nodes: peers
+                .iter()
+                .map(|p| p.underlay_ip)
+                .chain([self.underlay.ip])
+                .filter_map(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect(),
         };
         let known = self.state.nft_known.take().filter(|_| pass == Pass::Registry);
         let result = (|| {

@@ -6,7 +6,8 @@
 //!   (not yet published), not an error;
 //! - a record is *rejected* when its backend or VNI differ from ours, its
 //!   pod CIDR (either family) is outside the cluster network or overlaps
-//!   ours, or it claims our underlay IP or VTEP MAC;
+//!   ours, its underlay IP is of the other family than ours (unreachable),
+//!   or it claims our underlay IP or VTEP MAC;
 //! - a record's pod CIDRs count for the families the cluster has: in a
 //!   dual-stack cluster a record without an IPv6 pod CIDR is a peer over
 //!   IPv4 only (a node that has not been given one yet); an IPv4 cluster
@@ -19,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use foldhash::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use felt_ipam::subnets::{overlaps, validate_pod_cidr};
 use felt_overlay::Peer;
@@ -36,7 +37,7 @@ pub struct Me {
     /// Our IPv6 pod subnet, in a dual-stack or IPv6-only cluster.
     pub pod_cidr6: Option<Ipv6Net>,
     /// Our underlay address.
-    pub underlay_ip: Ipv4Addr,
+    pub underlay_ip: IpAddr,
     /// Our VTEP MAC.
     pub vtep_mac: MacAddr,
 }
@@ -85,6 +86,12 @@ pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&
             v6.map(|(_, c)| c).zip(me.pod_cidr6).filter(|(c, o)| overlaps(*c, *o))
         {
             Some((R::OverlapsOurs, format!("IPv6 pod CIDR {c6} overlaps ours ({ours})")))
+        } else if underlay_ip.is_ipv4() != me.underlay_ip.is_ipv4() {
+            let ours = if me.underlay_ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            Some((
+                R::UnderlayFamily,
+                format!("underlay IP {underlay_ip} is not {ours}, as ours ({}) is", me.underlay_ip),
+            ))
         } else if underlay_ip == me.underlay_ip {
             Some((R::ClaimsOurUnderlay, format!("claims our underlay IP {underlay_ip}")))
         } else if data.vtep_mac == me.vtep_mac {
@@ -135,7 +142,7 @@ struct Taken {
     cidrs: BTreeMap<u32, (u32, usize)>,
     /// The same for IPv6 pod CIDRs.
     cidrs6: BTreeMap<u128, (u128, usize)>,
-    underlay: HashMap<Ipv4Addr, usize>,
+    underlay: HashMap<IpAddr, usize>,
     macs: HashMap<MacAddr, usize>,
 }
 
@@ -192,6 +199,7 @@ mod tests {
     use felt_proto::BackendData;
 
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn me() -> Me {
         Me {
@@ -345,6 +353,21 @@ mod tests {
         );
     }
 
+    /// A peer whose underlay address is of the other family cannot be
+    /// reached (our VXLAN socket is of ours): refused, saying so.
+    #[test]
+    fn a_peer_on_the_other_underlay_family_is_refused() {
+        let recs =
+            [rec("a", "10.244.2.0/24", "fd00:f31:1::12", 2), rec("b", "10.244.3.0/24", "198.18.7.13", 3)];
+        let v = build(&recs, &me(), &NetConfig::default(), |_| false);
+        assert_eq!(names(&v), ["b"]);
+        assert_eq!(v.rejected[0].reason, RejectReason::UnderlayFamily);
+        assert_eq!(v.rejected[0].message, "underlay IP fd00:f31:1::12 is not IPv4, as ours (198.18.7.11) is");
+        let me6 = Me { underlay_ip: "fd00:f31:1::11".parse().unwrap(), ..me() };
+        let v = build(&recs, &me6, &NetConfig::default(), |_| false);
+        assert_eq!((names(&v), v.rejected[0].node.as_str()), (vec!["a"], "b"), "and the reverse");
+    }
+
     #[test]
     fn duplicate_underlay_or_mac_among_peers() {
         let recs = [
@@ -379,7 +402,7 @@ mod tests {
                     name: format!("p{i}"),
                     pod_cidr: Some(Ipv4Net::new(addr, len).unwrap().trunc()),
                     pod_cidr6: None,
-                    underlay_ip: Ipv4Addr::new(198, 18, 0, next(60) as u8),
+                    underlay_ip: Ipv4Addr::new(198, 18, 0, next(60) as u8).into(),
                     vtep_mac: MacAddr([2, 0, 0, 0, 0, next(60) as u8]),
                 };
                 let scan = accepted.iter().any(|p| {

@@ -260,7 +260,7 @@ impl Lab {
             let records = self.records_of(&state.registry)?;
             let behind: Vec<&str> = felts
                 .iter()
-                .filter(|n| records.get(&n.name).and_then(|r| r.public_ip) != Some(n.underlay_ip))
+                .filter(|n| records.get(&n.name).and_then(|r| r.public_ip) != Some(n.underlay_ip.into()))
                 .map(|n| n.name.as_str())
                 .collect();
             if behind.is_empty() {

@@ -528,7 +528,7 @@ fn peer(i: u32, underlay: Ipv4Addr) -> NodeRecord {
     let [_, _, hi, lo] = (i + 1).to_be_bytes();
     let mut record = NodeRecord::new(peer_name(i));
     record.pod_cidrs = vec![IpNet::V4(subnet)];
-    record.public_ip = Some(underlay);
+    record.public_ip = Some(underlay.into());
     record.backend_type = Some(BackendType::Vxlan);
     record.backend_data =
         Some(BackendData { vni: 1, vtep_mac: MacAddr([0x02, 0xfe, 0, (i >> 16) as u8, hi, lo]) });
@@ -774,7 +774,7 @@ mod tests {
         assert!("198.18.0.0/15".parse::<Ipv4Net>().unwrap().contains(&underlay));
         let last = peer(MAX_PEERS - 1, peer_underlay(MAX_PEERS + MAX_CHANGES - 1));
         assert!(network.contains(&last.pod_cidr_v4().unwrap()));
-        assert!(underlay.contains(&last.public_ip.unwrap()));
+        assert!(ipnet::IpNet::from(underlay).contains(&last.public_ip.unwrap()));
         assert!(underlay.contains(&node_underlay()));
         assert_ne!(
             peer(0, node_underlay()).pod_cidr_v4(),

@@ -5,7 +5,7 @@
 pub mod file;
 pub mod kube;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use felt_proto::{NetConfig, NodeRecord};
@@ -165,11 +165,15 @@ impl Registry {
         }
     }
 
-    /// The public IP to publish: an operator's overwrite, else the underlay address.
-    pub fn public_ip(&self, underlay: Ipv4Addr) -> Ipv4Addr {
+    /// The public IP to publish: an operator's overwrite (of the underlay's
+    /// family: the VXLAN device sends from that family), else the underlay
+    /// address.
+    pub fn public_ip(&self, underlay: IpAddr) -> IpAddr {
         match self {
             Registry::File(_) => underlay,
-            Registry::Kube(k) => k.public_ip_overwrite().unwrap_or(underlay),
+            Registry::Kube(k) => {
+                k.public_ip_overwrite().filter(|o| o.is_ipv4() == underlay.is_ipv4()).unwrap_or(underlay)
+            }
         }
     }
 

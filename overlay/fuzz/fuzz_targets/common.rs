@@ -1,6 +1,6 @@
 //! What the fuzz targets share: two dual-stack peers on one VNI.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use felt_overlay::Peer;
 use felt_overlay::userspace::{Engine, EngineConfig};
@@ -11,7 +11,7 @@ pub fn peer(name: &str, cidr: &str, cidr6: &str, ip: Ipv4Addr) -> Peer {
         pod_cidr: Some(cidr.parse().unwrap()),
         pod_cidr6: Some(cidr6.parse().unwrap()),
         vtep_mac: felt_proto::MacAddr::derive(name.as_bytes()),
-        underlay_ip: ip,
+        underlay_ip: ip.into(),
     }
 }
 
@@ -31,4 +31,4 @@ pub fn pair() -> (Engine, Engine) {
 }
 
 /// n1's underlay address.
-pub const N1: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 11);
+pub const N1: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 7, 11));

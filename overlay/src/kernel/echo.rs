@@ -124,7 +124,7 @@ fn entry_of(n: &NeighbourMessage) -> Option<Entry> {
     }
     match (n.header.family, ip?) {
         (AddressFamily::Inet | AddressFamily::Inet6, ip) => Some(Entry::Neighbour(ip, mac)),
-        (AddressFamily::Bridge, IpAddr::V4(dst)) => Some(Entry::Fdb(FdbEntry { mac: mac?, dst })),
+        (AddressFamily::Bridge, dst) => Some(Entry::Fdb(FdbEntry { mac: mac?, dst })),
         _ => None,
     }
 }

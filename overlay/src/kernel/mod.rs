@@ -75,8 +75,8 @@ pub struct Underlay {
     pub index: u32,
     /// Interface name.
     pub name: String,
-    /// Its IPv4 address: the node's public IP.
-    pub ip: Ipv4Addr,
+    /// Its address: the node's public IP (IPv4, or IPv6 on an IPv6 underlay).
+    pub ip: IpAddr,
     /// Its MTU.
     pub mtu: u32,
 }
@@ -275,7 +275,7 @@ impl Kernel {
                 (link, first_addr(oif).ok_or_else(|| KernelError::NoAddress(link.name.clone()))?)
             }
         };
-        Ok(Underlay { index: link.index, name: link.name.clone(), ip, mtu: link.mtu })
+        Ok(Underlay { index: link.index, name: link.name.clone(), ip: IpAddr::V4(ip), mtu: link.mtu })
     }
 
     /// Deletes link `name` if it is a VXLAN device (a node moving from kernel

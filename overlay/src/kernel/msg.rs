@@ -32,8 +32,8 @@ pub struct VxlanSpec {
     pub vni: u32,
     /// UDP destination port.
     pub port: u16,
-    /// Underlay source address.
-    pub local: Ipv4Addr,
+    /// Underlay source address (IPv4, or IPv6 on an IPv6 underlay).
+    pub local: IpAddr,
     /// Underlay interface index.
     pub underlay_index: u32,
     /// Device MTU.
@@ -45,10 +45,12 @@ pub struct VxlanSpec {
 /// `ip link add NAME address MAC mtu MTU up type vxlan id VNI dstport PORT
 /// local LOCAL dev UNDERLAY nolearning`.
 pub fn vxlan_link(spec: &VxlanSpec) -> LinkMessage {
-    LinkVxlan::new(&spec.name, spec.vni)
-        .port(spec.port)
-        .local(spec.local)
-        .dev(spec.underlay_index)
+    let link = LinkVxlan::new(&spec.name, spec.vni).port(spec.port);
+    let link = match spec.local {
+        IpAddr::V4(v4) => link.local(v4),
+        IpAddr::V6(v6) => link.local6(v6),
+    };
+    link.dev(spec.underlay_index)
         .learning(false)
         .mtu(spec.mtu)
         .address(spec.mac.octets().to_vec())
@@ -80,7 +82,11 @@ pub fn fdb(ifindex: u32, f: &FdbEntry) -> NeighbourMessage {
     m.header.flags = NeighbourFlags::Own;
     m.header.kind = RouteType::Unspec;
     m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.octets().to_vec()));
-    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(f.dst)));
+    let dst = match f.dst {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    };
+    m.attributes.push(NeighbourAttribute::Destination(dst));
     m
 }
 
@@ -182,6 +188,10 @@ pub(crate) fn neighbour_ipv4(addr: &NeighbourAddress) -> Option<Ipv4Addr> {
 pub(crate) fn neighbour_ip(addr: &NeighbourAddress) -> Option<IpAddr> {
     match addr {
         NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        // A bridge-family (FDB) message's remote, IPv6 on an IPv6 underlay.
+        NeighbourAddress::Other(raw) if raw.len() == 16 => {
+            <[u8; 16]>::try_from(raw.as_slice()).ok().map(|b| IpAddr::V6(b.into()))
+        }
         other => neighbour_ipv4(other).map(IpAddr::V4),
     }
 }

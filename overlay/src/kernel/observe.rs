@@ -12,7 +12,7 @@ use netlink_packet_route::link::{
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteHeader, RouteMessage};
 
-use super::msg::{VxlanSpec, neighbour_ip, neighbour_ipv4, route_ip};
+use super::msg::{VxlanSpec, neighbour_ip, route_ip};
 use crate::{FdbEntry, Neighbour, ObservedRoute, RouteTag};
 
 /// What a link dump says about one device.
@@ -40,7 +40,7 @@ pub struct VxlanFacts {
     /// UDP destination port.
     pub port: Option<u16>,
     /// Underlay source address.
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     /// Underlay device index.
     pub link: Option<u32>,
     /// Source-address learning.
@@ -69,7 +69,8 @@ pub fn link_facts(msg: &LinkMessage) -> LinkFacts {
                                 match d {
                                     InfoVxlan::Id(x) => v.vni = Some(*x),
                                     InfoVxlan::Port(x) => v.port = Some(*x),
-                                    InfoVxlan::Local(x) => v.local = Some(*x),
+                                    InfoVxlan::Local(x) => v.local = Some(IpAddr::V4(*x)),
+                                    InfoVxlan::Local6(x) => v.local = Some(IpAddr::V6(*x)),
                                     InfoVxlan::Link(x) => v.link = Some(*x),
                                     InfoVxlan::Learning(x) => v.learning = Some(*x),
                                     _ => {}
@@ -162,9 +163,9 @@ fn lladdr(m: &NeighbourMessage) -> Option<MacAddr> {
     })
 }
 
-fn destination(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+fn destination(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(d) => neighbour_ipv4(d),
+        NeighbourAttribute::Destination(d) => neighbour_ip(d),
         _ => None,
     })
 }
@@ -187,7 +188,7 @@ pub fn neighbours(msgs: &[NeighbourMessage], ifindex: u32) -> Vec<Neighbour> {
         .collect()
 }
 
-/// FDB entries with an IPv4 remote on `ifindex`.
+/// FDB entries with a remote (IPv4 or IPv6) on `ifindex`.
 pub fn fdb(msgs: &[NeighbourMessage], ifindex: u32) -> Vec<FdbEntry> {
     msgs.iter()
         .filter(|m| m.header.family == AddressFamily::Bridge && m.header.ifindex == ifindex)
@@ -229,7 +230,7 @@ mod tests {
         assert_eq!(neighbours(&[msg::neighbour(5, &n)], 5), vec![n]);
         assert!(neighbours(&[msg::neighbour(6, &n)], 5).is_empty());
 
-        let f = FdbEntry { mac: n.mac, dst: Ipv4Addr::new(198, 18, 7, 12) };
+        let f = FdbEntry { mac: n.mac, dst: Ipv4Addr::new(198, 18, 7, 12).into() };
         assert_eq!(fdb(&[msg::fdb(5, &f)], 5), vec![f]);
         // A neighbour message is not an FDB entry and vice versa.
         assert!(fdb(&[msg::neighbour(5, &n)], 5).is_empty());
@@ -253,7 +254,7 @@ mod tests {
             name: "felt.1".into(),
             vni: 1,
             port: 8472,
-            local: Ipv4Addr::new(198, 18, 7, 11),
+            local: Ipv4Addr::new(198, 18, 7, 11).into(),
             underlay_index: 2,
             mtu: 1450,
             mac: "02:00:00:00:00:01".parse().unwrap(),

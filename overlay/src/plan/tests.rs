@@ -10,7 +10,7 @@ fn peer(i: u8) -> Peer {
         pod_cidr: Some(format!("10.244.{i}.0/24").parse().unwrap()),
         pod_cidr6: None,
         vtep_mac: MacAddr([0x02, 0, 0, 0, 0, i]),
-        underlay_ip: Ipv4Addr::new(198, 18, 7, 10 + i),
+        underlay_ip: under(i),
     }
 }
 
@@ -26,8 +26,8 @@ fn mac(i: u8) -> MacAddr {
     MacAddr([0x02, 0, 0, 0, 0, i])
 }
 
-fn under(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 7, 10 + i)
+fn under(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 7, 10 + i))
 }
 
 /// Exactly what felt programs for peer `i`.

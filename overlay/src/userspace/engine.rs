@@ -1,7 +1,7 @@
 //! The encap/decap core and its peer table.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use felt_proto::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -133,7 +133,7 @@ pub enum Encap {
         /// Bytes written to the output buffer.
         len: usize,
         /// The peer's underlay address and port.
-        to: SocketAddrV4,
+        to: SocketAddr,
     },
     /// Drop it.
     Drop(DropReason),
@@ -152,7 +152,7 @@ pub enum EncapMany {
         /// Datagrams.
         count: usize,
         /// The peer's underlay address and port.
-        to: SocketAddrV4,
+        to: SocketAddr,
     },
     /// Drop it.
     Drop(DropReason),
@@ -181,7 +181,7 @@ pub struct Engine {
     by_prefix: Vec<(u8, HashMap<u32, Route>)>,
     /// The same for peers' IPv6 pod CIDRs.
     by_prefix6: Vec<(u8, HashMap<u128, Route>)>,
-    by_underlay: HashMap<Ipv4Addr, usize>,
+    by_underlay: HashMap<IpAddr, usize>,
     counters: Counters,
 }
 
@@ -304,7 +304,7 @@ impl Engine {
             IpAddr::V6(d) => self.lookup6(d),
         };
         let Some(peer) = peer else { return Encap::Drop(self.drop(DropReason::NoRoute)) };
-        let (peer_mac, to) = (peer.vtep_mac, SocketAddrV4::new(peer.underlay_ip, self.cfg.port));
+        let (peer_mac, to) = (peer.vtep_mac, SocketAddr::new(peer.underlay_ip, self.cfg.port));
         let len = HEADROOM + ip.len();
         if out.len() < len {
             return Encap::Drop(self.drop(DropReason::TooBig));
@@ -342,7 +342,7 @@ impl Engine {
                 let Some(peer) = peer else {
                     return EncapMany::Drop(self.drop(DropReason::NoRoute));
                 };
-                let (peer_mac, to) = (peer.vtep_mac, SocketAddrV4::new(peer.underlay_ip, self.cfg.port));
+                let (peer_mac, to) = (peer.vtep_mac, SocketAddr::new(peer.underlay_ip, self.cfg.port));
                 let (segmented, ethertype) = if gso == GSO_TCPV4 {
                     (offload::segment_tcp4(ip, usize::from(hdr.gso_size), HEADROOM, out), ETHERTYPE_IPV4)
                 } else {
@@ -370,7 +370,7 @@ impl Engine {
 
     /// Checks a datagram from `from` (its underlay source) and returns the
     /// inner packet to deliver, or why not.
-    pub fn decap<'a>(&mut self, from: Ipv4Addr, datagram: &'a [u8]) -> Decap<'a> {
+    pub fn decap<'a>(&mut self, from: IpAddr, datagram: &'a [u8]) -> Decap<'a> {
         let Some(&peer) = self.by_underlay.get(&from) else {
             return Decap::Drop(self.drop(DropReason::UnknownPeer));
         };

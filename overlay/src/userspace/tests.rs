@@ -1,4 +1,4 @@
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use felt_proto::MacAddr;
 use proptest::prelude::*;
@@ -13,8 +13,8 @@ const KERNEL_N1_TO_N2: &str = "080000000000010006971310a213f6c08557ac1e080045000
 /// The reply, n2 → n1.
 const KERNEL_N2_TO_N1: &str = "0800000000000100f6c08557ac1e06971310a213080045000024e1380000400182b90af401000af40000000058a145b4000266656c742d6c6162";
 
-const N1_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 173, 11);
-const N2_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 173, 12);
+const N1_UNDERLAY: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 173, 11));
+const N2_UNDERLAY: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 173, 12));
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
@@ -53,7 +53,7 @@ fn encap_matches_the_kernel_byte_for_byte() {
         let mut e = engine_as(&me, std::slice::from_ref(&peer));
         let mut out = [0u8; 2048];
         let got = e.encap(&frame[22..], &mut out);
-        assert_eq!(got, Encap::Send { len: frame.len(), to: SocketAddrV4::new(peer.underlay_ip, 8472) });
+        assert_eq!(got, Encap::Send { len: frame.len(), to: SocketAddr::new(peer.underlay_ip, 8472) });
         assert_eq!(&out[..frame.len()], &frame[..], "{} → {}", me.name, peer.name);
         assert_eq!(e.counters().tx_packets, 1);
     }
@@ -75,7 +75,11 @@ fn corrupt(f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
 }
 
 #[rstest]
-#[case::unknown_peer(Ipv4Addr::new(198, 18, 173, 99), hex(KERNEL_N1_TO_N2), DropReason::UnknownPeer)]
+#[case::unknown_peer(
+    IpAddr::V4(Ipv4Addr::new(198, 18, 173, 99)),
+    hex(KERNEL_N1_TO_N2),
+    DropReason::UnknownPeer
+)]
 #[case::short(N1_UNDERLAY, corrupt(|f| f.truncate(30)), DropReason::ShortFrame)]
 #[case::empty(N1_UNDERLAY, Vec::new(), DropReason::ShortFrame)]
 #[case::no_i_flag(N1_UNDERLAY, corrupt(|f| f[0] = 0), DropReason::BadFlags)]
@@ -85,7 +89,7 @@ fn corrupt(f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
 #[case::ipv6_version(N1_UNDERLAY, corrupt(|f| f[22] = 0x65), DropReason::BadInnerPacket)]
 #[case::length_beyond_frame(N1_UNDERLAY, corrupt(|f| f[25] = 0xff), DropReason::BadInnerPacket)]
 #[case::spoofed_source(N1_UNDERLAY, corrupt(|f| f[36] = 9), DropReason::SpoofedSource)]
-fn decap_drops_with_a_reason(#[case] from: Ipv4Addr, #[case] frame: Vec<u8>, #[case] why: DropReason) {
+fn decap_drops_with_a_reason(#[case] from: IpAddr, #[case] frame: Vec<u8>, #[case] why: DropReason) {
     let mut e = engine_as(&n2(), &[n1()]);
     assert_eq!(e.decap(from, &frame), Decap::Drop(why));
     assert_eq!(e.counters().dropped(why), 1);
@@ -107,7 +111,7 @@ fn encap_drops_with_a_reason() {
 #[test]
 fn longest_prefix_wins() {
     let wide = Peer { name: "wide".into(), pod_cidr: Some("10.244.0.0/16".parse().unwrap()), ..n1() };
-    let narrow = Peer { underlay_ip: Ipv4Addr::new(198, 18, 173, 50), ..n2() };
+    let narrow = Peer { underlay_ip: Ipv4Addr::new(198, 18, 173, 50).into(), ..n2() };
     let e = engine_as(&n1(), &[wide, narrow]);
     assert_eq!(e.lookup(Ipv4Addr::new(10, 244, 1, 7)).map(|p| p.name.as_str()), Some("n2"));
     assert_eq!(e.lookup(Ipv4Addr::new(10, 244, 9, 7)).map(|p| p.name.as_str()), Some("wide"));
@@ -155,7 +159,7 @@ fn ipv6_inner_packets_cross_and_are_checked_like_ipv4_ones() {
     let packet = ipv6(v6("fd00:f31:244::2"), v6("fd00:f31:244:1::2"), b"felt-lab");
     let mut out = [0u8; 2048];
     let Encap::Send { len, to } = a.encap(&packet, &mut out) else { panic!("not sent") };
-    assert_eq!(to, SocketAddrV4::new(N2_UNDERLAY, 8472));
+    assert_eq!(to, SocketAddr::new(N2_UNDERLAY, 8472));
     let eth = wire::EthernetRepr::parse(&out[8..len]).unwrap();
     assert_eq!((eth.dst, eth.src, eth.ethertype), (d2.vtep_mac, d1.vtep_mac, 0x86dd));
     assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Deliver(&packet[..]));
@@ -187,7 +191,7 @@ fn ipv6_only_peers_carry_ipv6_alone() {
     let packet = ipv6(v6("fd00:f31:244::2"), v6("fd00:f31:244:1::2"), b"felt-lab");
     let mut out = [0u8; 2048];
     let Encap::Send { len, to } = a.encap(&packet, &mut out) else { panic!("not sent") };
-    assert_eq!(to, SocketAddrV4::new(N2_UNDERLAY, 8472));
+    assert_eq!(to, SocketAddr::new(N2_UNDERLAY, 8472));
     assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Deliver(&packet[..]));
     let v4 = ipv4(Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 1, 2), b"x");
     assert_eq!(a.encap(&v4, &mut out), Encap::Drop(DropReason::NoRoute));
@@ -195,6 +199,25 @@ fn ipv6_only_peers_carry_ipv6_alone() {
     let mut dual_a = engine_as(&dual(n1(), "fd00:f31:244::/64"), &[dual(n2(), "fd00:f31:244:1::/64")]);
     let Encap::Send { len, .. } = dual_a.encap(&v4, &mut out) else { panic!("not sent") };
     assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Drop(DropReason::SpoofedSource));
+}
+
+/// Peers on an IPv6 underlay: datagrams go to `[underlay]:port`, and only
+/// the peer's IPv6 address is its source; an IPv4-mapped source is the IPv4
+/// peer it maps.
+#[test]
+fn peers_on_an_ipv6_underlay_are_sent_to_and_known_by_their_ipv6_address() {
+    let (u1, u2): (IpAddr, IpAddr) = ("fd00:f31:1::11".parse().unwrap(), "fd00:f31:1::12".parse().unwrap());
+    let (p1, p2) = (Peer { underlay_ip: u1, ..n1() }, Peer { underlay_ip: u2, ..n2() });
+    let mut a = engine_as(&p1, std::slice::from_ref(&p2));
+    let mut b = engine_as(&p2, std::slice::from_ref(&p1));
+    let packet = ipv4(Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 1, 2), b"felt-lab");
+    let mut out = [0u8; 2048];
+    let Encap::Send { len, to } = a.encap(&packet, &mut out) else { panic!("not sent") };
+    assert_eq!(to, SocketAddr::new(u2, 8472));
+    assert_eq!(b.decap(u1, &out[..len]), Decap::Deliver(&packet[..]));
+    assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Drop(DropReason::UnknownPeer));
+    let mapped: std::net::SocketAddr = "[::ffff:198.18.173.11]:8472".parse().unwrap();
+    assert_eq!(super::udp::source(mapped), N1_UNDERLAY);
 }
 
 proptest! {
@@ -210,7 +233,7 @@ proptest! {
         let mut b = engine_as(&d2, std::slice::from_ref(&d1));
         let mut out = [0u8; 2048];
         let Encap::Send { len, to } = a.encap(&packet, &mut out) else { panic!("not sent") };
-        prop_assert_eq!(to, SocketAddrV4::new(N2_UNDERLAY, 8472));
+        prop_assert_eq!(to, SocketAddr::new(N2_UNDERLAY, 8472));
         prop_assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Deliver(&packet[..]));
     }
 
@@ -223,14 +246,14 @@ proptest! {
         let mut b = engine_as(&n2(), &[n1()]);
         let mut out = [0u8; 2048];
         let Encap::Send { len, to } = a.encap(&packet, &mut out) else { panic!("not sent") };
-        prop_assert_eq!(to, SocketAddrV4::new(N2_UNDERLAY, 8472));
+        prop_assert_eq!(to, SocketAddr::new(N2_UNDERLAY, 8472));
         prop_assert_eq!(b.decap(N1_UNDERLAY, &out[..len]), Decap::Deliver(&packet[..]));
     }
 
     #[test]
     fn decap_never_panics_and_always_counts(bytes in proptest::collection::vec(any::<u8>(), 0..200), known in any::<bool>()) {
         let mut e = engine_as(&n2(), &[n1()]);
-        let from = if known { N1_UNDERLAY } else { Ipv4Addr::new(1, 2, 3, 4) };
+        let from = if known { N1_UNDERLAY } else { Ipv4Addr::new(1, 2, 3, 4).into() };
         match e.decap(from, &bytes) {
             Decap::Deliver(_) => prop_assert_eq!(e.counters().rx_packets, 1),
             Decap::Drop(r) => prop_assert_eq!(e.counters().dropped(r), 1),

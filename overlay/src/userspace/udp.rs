@@ -1,13 +1,13 @@
 //! The UDP side: socket buffers, GSO sends and batched GRO receives.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn, recvmmsg, sendmsg, setsockopt,
-    sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmsg,
+    setsockopt, sockopt,
 };
 use tracing::warn;
 
@@ -33,13 +33,18 @@ pub(super) fn set_buffers(udp: &UdpSocket) {
     }
 }
 
-/// The IPv4 source of a datagram (`0.0.0.0` for anything else, which no
-/// peer has).
-pub(super) fn source_v4(from: SocketAddr) -> Ipv4Addr {
-    match from {
-        SocketAddr::V4(a) => *a.ip(),
-        SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-    }
+/// The source address of a datagram, IPv4 or IPv6 (an IPv4-mapped IPv6
+/// address as the IPv4 one it maps).
+pub(super) fn source(from: SocketAddr) -> IpAddr {
+    from.ip().to_canonical()
+}
+
+/// The address in a received message's header (`0.0.0.0`, which no peer
+/// has, when there is none).
+fn source_of(addr: Option<&SockaddrStorage>) -> IpAddr {
+    let v4 = addr.and_then(|a| a.as_sockaddr_in()).map(|a| IpAddr::V4(a.ip()));
+    let v6 = addr.and_then(|a| a.as_sockaddr_in6()).map(|a| IpAddr::V6(a.ip()).to_canonical());
+    v4.or(v6).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 /// The UDP side of the encap worker.
@@ -52,14 +57,14 @@ pub(super) struct Sender {
 
 impl Sender {
     /// One datagram per `stride` bytes of `buf`, one send each; how many failed.
-    fn send_each(&self, buf: &[u8], stride: usize, to: SocketAddrV4) -> u64 {
+    fn send_each(&self, buf: &[u8], stride: usize, to: SocketAddr) -> u64 {
         buf.chunks(stride).filter(|seg| self.udp.send_to(seg, to).is_err()).count() as u64
     }
 
     /// Sends `buf` as datagrams of `stride` bytes (the last may be shorter).
     /// A send error (no route on the underlay, buffer full) drops those
     /// datagrams only, as a NIC would; returns how many were dropped.
-    pub(super) fn send(&mut self, buf: &[u8], stride: usize, to: SocketAddrV4) -> u64 {
+    pub(super) fn send(&mut self, buf: &[u8], stride: usize, to: SocketAddr) -> u64 {
         if buf.len() <= stride {
             return u64::from(self.udp.send_to(buf, to).is_err());
         }
@@ -67,7 +72,7 @@ impl Sender {
         if self.gso {
             let per_send = (MAX_UDP_PAYLOAD / stride).clamp(1, MAX_GSO_SEGMENTS) * stride;
             let size = stride as u16;
-            let addr = SockaddrIn::from(to);
+            let addr = SockaddrStorage::from(to);
             let mut rest = buf;
             while !rest.is_empty() {
                 let (chunk, tail) = rest.split_at(per_send.min(rest.len()));
@@ -107,7 +112,7 @@ pub(super) struct Received {
     /// Bytes received (a GRO burst may hold many datagrams).
     pub len: usize,
     /// The sender's address.
-    pub from: Ipv4Addr,
+    pub from: IpAddr,
     /// The GRO segment size; `None` for a single datagram, `Some(usize::MAX)`
     /// when the control message could not be read (the burst cannot be split).
     pub segment: Option<usize>,
@@ -115,7 +120,7 @@ pub(super) struct Received {
 
 impl Default for Received {
     fn default() -> Self {
-        Received { len: 0, from: Ipv4Addr::UNSPECIFIED, segment: None }
+        Received { len: 0, from: IpAddr::V4(Ipv4Addr::UNSPECIFIED), segment: None }
     }
 }
 
@@ -125,12 +130,12 @@ pub(super) fn recv_batch(udp: &UdpSocket, bufs: &mut [Vec<u8>], got: &mut [Recei
     // Fresh headers each call: the kernel shrinks each message's control
     // length to what it used, and nix does not reset it.
     let mut headers =
-        MultiHeaders::<SockaddrIn>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(libc::c_int)));
+        MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(libc::c_int)));
     let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
     let received = recvmmsg(udp.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None)?;
     let mut count = 0;
     for (slot, msg) in got.iter_mut().zip(received) {
-        let from = msg.address.map_or(Ipv4Addr::UNSPECIFIED, |a| a.ip());
+        let from = source_of(msg.address.as_ref());
         // Without its segment size a GRO burst cannot be split: say so.
         let segment = match msg.cmsgs() {
             Ok(cmsgs) => cmsgs
@@ -155,7 +160,7 @@ mod tests {
     fn failed_sends_are_counted_not_ignored() {
         // Port 0 is no destination: every send fails, on loopback only.
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let nowhere = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        let nowhere = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let mut plain = Sender { udp: udp.try_clone().unwrap(), gso: false };
         assert_eq!(plain.send(&[0u8; 250], 100, nowhere), 3, "three datagrams, three failures");
         assert_eq!(plain.send(&[0u8; 50], 100, nowhere), 1);

@@ -12,7 +12,7 @@ use tun_tap::Iface;
 use super::edge::Published;
 use super::engine::{Decap, DropReason, Encap, EncapMany, Engine, HEADROOM};
 use super::offload::{Coalescer, VNET_HDR_LEN, VnetHdr};
-use super::udp::{RECV_BATCH, RECV_BUFFER, Received, Sender, recv_batch, source_v4};
+use super::udp::{RECV_BATCH, RECV_BUFFER, Received, Sender, recv_batch, source};
 use crate::Peer;
 
 /// A worker's failed reads: most are transient (ENOBUFS, ENOMEM, an ICMP
@@ -145,7 +145,7 @@ pub(super) fn decap_plain(
     while !publish.stopping() {
         let Some((n, from)) = errors.check(udp.recv_from(&mut buf))? else { continue };
         apply_updates(&mut engine, updates);
-        if let Decap::Deliver(p) = engine.decap(source_v4(from), &buf[..n])
+        if let Decap::Deliver(p) = engine.decap(source(from), &buf[..n])
             && tun.send(p).is_err()
         {
             engine.count_drops(DropReason::TunWriteFailed, 1);

@@ -15,7 +15,7 @@
 //! updated once per `status_seconds`, as a kubelet reports, both counts
 //! are taken, and the agent's netlink writes and reconcile passes.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -202,7 +202,7 @@ impl Side {
     }
 
     /// Sets peer `name`'s public IP; returns when the request left.
-    pub(super) fn change(&self, name: &str, to: Ipv4Addr) -> Result<Instant, LabError> {
+    pub(super) fn change(&self, name: &str, to: IpAddr) -> Result<Instant, LabError> {
         let name = name.to_owned();
         self.call(move |api| async move {
             let patch =
@@ -441,7 +441,7 @@ fn kubelet_node(name: &str, pod_cidr: &str, record: Option<&felt_proto::NodeReco
         "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "providerID": format!("lab:///{name}")},
     }))
     .expect("a Node");
-    let ip = record.and_then(|r| r.public_ip).unwrap_or(Ipv4Addr::new(198, 19, 0, 1));
+    let ip = record.and_then(|r| r.public_ip).unwrap_or(Ipv4Addr::new(198, 19, 0, 1).into());
     let resources = json!({"cpu": "8", "ephemeral-storage": "101430960Ki", "hugepages-1Gi": "0",
                            "hugepages-2Mi": "0", "memory": "32475260Ki", "pods": "110"});
     let status = json!({"status": {

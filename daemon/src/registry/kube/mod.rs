@@ -25,7 +25,7 @@
 //!   starts the watcher over after 20 s.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -398,7 +398,7 @@ impl KubeRegistry {
     }
 
     /// The operator's `public-ip-overwrite` on this node, if valid.
-    pub fn public_ip_overwrite(&self) -> Option<Ipv4Addr> {
+    pub fn public_ip_overwrite(&self) -> Option<IpAddr> {
         self.known().own.as_ref()?.1.as_ref()?.parse().ok()
     }
 

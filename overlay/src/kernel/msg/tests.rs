@@ -11,7 +11,7 @@ fn spec() -> VxlanSpec {
         name: "felt.1".into(),
         vni: 1,
         port: 8472,
-        local: Ipv4Addr::new(198, 18, 7, 11),
+        local: Ipv4Addr::new(198, 18, 7, 11).into(),
         underlay_index: 2,
         mtu: 1450,
         mac: "02:aa:bb:cc:dd:ee".parse().unwrap(),
@@ -123,14 +123,14 @@ fn ipv6_neighbour_and_route_are_inet6() {
 
 #[test]
 fn fdb_entry_is_self_permanent_bridge() {
-    let f = FdbEntry { mac: "02:00:00:00:00:02".parse().unwrap(), dst: Ipv4Addr::new(198, 18, 7, 12) };
+    let f = FdbEntry { mac: "02:00:00:00:00:02".parse().unwrap(), dst: Ipv4Addr::new(198, 18, 7, 12).into() };
     let req = op_request(IFINDEX, &Op::SetFdb(f), RouteTag::FELT);
     let RouteNetlinkMessage::NewNeighbour(m) = round_trip(&req) else { panic!("not a neighbour") };
     assert_eq!(m.header.family, AddressFamily::Bridge);
     assert_eq!(m.header.state, NeighbourState::Permanent);
     assert_eq!(m.header.flags, NeighbourFlags::Own);
     let dst = m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(d) => neighbour_ipv4(d),
+        NeighbourAttribute::Destination(d) => neighbour_ip(d),
         _ => None,
     });
     assert_eq!(dst, Some(f.dst));
@@ -170,4 +170,40 @@ fn route_delete_only_matches_our_protocol() {
     let RouteNetlinkMessage::DelRoute(m) = round_trip(&req) else { panic!("not a route") };
     assert_eq!(u8::from(m.header.protocol), 3);
     assert!(m.attributes.contains(&RouteAttribute::Oif(IFINDEX)));
+}
+
+/// An IPv6 underlay: the device's source is `local6`, an FDB entry's
+/// remote is 16 bytes, and both read back as the addresses they were.
+#[test]
+fn an_ipv6_underlay_uses_local6_and_ipv6_fdb_remotes() {
+    let local: std::net::Ipv6Addr = "fd00:f31:1::11".parse().unwrap();
+    let link = vxlan_link(&VxlanSpec { local: local.into(), ..spec() });
+    let data: Vec<&InfoVxlan> = link
+        .attributes
+        .iter()
+        .filter_map(|a| match a {
+            LinkAttribute::LinkInfo(i) => Some(i),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|i| match i {
+            LinkInfo::Data(InfoData::Vxlan(d)) => Some(d),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(data.contains(&&InfoVxlan::Local6(local)), "{data:?}");
+    assert!(!data.iter().any(|d| matches!(d, InfoVxlan::Local(_))), "{data:?}");
+    let f = FdbEntry { mac: "02:00:00:00:00:02".parse().unwrap(), dst: "fd00:f31:1::12".parse().unwrap() };
+    let RouteNetlinkMessage::NewNeighbour(m) =
+        round_trip(&op_request(IFINDEX, &Op::SetFdb(f), RouteTag::FELT))
+    else {
+        panic!("not a neighbour")
+    };
+    let dst = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(d) => neighbour_ip(d),
+        _ => None,
+    });
+    assert_eq!(dst, Some(f.dst));
+    assert_eq!(crate::kernel::observe::fdb(&[m], IFINDEX), [f], "observed as programmed");
 }
