@@ -24,7 +24,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use felt_overlay::nft::Nft;
+use felt_overlay::nft::{Family, Nft};
 use felt_overlay::userspace::keeper;
 
 use crate::cni::link;
@@ -142,9 +142,11 @@ impl Cleanup {
         if remove_path(&conflist)? {
             removed.push(format!("CNI config {}", conflist.display()));
         }
-        let mut nft = Nft::open().map_err(|e| CleanupError::Nft(e.to_string()))?;
-        if nft.remove().map_err(|e| CleanupError::Nft(e.to_string()))? {
-            removed.push("nftables table ip felt".to_owned());
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let mut nft = Nft::open_for(family).map_err(|e| CleanupError::Nft(e.to_string()))?;
+            if nft.remove().map_err(|e| CleanupError::Nft(e.to_string()))? {
+                removed.push(format!("nftables table {} felt", family.name()));
+            }
         }
         for port in &ports {
             if link::delete_link(port).map_err(netlink)? {

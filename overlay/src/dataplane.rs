@@ -9,7 +9,7 @@
 //! Callers that only know the kind (the lab, the debug endpoint) use the
 //! free functions [`desired`] and [`owned`]; the agent holds a [`Dataplane`].
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 pub use felt_proto::DataplaneKind;
@@ -126,7 +126,13 @@ impl Dataplane {
             }
         };
         let engine = EngineConfig { vni: spec.vni, mac: spec.mac, port: spec.port };
-        let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
+        // The underlay's family: an IPv6 underlay's datagrams come to `[::]`.
+        let any = if spec.local.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let bind = SocketAddr::new(any, spec.port);
         let dp = UserspaceDataplane::start(engine, &name, bind, offloads, adopted)
             .map_err(|source| StartError { device: name, port: spec.port, source })?;
         if let Some(link) = link {

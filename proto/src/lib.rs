@@ -34,3 +34,6 @@ pub const DEFAULT_VNI: u32 = 1;
 /// Bytes the VXLAN-over-IPv4 encapsulation adds to an inner frame:
 /// outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) = 50 (RFC 7348 §5).
 pub const VXLAN_IPV4_OVERHEAD: u32 = 50;
+
+/// The same over an IPv6 underlay: the outer header is 40 bytes, so 70.
+pub const VXLAN_IPV6_OVERHEAD: u32 = 70;

@@ -250,3 +250,68 @@ fn an_ipv6_only_lab_reaches_every_pair_in_every_mode_with_no_ipv4_in_the_overlay
     );
     lab.finish();
 }
+
+/// VXLAN over an IPv6 underlay, everything IPv6: IPv6-only pods in a mixed
+/// lab whose agents encapsulate from their IPv6 addresses. Kernel nodes'
+/// devices send from `local6` with IPv6 FDB remotes and MTU underlay − 70;
+/// userspace nodes know their peers by IPv6 address; every pod path
+/// carries traffic (bench).
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn an_ipv6_underlay_carries_every_mode_and_both_pod_families() {
+    require_root();
+    let args = ["--mode", "mixed", "--ip-family", "ipv6", "--underlay", "ipv6"];
+    let lab = TestLab::up_named(&TestLab::unique_name(), 4, 1, &args);
+    let check = lab.felt(&["lab", "check"]);
+    assert!(check.contains("by family: ipv4 0/0, ipv6 12/12\n"), "{check}");
+    assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
+    let status = lab.status();
+    let underlay6 = |node: &str| {
+        let n = status.nodes.iter().find(|n| n.name == node).unwrap();
+        IpAddr::V6(felt::lab::underlay6(n.underlay_ip))
+    };
+    // n1 kernel: the device sends from its IPv6 address, to IPv6 remotes.
+    let n1 = lab.node_ns("n1");
+    let link = ip_in(&n1, &["-d", "link", "show", "felt.1"]);
+    assert!(link.contains(&format!("local {}", underlay6("n1"))) && link.contains("mtu 1430"), "{link}");
+    let fdb = String::from_utf8_lossy(
+        &std::process::Command::new("bridge")
+            .args(["-n", &n1, "fdb", "show", "dev", "felt.1"])
+            .output()
+            .expect("bridge")
+            .stdout,
+    )
+    .into_owned();
+    for peer in ["n2", "n3", "n4"] {
+        assert!(fdb.contains(&format!("dst {} self permanent", underlay6(peer))), "{peer}: {fdb}");
+    }
+    // n2 userspace: its lease and its engine's peers are on IPv6.
+    let st = lab.debug_state("n2");
+    assert_eq!(st.config.backend, felt_proto::DataplaneKind::Userspace);
+    let lease = st.lease.expect("a lease");
+    assert_eq!((lease.underlay_ip, lease.mtu), (underlay6("n2"), 1430));
+    let engine = st.engine.expect("an engine");
+    assert!(engine.peers.iter().all(|p| p.underlay_ip.is_ipv6()), "{:?}", engine.peers);
+    assert!(st.peers.iter().all(|p| p.in_sync == Some(true)), "{:?}", st.peers);
+
+    let bench: serde_json::Value =
+        serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
+    let rows = bench.as_array().unwrap();
+    for path in ["kernel", "userspace", "mixed"] {
+        let r = rows
+            .iter()
+            .find(|r| r["test"] == "tcp" && r["path"] == path && r["family"] == "ipv6")
+            .unwrap_or_else(|| panic!("tcp {path} over IPv6: {bench}"));
+        assert!(r["gbit_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    lab.finish();
+
+    // Dual-stack pods over the same IPv6 underlay: both families cross.
+    let args = ["--mode", "mixed", "--ip-family", "dual", "--underlay", "ipv6"];
+    let lab = TestLab::up_named(&TestLab::unique_name(), 4, 1, &args);
+    let check = lab.felt(&["lab", "check"]);
+    assert!(check.contains("by family: ipv4 12/12, ipv6 12/12\n"), "{check}");
+    assert!(check.contains("egress: 4/4 pods reach the outside host"), "{check}");
+    assert_eq!(check.lines().last(), Some("24/24 pod pairs reachable"), "{check}");
+    lab.finish();
+}

@@ -129,9 +129,9 @@ fn masquerade_table_is_built_kept_repaired_and_removed() {
 fn a_table_of_twenty_thousand_nodes_is_built_and_changed_whole() {
     require_root();
     let ns = Netns::new();
-    let nodes = |from: u32, to: u32| -> BTreeSet<std::net::Ipv4Addr> {
+    let nodes = |from: u32, to: u32| -> BTreeSet<std::net::IpAddr> {
         (from..to)
-            .map(|i| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i))
+            .map(|i| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i).into())
             .collect()
     };
     let big = Table { port_lock: Some(8472), nodes: nodes(0, 20_000), ..want(&[]) };

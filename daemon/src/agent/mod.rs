@@ -238,6 +238,11 @@ struct State {
     known: Option<(u32, felt_overlay::Observed)>,
     /// felt's nftables table as the last pass left it; `None` after a failure.
     nft_known: Option<felt_overlay::nft::Table>,
+    /// The same for its `ip6` table (an IPv6 underlay's port lock).
+    nft_known6: Option<felt_overlay::nft::Table>,
+    /// The `ip6` table was seen right once (on an IPv4 underlay it is then
+    /// left alone: nothing makes one).
+    nft6_checked: bool,
     /// The peer table last handed to the userspace engine.
     engine_peers: Option<Vec<Peer>>,
     /// What was last logged per bad document or record, so each is said once.
@@ -273,8 +278,11 @@ struct Agent {
     /// change listener to tell their echoes from changes made by others.
     expected: Arc<std::sync::Mutex<Option<felt_overlay::kernel::echo::Expected>>>,
     shared: Arc<Shared>,
-    /// felt's nftables table (egress masquerade); opened on first use.
+    /// felt's nftables table (egress masquerade, the port lock of an IPv4
+    /// underlay); opened on first use.
     nft: Option<felt_overlay::nft::Nft>,
+    /// Its `ip6` twin (the port lock of an IPv6 underlay).
+    nft6: Option<felt_overlay::nft::Nft>,
     state: State,
     /// The reloadable settings in force.
     in_force: settings::InForce,

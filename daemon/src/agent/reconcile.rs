@@ -326,33 +326,57 @@ impl Agent {
         }
     }
 
-    /// Keeps felt's nftables table right: the masquerade for the cluster
+    /// Keeps felt's nftables tables right: the masquerade for the cluster
     /// CIDR, the VXLAN port lock (kernel mode), and every node's underlay
-    /// address in their set (see `felt_overlay::nft`); `false` on failure.
-    /// A registry pass plans against the table the last pass left; others
+    /// address in their set (see `felt_overlay::nft`): table `ip felt`, and
+    /// on an IPv6 underlay `ip6 felt` for the lock; `false` on failure. A
+    /// registry pass plans against the table the last pass left; others
     /// read it (and the port lock's drop counter) from the kernel.
     fn reconcile_nft(&mut self, peers: &[Peer], pass: Pass) -> bool {
-        use felt_overlay::nft::{self, Nft, Table};
+        use felt_overlay::nft::{Family, Table};
         let locked = self.cfg.vxlan_port_lock && self.dataplane.engine().is_none();
+        let ipv6 = self.underlay.ip.is_ipv6();
+        let ours = self.underlay.ip;
+        let nodes = |v6: bool| {
+            peers.iter().map(|p| p.underlay_ip).chain([ours]).filter(|ip| ip.is_ipv6() == v6).collect()
+        };
         let want = Table {
             masquerade: self.cfg.net.network.filter(|_| self.cfg.net.ip_masq),
-            port_lock: locked.then_some(self.dataplane.spec().port),
-            // IPv4 underlay addresses: a peer on the other family is refused.
-            nodes: peers
-                .iter()
-                .map(|p| p.underlay_ip)
-                .chain([self.underlay.ip])
-                .filter_map(|ip| match ip {
-                    std::net::IpAddr::V4(v4) => Some(v4),
-                    std::net::IpAddr::V6(_) => None,
-                })
-                .collect(),
+            port_lock: (locked && !ipv6).then_some(self.dataplane.spec().port),
+            nodes: nodes(false),
         };
-        let known = self.state.nft_known.take().filter(|_| pass == Pass::Registry);
+        let ok = self.reconcile_table(Family::Ipv4, want, pass);
+        // The ip6 table is kept on an IPv6 underlay; elsewhere it is checked
+        // once (a leftover of an IPv6 underlay goes) and then left alone.
+        if !ipv6 && self.state.nft6_checked {
+            return ok;
+        }
+        let want6 = Table {
+            masquerade: None,
+            port_lock: (locked && ipv6).then_some(self.dataplane.spec().port),
+            nodes: nodes(true),
+        };
+        let ok6 = self.reconcile_table(Family::Ipv6, want6, pass);
+        self.state.nft6_checked |= ok6;
+        ok && ok6
+    }
+
+    /// One table of [`Self::reconcile_nft`].
+    fn reconcile_table(
+        &mut self,
+        family: felt_overlay::nft::Family,
+        want: felt_overlay::nft::Table,
+        pass: Pass,
+    ) -> bool {
+        use felt_overlay::nft::{self, Family, Nft};
+        let known_slot =
+            if family == Family::Ipv6 { &mut self.state.nft_known6 } else { &mut self.state.nft_known };
+        let known = known_slot.take().filter(|_| pass == Pass::Registry);
+        let socket = if family == Family::Ipv6 { &mut self.nft6 } else { &mut self.nft };
         let result = (|| {
-            let n = match &mut self.nft {
+            let n = match socket {
                 Some(n) => n,
-                None => self.nft.insert(Nft::open()?),
+                None => socket.insert(Nft::open_for(family)?),
             };
             let (p, locked_out) = match &known {
                 Some(k) => (nft::plan(Some(&want), &nft::Observed::built(k)), None),
@@ -368,21 +392,27 @@ impl Agent {
             Ok((p, locked_out)) => {
                 if let Some(op) = p.kind() {
                     count(op, "ok");
-                    info!(op, plan = ?p, table = nft::TABLE, "programmed");
+                    info!(op, plan = ?p, table = %format!("{} {}", family.name(), nft::TABLE), "programmed");
                 }
-                if let Some(drops) = locked_out {
+                // The lock's counter lives in the table of the underlay's family.
+                if let Some(drops) = locked_out.filter(|_| want.port_lock.is_some()) {
                     self.count_outsider_drops(drops);
                 }
-                self.state.nft_known = Some(want);
+                *(if family == Family::Ipv6 {
+                    &mut self.state.nft_known6
+                } else {
+                    &mut self.state.nft_known
+                }) = Some(want);
                 true
             }
             Err(e) => {
                 // Failures count under the write that builds the table.
                 count("set_masquerade", "error");
                 // A socket that failed may be broken: open a fresh one next time.
-                self.nft = None;
+                *(if family == Family::Ipv6 { &mut self.nft6 } else { &mut self.nft }) = None;
                 self.fail(format!(
-                    "felt's nftables table (ip {}: masquerade, VXLAN port lock) failed; will retry: {}",
+                    "felt's nftables table ({} {}: masquerade, VXLAN port lock) failed; will retry: {}",
+                    family.name(),
                     nft::TABLE,
                     error_chain(&e)
                 ));

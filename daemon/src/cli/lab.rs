@@ -98,6 +98,12 @@ pub enum LabCommand {
         /// underlay stays IPv4). Any --mode.
         #[arg(long, default_value = "ipv4", value_name = "FAMILY")]
         ip_family: lab::IpFamily,
+        /// The underlay VXLAN travels over: `ipv4` (the nodes' 198.18.x.y
+        /// addresses), or `ipv6` (an address of fd00:f31::/96 beside each,
+        /// the agents choose it with --underlay-ip; MTU underlay − 70). Any
+        /// --ip-family and --mode; felt's own conventions only.
+        #[arg(long, default_value = "ipv4", value_name = "FAMILY")]
+        underlay: lab::UnderlayFamily,
     },
     /// Show the lab's nodes and pods.
     Status {
@@ -305,9 +311,11 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             flannel_nodes,
             flannel,
             ip_family,
+            underlay,
         } => {
             let mut opts = UpOptions::new(&lab.name);
             opts.ip_family = ip_family;
+            opts.underlay_family = underlay;
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
             opts.compat_flannel = compat == felt::compat::Compat::Flannel;

@@ -12,7 +12,7 @@ pub mod node;
 mod render;
 pub mod rootless;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -148,13 +148,15 @@ pub struct DaemonArgs {
     /// account, else $KUBECONFIG.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// The underlay interface; its first IPv4 address is the node's public IP.
-    /// Default: the interface of the default route.
+    /// The underlay interface; its first IPv4 address is the node's public IP
+    /// (its first global IPv6 one when it has no IPv4 address). Default: the
+    /// interface of the IPv4 default route, else of the IPv6 one.
     #[arg(long, env = "FELT_UNDERLAY_IFACE", conflicts_with = "underlay_ip")]
     pub underlay_iface: Option<String>,
-    /// The underlay address; the interface holding it is the underlay.
+    /// The underlay address, IPv4 or IPv6 (an IPv6 underlay); the interface
+    /// holding it is the underlay.
     #[arg(long, env = "FELT_UNDERLAY_IP")]
-    pub underlay_ip: Option<Ipv4Addr>,
+    pub underlay_ip: Option<IpAddr>,
     /// The data plane.
     #[arg(long, env = "FELT_BACKEND", value_enum, default_value = "kernel")]
     pub backend: BackendKind,

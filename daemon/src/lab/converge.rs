@@ -125,7 +125,7 @@ impl Lab {
                 name: node.name.clone(),
                 pod_cidr: subnet.subnet(),
                 pod_cidr6: subnet.subnet6(),
-                underlay_ip: node.underlay_ip.into(),
+                underlay_ip: state.underlay_of(node),
                 vtep_mac,
             };
             let peers = crate::agent::view::build(&records, &me, &net, |_| false).peers;

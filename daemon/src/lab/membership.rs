@@ -209,6 +209,11 @@ impl Lab {
         if state.nodes.len() < 2 || felts.is_empty() {
             return Err(LabError::Invalid("need at least two nodes, one of them felt's".into()));
         }
+        if state.underlay_family != super::UnderlayFamily::Ipv4 {
+            return Err(LabError::Invalid(
+                "propagation moves nodes to IPv4 addresses: use an IPv4 underlay".into(),
+            ));
+        }
         let ul = netns::named(&self.underlay_ns());
         let mut samples = Vec::new();
         for i in 0..changes {
@@ -260,7 +265,7 @@ impl Lab {
             let records = self.records_of(&state.registry)?;
             let behind: Vec<&str> = felts
                 .iter()
-                .filter(|n| records.get(&n.name).and_then(|r| r.public_ip) != Some(n.underlay_ip.into()))
+                .filter(|n| records.get(&n.name).and_then(|r| r.public_ip) != Some(state.underlay_of(n)))
                 .map(|n| n.name.as_str())
                 .collect();
             if behind.is_empty() {

@@ -48,9 +48,11 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 
 pub use membership::Removal;
-pub use state::{IpFamily, LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UpOptions};
+pub use state::{
+    IpFamily, LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UnderlayFamily, UpOptions,
+};
 pub use status::{CheckReport, LabStatus, NodeStatus};
-pub use topo::{LabError, OUTSIDE_IP, host_ip, kill_agent, underlay_subnet};
+pub use topo::{LabError, OUTSIDE_IP, host_ip, kill_agent, underlay_subnet, underlay6};
 
 /// Where labs keep their files unless told otherwise.
 pub const DEFAULT_STATE_ROOT: &str = "/run/felt/lab";

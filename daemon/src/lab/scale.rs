@@ -343,7 +343,7 @@ impl<'a> Bench<'a> {
         // thousands of them would fill the kernel's neighbour table, which all
         // namespaces share (permanent entries do not count).
         let addresses: Vec<Ipv4Addr> = (0..n + opts.changes).map(peer_underlay).collect();
-        topo::pin_neighbours(&self.ns, "ul0", &addresses)?;
+        topo::pin_neighbours(&self.ns, "ul0", &addresses, false)?;
         let events = Events::open(&netns::named(&self.ns))?;
         let started = Instant::now();
         let pid = self.spawn_agent()?;

@@ -94,6 +94,8 @@ pub struct UpOptions {
     pub flannel: Option<PathBuf>,
     /// The pods' address families.
     pub ip_family: IpFamily,
+    /// The underlay's family.
+    pub underlay_family: UnderlayFamily,
 }
 
 /// The pods' address families in a lab.
@@ -107,6 +109,29 @@ pub enum IpFamily {
     Dual,
     /// IPv6 only: no IPv4 pod network (`ipv6Network` alone).
     Ipv6,
+}
+
+/// The family of the lab's underlay: the addresses VXLAN travels between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderlayFamily {
+    /// The node's IPv4 address (`198.18.x.y`).
+    #[default]
+    Ipv4,
+    /// An IPv6 address beside it (`fd00:f31::` and the IPv4 address's 32
+    /// bits, see `topo::underlay6`): VXLAN over IPv6.
+    Ipv6,
+}
+
+impl std::str::FromStr for UnderlayFamily {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ipv4" => Ok(UnderlayFamily::Ipv4),
+            "ipv6" => Ok(UnderlayFamily::Ipv6),
+            other => Err(format!("unknown underlay family `{other}` (ipv4 or ipv6)")),
+        }
+    }
 }
 
 /// The lab's IPv6 pod network in a dual-stack or IPv6-only lab (ULA space,
@@ -140,6 +165,7 @@ impl UpOptions {
             flannel_nodes: 0,
             flannel: None,
             ip_family: IpFamily::Ipv4,
+            underlay_family: UnderlayFamily::Ipv4,
         }
     }
 
@@ -243,6 +269,9 @@ pub struct LabState {
     /// The pods' address families.
     #[serde(default)]
     pub ip_family: IpFamily,
+    /// The underlay's family.
+    #[serde(default)]
+    pub underlay_family: UnderlayFamily,
     /// Pods attach in CNI delegate mode with the plugins in this directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_delegate: Option<PathBuf>,
@@ -261,6 +290,15 @@ impl LabState {
         match node.agent {
             NodeAgent::Felt | NodeAgent::FeltOwn => self.mode.backend_of(node.index),
             NodeAgent::Flannel => DataplaneKind::Kernel,
+        }
+    }
+
+    /// The address node `node`'s agent encapsulates from: its IPv4 one, or
+    /// on an IPv6 underlay its [`super::topo::underlay6`] twin.
+    pub fn underlay_of(&self, node: &NodeState) -> std::net::IpAddr {
+        match self.underlay_family {
+            UnderlayFamily::Ipv4 => node.underlay_ip.into(),
+            UnderlayFamily::Ipv6 => super::topo::underlay6(node.underlay_ip).into(),
         }
     }
 

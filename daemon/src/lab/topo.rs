@@ -2,7 +2,7 @@
 //! processes, CNI invocations.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -115,6 +115,16 @@ pub fn node_ip(underlay: Ipv4Net, index: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(underlay.network()) + 10 + index)
 }
 
+/// The IPv6 underlay address beside IPv4 underlay address `ip` (on an
+/// IPv6 underlay): `fd00:f31::` with `ip`'s 32 bits, in a /120 per lab (its
+/// /24's). ULA space, as `LAB-NETWORK.md` asks.
+pub fn underlay6(ip: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::from(0xfd00_0f31_0000_0000_0000_0000_0000_0000_u128 | u128::from(u32::from(ip)))
+}
+
+/// The IPv6 underlay's prefix length: the IPv4 /24's 8 host bits.
+pub const UNDERLAY6_PREFIX: u8 = 120;
+
 /// The underlay MAC of the interface holding `ip` (a node's `eth0`, the
 /// lab host's bridge): `02:f1:` and the address's four bytes. Fixed, so
 /// every node can hold every other's as a permanent neighbour entry.
@@ -129,17 +139,27 @@ pub fn underlay_mac(ip: Ipv4Addr) -> String {
 /// every namespace; a full mesh of dynamic underlay entries (n × (n − 1))
 /// overflows it past ~30 nodes and pods cannot even resolve their gateway.
 /// Permanent entries do not count (Linux ≥ 4.20).
-pub fn pin_neighbours(ns: &str, dev: &str, entries: &[Ipv4Addr]) -> Result<(), LabError> {
+/// With `ipv6` (an IPv6 underlay) each address's [`underlay6`] twin too.
+pub fn pin_neighbours(ns: &str, dev: &str, entries: &[Ipv4Addr], ipv6: bool) -> Result<(), LabError> {
     let batch: String = entries
         .iter()
-        .map(|ip| format!("neigh replace {ip} lladdr {} dev {dev} nud permanent\n", underlay_mac(*ip)))
+        .map(|ip| {
+            let mac = underlay_mac(*ip);
+            let mut line = format!("neigh replace {ip} lladdr {mac} dev {dev} nud permanent\n");
+            if ipv6 {
+                line += &format!("neigh replace {} lladdr {mac} dev {dev} nud permanent\n", underlay6(*ip));
+            }
+            line
+        })
         .collect();
     ip_with_input(&["-n", ns, "-batch", "-"], &batch)
 }
 
-/// Removes the neighbour entry for `addr` on `dev` in `ns`, if there is one.
+/// Removes the neighbour entries for `addr` (and its [`underlay6`] twin)
+/// on `dev` in `ns`, if there are any.
 pub fn unpin_neighbour(ns: &str, dev: &str, addr: Ipv4Addr) {
     let _ = ip(&["-n", ns, "neigh", "del", &addr.to_string(), "dev", dev]);
+    let _ = ip(&["-n", ns, "-6", "neigh", "del", &underlay6(addr).to_string(), "dev", dev]);
 }
 
 /// The lab's stand-in for the world outside the cluster: an address from a
@@ -149,12 +169,17 @@ pub fn unpin_neighbour(ns: &str, dev: &str, addr: Ipv4Addr) {
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
 /// The underlay namespace with its bridge, which holds `host` (the lab's
-/// host address, where a lab's API server listens) and [`OUTSIDE_IP`].
-pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
+/// host address, where a lab's API server listens), [`OUTSIDE_IP`], and
+/// with `ipv6` (an IPv6 underlay) `host`'s [`underlay6`] twin.
+pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8, ipv6: bool) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "link", "add", "br0", "address", &underlay_mac(host), "type", "bridge"])?;
     ip(&["-n", ns, "addr", "add", &format!("{host}/{prefix}"), "dev", "br0"])?;
+    if ipv6 {
+        let host6 = format!("{}/{UNDERLAY6_PREFIX}", underlay6(host));
+        ip(&["-n", ns, "addr", "add", &host6, "dev", "br0", "nodad"])?;
+    }
     ip(&["-n", ns, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "br0"])?;
     ip(&["-n", ns, "link", "set", "br0", "up"])
 }
@@ -174,6 +199,7 @@ pub fn make_node(
     addr: Ipv4Addr,
     prefix: u8,
     sum_on_send: bool,
+    ipv6: bool,
 ) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     // The bridge-side end is named after the node namespace: unique, and recognisable.
@@ -197,6 +223,10 @@ pub fn make_node(
     ip(&["-n", underlay_ns, "link", "set", ns, "master", "br0", "up"])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "addr", "add", &format!("{addr}/{prefix}"), "dev", "eth0"])?;
+    if ipv6 {
+        let addr6 = format!("{}/{UNDERLAY6_PREFIX}", underlay6(addr));
+        ip(&["-n", ns, "addr", "add", &addr6, "dev", "eth0", "nodad"])?;
+    }
     if sum_on_send {
         tx_checksum_offload(ns, false)?;
     }

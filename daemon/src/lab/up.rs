@@ -9,7 +9,9 @@ use felt_proto::annotations::Dialect;
 use crate::compat::Compat;
 use ipnet::Ipv4Net;
 
-use super::state::{IpFamily, LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UpOptions};
+use super::state::{
+    IpFamily, LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UnderlayFamily, UpOptions,
+};
 use super::teardown::TeardownOnError;
 use super::{Lab, LabError, control, interrupt, kube, topo};
 use crate::netns;
@@ -45,7 +47,8 @@ impl Lab {
         write_atomic(&self.net_conf_path(), &net_json)
             .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
         let underlay = topo::underlay_subnet(&self.name);
-        topo::make_underlay(&self.underlay_ns(), topo::host_ip(underlay), underlay.prefix_len())?;
+        let ipv6 = opts.underlay_family == UnderlayFamily::Ipv6;
+        topo::make_underlay(&self.underlay_ns(), topo::host_ip(underlay), underlay.prefix_len(), ipv6)?;
         let registry = self.registry_for(opts, underlay, progress)?;
         let mut state = LabState {
             name: self.name.clone(),
@@ -54,6 +57,7 @@ impl Lab {
             registry,
             pods_per_node: opts.pods_per_node,
             ip_family: opts.ip_family,
+            underlay_family: opts.underlay_family,
             cni_delegate: opts.cni_delegate.clone(),
             flannel: opts.flannel.clone(),
             nodes: Vec::new(),
@@ -177,6 +181,7 @@ impl Lab {
             underlay_ip,
             state.underlay.prefix_len(),
             sum_on_send,
+            state.underlay_family == UnderlayFamily::Ipv6,
         )?;
         let dir = self.node_dir(&node.name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
@@ -202,17 +207,18 @@ impl Lab {
     /// namespace, those of `new`.
     pub(super) fn pin_underlay(&self, state: &LabState, new: &[NodeState]) -> Result<(), LabError> {
         let host = topo::host_ip(state.underlay);
+        let ipv6 = state.underlay_family == UnderlayFamily::Ipv6;
         let all: Vec<_> = state.nodes.iter().chain(new).map(|n| n.underlay_ip).collect();
         let added: Vec<_> = new.iter().map(|n| n.underlay_ip).collect();
         for n in new {
             let mut others: Vec<_> = all.iter().copied().filter(|ip| *ip != n.underlay_ip).collect();
             others.push(host);
-            topo::pin_neighbours(&n.netns, "eth0", &others)?;
+            topo::pin_neighbours(&n.netns, "eth0", &others, ipv6)?;
         }
         for n in &state.nodes {
-            topo::pin_neighbours(&n.netns, "eth0", &added)?;
+            topo::pin_neighbours(&n.netns, "eth0", &added, ipv6)?;
         }
-        topo::pin_neighbours(&self.underlay_ns(), "br0", &added)
+        topo::pin_neighbours(&self.underlay_ns(), "br0", &added, ipv6)
     }
 
     /// The CNI network name of Flannel node `node`'s pods; host-local keeps
@@ -230,6 +236,7 @@ impl Lab {
                 state.backend_of(node),
                 &node.name,
                 &node.netns,
+                (state.underlay_family == UnderlayFamily::Ipv6).then(|| topo::underlay6(node.underlay_ip)),
             ),
             (NodeAgent::Flannel, Some(bins)) => {
                 self.spawn_flanneld(&state.registry, bins, &node.name, &node.netns)
@@ -277,6 +284,7 @@ impl Lab {
         backend: DataplaneKind,
         node: &str,
         netns: &str,
+        underlay6: Option<std::net::Ipv6Addr>,
     ) -> Result<u32, LabError> {
         let dir = self.node_dir(node);
         let mut args: Vec<String> = vec!["daemon".into(), "--node-name".into(), node.into()];
@@ -299,9 +307,12 @@ impl Lab {
                 self.registry_dir().display().to_string(),
             ]),
         }
+        // An IPv6 underlay is chosen by its address; eth0's first is IPv4.
+        args.extend(match underlay6 {
+            Some(ip6) => ["--underlay-ip".into(), ip6.to_string()],
+            None => ["--underlay-iface".into(), "eth0".into()],
+        });
         args.extend([
-            "--underlay-iface".into(),
-            "eth0".into(),
             "--backend".into(),
             backend.name().into(),
             "--subnet-file".into(),
@@ -396,6 +407,13 @@ pub const DEBIAN_CNI_PATH: &str = "/usr/lib/cni";
 /// Kubernetes registry; felt in `--compat flannel` needs the registry too.
 fn check_flannel(opts: &UpOptions) -> Result<(), LabError> {
     let kube = opts.control_plane.is_some() || matches!(opts.registry, LabRegistry::Kube { .. });
+    if opts.dialect() == Dialect::Flannel && opts.underlay_family == UnderlayFamily::Ipv6 {
+        return Err(LabError::Invalid(
+            "an IPv6 underlay runs felt's own conventions: Flannel's vxlan backend carries IPv4 pods over IPv4 \
+             only (its IPv6 needs a second device, flannel-v6.1)"
+                .into(),
+        ));
+    }
     if opts.dialect() == Dialect::Flannel && opts.ip_family != IpFamily::Ipv4 {
         return Err(LabError::Invalid(
             "a dual-stack or IPv6-only lab runs felt's own conventions: Flannel's IPv6 needs a second VXLAN \

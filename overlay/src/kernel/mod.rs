@@ -54,7 +54,7 @@ pub enum KernelError {
     NoSuchLink(String),
     /// No interface holds that address.
     #[error("no interface holds {0}")]
-    NoSuchAddress(Ipv4Addr),
+    NoSuchAddress(IpAddr),
     /// The interface has no usable IPv4 address.
     #[error("interface `{0}` has no IPv4 address")]
     NoAddress(String),
@@ -84,13 +84,15 @@ pub struct Underlay {
 /// How the underlay is chosen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum UnderlayChoice {
-    /// The interface of the default route (as Flannel does).
+    /// The interface of the IPv4 default route (as Flannel does), else of
+    /// the IPv6 one (an IPv6-only node: an IPv6 underlay).
     #[default]
     DefaultRoute,
-    /// This interface, and its first IPv4 address.
+    /// This interface, and its first IPv4 address (its first global IPv6
+    /// one when it has none).
     Interface(String),
-    /// The interface holding this address.
-    Address(Ipv4Addr),
+    /// The interface holding this address (an IPv6 one: an IPv6 underlay).
+    Address(IpAddr),
 }
 
 /// The outcome of [`Kernel::apply`].
@@ -233,16 +235,20 @@ impl Kernel {
             .collect())
     }
 
-    /// Finds the underlay interface and its address.
+    /// Finds the underlay interface and its address: IPv4 where there is
+    /// one, else (an IPv6-only node, or `Address` of an IPv6 one) IPv6.
     pub async fn underlay(&self, choice: &UnderlayChoice) -> Result<Underlay, KernelError> {
         let links: Vec<LinkFacts> = self.links().await?.iter().map(observe::link_facts).collect();
-        let addrs = self.addresses().await?;
-        let first_addr = |index: u32| {
-            addrs
-                .iter()
-                .find(|(i, ip, _)| *i == index && !ip.is_loopback() && !ip.is_link_local())
-                .map(|(_, ip, _)| *ip)
+        let mut addrs: Vec<(u32, IpAddr)> =
+            self.addresses().await?.into_iter().map(|(i, ip, _)| (i, IpAddr::V4(ip))).collect();
+        addrs.extend(self.addresses_of(AddressFamily::Inet6).await?.into_iter().map(|(i, ip, _)| (i, ip)));
+        let usable = |ip: &IpAddr| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_multicast(),
         };
+        // IPv4 first: the list holds every IPv4 address before any IPv6 one.
+        let first_addr =
+            |index: u32| addrs.iter().find(|(i, ip)| *i == index && usable(ip)).map(|(_, ip)| *ip);
         let (link, ip) = match choice {
             UnderlayChoice::Interface(name) => {
                 let link = links
@@ -254,28 +260,34 @@ impl Kernel {
             UnderlayChoice::Address(ip) => {
                 let index = addrs
                     .iter()
-                    .find(|(_, a, _)| a == ip)
-                    .map(|(i, _, _)| *i)
+                    .find(|(_, a)| a == ip)
+                    .map(|(i, _)| *i)
                     .ok_or(KernelError::NoSuchAddress(*ip))?;
                 (links.iter().find(|l| l.index == index).ok_or(KernelError::NoSuchAddress(*ip))?, *ip)
             }
             UnderlayChoice::DefaultRoute => {
-                let routes = self.routes(AddressFamily::Inet).await?;
-                let oif = routes
-                    .iter()
-                    .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
-                    .find_map(|r| {
-                        r.attributes.iter().find_map(|a| match a {
-                            RouteAttribute::Oif(o) => Some(*o),
-                            _ => None,
-                        })
-                    })
-                    .ok_or(KernelError::NoDefaultRoute)?;
+                let mut oif = None;
+                for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+                    let routes = self.routes(family).await?;
+                    oif = routes
+                        .iter()
+                        .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
+                        .find_map(|r| {
+                            r.attributes.iter().find_map(|a| match a {
+                                RouteAttribute::Oif(o) => Some(*o),
+                                _ => None,
+                            })
+                        });
+                    if oif.is_some() {
+                        break;
+                    }
+                }
+                let oif = oif.ok_or(KernelError::NoDefaultRoute)?;
                 let link = links.iter().find(|l| l.index == oif).ok_or(KernelError::NoDefaultRoute)?;
                 (link, first_addr(oif).ok_or_else(|| KernelError::NoAddress(link.name.clone()))?)
             }
         };
-        Ok(Underlay { index: link.index, name: link.name.clone(), ip: IpAddr::V4(ip), mtu: link.mtu })
+        Ok(Underlay { index: link.index, name: link.name.clone(), ip, mtu: link.mtu })
     }
 
     /// Deletes link `name` if it is a VXLAN device (a node moving from kernel

@@ -25,6 +25,11 @@
 //! address but a node's are dropped before the VXLAN device sees them, and
 //! counted.
 //!
+//! On an IPv6 underlay the lock lives in a table of family `ip6` of the
+//! same name and shape (`set nodes { type ipv6_addr; }`, `udp dport PORT ip6
+//! saddr != @nodes counter drop`); the `ip` table keeps the masquerade.
+//! [`Nft`] speaks for one family; the agent holds one per table it keeps.
+//!
 //! Observe → plan → apply, as for the VXLAN entries: [`Nft::observe`] dumps
 //! felt's chains, rules and set; [`plan`] (pure) says whether nothing, the
 //! set's elements, or the whole table must change; [`Nft::apply`] sends one
@@ -35,14 +40,42 @@ pub mod msg;
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use ipnet::Ipv4Net;
 use msg::{Dumped, Expr, Msg, MsgType};
 
-/// felt's table (family `ip`).
+/// felt's table (family `ip`, and `ip6` for an IPv6 underlay's lock).
 pub const TABLE: &str = "felt";
+
+/// A table's family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// `ip`: the masquerade, and the lock of an IPv4 underlay.
+    #[default]
+    Ipv4,
+    /// `ip6`: the lock of an IPv6 underlay.
+    Ipv6,
+}
+
+impl Family {
+    /// `nfgen_family`.
+    pub fn nfproto(self) -> u8 {
+        match self {
+            Family::Ipv4 => msg::NFPROTO_IPV4,
+            Family::Ipv6 => msg::NFPROTO_IPV6,
+        }
+    }
+
+    /// As `nft` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ip",
+            Family::Ipv6 => "ip6",
+        }
+    }
+}
 /// Its NAT chain.
 pub const CHAIN: &str = "postrouting";
 /// Its filter chain (the VXLAN port lock).
@@ -64,8 +97,8 @@ pub struct Table {
     pub masquerade: Option<Ipv4Net>,
     /// Drop datagrams to this VXLAN port from anyone but `nodes`.
     pub port_lock: Option<u16>,
-    /// Every node's underlay address (this node's too).
-    pub nodes: BTreeSet<Ipv4Addr>,
+    /// Every node's underlay address (this node's too), of the table's family.
+    pub nodes: BTreeSet<IpAddr>,
 }
 
 impl Table {
@@ -97,14 +130,19 @@ impl Table {
         e
     }
 
-    /// The port lock rule's expressions.
-    pub fn lock_exprs(port: u16) -> Vec<Expr> {
+    /// The port lock rule's expressions: the source address is at 12 (4
+    /// bytes) in an IPv4 header, at 8 (16 bytes) in an IPv6 one.
+    pub fn lock_exprs(port: u16, family: Family) -> Vec<Expr> {
+        let source = match family {
+            Family::Ipv4 => Expr::NetworkHeader { offset: 12, len: 4 },
+            Family::Ipv6 => Expr::NetworkHeader { offset: 8, len: 16 },
+        };
         vec![
             Expr::L4Proto,
             Expr::Cmp { negate: false, value: vec![UDP] },
             Expr::TransportHeader { offset: 2, len: 2 },
             Expr::Cmp { negate: false, value: port.to_be_bytes().to_vec() },
-            Expr::NetworkHeader { offset: 12, len: 4 },
+            source,
             Expr::Lookup { set: NODES_SET.to_owned(), negate: true },
             Expr::Counter,
             Expr::Drop,
@@ -137,7 +175,7 @@ pub struct Observed {
     /// Rules: chain and userdata.
     pub rules: Rules,
     /// The node set's elements; `None` when there is no such set.
-    pub nodes: Option<BTreeSet<Ipv4Addr>>,
+    pub nodes: Option<BTreeSet<IpAddr>>,
     /// Datagrams the port lock dropped (its rule's counter), if it has one.
     pub locked_out: Option<u64>,
 }
@@ -168,9 +206,9 @@ pub enum Plan {
     /// Only the node set differs.
     Elements {
         /// Addresses to add.
-        add: Vec<Ipv4Addr>,
+        add: Vec<IpAddr>,
         /// Addresses to remove.
-        del: Vec<Ipv4Addr>,
+        del: Vec<IpAddr>,
     },
     /// Build the table afresh (missing, or changed by hand), atomically.
     Replace,
@@ -206,8 +244,16 @@ pub fn plan(want: Option<&Table>, seen: &Observed) -> Plan {
     if add.is_empty() && del.is_empty() { Plan::Nothing } else { Plan::Elements { add, del } }
 }
 
-/// The messages of one batch for `plan`.
-pub fn messages(plan: &Plan, want: Option<&Table>) -> Vec<Msg> {
+/// The messages of one batch for `plan`, in a table of `family`.
+pub fn messages(plan: &Plan, want: Option<&Table>, family: Family) -> Vec<Msg> {
+    let mut msgs = family_messages(plan, want, family);
+    for m in &mut msgs {
+        m.family = family.nfproto();
+    }
+    msgs
+}
+
+fn family_messages(plan: &Plan, want: Option<&Table>, family: Family) -> Vec<Msg> {
     match (plan, want.filter(|w| !w.is_empty())) {
         (Plan::Nothing, _) => Vec::new(),
         (Plan::Remove, _) | (Plan::Replace, None) => {
@@ -225,9 +271,9 @@ pub fn messages(plan: &Plan, want: Option<&Table>) -> Vec<Msg> {
                 msg::new_table(TABLE),
                 msg::del_table(TABLE),
                 msg::new_table(TABLE),
-                msg::new_ipv4_set(TABLE, NODES_SET),
+                msg::new_addr_set(TABLE, NODES_SET, family == Family::Ipv6),
             ];
-            let nodes: Vec<Ipv4Addr> = want.nodes.iter().copied().collect();
+            let nodes: Vec<IpAddr> = want.nodes.iter().copied().collect();
             m.extend(msg::add_elements(TABLE, NODES_SET, &nodes));
             if let Some(cluster) = want.masquerade {
                 m.push(msg::new_nat_postrouting_chain(TABLE, CHAIN));
@@ -240,7 +286,7 @@ pub fn messages(plan: &Plan, want: Option<&Table>) -> Vec<Msg> {
                 m.push(msg::new_rule(
                     TABLE,
                     INPUT_CHAIN,
-                    &Table::lock_exprs(port),
+                    &Table::lock_exprs(port, family),
                     &Table::lock_userdata(port),
                 ));
             }
@@ -274,18 +320,24 @@ const NLMSG_DONE: u16 = 3;
 pub struct Nft {
     sock: netlink_sys::Socket,
     seq: u32,
+    family: Family,
 }
 
 impl Nft {
-    /// Opens the socket (answers within 5 s or fail).
+    /// Opens the socket for the `ip` table (answers within 5 s or fail).
     pub fn open() -> Result<Nft, NftError> {
+        Self::open_for(Family::Ipv4)
+    }
+
+    /// Opens the socket for the table of `family`.
+    pub fn open_for(family: Family) -> Result<Nft, NftError> {
         let mut sock = netlink_sys::Socket::new(msg::NETLINK_NETFILTER).map_err(NftError::Socket)?;
         sock.bind_auto().map_err(NftError::Socket)?;
         sock.connect(&netlink_sys::SocketAddr::new(0, 0)).map_err(NftError::Socket)?;
         let timeout = nix::sys::time::TimeVal::new(5, 0);
         nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
             .map_err(|e| NftError::Socket(e.into()))?;
-        Ok(Nft { sock, seq: 1 })
+        Ok(Nft { sock, seq: 1, family })
     }
 
     /// Makes the send buffer hold a batch of `len` bytes: a batch must go in
@@ -321,7 +373,9 @@ impl Nft {
     ) -> Result<Vec<Dumped>, NftError> {
         let seq = self.next_seq(0);
         let mut out = Vec::new();
-        msg::dump(kind, TABLE, set).emit(seq, &mut out);
+        let mut request = msg::dump(kind, TABLE, set);
+        request.family = self.family.nfproto();
+        request.emit(seq, &mut out);
         self.sock.send(&out, 0).map_err(NftError::Socket)?;
         let mut found = Vec::new();
         loop {
@@ -416,7 +470,7 @@ impl Nft {
 
     /// Applies `plan` in one batch.
     pub fn apply(&mut self, plan: &Plan, want: Option<&Table>) -> Result<(), NftError> {
-        self.send(&messages(plan, want), "updating felt's nftables table")
+        self.send(&messages(plan, want, self.family), "updating felt's nftables table")
     }
 
     /// Removes felt's table, whatever it holds; `Ok(true)` if it held chains or rules.

@@ -10,7 +10,7 @@
 //! bitwise / cmp / lookup / counter / masq / immediate (verdict)
 //! expressions. Each builder names the `nft` syntax it equals.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
 
@@ -23,6 +23,8 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 
 /// `NFPROTO_IPV4`: tables of family `ip`.
 pub const NFPROTO_IPV4: u8 = 2;
+/// `NFPROTO_IPV6`: tables of family `ip6`.
+pub const NFPROTO_IPV6: u8 = 10;
 
 /// nf_tables message kinds (`enum nf_tables_msg_types`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,8 @@ pub const PRIORITY_SRCNAT: i32 = 100;
 pub const POLICY_ACCEPT: u32 = 1;
 /// nftables' `ipv4_addr` data type, for set keys.
 const TYPE_IPADDR: u32 = 7;
+/// nftables' `ipv6_addr` data type.
+const TYPE_IP6ADDR: u32 = 8;
 /// `NF_NAT_RANGE_PROTO_RANDOM_FULLY`.
 const NAT_RANDOM_FULLY: u32 = 1 << 4;
 /// The transaction-local ID of the set felt creates in a batch.
@@ -326,8 +330,11 @@ pub fn new_filter_input_chain(table: &str, name: &str) -> Msg {
     new_base_chain(table, name, "filter", HOOK_INPUT, PRIORITY_FILTER)
 }
 
-/// `add set ip TABLE NAME { type ipv4_addr; }`
-pub fn new_ipv4_set(table: &str, name: &str) -> Msg {
+/// `add set ip TABLE NAME { type ipv4_addr; }`, or (`ipv6`) `add set ip6
+/// TABLE NAME { type ipv6_addr; }` (the message's family is set by the
+/// sender).
+pub fn new_addr_set(table: &str, name: &str, ipv6: bool) -> Msg {
+    let (kind, len) = if ipv6 { (TYPE_IP6ADDR, 16) } else { (TYPE_IPADDR, 4) };
     Msg::nft(
         MsgType::NewSet,
         NLM_F_CREATE | NLM_F_ACK,
@@ -335,15 +342,22 @@ pub fn new_ipv4_set(table: &str, name: &str) -> Msg {
             .string(attr::SET_TABLE, table)
             .string(attr::SET_NAME, name)
             .be32(attr::SET_FLAGS, 0)
-            .be32(attr::SET_KEY_TYPE, TYPE_IPADDR)
-            .be32(attr::SET_KEY_LEN, 4)
+            .be32(attr::SET_KEY_TYPE, kind)
+            .be32(attr::SET_KEY_LEN, len)
             .be32(attr::SET_ID, SET_TXN_ID),
     )
 }
 
-fn set_elems(kind: MsgType, flags: u16, table: &str, set: &str, addrs: &[Ipv4Addr]) -> Msg {
+fn octets(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn set_elems(kind: MsgType, flags: u16, table: &str, set: &str, addrs: &[IpAddr]) -> Msg {
     let elems = addrs.iter().fold(Attrs::default(), |a, ip| {
-        a.nest(attr::LIST_ELEM, Attrs::default().data(attr::SET_ELEM_KEY, &ip.octets()))
+        a.nest(attr::LIST_ELEM, Attrs::default().data(attr::SET_ELEM_KEY, &octets(ip)))
     });
     Msg::nft(
         kind,
@@ -360,7 +374,7 @@ fn set_elems(kind: MsgType, flags: u16, table: &str, set: &str, addrs: &[Ipv4Add
 /// One message per [`ELEMENTS_PER_MESSAGE`] addresses: a message's element
 /// list is one attribute, whose length is 16 bits (4,096 addresses would
 /// overflow it, and the kernel would read garbage).
-pub fn add_elements(table: &str, set: &str, addrs: &[Ipv4Addr]) -> Vec<Msg> {
+pub fn add_elements(table: &str, set: &str, addrs: &[IpAddr]) -> Vec<Msg> {
     addrs
         .chunks(ELEMENTS_PER_MESSAGE)
         .map(|c| set_elems(MsgType::NewSetElem, NLM_F_CREATE, table, set, c))
@@ -371,7 +385,7 @@ pub fn add_elements(table: &str, set: &str, addrs: &[Ipv4Addr]) -> Vec<Msg> {
 pub const ELEMENTS_PER_MESSAGE: usize = 1024;
 
 /// `delete element ip TABLE SET { ADDRS }`
-pub fn del_elements(table: &str, set: &str, addrs: &[Ipv4Addr]) -> Vec<Msg> {
+pub fn del_elements(table: &str, set: &str, addrs: &[IpAddr]) -> Vec<Msg> {
     addrs.chunks(ELEMENTS_PER_MESSAGE).map(|c| set_elems(MsgType::DelSetElem, 0, table, set, c)).collect()
 }
 
@@ -472,8 +486,8 @@ pub enum Dumped {
         /// The packets its `counter` expression counted, if it has one.
         packets: Option<u64>,
     },
-    /// IPv4 set elements.
-    Elements(Vec<Ipv4Addr>),
+    /// Set elements: IPv4 addresses (`ip` tables) or IPv6 ones (`ip6`).
+    Elements(Vec<IpAddr>),
 }
 
 fn string_of(v: &[u8]) -> String {
@@ -507,7 +521,11 @@ pub fn parse_dumped(kind: u16, body: &[u8]) -> Option<Dumped> {
             .filter_map(|(_, e)| {
                 let key = parse_attrs(e).find(|(k, _)| *k == attr::SET_ELEM_KEY)?.1;
                 let value = parse_attrs(key).find(|(k, _)| *k == attr::DATA_VALUE)?.1;
-                Some(Ipv4Addr::from(<[u8; 4]>::try_from(value).ok()?))
+                match value.len() {
+                    4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(value).ok()?))),
+                    16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(value).ok()?))),
+                    _ => None,
+                }
             })
             .collect();
         return Some(Dumped::Elements(addrs));

@@ -16,7 +16,7 @@ fn as_built(w: &Table) -> Observed {
 fn a_right_table_is_left_alone() {
     let w = want(&["198.18.7.11", "198.18.7.12"]);
     assert_eq!(plan(Some(&w), &as_built(&w)), Plan::Nothing);
-    assert!(messages(&Plan::Nothing, Some(&w)).is_empty());
+    assert!(messages(&Plan::Nothing, Some(&w), Family::Ipv4).is_empty());
     assert_eq!(plan(None, &Observed::default()), Plan::Nothing);
 }
 
@@ -32,7 +32,7 @@ fn node_changes_touch_only_the_set() {
             del: vec!["198.18.7.12".parse().unwrap()]
         }
     );
-    let kinds: Vec<u16> = messages(&p, Some(&w)).iter().map(|m| m.kind).collect();
+    let kinds: Vec<u16> = messages(&p, Some(&w), Family::Ipv4).iter().map(|m| m.kind).collect();
     assert_eq!(kinds, [MsgType::DelSetElem.wire(), MsgType::NewSetElem.wire()]);
 }
 
@@ -51,7 +51,7 @@ fn anything_changed_by_hand_replaces_the_table() {
     for seen in [missing, extra_rule, other_cluster, drop_policy, flushed] {
         assert_eq!(plan(Some(&w), &seen), Plan::Replace, "{seen:?}");
     }
-    let kinds: Vec<u16> = messages(&Plan::Replace, Some(&w)).iter().map(|m| m.kind).collect();
+    let kinds: Vec<u16> = messages(&Plan::Replace, Some(&w), Family::Ipv4).iter().map(|m| m.kind).collect();
     use MsgType::*;
     let want_kinds: Vec<u16> = [NewTable, DelTable, NewTable, NewSet, NewSetElem, NewChain, NewRule]
         .iter()
@@ -63,7 +63,7 @@ fn anything_changed_by_hand_replaces_the_table() {
 #[test]
 fn off_removes_only_when_something_is_there() {
     assert_eq!(plan(None, &as_built(&want(&[]))), Plan::Remove);
-    let kinds: Vec<u16> = messages(&Plan::Remove, None).iter().map(|m| m.kind).collect();
+    let kinds: Vec<u16> = messages(&Plan::Remove, None, Family::Ipv4).iter().map(|m| m.kind).collect();
     assert_eq!(kinds, [MsgType::NewTable.wire(), MsgType::DelTable.wire()]);
 }
 
@@ -98,7 +98,8 @@ fn the_port_lock_shares_the_node_set_and_stands_alone() {
     let nothing = Table { masquerade: None, port_lock: None, nodes: both.nodes.clone() };
     assert_eq!(plan(Some(&nothing), &as_built(&only_lock)), Plan::Remove);
     use MsgType::*;
-    let kinds: Vec<u16> = messages(&Plan::Replace, Some(&only_lock)).iter().map(|m| m.kind).collect();
+    let kinds: Vec<u16> =
+        messages(&Plan::Replace, Some(&only_lock), Family::Ipv4).iter().map(|m| m.kind).collect();
     let want_kinds: Vec<u16> = [NewTable, DelTable, NewTable, NewSet, NewSetElem, NewChain, NewRule]
         .iter()
         .map(|k| k.wire())
@@ -110,7 +111,12 @@ fn the_port_lock_shares_the_node_set_and_stands_alone() {
 fn a_dumped_rule_reports_its_counter() {
     // A rule as the kernel dumps it: table, chain, expressions (the lock's,
     // with the counter at 7 packets), userdata.
-    let mut rule = msg::new_rule(TABLE, INPUT_CHAIN, &Table::lock_exprs(8472), &Table::lock_userdata(8472));
+    let mut rule = msg::new_rule(
+        TABLE,
+        INPUT_CHAIN,
+        &Table::lock_exprs(8472, Family::Ipv4),
+        &Table::lock_userdata(8472),
+    );
     let mut bytes = Vec::new();
     rule.flags = 0;
     rule.emit(1, &mut bytes);
@@ -135,4 +141,37 @@ fn a_dumped_rule_reports_its_counter() {
             packets: Some(7),
         }
     );
+}
+
+/// An IPv6 underlay's lock: every message of the `ip6` family, an
+/// `ipv6_addr` set of 16-byte keys, and the source read at offset 8, 16
+/// bytes, of the IPv6 header.
+#[test]
+fn an_ipv6_lock_lives_in_an_ip6_table() {
+    let lock6 = Table {
+        masquerade: None,
+        port_lock: Some(8472),
+        nodes: ["fd00:f31:1::11", "fd00:f31:1::12"].iter().map(|n| n.parse().unwrap()).collect(),
+    };
+    let msgs = messages(&Plan::Replace, Some(&lock6), Family::Ipv6);
+    assert!(msgs.iter().all(|m| m.family == msg::NFPROTO_IPV6), "{msgs:?}");
+    let set = msgs.iter().find(|m| m.kind == MsgType::NewSet.wire()).expect("a set");
+    let mut bytes = Vec::new();
+    set.emit(1, &mut bytes);
+    let be32 = |kind: u16| {
+        let v = msg::parse_attrs(&bytes[20..]).find(|(k, _)| *k == kind).unwrap().1;
+        u32::from_be_bytes(v.try_into().unwrap())
+    };
+    // NFTA_SET_KEY_TYPE (4) and NFTA_SET_KEY_LEN (5).
+    assert_eq!((be32(4), be32(5)), (8, 16), "ipv6_addr, 16 bytes");
+    let source = &Table::lock_exprs(8472, Family::Ipv6)[4];
+    assert_eq!(*source, Expr::NetworkHeader { offset: 8, len: 16 });
+    assert_eq!(Table::lock_exprs(8472, Family::Ipv4)[4], Expr::NetworkHeader { offset: 12, len: 4 });
+    let elems: Vec<_> = msgs.iter().filter(|m| m.kind == MsgType::NewSetElem.wire()).collect();
+    let mut out = Vec::new();
+    elems[0].emit(2, &mut out);
+    let Some(msg::Dumped::Elements(back)) = msg::parse_dumped(MsgType::NewSetElem.wire(), &out[16..]) else {
+        panic!("elements did not parse")
+    };
+    assert_eq!(back.into_iter().collect::<BTreeSet<_>>(), lock6.nodes);
 }

@@ -22,7 +22,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -143,7 +143,7 @@ impl UserspaceDataplane {
     pub fn start(
         cfg: EngineConfig,
         name: &str,
-        bind: SocketAddrV4,
+        bind: SocketAddr,
         offloads: Offloads,
         adopted: Option<Handover>,
     ) -> io::Result<Self> {
@@ -292,10 +292,21 @@ impl UserspaceDataplane {
 /// set; drops from `offloads` what the kernel refuses.
 fn open(
     name: &str,
-    bind: SocketAddrV4,
+    bind: SocketAddr,
     offloads: &mut Offloads,
     adopted: Option<Handover>,
 ) -> io::Result<(Tun, UdpSocket)> {
+    // The keeper holds the port: a socket of the other family (the
+    // underlay changed family) cannot be bound beside it.
+    if let Some(h) = &adopted {
+        if h.udp.local_addr().is_ok_and(|a| a.is_ipv4() != bind.is_ipv4()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the keeper's VXLAN socket is of the other address family than the underlay \
+                 (the underlay changed family): stop the keeper (`felt cleanup`) and start again",
+            ));
+        }
+    }
     let (tun, udp) = match adopted {
         // The previous agent's device: vnet header and persistence already set.
         Some(h) => (Tun::Vnet(h.tun), h.udp),

@@ -60,7 +60,7 @@ fn rules_carry_their_expressions_and_userdata() {
 
 #[test]
 fn set_elements_round_trip() {
-    let addrs: Vec<Ipv4Addr> = vec!["198.18.7.11".parse().unwrap(), "198.18.7.12".parse().unwrap()];
+    let addrs: Vec<IpAddr> = vec!["198.18.7.11".parse().unwrap(), "fd00:f31:1::12".parse().unwrap()];
     let mut out = Vec::new();
     let msgs = add_elements("felt", "nodes", &addrs);
     assert_eq!(msgs.len(), 1);
@@ -72,7 +72,7 @@ fn set_elements_round_trip() {
 /// length of the attribute that holds it: they go in chunks, each whole.
 #[test]
 fn long_element_lists_are_chunked_and_each_chunk_parses_whole() {
-    let addrs: Vec<Ipv4Addr> = (0..5000u32).map(|i| Ipv4Addr::from(0xc613_0000 + i)).collect();
+    let addrs: Vec<IpAddr> = (0..5000u32).map(|i| IpAddr::V4(Ipv4Addr::from(0xc613_0000 + i))).collect();
     let msgs = add_elements("felt", "nodes", &addrs);
     assert_eq!(msgs.len(), 5000usize.div_ceil(ELEMENTS_PER_MESSAGE));
     let mut back = Vec::new();
