@@ -24,6 +24,27 @@ fn ipv6_entries(lab: &TestLab, node: &str) -> (Vec<String>, Vec<String>) {
     (routes, neigh)
 }
 
+/// `felt lab bench --json` (0.5 s a test) on `lab`, after asserting that
+/// every pod path — kernel, userspace, mixed — measured TCP and UDP over
+/// IPv6 with a figure above zero; the rows, for more checks.
+fn bench_over_ipv6(lab: &TestLab) -> Vec<serde_json::Value> {
+    let bench: serde_json::Value =
+        serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
+    let rows = bench.as_array().unwrap().clone();
+    for path in ["kernel", "userspace", "mixed"] {
+        for test in ["tcp", "udp"] {
+            let r = rows
+                .iter()
+                .find(|r| r["test"] == test && r["path"] == path && r["family"] == "ipv6")
+                .unwrap_or_else(|| panic!("{test} {path} over IPv6: {bench}"));
+            let figure = if test == "tcp" { &r["gbit_per_s"] } else { &r["packets_per_s"] };
+            assert!(figure.as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["between"].as_str().unwrap().contains("fd00:f31:244:"), "{r}");
+        }
+    }
+    rows
+}
+
 #[test]
 #[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn a_dual_stack_lab_reaches_every_pair_over_both_families_and_repairs_ipv6_drift() {
@@ -138,22 +159,9 @@ fn ipv6_crosses_userspace_and_mixed_paths_and_the_bench_measures_both_families()
     let addr = ip_in(&lab.node_ns("n2"), &["-6", "addr", "show", "dev", "felt.1", "scope", "global"]);
     assert!(addr.contains(&format!("inet6 {vtep6}/128")), "{addr}");
 
-    let bench: serde_json::Value =
-        serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
-    let rows = bench.as_array().unwrap();
-    for path in ["kernel", "userspace", "mixed"] {
-        for test in ["tcp", "udp"] {
-            let r = rows
-                .iter()
-                .find(|r| r["test"] == test && r["path"] == path && r["family"] == "ipv6")
-                .unwrap_or_else(|| panic!("{test} {path} over IPv6: {bench}"));
-            let figure = if test == "tcp" { &r["gbit_per_s"] } else { &r["packets_per_s"] };
-            assert!(figure.as_f64().unwrap() > 0.0, "{r}");
-            assert!(r["between"].as_str().unwrap().contains("fd00:f31:244:"), "{r}");
-        }
-    }
+    let rows = bench_over_ipv6(&lab);
     assert!(!rows.iter().any(|r| r["path"] == "underlay" && r["family"] == "ipv6"), "the underlay is IPv4");
-    assert!(rows.iter().filter(|r| r["path"] == "kernel").all(|r| r["ratio_to_kernel"] == 1.0), "{bench}");
+    assert!(rows.iter().filter(|r| r["path"] == "kernel").all(|r| r["ratio_to_kernel"] == 1.0), "{rows:?}");
     lab.finish();
 }
 
@@ -226,23 +234,11 @@ fn an_ipv6_only_lab_reaches_every_pair_in_every_mode_with_no_ipv4_in_the_overlay
         wait_until(Duration::from_secs(6), || ipv6_entries(&lab, "n1") == (routes.clone(), neigh.clone()));
     assert!(back.is_some(), "IPv6 route/neighbour not restored: {:?}", ipv6_entries(&lab, "n1"));
 
-    let bench: serde_json::Value =
-        serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
-    let rows = bench.as_array().unwrap();
-    for path in ["kernel", "userspace", "mixed"] {
-        for test in ["tcp", "udp"] {
-            let r = rows
-                .iter()
-                .find(|r| r["test"] == test && r["path"] == path && r["family"] == "ipv6")
-                .unwrap_or_else(|| panic!("{test} {path} over IPv6: {bench}"));
-            let figure = if test == "tcp" { &r["gbit_per_s"] } else { &r["packets_per_s"] };
-            assert!(figure.as_f64().unwrap() > 0.0, "{r}");
-        }
-    }
-    assert!(rows.iter().any(|r| r["path"] == "underlay"), "the underlay is measured: {bench}");
+    let rows = bench_over_ipv6(&lab);
+    assert!(rows.iter().any(|r| r["path"] == "underlay"), "the underlay is measured: {rows:?}");
     assert!(
         !rows.iter().any(|r| r["path"] != "underlay" && r["family"] == "ipv4"),
-        "no IPv4 pod path: {bench}"
+        "no IPv4 pod path: {rows:?}"
     );
     eprintln!(
         "IPv6-only lab: 12/12 pairs over IPv6 in mixed mode; IPv6 drift repaired in {:?}",
@@ -294,16 +290,7 @@ fn an_ipv6_underlay_carries_every_mode_and_both_pod_families() {
     assert!(engine.peers.iter().all(|p| p.underlay_ip.is_ipv6()), "{:?}", engine.peers);
     assert!(st.peers.iter().all(|p| p.in_sync == Some(true)), "{:?}", st.peers);
 
-    let bench: serde_json::Value =
-        serde_json::from_str(&lab.felt(&["lab", "bench", "--seconds", "0.5", "--json"])).unwrap();
-    let rows = bench.as_array().unwrap();
-    for path in ["kernel", "userspace", "mixed"] {
-        let r = rows
-            .iter()
-            .find(|r| r["test"] == "tcp" && r["path"] == path && r["family"] == "ipv6")
-            .unwrap_or_else(|| panic!("tcp {path} over IPv6: {bench}"));
-        assert!(r["gbit_per_s"].as_f64().unwrap() > 0.0, "{r}");
-    }
+    bench_over_ipv6(&lab);
     lab.finish();
 
     // Dual-stack pods over the same IPv6 underlay: both families cross.

@@ -34,6 +34,31 @@ fn send_from(ns: &str, from: Option<IpAddr>, to: SocketAddr, datagram: Vec<u8>) 
     .expect("sending");
 }
 
+/// A UDP socket on [`POD_PORT`] in n1's first pod.
+fn pod_listener(lab: &TestLab) -> UdpSocket {
+    let pod_ns = format!("{}-n1-p1", lab.name);
+    let listener =
+        felt::netns::run_in(&felt::netns::named(&pod_ns), || UdpSocket::bind(("0.0.0.0", POD_PORT)))
+            .unwrap()
+            .unwrap();
+    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    listener
+}
+
+/// Whether `want` reaches `listener` within `tries` sends of `send` (200 ms each).
+fn received_by(listener: &UdpSocket, want: &[u8], tries: u32, send: &dyn Fn()) -> bool {
+    let mut buf = [0u8; 64];
+    for _ in 0..tries {
+        send();
+        while let Ok(n) = listener.recv(&mut buf) {
+            if &buf[..n] == want {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// The packets the lock's rule on `node` has dropped.
 fn locked_out(lab: &TestLab, node: &str) -> u64 {
     locked_out_in(lab, node, "ip")
@@ -60,24 +85,8 @@ fn only_nodes_reach_the_vxlan_port_and_a_node_that_leaves_is_locked_out() {
     let target = lab.first_pod_ip("n1");
     let to = SocketAddr::from((n1.underlay_ip, felt_proto::DEFAULT_VXLAN_PORT));
     let n1_mac = n1.vtep_mac.unwrap();
-    let pod_ns = format!("{}-n1-p1", lab.name);
-    let listener =
-        felt::netns::run_in(&felt::netns::named(&pod_ns), || UdpSocket::bind(("0.0.0.0", POD_PORT)))
-            .unwrap()
-            .unwrap();
-    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let received = |want: &[u8], tries: u32, send: &dyn Fn()| {
-        let mut buf = [0u8; 64];
-        for _ in 0..tries {
-            send();
-            while let Ok(n) = listener.recv(&mut buf) {
-                if &buf[..n] == want {
-                    return true;
-                }
-            }
-        }
-        false
-    };
+    let listener = pod_listener(&lab);
+    let received = |want: &[u8], tries: u32, send: &dyn Fn()| received_by(&listener, want, tries, send);
     let inner = |from: &felt::lab::NodeStatus, what: &[u8]| {
         let src = Ipv4Addr::from(u32::from(from.pod_cidr.unwrap().network()) + 200);
         frame(from.vtep_mac.unwrap(), n1_mac, src, target, what)
@@ -146,24 +155,8 @@ fn on_an_ipv6_underlay_only_nodes_reach_the_vxlan_port() {
     assert_eq!(lab.debug_state("n1").lease.unwrap().underlay_ip, underlay6(&n1), "the agent is on IPv6");
     let target = lab.first_pod_ip("n1");
     let to = SocketAddr::new(underlay6(&n1), felt_proto::DEFAULT_VXLAN_PORT);
-    let pod_ns = format!("{}-n1-p1", lab.name);
-    let listener =
-        felt::netns::run_in(&felt::netns::named(&pod_ns), || UdpSocket::bind(("0.0.0.0", POD_PORT)))
-            .unwrap()
-            .unwrap();
-    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let received = |want: &[u8], tries: u32, send: &dyn Fn()| {
-        let mut buf = [0u8; 64];
-        for _ in 0..tries {
-            send();
-            while let Ok(n) = listener.recv(&mut buf) {
-                if &buf[..n] == want {
-                    return true;
-                }
-            }
-        }
-        false
-    };
+    let listener = pod_listener(&lab);
+    let received = |want: &[u8], tries: u32, send: &dyn Fn()| received_by(&listener, want, tries, send);
     let src = Ipv4Addr::from(u32::from(n2.pod_cidr.unwrap().network()) + 200);
     let inner = |what: &[u8]| frame(n2.vtep_mac.unwrap(), n1.vtep_mac.unwrap(), src, target, what);
     let from_n2 = || send_from(&n2.netns, Some(underlay6(&n2)), to, inner(b"peer n2"));
