@@ -327,7 +327,8 @@ fn paths_of_family(
     let user: Vec<&NodeState> = nodes_of(state, DataplaneKind::Userspace).collect();
     let mut paths = Vec::new();
     if let (Some(a), Some(b)) = (state.nodes.first(), state.nodes.get(1)) {
-        let end = |n: &NodeState| End { netns: n.netns.clone(), ip: IpAddr::V4(n.underlay_ip) };
+        // The address VXLAN travels between: IPv6 on an IPv6 underlay.
+        let end = |n: &NodeState| End { netns: n.netns.clone(), ip: state.underlay_of(n) };
         paths.push(("underlay", end(a), end(b)));
     }
     let mut pods_between = |label: &'static str, x: Option<&&NodeState>, y: Option<&&NodeState>| {
