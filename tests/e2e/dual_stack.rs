@@ -52,6 +52,7 @@ fn a_dual_stack_lab_reaches_every_pair_over_both_families_and_repairs_ipv6_drift
     let lab = TestLab::up_named(&TestLab::unique_name(), 3, 2, &["--ip-family", "dual"]);
     let check = lab.felt(&["lab", "check"]);
     assert!(check.contains("by family: ipv4 30/30, ipv6 30/30\n"), "{check}");
+    assert!(check.contains("egress ipv6: 6/6 pods"), "{check}");
     assert_eq!(check.lines().last(), Some("60/60 pod pairs reachable"), "{check}");
 
     // Every pod holds an address of each family, its node's IPv6 subnet's.
@@ -109,10 +110,10 @@ fn an_agent_restart_loses_no_ipv6_packet_and_rewrites_nothing() {
     let monitor = Monitor::start(&n1, "ip", &["route", "neigh"]);
     // The monitor must be seen to see before its silence means anything.
     let poke = || {
-        ip_in(&n1, &["-6", "route", "add", "blackhole", "fd00:f31:ffff::/64"]);
-        ip_in(&n1, &["-6", "route", "del", "blackhole", "fd00:f31:ffff::/64"]);
+        ip_in(&n1, &["-6", "route", "add", "blackhole", "fd00:f31:fffe::/64"]);
+        ip_in(&n1, &["-6", "route", "del", "blackhole", "fd00:f31:fffe::/64"]);
     };
-    assert!(monitor.proves("fd00:f31:ffff::", poke), "the IPv6 route monitor saw nothing");
+    assert!(monitor.proves("fd00:f31:fffe::", poke), "the IPv6 route monitor saw nothing");
 
     // 15 s at 50 packets per second over IPv6, across a SIGKILL and restart of n1's agent.
     let pinger = std::thread::spawn(move || {
@@ -176,7 +177,8 @@ fn an_ipv6_only_lab_reaches_every_pair_in_every_mode_with_no_ipv4_in_the_overlay
     let lab = TestLab::up_named(&TestLab::unique_name(), 4, 1, &["--mode", "mixed", "--ip-family", "ipv6"]);
     let check = lab.felt(&["lab", "check"]);
     assert!(check.contains("by family: ipv4 0/0, ipv6 12/12\n"), "{check}");
-    assert!(check.contains("egress: not probed: no pod has an IPv4 address"), "{check}");
+    assert!(check.contains("egress ipv6: 4/4 pods reach the outside host fd00:f31:ffff::1"), "{check}");
+    assert!(check.contains("egress: not probed over IPv4: no pod has an IPv4 address"), "{check}");
     assert_eq!(check.lines().last(), Some("12/12 pod pairs reachable"), "{check}");
 
     let network6 = felt::lab::IpFamily::Ipv6.net().ipv6_network.unwrap();
@@ -299,6 +301,7 @@ fn an_ipv6_underlay_carries_every_mode_and_both_pod_families() {
     let check = lab.felt(&["lab", "check"]);
     assert!(check.contains("by family: ipv4 12/12, ipv6 12/12\n"), "{check}");
     assert!(check.contains("egress: 4/4 pods reach the outside host"), "{check}");
+    assert!(check.contains("egress ipv6: 4/4 pods"), "{check}");
     assert_eq!(check.lines().last(), Some("24/24 pod pairs reachable"), "{check}");
     lab.finish();
 }

@@ -264,3 +264,51 @@ fn pods_reach_the_outside_masqueraded_and_each_other_as_themselves() {
     assert!(lab.felt(&["lab", "check"]).contains("egress: 2/2 pods"));
     lab.finish();
 }
+
+/// IPv6 egress (a dual-stack lab): every pod reaches the outside host's
+/// IPv6 address as its node's IPv6 address, through felt's `ip6 felt`
+/// masquerade; with that table deleted (agent stopped) n1's pod fails the
+/// check, and the resumed agent puts it back.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn ipv6_egress_is_masqueraded_by_felts_ip6_table() {
+    require_root();
+    let lab = TestLab::up_named(&TestLab::unique_name(), 2, 1, &["--ip-family", "dual"]);
+    let check = lab.felt(&["lab", "check"]);
+    assert!(
+        check.contains(
+            "egress ipv6: 2/2 pods reach the outside host fd00:f31:ffff::1 as their node's address"
+        ),
+        "{check}"
+    );
+    let n1 = lab.status().nodes.into_iter().find(|n| n.name == "n1").unwrap();
+    let has_table = || {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.node_ns("n1"), "nft", "list", "table", "ip6", "felt"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("masquerade"))
+    };
+    assert!(has_table(), "n1 has no ip6 masquerade table");
+    let n1_pid = n1.pid.to_string();
+    run(Command::new("kill").args(["-STOP", &n1_pid]));
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.node_ns("n1"),
+        "nft",
+        "delete",
+        "table",
+        "ip6",
+        "felt",
+    ]));
+    assert!(!has_table(), "the table was deleted");
+    let out = lab.felt_command(&["lab", "check"]).output().unwrap();
+    run(Command::new("kill").args(["-CONT", &n1_pid]));
+    let check = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "the check passed without n1's IPv6 masquerade:\n{check}");
+    assert!(check.contains("egress ipv6: 1/2 pods"), "{check}");
+    assert!(check.contains("→ outside fd00:f31:ffff::1"), "{check}");
+    assert!(wait_until(Duration::from_secs(12), has_table).is_some(), "the ip6 table was not repaired");
+    assert!(lab.felt(&["lab", "check"]).contains("egress ipv6: 2/2 pods"));
+    lab.finish();
+}

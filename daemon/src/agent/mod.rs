@@ -238,10 +238,11 @@ struct State {
     known: Option<(u32, felt_overlay::Observed)>,
     /// felt's nftables table as the last pass left it; `None` after a failure.
     nft_known: Option<felt_overlay::nft::Table>,
-    /// The same for its `ip6` table (an IPv6 underlay's port lock).
+    /// The same for its `ip6` table (the IPv6 masquerade, an IPv6
+    /// underlay's port lock).
     nft_known6: Option<felt_overlay::nft::Table>,
-    /// The `ip6` table was seen right once (on an IPv4 underlay it is then
-    /// left alone: nothing makes one).
+    /// The `ip6` table was seen right once: when nothing is wanted in it
+    /// (an IPv4 cluster on an IPv4 underlay) it is then left alone.
     nft6_checked: bool,
     /// The peer table last handed to the userspace engine.
     engine_peers: Option<Vec<Peer>>,
@@ -281,7 +282,7 @@ struct Agent {
     /// felt's nftables table (egress masquerade, the port lock of an IPv4
     /// underlay); opened on first use.
     nft: Option<felt_overlay::nft::Nft>,
-    /// Its `ip6` twin (the port lock of an IPv6 underlay).
+    /// Its `ip6` twin (the IPv6 masquerade, the port lock of an IPv6 underlay).
     nft6: Option<felt_overlay::nft::Nft>,
     state: State,
     /// The reloadable settings in force.

@@ -327,9 +327,10 @@ impl Agent {
     }
 
     /// Keeps felt's nftables tables right: the masquerade for the cluster
-    /// CIDR, the VXLAN port lock (kernel mode), and every node's underlay
+    /// CIDRs, the VXLAN port lock (kernel mode), and every node's underlay
     /// address in their set (see `felt_overlay::nft`): table `ip felt`, and
-    /// on an IPv6 underlay `ip6 felt` for the lock; `false` on failure. A
+    /// `ip6 felt` for the IPv6 masquerade and an IPv6 underlay's lock;
+    /// `false` on failure. A
     /// registry pass plans against the table the last pass left; others
     /// read it (and the port lock's drop counter) from the kernel.
     fn reconcile_nft(&mut self, peers: &[Peer], pass: Pass) -> bool {
@@ -340,22 +341,22 @@ impl Agent {
         let nodes = |v6: bool| {
             peers.iter().map(|p| p.underlay_ip).chain([ours]).filter(|ip| ip.is_ipv6() == v6).collect()
         };
+        let masq = self.cfg.net.ip_masq;
         let want = Table {
-            masquerade: self.cfg.net.network.filter(|_| self.cfg.net.ip_masq),
+            masquerade: self.cfg.net.network.map(IpNet::V4).filter(|_| masq),
             port_lock: (locked && !ipv6).then_some(self.dataplane.spec().port),
             nodes: nodes(false),
         };
         let ok = self.reconcile_table(Family::Ipv4, want, pass);
-        // The ip6 table is kept on an IPv6 underlay; elsewhere it is checked
-        // once (a leftover of an IPv6 underlay goes) and then left alone.
-        if !ipv6 && self.state.nft6_checked {
-            return ok;
-        }
         let want6 = Table {
-            masquerade: None,
+            masquerade: self.cfg.net.ipv6_network.map(IpNet::V6).filter(|_| masq),
             port_lock: (locked && ipv6).then_some(self.dataplane.spec().port),
             nodes: nodes(true),
         };
+        // An empty ip6 table is checked once (a leftover goes) and then left alone.
+        if want6.is_empty() && self.state.nft6_checked {
+            return ok;
+        }
         let ok6 = self.reconcile_table(Family::Ipv6, want6, pass);
         self.state.nft6_checked |= ok6;
         ok && ok6

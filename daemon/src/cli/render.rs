@@ -104,12 +104,15 @@ pub fn check(report: &CheckReport) {
             r.from_ip
         );
     }
+    let outside = |ip: &std::net::IpAddr| -> std::net::IpAddr {
+        if ip.is_ipv4() { lab::OUTSIDE_IP.into() } else { lab::OUTSIDE_IP6.into() }
+    };
     for r in report.egress.iter().filter(|r| !r.ok()) {
         println!(
             "FAIL {} ({}) → outside {}: {} (want seen as its node {})",
             r.from,
             r.from_ip,
-            lab::OUTSIDE_IP,
+            outside(&r.from_ip),
             show(&r.seen),
             r.node_ip
         );
@@ -125,15 +128,20 @@ pub fn check(report: &CheckReport) {
             count(v6.iter().filter(|r| r.ok()).count(), v6.len())
         );
     }
-    if report.egress.is_empty() && report.pods > 0 {
+    let (egress4, egress6): (Vec<_>, Vec<_>) = report.egress.iter().partition(|r| r.from_ip.is_ipv4());
+    if !egress6.is_empty() {
         println!(
-            "egress: not probed: no pod has an IPv4 address (the outside host {} is IPv4)",
-            lab::OUTSIDE_IP
+            "egress ipv6: {} pods reach the outside host {} as their node's address",
+            count(egress6.iter().filter(|r| r.ok()).count(), egress6.len()),
+            lab::OUTSIDE_IP6
         );
+    }
+    if egress4.is_empty() && report.pods > 0 {
+        println!("egress: not probed over IPv4: no pod has an IPv4 address");
     } else {
         println!(
             "egress: {} pods reach the outside host {} as their node's address",
-            count(report.egress.iter().filter(|r| r.ok()).count(), report.egress.len()),
+            count(egress4.iter().filter(|r| r.ok()).count(), egress4.len()),
             lab::OUTSIDE_IP
         );
     }

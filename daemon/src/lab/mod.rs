@@ -52,7 +52,7 @@ pub use state::{
     IpFamily, LabRegistry, LabState, Mode, NodeAgent, NodeState, PodState, UnderlayFamily, UpOptions,
 };
 pub use status::{CheckReport, LabStatus, NodeStatus};
-pub use topo::{LabError, OUTSIDE_IP, host_ip, kill_agent, underlay_subnet, underlay6};
+pub use topo::{LabError, OUTSIDE_IP, OUTSIDE_IP6, host_ip, kill_agent, underlay_subnet, underlay6};
 
 /// Where labs keep their files unless told otherwise.
 pub const DEFAULT_STATE_ROOT: &str = "/run/felt/lab";

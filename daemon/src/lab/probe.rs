@@ -219,17 +219,17 @@ impl PairResult {
     }
 }
 
-/// One pod's connection to the outside host.
+/// One pod's connection to the outside host, over one family.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EgressResult {
     /// The pod.
     pub from: String,
     /// Its address.
-    pub from_ip: Ipv4Addr,
-    /// Its node's underlay address: what the outside host must see.
-    pub node_ip: Ipv4Addr,
+    pub from_ip: IpAddr,
+    /// Its node's underlay address of that family: what the outside host must see.
+    pub node_ip: IpAddr,
     /// The source address the outside host saw; the error otherwise.
-    pub seen: Result<Ipv4Addr, String>,
+    pub seen: Result<IpAddr, String>,
 }
 
 impl EgressResult {
@@ -252,6 +252,8 @@ pub struct Prober {
     pub ip6: Option<Ipv6Addr>,
     /// Its node's underlay address.
     pub node_ip: Ipv4Addr,
+    /// Its node's IPv6 address on the underlay, in a lab whose nodes have one.
+    pub node_ip6: Option<Ipv6Addr>,
 }
 
 /// How many TCP round trips one pod has in flight during a check.
@@ -265,7 +267,8 @@ pub fn probe_from(
     pod: Prober,
     targets: &[(String, IpAddr)],
     outside: Ipv4Addr,
-) -> std::io::Result<(Vec<PairResult>, Option<EgressResult>)> {
+    outside6: Ipv6Addr,
+) -> std::io::Result<(Vec<PairResult>, Vec<EgressResult>)> {
     let targets = targets.to_vec();
     netns::run_in(&pod.netns.clone(), move || {
         let ips: Vec<IpAddr> = targets.iter().map(|(_, ip)| *ip).collect();
@@ -302,17 +305,20 @@ pub fn probe_from(
                 tcp,
             })
             .collect();
-        // Egress is IPv4's: an IPv6-only pod has no way to the IPv4 outside host.
-        let egress = pod.ip.map(|from_ip| EgressResult {
-            from: pod.name.clone(),
-            from_ip,
-            node_ip: pod.node_ip,
-            seen: match tcp_round_trip(outside.into(), Duration::from_secs(2)) {
-                Ok(IpAddr::V4(seen)) => Ok(seen),
-                Ok(other) => Err(format!("the outside host saw {other}, not an IPv4 address")),
-                Err(e) => Err(e.to_string()),
-            },
-        });
+        // Each family the pod and its node have: the outside host's address
+        // of that family must see the node's.
+        let v4 = pod.ip.map(|ip| (IpAddr::V4(ip), IpAddr::V4(pod.node_ip), IpAddr::V4(outside)));
+        let v6 = pod.ip6.zip(pod.node_ip6).map(|(ip, node)| (ip.into(), node.into(), outside6.into()));
+        let egress = v4
+            .into_iter()
+            .chain(v6)
+            .map(|(from_ip, node_ip, to)| EgressResult {
+                from: pod.name.clone(),
+                from_ip,
+                node_ip,
+                seen: tcp_round_trip(to, Duration::from_secs(2)).map_err(|e| e.to_string()),
+            })
+            .collect();
         (pairs, egress)
     })
 }

@@ -293,6 +293,12 @@ impl LabState {
         }
     }
 
+    /// Whether the nodes have IPv6 addresses on the underlay (beside their
+    /// IPv4 ones): on an IPv6 underlay, and for pods' IPv6 egress.
+    pub fn nodes_have_ipv6(&self) -> bool {
+        self.underlay_family == UnderlayFamily::Ipv6 || self.ip_family.has_ipv6()
+    }
+
     /// The address node `node`'s agent encapsulates from: its IPv4 one, or
     /// on an IPv6 underlay its [`super::topo::underlay6`] twin.
     pub fn underlay_of(&self, node: &NodeState) -> std::net::IpAddr {

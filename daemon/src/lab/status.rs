@@ -63,8 +63,8 @@ pub struct NodeStatus {
 pub struct CheckReport {
     /// Every ordered pod pair.
     pub pairs: Vec<probe::PairResult>,
-    /// Every pod with an IPv4 address to the outside host (egress is
-    /// masqueraded for IPv4 only; the outside host is IPv4).
+    /// Every pod to the outside host, over each family the pod and its node
+    /// have (IPv6: in a lab whose nodes have IPv6 addresses).
     pub egress: Vec<probe::EgressResult>,
     /// How many pods probed.
     pub pods: usize,
@@ -152,8 +152,10 @@ impl Lab {
                     ip: src.ip,
                     ip6: src.ip6,
                     node_ip,
+                    node_ip6: state.nodes_have_ipv6().then(|| topo::underlay6(node_ip)),
                 };
-                std::thread::spawn(move || probe::probe_from(pod, &targets, topo::OUTSIDE_IP))
+                let (outside, outside6) = (topo::OUTSIDE_IP, topo::OUTSIDE_IP6);
+                std::thread::spawn(move || probe::probe_from(pod, &targets, outside, outside6))
             })
             .collect();
         let mut report = CheckReport::default();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -168,9 +168,14 @@ pub fn unpin_neighbour(ns: &str, dev: &str, addr: Ipv4Addr) {
 /// leave their node masqueraded.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
+/// Its IPv6 address, in a lab whose nodes have IPv6 ones: ULA space
+/// (`fd00:f31:…`, `LAB-NETWORK.md`), a /64 of its own on the underlay bridge.
+pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xf31, 0xffff, 0, 0, 0, 0, 1);
+
 /// The underlay namespace with its bridge, which holds `host` (the lab's
 /// host address, where a lab's API server listens), [`OUTSIDE_IP`], and
-/// with `ipv6` (an IPv6 underlay) `host`'s [`underlay6`] twin.
+/// with `ipv6` (nodes with IPv6 addresses) `host`'s [`underlay6`] twin and
+/// [`OUTSIDE_IP6`].
 pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8, ipv6: bool) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -179,6 +184,7 @@ pub fn make_underlay(ns: &str, host: Ipv4Addr, prefix: u8, ipv6: bool) -> Result
     if ipv6 {
         let host6 = format!("{}/{UNDERLAY6_PREFIX}", underlay6(host));
         ip(&["-n", ns, "addr", "add", &host6, "dev", "br0", "nodad"])?;
+        ip(&["-n", ns, "addr", "add", &format!("{OUTSIDE_IP6}/64"), "dev", "br0", "nodad"])?;
     }
     ip(&["-n", ns, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "br0"])?;
     ip(&["-n", ns, "link", "set", "br0", "up"])
@@ -234,7 +240,13 @@ pub fn make_node(
     // The outside host, through the lab host: the node's only route off its /24.
     let lab_host = host_ip(Ipv4Net::new(addr, prefix).map_err(|e| LabError::Invalid(e.to_string()))?.trunc());
     let outside = Ipv4Net::new(OUTSIDE_IP, 24).map_err(|e| LabError::Invalid(e.to_string()))?.trunc();
-    ip(&["-n", ns, "route", "add", &outside.to_string(), "via", &lab_host.to_string(), "dev", "eth0"])
+    ip(&["-n", ns, "route", "add", &outside.to_string(), "via", &lab_host.to_string(), "dev", "eth0"])?;
+    if ipv6 {
+        let outside6 = Ipv6Net::new(OUTSIDE_IP6, 64).map_err(|e| LabError::Invalid(e.to_string()))?.trunc();
+        let via = underlay6(lab_host).to_string();
+        ip(&["-n", ns, "-6", "route", "add", &outside6.to_string(), "via", &via, "dev", "eth0"])?;
+    }
+    Ok(())
 }
 
 /// Turns checksum offload on `eth0` of node namespace `ns` on or off (see [`make_node`]).

@@ -47,7 +47,7 @@ impl Lab {
         write_atomic(&self.net_conf_path(), &net_json)
             .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
         let underlay = topo::underlay_subnet(&self.name);
-        let ipv6 = opts.underlay_family == UnderlayFamily::Ipv6;
+        let ipv6 = opts.underlay_family == UnderlayFamily::Ipv6 || opts.ip_family.has_ipv6();
         topo::make_underlay(&self.underlay_ns(), topo::host_ip(underlay), underlay.prefix_len(), ipv6)?;
         let registry = self.registry_for(opts, underlay, progress)?;
         let mut state = LabState {
@@ -181,7 +181,7 @@ impl Lab {
             underlay_ip,
             state.underlay.prefix_len(),
             sum_on_send,
-            state.underlay_family == UnderlayFamily::Ipv6,
+            state.nodes_have_ipv6(),
         )?;
         let dir = self.node_dir(&node.name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
@@ -207,7 +207,7 @@ impl Lab {
     /// namespace, those of `new`.
     pub(super) fn pin_underlay(&self, state: &LabState, new: &[NodeState]) -> Result<(), LabError> {
         let host = topo::host_ip(state.underlay);
-        let ipv6 = state.underlay_family == UnderlayFamily::Ipv6;
+        let ipv6 = state.nodes_have_ipv6();
         let all: Vec<_> = state.nodes.iter().chain(new).map(|n| n.underlay_ip).collect();
         let added: Vec<_> = new.iter().map(|n| n.underlay_ip).collect();
         for n in new {

@@ -25,10 +25,12 @@
 //! address but a node's are dropped before the VXLAN device sees them, and
 //! counted.
 //!
-//! On an IPv6 underlay the lock lives in a table of family `ip6` of the
-//! same name and shape (`set nodes { type ipv6_addr; }`, `udp dport PORT ip6
-//! saddr != @nodes counter drop`); the `ip` table keeps the masquerade.
-//! [`Nft`] speaks for one family; the agent holds one per table it keeps.
+//! IPv6 has a table of family `ip6` of the same name and shape (`set nodes
+//! { type ipv6_addr; }`): the masquerade of the IPv6 cluster CIDR (`ip6
+//! saddr CLUSTER6 ip6 daddr != CLUSTER6 ip6 daddr != ff00::/8 ip6 daddr !=
+//! @nodes masquerade fully-random`), and on an IPv6 underlay the lock
+//! (`udp dport PORT ip6 saddr != @nodes counter drop`). [`Nft`] speaks for
+//! one family; the agent holds one per table it keeps.
 //!
 //! Observe → plan → apply, as for the VXLAN entries: [`Nft::observe`] dumps
 //! felt's chains, rules and set; [`plan`] (pure) says whether nothing, the
@@ -43,7 +45,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use msg::{Dumped, Expr, Msg, MsgType};
 
 /// felt's table (family `ip`, and `ip6` for an IPv6 underlay's lock).
@@ -93,8 +95,9 @@ pub type Rules = Vec<(String, Vec<u8>)>;
 /// What the table should hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    /// Masquerade pods' traffic that leaves this cluster CIDR.
-    pub masquerade: Option<Ipv4Net>,
+    /// Masquerade pods' traffic that leaves this cluster CIDR (of the
+    /// table's family).
+    pub masquerade: Option<IpNet>,
     /// Drop datagrams to this VXLAN port from anyone but `nodes`.
     pub port_lock: Option<u16>,
     /// Every node's underlay address (this node's too), of the table's family.
@@ -108,7 +111,7 @@ impl Table {
     }
 
     /// The masquerade rule's userdata: names the rule and what it was made for.
-    pub fn masquerade_userdata(cluster: Ipv4Net) -> Vec<u8> {
+    pub fn masquerade_userdata(cluster: IpNet) -> Vec<u8> {
         format!("felt-masq-v1 {cluster}").into_bytes()
     }
 
@@ -117,14 +120,23 @@ impl Table {
         format!("felt-lock-v1 {port}").into_bytes()
     }
 
-    /// The masquerade rule's expressions.
-    pub fn masquerade_exprs(cluster: Ipv4Net) -> Vec<Expr> {
-        let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("a valid CIDR");
+    /// The masquerade rule's expressions, in `cluster`'s family (the
+    /// destination is at 16, 4 bytes, of an IPv4 header; at 24, 16 bytes, of
+    /// an IPv6 one).
+    pub fn masquerade_exprs(cluster: IpNet) -> Vec<Expr> {
+        let (multicast, daddr): (IpNet, _) = match cluster {
+            IpNet::V4(_) => {
+                ("224.0.0.0/4".parse().expect("a valid CIDR"), Expr::NetworkHeader { offset: 16, len: 4 })
+            }
+            IpNet::V6(_) => {
+                ("ff00::/8".parse().expect("a valid CIDR"), Expr::NetworkHeader { offset: 24, len: 16 })
+            }
+        };
         let mut e = Vec::new();
-        e.extend(Expr::ip_in(true, cluster, false));
-        e.extend(Expr::ip_in(false, cluster, true));
-        e.extend(Expr::ip_in(false, multicast, true));
-        e.push(Expr::NetworkHeader { offset: 16, len: 4 });
+        e.extend(Expr::addr_in(true, cluster, false));
+        e.extend(Expr::addr_in(false, cluster, true));
+        e.extend(Expr::addr_in(false, multicast, true));
+        e.push(daddr);
         e.push(Expr::Lookup { set: NODES_SET.to_owned(), negate: true });
         e.push(Expr::Masquerade);
         e

@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// `NETLINK_NETFILTER`.
 pub const NETLINK_NETFILTER: isize = 12;
@@ -254,6 +254,23 @@ impl Expr {
             Expr::Mask(net.netmask().octets().to_vec()),
             Expr::Cmp { negate, value: net.network().octets().to_vec() },
         ]
+    }
+
+    /// `ip6 saddr|daddr [!=] NET`: the same at offset 8 or 24, 16 bytes.
+    pub fn ip6_in(source: bool, net: Ipv6Net, negate: bool) -> [Expr; 3] {
+        [
+            Expr::NetworkHeader { offset: if source { 8 } else { 24 }, len: 16 },
+            Expr::Mask(net.netmask().octets().to_vec()),
+            Expr::Cmp { negate, value: net.network().octets().to_vec() },
+        ]
+    }
+
+    /// [`Expr::ip_in`] or [`Expr::ip6_in`], by `net`'s family.
+    pub fn addr_in(source: bool, net: IpNet, negate: bool) -> [Expr; 3] {
+        match net {
+            IpNet::V4(n) => Self::ip_in(source, n, negate),
+            IpNet::V6(n) => Self::ip6_in(source, n, negate),
+        }
     }
 }
 

@@ -175,3 +175,28 @@ fn an_ipv6_lock_lives_in_an_ip6_table() {
     };
     assert_eq!(back.into_iter().collect::<BTreeSet<_>>(), lock6.nodes);
 }
+
+/// IPv6 egress: the masquerade rule reads 16-byte addresses at offsets 8
+/// (source) and 24 (destination) of the IPv6 header, keeps multicast
+/// (`ff00::/8`) and the cluster out, and names its cluster in the userdata.
+#[test]
+fn an_ipv6_masquerade_reads_ipv6_headers() {
+    let cluster: IpNet = "fd00:10:244::/56".parse().unwrap();
+    let e = Table::masquerade_exprs(cluster);
+    let loads: Vec<&Expr> = e.iter().filter(|x| matches!(x, Expr::NetworkHeader { .. })).collect();
+    assert_eq!(
+        loads,
+        [
+            &Expr::NetworkHeader { offset: 8, len: 16 },
+            &Expr::NetworkHeader { offset: 24, len: 16 },
+            &Expr::NetworkHeader { offset: 24, len: 16 },
+            &Expr::NetworkHeader { offset: 24, len: 16 },
+        ]
+    );
+    let multicast: ipnet::Ipv6Net = "ff00::/8".parse().unwrap();
+    assert!(e.contains(&Expr::Cmp { negate: true, value: multicast.network().octets().to_vec() }));
+    assert_eq!(Table::masquerade_userdata(cluster), b"felt-masq-v1 fd00:10:244::/56");
+    let v6 = Table { masquerade: Some(cluster), port_lock: None, nodes: BTreeSet::new() };
+    let kinds: Vec<u16> = messages(&Plan::Replace, Some(&v6), Family::Ipv6).iter().map(|m| m.kind).collect();
+    assert!(kinds.contains(&MsgType::NewRule.wire()), "{kinds:?}");
+}
