@@ -24,6 +24,24 @@ fn ipv6_entries(lab: &TestLab, node: &str) -> (Vec<String>, Vec<String>) {
     (routes, neigh)
 }
 
+/// IPv6 drift on n1: with `peers` peers' IPv6 routes and neighbours in
+/// place, one of each deleted by hand (seen gone first, so their return is
+/// the agent's doing) comes back; returns how long that took.
+fn ipv6_drift_is_repaired(lab: &TestLab, peers: usize) -> Duration {
+    let (routes, neigh) = ipv6_entries(lab, "n1");
+    assert_eq!((routes.len(), neigh.len()), (peers, peers), "{routes:?} {neigh:?}");
+    let n1 = lab.node_ns("n1");
+    let dst = routes[0].split_whitespace().next().unwrap().to_owned();
+    let vtep = neigh[0].split_whitespace().next().unwrap().to_owned();
+    ip_in(&n1, &["-6", "route", "del", &dst, "dev", "felt.1"]);
+    ip_in(&n1, &["-6", "neigh", "del", &vtep, "dev", "felt.1"]);
+    let (r, n) = ipv6_entries(lab, "n1");
+    assert!(!r.contains(&routes[0]) && !n.contains(&neigh[0]), "not deleted: {r:?} {n:?}");
+    let back =
+        wait_until(Duration::from_secs(6), || ipv6_entries(lab, "n1") == (routes.clone(), neigh.clone()));
+    back.unwrap_or_else(|| panic!("IPv6 route/neighbour not restored: {:?}", ipv6_entries(lab, "n1")))
+}
+
 /// `felt lab bench --json` (0.5 s a test) on `lab`, after asserting that
 /// every pod path — kernel, userspace, mixed — measured TCP and UDP over
 /// IPv6 with a figure above zero; the rows, for more checks.
@@ -76,24 +94,8 @@ fn a_dual_stack_lab_reaches_every_pair_over_both_families_and_repairs_ipv6_drift
     let addr = ip_in(&lab.node_ns("n1"), &["-6", "addr", "show", "dev", "felt.1", "scope", "global"]);
     assert!(addr.contains(&format!("inet6 {vtep6}/128")), "{addr}");
 
-    // IPv6 drift: a route and a neighbour deleted by hand come back. Seen
-    // gone first, so their return is the agent's doing.
-    let (routes, neigh) = ipv6_entries(&lab, "n1");
-    assert_eq!((routes.len(), neigh.len()), (2, 2), "{routes:?} {neigh:?}");
-    let n1 = lab.node_ns("n1");
-    let dst = routes[0].split_whitespace().next().unwrap().to_owned();
-    let vtep = neigh[0].split_whitespace().next().unwrap().to_owned();
-    ip_in(&n1, &["-6", "route", "del", &dst, "dev", "felt.1"]);
-    ip_in(&n1, &["-6", "neigh", "del", &vtep, "dev", "felt.1"]);
-    let (r, n) = ipv6_entries(&lab, "n1");
-    assert!(!r.contains(&routes[0]) && !n.contains(&neigh[0]), "not deleted: {r:?} {n:?}");
-    let back =
-        wait_until(Duration::from_secs(6), || ipv6_entries(&lab, "n1") == (routes.clone(), neigh.clone()));
-    assert!(back.is_some(), "IPv6 route/neighbour not restored: {:?}", ipv6_entries(&lab, "n1"));
-    eprintln!(
-        "dual-stack lab: 30 IPv4 and 30 IPv6 pairs reachable; IPv6 drift repaired in {:?}",
-        back.unwrap()
-    );
+    let back = ipv6_drift_is_repaired(&lab, 2);
+    eprintln!("dual-stack lab: 30 IPv4 and 30 IPv6 pairs reachable; IPv6 drift repaired in {back:?}");
     lab.finish();
 }
 
@@ -224,17 +226,7 @@ fn an_ipv6_only_lab_reaches_every_pair_in_every_mode_with_no_ipv4_in_the_overlay
     let n1 = lab.node_ns("n1");
     let routes4 = ip_in(&n1, &["-4", "route", "show", "dev", "felt.1", "proto", "76"]);
     assert!(routes4.trim().is_empty(), "IPv4 routes in an IPv6-only lab: {routes4}");
-    let (routes, neigh) = ipv6_entries(&lab, "n1");
-    assert_eq!((routes.len(), neigh.len()), (3, 3), "{routes:?} {neigh:?}");
-    let dst = routes[0].split_whitespace().next().unwrap().to_owned();
-    let vtep = neigh[0].split_whitespace().next().unwrap().to_owned();
-    ip_in(&n1, &["-6", "route", "del", &dst, "dev", "felt.1"]);
-    ip_in(&n1, &["-6", "neigh", "del", &vtep, "dev", "felt.1"]);
-    let (r, n) = ipv6_entries(&lab, "n1");
-    assert!(!r.contains(&routes[0]) && !n.contains(&neigh[0]), "not deleted: {r:?} {n:?}");
-    let back =
-        wait_until(Duration::from_secs(6), || ipv6_entries(&lab, "n1") == (routes.clone(), neigh.clone()));
-    assert!(back.is_some(), "IPv6 route/neighbour not restored: {:?}", ipv6_entries(&lab, "n1"));
+    let back = ipv6_drift_is_repaired(&lab, 3);
 
     let rows = bench_over_ipv6(&lab);
     assert!(rows.iter().any(|r| r["path"] == "underlay"), "the underlay is measured: {rows:?}");
@@ -242,10 +234,7 @@ fn an_ipv6_only_lab_reaches_every_pair_in_every_mode_with_no_ipv4_in_the_overlay
         !rows.iter().any(|r| r["path"] != "underlay" && r["family"] == "ipv4"),
         "no IPv4 pod path: {rows:?}"
     );
-    eprintln!(
-        "IPv6-only lab: 12/12 pairs over IPv6 in mixed mode; IPv6 drift repaired in {:?}",
-        back.unwrap()
-    );
+    eprintln!("IPv6-only lab: 12/12 pairs over IPv6 in mixed mode; IPv6 drift repaired in {back:?}");
     lab.finish();
 }
 

@@ -59,6 +59,19 @@ fn received_by(listener: &UdpSocket, want: &[u8], tries: u32, send: &dyn Fn()) -
     false
 }
 
+/// Waits (12 s at most: the metric is read at each resync) for n1's
+/// `felt_vxlan_outsider_drops_total` to reach `at_least`.
+fn outsider_drops_are_counted(lab: &TestLab, at_least: f64) {
+    let metric = wait_until(Duration::from_secs(12), || {
+        lab.metric_samples("n1", "felt_vxlan_outsider_drops_total")
+            .iter()
+            .filter_map(crate::harness::sample_value)
+            .sum::<f64>()
+            >= at_least
+    });
+    assert!(metric.is_some(), "felt_vxlan_outsider_drops_total did not count them");
+}
+
 /// The packets the lock's rule on `node` has dropped.
 fn locked_out(lab: &TestLab, node: &str) -> u64 {
     locked_out_in(lab, node, "ip")
@@ -106,14 +119,7 @@ fn only_nodes_reach_the_vxlan_port_and_a_node_that_leaves_is_locked_out() {
     assert!(!received(b"outsider", 5, &from_outsider), "an outsider's frame reached the pod");
     let counted = wait_until(Duration::from_secs(5), || locked_out(&lab, "n1") >= before + 5);
     assert!(counted.is_some(), "the lock did not count the outsider: {}", locked_out(&lab, "n1"));
-    let metric = wait_until(Duration::from_secs(12), || {
-        lab.metric_samples("n1", "felt_vxlan_outsider_drops_total")
-            .iter()
-            .filter_map(crate::harness::sample_value)
-            .sum::<f64>()
-            >= 5.0
-    });
-    assert!(metric.is_some(), "felt_vxlan_outsider_drops_total did not count them");
+    outsider_drops_are_counted(&lab, 5.0);
 
     // n3 leaves; its address, reused by someone else on the underlay, is locked out.
     lab.felt(&["lab", "remove-node", "n3"]);
@@ -171,13 +177,6 @@ fn on_an_ipv6_underlay_only_nodes_reach_the_vxlan_port() {
         "the ip6 lock did not count the outsider: {}",
         locked_out_in(&lab, "n1", "ip6")
     );
-    let metric = wait_until(Duration::from_secs(12), || {
-        lab.metric_samples("n1", "felt_vxlan_outsider_drops_total")
-            .iter()
-            .filter_map(crate::harness::sample_value)
-            .sum::<f64>()
-            >= 5.0
-    });
-    assert!(metric.is_some(), "felt_vxlan_outsider_drops_total did not count them");
+    outsider_drops_are_counted(&lab, 5.0);
     lab.finish();
 }
