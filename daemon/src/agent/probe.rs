@@ -38,15 +38,12 @@ fn run(shared: &Shared) {
             return;
         }
     };
+    // Opened when a peer first needs it (an IPv6-only cluster's): a raw
+    // ICMPv6 socket gets a copy of every ICMPv6 message the node receives.
     // As a std datagram socket: its recv_from names the sender, which an
     // ICMPv6 message does not carry.
-    let sock6: Option<UdpSocket> = match raw_socket6(Duration::from_millis(10)) {
-        Ok(s) => Some(s.into()),
-        Err(e) => {
-            warn!(error = %e, "IPv6 VTEPs are not probed: cannot open an ICMPv6 socket");
-            None
-        }
-    };
+    let mut sock6: Option<UdpSocket> = None;
+    let mut sock6_failed = false;
     let id = (std::process::id() as u16) ^ 0x4654;
     let mut seq: u16 = 0;
     let mut buf = [0u8; 1500];
@@ -64,6 +61,15 @@ fn run(shared: &Shared) {
                 Some((p.name.clone(), vtep))
             })
             .collect();
+        if sock6.is_none() && !sock6_failed && targets.iter().any(|(_, ip)| ip.is_ipv6()) {
+            match raw_socket6(Duration::from_millis(10)) {
+                Ok(s) => sock6 = Some(s.into()),
+                Err(e) => {
+                    sock6_failed = true;
+                    warn!(error = %e, "IPv6 VTEPs are not probed: cannot open an ICMPv6 socket");
+                }
+            }
+        }
         let mut sent: BTreeMap<IpAddr, Instant> = BTreeMap::new();
         for (_, ip) in &targets {
             let ok = match ip {

@@ -330,9 +330,9 @@ impl Agent {
     /// CIDRs, the VXLAN port lock (kernel mode), and every node's underlay
     /// address in their set (see `felt_overlay::nft`): table `ip felt`, and
     /// `ip6 felt` for the IPv6 masquerade and an IPv6 underlay's lock;
-    /// `false` on failure. A
-    /// registry pass plans against the table the last pass left; others
-    /// read it (and the port lock's drop counter) from the kernel.
+    /// `false` on failure. A registry pass plans against the table the last
+    /// pass left; others read it (and the port lock's drop counter) from the
+    /// kernel.
     fn reconcile_nft(&mut self, peers: &[Peer], pass: Pass) -> bool {
         use felt_overlay::nft::{Family, Table};
         let locked = self.cfg.vxlan_port_lock && self.dataplane.engine().is_none();
