@@ -321,14 +321,9 @@ impl NetConfig {
         self.network.is_some() && self.ipv6_network.is_some()
     }
 
-    /// The overlay MTU for an IPv4 underlay of `underlay_mtu`.
-    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
-        self.overlay_mtu_over(underlay_mtu, false)
-    }
-
     /// The overlay MTU for an underlay of `underlay_mtu`, IPv6 (`ipv6`:
     /// − 70) or IPv4 (− 50).
-    pub fn overlay_mtu_over(&self, underlay_mtu: u32, ipv6: bool) -> u32 {
+    pub fn overlay_mtu(&self, underlay_mtu: u32, ipv6: bool) -> u32 {
         let overhead = if ipv6 { crate::VXLAN_IPV6_OVERHEAD } else { crate::VXLAN_IPV4_OVERHEAD };
         self.backend.mtu.unwrap_or(underlay_mtu.saturating_sub(overhead))
     }
@@ -342,8 +337,8 @@ mod tests {
     fn defaults_fill_in() {
         let cfg = NetConfig::from_json(br#"{"network":"10.244.0.0/16"}"#).unwrap();
         assert_eq!(cfg, NetConfig::default());
-        assert_eq!(cfg.overlay_mtu(1500), 1450);
-        assert_eq!(cfg.overlay_mtu_over(1500, true), 1430, "an IPv6 underlay's header is 20 bytes longer");
+        assert_eq!(cfg.overlay_mtu(1500, false), 1450);
+        assert_eq!(cfg.overlay_mtu(1500, true), 1430, "an IPv6 underlay's header is 20 bytes longer");
         assert!(cfg.ip_masq, "egress masquerade is on by default");
         let off = NetConfig::from_json(br#"{"network":"10.244.0.0/16","ipMasq":false}"#).unwrap();
         assert!(!off.ip_masq);

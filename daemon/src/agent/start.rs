@@ -144,7 +144,7 @@ fn device_spec(cfg: &AgentConfig, underlay: &Underlay) -> VxlanSpec {
         port: cfg.net.backend.port,
         local: underlay.ip,
         underlay_index: underlay.index,
-        mtu: cfg.net.overlay_mtu_over(underlay.mtu, underlay.ip.is_ipv6()),
+        mtu: cfg.net.overlay_mtu(underlay.mtu, underlay.ip.is_ipv6()),
         mac: MacAddr::derive(cfg.node_name.as_bytes()),
     }
 }

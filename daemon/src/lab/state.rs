@@ -111,6 +111,13 @@ pub enum IpFamily {
     Ipv6,
 }
 
+/// Whether a lab of these families gives its nodes IPv6 addresses on the
+/// underlay (beside their IPv4 ones): on an IPv6 underlay, and for pods'
+/// IPv6 egress.
+pub fn nodes_have_ipv6(ip_family: IpFamily, underlay: UnderlayFamily) -> bool {
+    underlay == UnderlayFamily::Ipv6 || ip_family.has_ipv6()
+}
+
 /// The family of the lab's underlay: the addresses VXLAN travels between.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -296,7 +303,7 @@ impl LabState {
     /// Whether the nodes have IPv6 addresses on the underlay (beside their
     /// IPv4 ones): on an IPv6 underlay, and for pods' IPv6 egress.
     pub fn nodes_have_ipv6(&self) -> bool {
-        self.underlay_family == UnderlayFamily::Ipv6 || self.ip_family.has_ipv6()
+        nodes_have_ipv6(self.ip_family, self.underlay_family)
     }
 
     /// The address node `node`'s agent encapsulates from: its IPv4 one, or

@@ -47,7 +47,7 @@ impl Lab {
         write_atomic(&self.net_conf_path(), &net_json)
             .map_err(|e| LabError::io("writing", &self.net_conf_path(), e))?;
         let underlay = topo::underlay_subnet(&self.name);
-        let ipv6 = opts.underlay_family == UnderlayFamily::Ipv6 || opts.ip_family.has_ipv6();
+        let ipv6 = super::state::nodes_have_ipv6(opts.ip_family, opts.underlay_family);
         topo::make_underlay(&self.underlay_ns(), topo::host_ip(underlay), underlay.prefix_len(), ipv6)?;
         let registry = self.registry_for(opts, underlay, progress)?;
         let mut state = LabState {
@@ -236,7 +236,7 @@ impl Lab {
                 state.backend_of(node),
                 &node.name,
                 &node.netns,
-                (state.underlay_family == UnderlayFamily::Ipv6).then(|| topo::underlay6(node.underlay_ip)),
+                state.underlay_of(node),
             ),
             (NodeAgent::Flannel, Some(bins)) => {
                 self.spawn_flanneld(&state.registry, bins, &node.name, &node.netns)
@@ -284,7 +284,7 @@ impl Lab {
         backend: DataplaneKind,
         node: &str,
         netns: &str,
-        underlay6: Option<std::net::Ipv6Addr>,
+        underlay: std::net::IpAddr,
     ) -> Result<u32, LabError> {
         let dir = self.node_dir(node);
         let mut args: Vec<String> = vec!["daemon".into(), "--node-name".into(), node.into()];
@@ -308,9 +308,9 @@ impl Lab {
             ]),
         }
         // An IPv6 underlay is chosen by its address; eth0's first is IPv4.
-        args.extend(match underlay6 {
-            Some(ip6) => ["--underlay-ip".into(), ip6.to_string()],
-            None => ["--underlay-iface".into(), "eth0".into()],
+        args.extend(match underlay {
+            std::net::IpAddr::V6(ip6) => ["--underlay-ip".into(), ip6.to_string()],
+            std::net::IpAddr::V4(_) => ["--underlay-iface".into(), "eth0".into()],
         });
         args.extend([
             "--backend".into(),
