@@ -93,9 +93,9 @@ pub enum LabCommand {
         flannel: Option<PathBuf>,
         /// The pods' address families: `ipv4`; `dual` (IPv4 and IPv6:
         /// every pod also gets an address of the lab's IPv6 network
-        /// fd00:f31:244::/56, carried by the same VXLAN device and IPv4
-        /// underlay); or `ipv6` (IPv6 only: no IPv4 pod network; the
-        /// underlay stays IPv4). Any --mode.
+        /// fd00:f31:244::/56, carried by the same VXLAN device); or `ipv6`
+        /// (IPv6 only: no IPv4 pod network). The underlay is --underlay's.
+        /// Any --mode.
         #[arg(long, default_value = "ipv4", value_name = "FAMILY")]
         ip_family: lab::IpFamily,
         /// The underlay VXLAN travels over: `ipv4` (the nodes' 198.18.x.y
