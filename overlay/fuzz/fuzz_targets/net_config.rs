@@ -1,7 +1,7 @@
 //! Any bytes as the network config, in felt's shape (`--net-conf`) and in
 //! Flannel's (`net-conf.json`, with `--compat flannel`): parse must not
 //! panic; what it accepts is valid, survives a round trip through felt's
-//! shape, and gives an overlay MTU for any underlay MTU without overflow.
+//! shape, and gives an overlay MTU for any underlay MTU (either family) without overflow.
 #![no_main]
 
 use felt_proto::NetConfig;
@@ -14,7 +14,7 @@ fuzz_target!(|bytes: &[u8]| {
         let again = serde_json::to_vec(&cfg).unwrap();
         assert_eq!(NetConfig::from_json(&again).unwrap(), cfg);
         for underlay in [0, 68, 1500, 9000, u32::MAX] {
-            let _ = cfg.overlay_mtu(underlay);
+            let _ = (cfg.overlay_mtu(underlay, false), cfg.overlay_mtu(underlay, true));
         }
     }
 });
