@@ -78,6 +78,11 @@ pub struct State {
     pub malformed: Vec<Malformed>,
     /// The last registry read succeeded.
     pub registry_synced: bool,
+    /// Kubernetes registry: where peers are read from, `nodes` (Node
+    /// metadata) or `feltnodes` (FeltNode objects); `undecided` until the
+    /// first list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_source: Option<String>,
     /// The last reconcile pass.
     pub last_reconcile: Option<Reconcile>,
     /// Recent errors, newest last.

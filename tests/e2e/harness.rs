@@ -492,7 +492,10 @@ fn built_by(module: &str, programs: &[&str], needs: &str) -> PathBuf {
 /// per machine: the binaries are cached outside the repository).
 pub fn control_plane_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| built_by("k8s", &["kube-apiserver", "kubectl", "etcd"], "Go 1.24+")).clone()
+    BIN.get_or_init(|| {
+        built_by("k8s", &["kube-apiserver", "kube-controller-manager", "kubectl", "etcd"], "Go 1.24+")
+    })
+    .clone()
 }
 
 /// The directory holding the real `flanneld` and Flannel's CNI plugin

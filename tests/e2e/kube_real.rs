@@ -131,7 +131,11 @@ fn a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more() {
     assert!(requests.len() >= 6, "the agents' requests are in the audit log: {requests:?}");
     let denied: Vec<_> = requests.iter().filter(|(_, _, d)| d != "allow").collect();
     assert!(denied.is_empty(), "denied: {denied:?}");
-    let used: BTreeSet<(String, String)> = requests.iter().map(|(v, r, _)| (v.clone(), r.clone())).collect();
+    let mut used: BTreeSet<(String, String)> =
+        requests.iter().map(|(v, r, _)| (v.clone(), r.clone())).collect();
+    // A server-side apply that creates is audited as `patch` and needs `create` too.
+    assert!(used.contains(&("patch".into(), "feltnodes".into())), "no FeltNode applied: {used:?}");
+    used.insert(("create".into(), "feltnodes".into()));
     let (ok, role, err) = kubectl(&lab, &["get", "clusterrole", "felt", "-o", "json"]);
     assert!(ok, "{err}");
     let role: Value = serde_json::from_str(&role).unwrap();
@@ -279,7 +283,7 @@ fn after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing
     let lists = || {
         requests_of(&lab, "system:serviceaccount:kube-system:felt")
             .iter()
-            .filter(|(v, r, _)| v == "list" && r == "nodes")
+            .filter(|(v, r, _)| v == "list" && r == "feltnodes")
             .count()
     };
     let lists_before = lists();
@@ -320,7 +324,7 @@ fn after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing
         .spawn()
         .expect("restarting kube-apiserver");
 
-    // Every agent lists again (its watch broke), writes nothing, and is ready.
+    // Every agent lists FeltNodes again (its watch broke), writes nothing, and is ready.
     let relisted =
         crate::harness::wait_until(Duration::from_secs(60), || lists() >= lists_before + 3 && all_ready());
     assert!(
@@ -333,7 +337,8 @@ fn after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(writes(&lab, &nodes), before, "the restart caused data-plane writes");
     // Their resumed watches were too old for the new server's cache: 410, then a list.
-    let expired = nodes.iter().filter(|n| lab.log(n).contains("node watch expired; listing again")).count();
+    let expired =
+        nodes.iter().filter(|n| lab.log(n).contains("FeltNode watch expired; listing again")).count();
     eprintln!("{expired} of 3 agents saw 410 Gone on resuming their watch");
     assert!(expired >= 1, "no agent resumed its watch into a 410");
     lab.finish();
@@ -612,7 +617,8 @@ fn pod_cidrs_follow_the_spec_when_annotations_come_first_or_a_node_is_recreated(
     use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
     use std::time::Duration;
     require_root();
-    let lab = real_lab(2, 0);
+    // Node metadata it is (FeltNodes carry the CIDR their agent read from its spec).
+    let lab = real_lab_with(2, 0, &["--peer-source", "nodes"]);
     let underlay = felt::lab::underlay_subnet(&lab.name);
     let ip = std::net::Ipv4Addr::from(u32::from(underlay.network()) + 77).to_string();
     let routes =
@@ -667,5 +673,110 @@ fn pod_cidrs_follow_the_spec_when_annotations_come_first_or_a_node_is_recreated(
     assert!(moved.is_some(), "the recreated node's CIDR:\n{}", routes(&lab));
     let fdb = fdb(&lab, "n1");
     assert!(fdb.contains("02:fe:00:00:01:02") && !fdb.contains("02:fe:00:00:01:01"), "{fdb}");
+    lab.finish();
+}
+
+/// The agents of a cluster read FeltNodes: each started on Node metadata
+/// (no FeltNode existed yet) and moved to FeltNodes once every node had a
+/// matching one; a malformed FeltNode is logged, counted and skipped; a
+/// FeltNode deleted by hand is published again by its agent; a deleted
+/// Node's FeltNode goes with it (the garbage collector, through its owner
+/// reference), and so does its peer; a restarted agent reads FeltNodes at once.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn agents_read_feltnodes_owned_by_their_nodes_and_a_deleted_node_takes_its_own_along() {
+    use std::time::Duration;
+
+    use crate::harness::wait_until;
+    require_root();
+    let lab = real_lab(3, 0);
+    let reads = |node: &str| lab.debug_state(node).peer_source;
+    for n in ["n1", "n2", "n3"] {
+        let switched = wait_until(Duration::from_secs(10), || reads(n).as_deref() == Some("feltnodes"));
+        assert!(switched.is_some(), "{n} reads {:?}:\n{}", reads(n), lab.log(n));
+        let log = lab.log(n);
+        let (before, after) = (
+            log.find("not every node has a FeltNode yet").unwrap_or(usize::MAX),
+            log.find("now has a matching FeltNode: reading peers from FeltNodes only"),
+        );
+        assert!(after.is_some_and(|a| before < a), "{n} did not start on Nodes and move:\n{log}");
+    }
+    // Each FeltNode says what its Node's annotations say, owned by that Node.
+    let (ok, out, err) = kubectl(&lab, &["get", "feltnodes", "-o", "json"]);
+    assert!(ok, "{err}");
+    let feltnodes: Value = serde_json::from_str(&out).unwrap();
+    let items = feltnodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{out}");
+    for f in items {
+        let name = f["metadata"]["name"].as_str().unwrap();
+        let node = node_json(&lab, name);
+        let ann = &node["metadata"]["annotations"];
+        assert_eq!(f["spec"]["publicIP"], ann["felt.network/public-ip"], "{name}");
+        let data: Value = serde_json::from_str(ann["felt.network/backend-data"].as_str().unwrap()).unwrap();
+        assert_eq!(f["spec"]["backendData"], data, "{name}");
+        assert_eq!(f["spec"]["podCIDRs"], node["spec"]["podCIDRs"], "{name}");
+        let owner = &f["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].clone()),
+            (Some("Node"), node["metadata"]["uid"].clone())
+        );
+    }
+    let routes = |node: &str| crate::harness::ip_in(&lab.node_ns(node), &["route", "show", "dev", "felt.1"]);
+    assert_eq!(routes("n1").lines().count(), 2, "{}", routes("n1"));
+
+    // A FeltNode whose VTEP MAC is multicast: said once, counted, skipped.
+    let bad = r#"{"apiVersion":"felt.network/v1","kind":"FeltNode","metadata":{"name":"zz"},
+        "spec":{"podCIDRs":["10.244.99.0/24"],"publicIP":"198.18.0.99","backendType":"vxlan",
+        "backendData":{"vni":1,"vtepMAC":"01:00:5e:00:00:01"}}}"#;
+    let path = lab.lab_dir().join("bad-feltnode.json");
+    std::fs::write(&path, bad).unwrap();
+    let (ok, _, err) = kubectl(&lab, &["create", "-f", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let counted = wait_until(Duration::from_secs(5), || {
+        lab.metric_samples("n1", "felt_bad_records_total")
+            .iter()
+            .any(|s| s.labels.get("reason") == Some("malformed"))
+    });
+    assert!(counted.is_some(), "{:?}", lab.metric_samples("n1", "felt_bad_records_total"));
+    let st = lab.debug_state("n1");
+    assert!(
+        st.malformed.iter().any(|m| m.document == "feltnode/zz" && m.error.contains("unicast")),
+        "{st:?}"
+    );
+    assert!(lab.log("n1").contains("record=feltnode/zz"), "{}", lab.log("n1"));
+    assert_eq!(routes("n1").lines().count(), 2, "the data plane kept its peers: {}", routes("n1"));
+
+    // n2's FeltNode deleted by hand: n2's agent publishes it again.
+    let (ok, _, err) = kubectl(&lab, &["delete", "feltnode", "n2"]);
+    assert!(ok, "{err}");
+    let back = wait_until(Duration::from_secs(10), || kubectl(&lab, &["get", "feltnode", "n2"]).0);
+    assert!(back.is_some(), "n2 did not publish its FeltNode again:\n{}", lab.log("n2"));
+    let again = wait_until(Duration::from_secs(10), || routes("n1").lines().count() == 2);
+    assert!(again.is_some(), "{}", routes("n1"));
+
+    // Node n3 deleted: the garbage collector deletes its FeltNode, and n1 its peer.
+    let cidr3 = node_json(&lab, "n3")["spec"]["podCIDRs"][0].as_str().unwrap().to_owned();
+    assert!(routes("n1").contains(&cidr3), "{}", routes("n1"));
+    let (ok, _, err) = kubectl(&lab, &["delete", "node", "n3"]);
+    assert!(ok, "{err}");
+    let collected = wait_until(Duration::from_secs(10), || !kubectl(&lab, &["get", "feltnode", "n3"]).0);
+    assert!(collected.is_some(), "n3's FeltNode outlived its Node");
+    let gone = wait_until(Duration::from_secs(5), || !routes("n1").contains(&cidr3));
+    assert!(gone.is_some(), "n1 still routes n3's {cidr3}:\n{}", routes("n1"));
+    eprintln!("n3's FeltNode collected in {collected:?}, its route gone {gone:?} later");
+
+    // Restarted, n1 reads FeltNodes at once: every Node has one.
+    kubectl(&lab, &["delete", "feltnode", "zz"]);
+    lab.felt(&["lab", "restart-agent", "n1"]);
+    let ready = wait_until(Duration::from_secs(10), || readyz(&lab, "n1") == 200);
+    assert!(ready.is_some(), "{}", lab.log("n1"));
+    let log = lab.log("n1");
+    let restarted = log.rfind(": underlay ").expect("the restarted agent logs its underlay");
+    assert!(
+        log[restarted..].contains("every node has a FeltNode: reading peers from FeltNodes only"),
+        "{}",
+        &log[restarted..]
+    );
+    assert_eq!(routes("n1").lines().count(), 1, "n2 only: {}", routes("n1"));
     lab.finish();
 }

@@ -99,45 +99,56 @@ fn the_control_plane_bench_through_a_real_api_server_measures_watch_bytes() {
     let _alone = crate::harness::exclusive();
     let lab = TestLab::unbuilt(&TestLab::unique_name());
     let bin = crate::harness::control_plane_bin();
-    let out = lab.felt(&[
-        "lab",
-        "bench",
-        "--control-plane",
-        "--registry",
-        "kube",
-        "--k8s-bin",
-        bin.to_str().unwrap(),
-        "--peers",
-        "60",
-        "--changes",
-        "20",
-        "--removals",
-        "30",
-        "--status-seconds",
-        "5",
-        "--json",
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["registry"], "kube");
-    let r = &report["rows"][0];
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
-    assert_eq!(r["peers"], 60);
-    assert!(f(r, "cold_ms") > 0.0 && f(r, "removal_ms") > 0.0, "{r}");
-    assert_eq!(r["removed"], 30);
-    let writes = f(r, "netlink_writes_per_change");
-    assert!((2.9..=3.5).contains(&writes), "writes per change {writes}: {r}");
-    let api = &r["api"];
-    assert_eq!(api["status_updates"], 61, "every peer's Node and the agent's own: {api}");
-    // Both clients were counted (the proxies see bytes), and the agent got
-    // a fraction of what the whole-Node watch got: metadata only.
-    let (agent, full) = (f(api, "agent_bytes_per_minute"), f(api, "full_watch_bytes_per_minute"));
-    assert!(agent > 0.0, "the agent's proxy counted nothing: {api}");
-    assert!(full > 2.5 * agent, "a whole-Node watch got {full} B/min, the agent {agent}: {api}");
-    // The per-update sizes behind it: a metadata event is the metadata.
-    assert!(f(api, "node_bytes") > 3.0 * f(api, "metadata_bytes"), "{api}");
-    // Status updates cost the kernel nothing.
-    assert_eq!(f(api, "netlink_writes"), 0.0, "{api}");
-    assert!(lab.namespaces().is_empty(), "left behind: {:?}", lab.namespaces());
-    assert!(!lab.lab_dir().exists(), "{} left behind", lab.lab_dir().display());
+    // The default (FeltNodes, once every Node has one: the bench's peers do),
+    // then the Node metadata watch, each against a whole-Node watch in the same run.
+    for (source, reads, at_least) in [("auto", "feltnodes", 10.0), ("nodes", "nodes", 2.5)] {
+        let out = lab.felt(&[
+            "lab",
+            "bench",
+            "--control-plane",
+            "--registry",
+            "kube",
+            "--k8s-bin",
+            bin.to_str().unwrap(),
+            "--peer-source",
+            source,
+            "--peers",
+            "60",
+            "--changes",
+            "20",
+            "--removals",
+            "30",
+            "--status-seconds",
+            "5",
+            "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["registry"], "kube");
+        let r = &report["rows"][0];
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+        assert_eq!(r["peers"], 60);
+        assert!(f(r, "cold_ms") > 0.0 && f(r, "removal_ms") > 0.0, "{r}");
+        // Removed through the Nodes' deletion: FeltNodes by the garbage collector.
+        assert_eq!(r["removed"], 30);
+        let writes = f(r, "netlink_writes_per_change");
+        assert!((2.9..=3.5).contains(&writes), "{source}: writes per change {writes}: {r}");
+        let api = &r["api"];
+        assert_eq!(api["peer_source"], reads, "{source}: {api}");
+        assert_eq!(api["status_updates"], 61, "every peer's Node and the agent's own: {api}");
+        // Both clients were counted (the proxies see bytes), and the agent got
+        // a fraction of what the whole-Node watch got.
+        let (agent, full) = (f(api, "agent_bytes_per_minute"), f(api, "full_watch_bytes_per_minute"));
+        assert!(agent > 0.0, "the agent's proxy counted nothing: {api}");
+        assert!(
+            full > at_least * agent,
+            "{source}: a whole-Node watch got {full} B/min, the agent {agent}: {api}"
+        );
+        // The per-update sizes behind it: a metadata event is the metadata.
+        assert!(f(api, "node_bytes") > 3.0 * f(api, "metadata_bytes"), "{api}");
+        // Status updates cost the kernel nothing.
+        assert_eq!(f(api, "netlink_writes"), 0.0, "{api}");
+        assert!(lab.namespaces().is_empty(), "left behind: {:?}", lab.namespaces());
+        assert!(!lab.lab_dir().exists(), "{} left behind", lab.lab_dir().display());
+    }
     lab.finish();
 }

@@ -241,6 +241,7 @@ pub fn state(shared: &Shared, observed: Result<Observed, String>) -> debug::Stat
         rejected: st.rejected,
         malformed: st.malformed,
         registry_synced: st.registry_synced,
+        peer_source: st.peer_source.map(str::to_owned),
         last_reconcile: st.last_reconcile,
         recent_errors: st.recent_errors.into(),
         warnings: st.warnings,

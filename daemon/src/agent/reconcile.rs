@@ -245,6 +245,7 @@ impl Agent {
         let mut st = self.shared.state();
         st.registry_synced = synced;
         st.forbidden = self.registry.forbidden();
+        st.peer_source = self.registry.peer_source();
         st.peers = view.peers.clone();
         st.pending = view.pending.clone();
         st.rejected = view.rejected.clone();

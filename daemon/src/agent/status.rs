@@ -42,6 +42,8 @@ pub struct AgentState {
     pub registry_synced: bool,
     /// What RBAC forbids the agent (Kubernetes registry), one reason each.
     pub forbidden: Vec<String>,
+    /// Kubernetes registry: where peers are read from.
+    pub peer_source: Option<&'static str>,
     /// The last reconcile left the data plane as desired.
     pub programmed: bool,
     /// The last reconcile.

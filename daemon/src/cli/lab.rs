@@ -79,6 +79,10 @@ pub enum LabCommand {
         /// `host-local` plugins found in this directory (Debian: /usr/lib/cni).
         #[arg(long, value_name = "CNI_PATH")]
         cni_delegate: Option<PathBuf>,
+        /// With --registry kube: the agents' --peer-source (`auto`: FeltNodes
+        /// once every Node has one; `nodes`: Node metadata; `feltnodes`).
+        #[arg(long, value_enum, default_value = "auto")]
+        peer_source: felt::registry::kube::PeerSource,
         /// Run felt's agents with `--compat flannel` (needs --registry kube).
         #[arg(long, value_enum, default_value = "none")]
         compat: felt::compat::Compat,
@@ -211,6 +215,10 @@ pub enum LabCommand {
         /// --registry kube: where kube-apiserver and etcd are (else on PATH).
         #[arg(long, env = "FELT_K8S_BIN", value_name = "DIR", requires = "control_plane")]
         k8s_bin: Option<PathBuf>,
+        /// --registry kube: the agent's --peer-source (every synthetic peer has
+        /// a FeltNode; `nodes` measures the Node metadata watch).
+        #[arg(long, value_enum, default_value = "auto", requires = "control_plane")]
+        peer_source: felt::registry::kube::PeerSource,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -312,6 +320,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             flannel,
             ip_family,
             underlay,
+            peer_source,
         } => {
             let mut opts = UpOptions::new(&lab.name);
             opts.ip_family = ip_family;
@@ -319,6 +328,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             opts.nodes = nodes;
             opts.pods_per_node = pods_per_node;
             opts.compat_flannel = compat == felt::compat::Compat::Flannel;
+            opts.peer_source = peer_source;
             opts.flannel_nodes = flannel_nodes;
             opts.flannel = flannel.map(|d| std::path::absolute(&d)).transpose()?;
             opts.mode = mode.unwrap_or(if rootless { Mode::Userspace } else { Mode::Kernel });
@@ -334,13 +344,15 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             registry,
             status_seconds,
             k8s_bin,
+            peer_source,
             json,
             ..
         } => {
             let registry = match registry {
                 RegistryKind::File => lab::scale::BenchRegistry::File,
                 RegistryKind::Kube => {
-                    lab::scale::BenchRegistry::Kube(lab::control::Binaries::find(k8s_bin.as_deref())?)
+                    let bins = lab::control::Binaries::find(k8s_bin.as_deref())?;
+                    lab::scale::BenchRegistry::Kube(bins, peer_source)
                 }
             };
             let opts = lab::scale::ScaleOptions { peers, changes, removals, registry, status_seconds };
@@ -445,7 +457,12 @@ fn up(
     match (registry, kubeconfig) {
         (RegistryKind::File, _) => opts.registry = LabRegistry::File,
         (RegistryKind::Kube, Some(kubeconfig)) => {
-            opts.registry = LabRegistry::Kube { kubeconfig, agent_kubeconfig: None, dialect: opts.dialect() }
+            opts.registry = LabRegistry::Kube {
+                kubeconfig,
+                agent_kubeconfig: None,
+                dialect: opts.dialect(),
+                peer_source: opts.peer_source,
+            }
         }
         (RegistryKind::Kube, None) => {
             opts.control_plane = Some(lab::control::Binaries::find(control_plane.as_deref())?)

@@ -148,6 +148,14 @@ pub struct DaemonArgs {
     /// account, else $KUBECONFIG.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// With --registry kube: where peers come from. `auto`: FeltNode objects
+    /// (feltnodes.felt.network, one per node, written by its agent) once every
+    /// Node with backend data has a matching one, Node metadata until then and
+    /// when the resource is not installed; `nodes`: Node metadata always;
+    /// `feltnodes`: FeltNodes always. Node status updates reach an agent
+    /// reading FeltNodes not at all (README "At scale").
+    #[arg(long, env = "FELT_PEER_SOURCE", value_enum, default_value = "auto")]
+    pub peer_source: felt::registry::kube::PeerSource,
     /// The underlay interface; its first IPv4 address is the node's public IP
     /// (its first global IPv6 one when it has no IPv4 address). Default: the
     /// interface of the IPv4 default route, else of the IPv6 one.

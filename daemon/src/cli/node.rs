@@ -79,9 +79,11 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     }
     let registry = match args.registry {
         RegistryKind::File => RegistryConfig::File { dir: args.registry_dir },
-        RegistryKind::Kube => {
-            RegistryConfig::Kube { kubeconfig: args.kubeconfig, dialect: args.compat.dialect() }
-        }
+        RegistryKind::Kube => RegistryConfig::Kube {
+            kubeconfig: args.kubeconfig,
+            dialect: args.compat.dialect(),
+            peers: args.peer_source,
+        },
     };
     let mut cfg = AgentConfig::new(args.node_name, registry);
     cfg.underlay = match (args.underlay_iface, args.underlay_ip) {

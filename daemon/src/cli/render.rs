@@ -232,14 +232,15 @@ pub fn scale(report: &lab::scale::ScaleReport) {
     }
     println!("\nwhat the API server sent while every Node's status was updated once");
     println!(
-        "{:>6} {:>8} {:>7} {:>14} {:>14} {:>7} {:>7} {:>7}",
-        "PEERS", "UPDATES", "SECONDS", "AGENT B/MIN", "FULL B/MIN", "RATIO", "WRITES", "PASSES"
+        "{:>6} {:>9} {:>8} {:>7} {:>14} {:>14} {:>7} {:>7} {:>7}",
+        "PEERS", "READS", "UPDATES", "SECONDS", "AGENT B/MIN", "FULL B/MIN", "RATIO", "WRITES", "PASSES"
     );
     for r in &report.rows {
         let Some(a) = &r.api else { continue };
         println!(
-            "{:>6} {:>8} {:>7.1} {:>14.0} {:>14.0} {:>6.1}x {:>7.0} {:>7.0}",
+            "{:>6} {:>9} {:>8} {:>7.1} {:>14.0} {:>14.0} {:>6.1}x {:>7.0} {:>7.0}",
             r.peers,
+            a.peer_source,
             a.status_updates,
             a.seconds,
             a.agent_bytes_per_minute,
@@ -255,6 +256,7 @@ pub fn scale(report: &lab::scale::ScaleReport) {
             a.node_bytes, a.metadata_bytes, a.managed_fields_bytes
         );
     }
+    println!("READS: where the agent read its peers (feltnodes, or nodes: Node metadata);");
     println!("AGENT: bytes the API server sent felt's agent; FULL: a Flannel-style watch of whole");
     println!(
         "Nodes in the same run; WRITES/PASSES: the agent's netlink writes and reconcile passes meanwhile."

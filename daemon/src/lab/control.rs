@@ -1,5 +1,5 @@
-//! A real Kubernetes control plane for a lab: etcd and kube-apiserver,
-//! started inside the lab's underlay namespace `NAME-ul` (so nothing of it is
+//! A real Kubernetes control plane for a lab: etcd, kube-apiserver and
+//! kube-controller-manager (its garbage collector only), started inside the lab's underlay namespace `NAME-ul` (so nothing of it is
 //! reachable from outside the lab), for `felt lab up --registry kube` without
 //! `--kubeconfig`.
 //!
@@ -13,7 +13,10 @@
 //! - The lab applies `deploy/felt.yaml`'s ServiceAccount, ClusterRole and
 //!   binding, asks the TokenRequest API for a token of the `felt`
 //!   ServiceAccount, and gives the agents a kubeconfig with that token: they
-//!   run with exactly the RBAC a cluster would give them.
+//!   run with exactly the RBAC a cluster would give them. It creates
+//!   `deploy/felt.yaml`'s CustomResourceDefinition (FeltNode) too, then
+//!   starts kube-controller-manager with only its garbage collector, which
+//!   deletes a Node's FeltNode with the Node, as in a cluster.
 //!
 //! `felt lab down` stops both with the rest of the namespace's processes.
 //! The binaries are built from the pinned Go module `tests/k8s` by
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
 
@@ -45,6 +49,8 @@ pub const API_PORT: u16 = 6443;
 pub struct Binaries {
     /// `kube-apiserver`.
     pub kube_apiserver: PathBuf,
+    /// `kube-controller-manager`.
+    pub kube_controller_manager: PathBuf,
     /// `etcd`.
     pub etcd: PathBuf,
 }
@@ -67,7 +73,11 @@ impl Binaries {
                 ))
             })
         };
-        Ok(Binaries { kube_apiserver: find("kube-apiserver")?, etcd: find("etcd")? })
+        Ok(Binaries {
+            kube_apiserver: find("kube-apiserver")?,
+            kube_controller_manager: find("kube-controller-manager")?,
+            etcd: find("etcd")?,
+        })
     }
 }
 
@@ -238,6 +248,15 @@ pub fn start(
     wait_readyz(&ns, &admin_kubeconfig, Duration::from_secs(60))?;
     progress(&format!("API server ready {:.1?} after start", started.elapsed()));
     let token = apply_rbac_and_issue_token(&ns, &admin_kubeconfig)?;
+    create_crd(&ns, &admin_kubeconfig)?;
+    // Started after the CRD exists: the garbage collector finds FeltNodes at once.
+    let kcm = topo::spawn_in(
+        ul,
+        &bins.kube_controller_manager,
+        &controller_manager_args(&admin_kubeconfig),
+        &dir.join("kube-controller-manager.log"),
+    )?;
+    progress(&format!("kube-controller-manager pid {kcm} (garbage collector only) in {ul}"));
     let agent_kubeconfig = dir.join("felt-agent.kubeconfig");
     write(&agent_kubeconfig, &kubeconfig_text(dir, "felt", &server, &token)?)?;
     // The agents' token works (and the server has seen the ServiceAccount)
@@ -288,6 +307,61 @@ fn apiserver_args(dir: &Path, host: Ipv4Addr, audit_log: &Path) -> Vec<String> {
         "--profiling=false".into(),
         "--v=1".into(),
     ]
+}
+
+/// kube-controller-manager running only the garbage collector, as the
+/// lab's admin, serving nothing.
+fn controller_manager_args(admin: &Path) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", admin.display()),
+        "--controllers=garbagecollector".into(),
+        "--leader-elect=false".into(),
+        // The stock 20 requests/s would make the bench's removal of 1,000
+        // Nodes (a FeltNode each to collect) a measure of this limit.
+        "--kube-api-qps=200".into(),
+        "--kube-api-burst=400".into(),
+        "--secure-port=0".into(),
+        "--v=1".into(),
+    ]
+}
+
+/// Creates `deploy/felt.yaml`'s CustomResourceDefinition and waits until it is established.
+fn create_crd(ns: &Path, admin: &Path) -> Result<(), LabError> {
+    let crd = deploy_crd()?;
+    let admin = admin.to_owned();
+    netns::block_on_in(ns, move || async move {
+        let c =
+            crate::registry::kube::client(Some(&admin)).await.map_err(|e| crate::util::error_chain(&e))?;
+        let api = Api::<CustomResourceDefinition>::all(c);
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.create(&PostParams::default(), &crd).await.map_err(|e| format!("creating CRD {name}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let crd = api.get(&name).await.map_err(|e| format!("reading CRD {name}: {e}"))?;
+            let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+            if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("CRD {name} not established after 30 s: {conditions:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .map_err(|e| LabError::io("entering", ns, e))?
+    .map_err(LabError::Invalid)
+}
+
+/// `deploy/felt.yaml`'s CustomResourceDefinition (compiled in).
+pub fn deploy_crd() -> Result<CustomResourceDefinition, LabError> {
+    let bad = |e: serde_yaml::Error| LabError::Invalid(format!("deploy/felt.yaml: {e}"));
+    for doc in serde_yaml::Deserializer::from_str(DEPLOY) {
+        let v = serde_yaml::Value::deserialize(doc).map_err(bad)?;
+        if v["kind"].as_str() == Some("CustomResourceDefinition") {
+            return serde_yaml::from_value(v).map_err(bad);
+        }
+    }
+    Err(LabError::Invalid("deploy/felt.yaml has no CustomResourceDefinition".into()))
 }
 
 /// Waits for `/readyz` to answer 200: the server's post-start hooks are
@@ -490,5 +564,11 @@ mod tests {
         assert_eq!(rbac.account.metadata.name.as_deref(), Some("felt"));
         assert_eq!(rbac.binding.role_ref.name, "felt");
         assert!(!rbac.role.rules.unwrap_or_default().is_empty());
+        let crd = deploy_crd().unwrap();
+        let resource = crate::registry::kube::feltnode_resource();
+        assert_eq!(crd.spec.group, resource.group);
+        assert_eq!(crd.spec.names.plural, resource.plural);
+        assert_eq!(crd.spec.names.kind, resource.kind);
+        assert!(crd.spec.versions.iter().any(|v| v.name == resource.version && v.served && v.storage));
     }
 }

@@ -81,8 +81,9 @@ pub struct ScaleOptions {
 pub enum BenchRegistry {
     /// Files in a directory.
     File,
-    /// Node objects of a real kube-apiserver and etcd started for the run.
-    Kube(control::Binaries),
+    /// Node objects (and a FeltNode for each peer) of a real kube-apiserver
+    /// and etcd started for the run; the agent reads its peers from this source.
+    Kube(control::Binaries, crate::registry::kube::PeerSource),
 }
 
 /// One N's figures.
@@ -167,7 +168,7 @@ impl Lab {
         }
         let registry = match opts.registry {
             BenchRegistry::File => "file",
-            BenchRegistry::Kube(_) => "kube",
+            BenchRegistry::Kube(..) => "kube",
         };
         Ok(ScaleReport { registry: registry.into(), rows })
     }
@@ -218,9 +219,9 @@ impl<'a> Bench<'a> {
         let net_json = serde_json::to_vec_pretty(&net).expect("a config serialises");
         write_atomic(&lab.net_conf_path(), &net_json)
             .map_err(|e| LabError::io("writing", &lab.net_conf_path(), e))?;
-        if let BenchRegistry::Kube(bins) = source {
+        if let BenchRegistry::Kube(bins, peers) = source {
             let dir = lab.dir.join("control-plane");
-            bench.kube = Some(kube::Side::start(&dir, &bench.ns, node_underlay(), bins, progress)?);
+            bench.kube = Some(kube::Side::start(&dir, &bench.ns, node_underlay(), bins, *peers, progress)?);
         }
         Ok(bench)
     }
@@ -250,6 +251,8 @@ impl<'a> Bench<'a> {
                 "kube".into(),
                 "--kubeconfig".into(),
                 k.agent_kubeconfig.display().to_string(),
+                "--peer-source".into(),
+                k.peers.name().into(),
             ]),
         }
         args.extend([
@@ -317,7 +320,9 @@ impl<'a> Bench<'a> {
         let after = self.agent_counters()?;
         let per_minute = |b: u64| b as f64 * 60.0 / took.as_secs_f64();
         let (node_bytes, metadata_bytes, managed_fields_bytes) = k.sizes(&peer_name(n - 1))?;
+        let peer_source = self.agent_json("/debug/state")?["peer_source"].as_str().unwrap_or("?").to_owned();
         Ok(Some(ApiTraffic {
+            peer_source,
             status_updates: names.len() as u32,
             seconds: took.as_secs_f64(),
             agent_bytes_per_minute: per_minute(agent),
@@ -453,17 +458,29 @@ impl<'a> Bench<'a> {
         })
     }
 
-    /// The agent's write and pass counters, from its metrics.
-    fn agent_counters(&self) -> Result<Counters, LabError> {
+    /// The agent's answer at `path` of its debug endpoint, as JSON.
+    fn agent_json(&self, path: &'static str) -> Result<serde_json::Value, LabError> {
+        let body = self.agent_get(path)?;
+        serde_json::from_str(&body).map_err(|e| LabError::Invalid(format!("the agent's {path}: {e}")))
+    }
+
+    /// The agent's answer at `path` of its debug endpoint.
+    fn agent_get(&self, path: &'static str) -> Result<String, LabError> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, DEBUG_PORT));
         let got = netns::run_in(&netns::named(&self.ns), move || {
-            crate::http::get(addr, "/metrics", Duration::from_secs(10))
+            crate::http::get(addr, path, Duration::from_secs(10))
         })
         .map_err(|e| LabError::io("entering", &netns::named(&self.ns), e))?;
         let (status, body) = got.map_err(|e| LabError::Invalid(format!("asking the agent: {e}")))?;
         if status != 200 {
-            return Err(LabError::Invalid(format!("the agent's /metrics answered {status}")));
+            return Err(LabError::Invalid(format!("the agent's {path} answered {status}")));
         }
+        Ok(body)
+    }
+
+    /// The agent's write and pass counters, from its metrics.
+    fn agent_counters(&self) -> Result<Counters, LabError> {
+        let body = self.agent_get("/metrics")?;
         Ok(Counters {
             writes: metric_sum(&body, "felt_dataplane_ops_total"),
             passes: metric_sum(&body, "felt_reconcile_total"),

@@ -1,5 +1,6 @@
 //! What a lab is made of (`lab.json`), and reading and writing it.
 
+use crate::registry::kube::PeerSource;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -57,7 +58,14 @@ pub enum LabRegistry {
         /// runs flanneld nodes or felt in `--compat flannel`.
         #[serde(default, skip_serializing_if = "is_felt")]
         dialect: Dialect,
+        /// The agents' `--peer-source`.
+        #[serde(default, skip_serializing_if = "is_auto")]
+        peer_source: PeerSource,
     },
+}
+
+fn is_auto(p: &PeerSource) -> bool {
+    *p == PeerSource::Auto
 }
 
 fn is_felt(d: &Dialect) -> bool {
@@ -86,6 +94,8 @@ pub struct UpOptions {
     pub control_plane: Option<control::Binaries>,
     /// Run felt's agents in `--compat flannel` (Kubernetes registry only).
     pub compat_flannel: bool,
+    /// The agents' `--peer-source` (Kubernetes registry only).
+    pub peer_source: PeerSource,
     /// Run flanneld instead of felt on the first this many nodes (implies
     /// `compat_flannel`; needs `flannel`).
     pub flannel_nodes: u32,
@@ -169,6 +179,7 @@ impl UpOptions {
             cni_delegate: None,
             control_plane: None,
             compat_flannel: false,
+            peer_source: PeerSource::Auto,
             flannel_nodes: 0,
             flannel: None,
             ip_family: IpFamily::Ipv4,

@@ -140,6 +140,7 @@ impl Lab {
                     kubeconfig: cp.admin_kubeconfig,
                     agent_kubeconfig: Some(cp.agent_kubeconfig),
                     dialect: opts.dialect(),
+                    peer_source: opts.peer_source,
                 }
             }
             (None, LabRegistry::File) => LabRegistry::File,
@@ -155,6 +156,7 @@ impl Lab {
                     kubeconfig,
                     agent_kubeconfig: agent_kubeconfig.clone(),
                     dialect: opts.dialect(),
+                    peer_source: opts.peer_source,
                 }
             }
         })
@@ -295,9 +297,11 @@ impl Lab {
                 "--registry-dir".into(),
                 self.registry_dir().display().to_string(),
             ]),
-            LabRegistry::Kube { kubeconfig, agent_kubeconfig, .. } => args.extend([
+            LabRegistry::Kube { kubeconfig, agent_kubeconfig, peer_source, .. } => args.extend([
                 "--registry".into(),
                 "kube".into(),
+                "--peer-source".into(),
+                peer_source.name().into(),
                 "--compat".into(),
                 compat.name().into(),
                 "--kubeconfig".into(),

@@ -13,7 +13,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 
 use self::file::{FileRegistry, FileRegistryError};
-use self::kube::{KubeError, KubeRegistry};
+use self::kube::{KubeError, KubeRegistry, PeerSource};
 use felt_proto::annotations::Dialect;
 
 /// One snapshot of the cluster as a registry holds it.
@@ -55,6 +55,9 @@ pub enum RegistryConfig {
         kubeconfig: Option<PathBuf>,
         /// Whose annotations to read and write (Flannel's with `--compat flannel`).
         dialect: Dialect,
+        /// Where peers come from: FeltNodes, Node metadata, or the first once
+        /// it matches the second.
+        peers: PeerSource,
     },
 }
 
@@ -124,9 +127,9 @@ impl Registry {
     pub async fn open(cfg: &RegistryConfig, node: &str) -> Result<Self, RegistryError> {
         Ok(match cfg {
             RegistryConfig::File { dir } => Registry::File(FileRegistry::open(dir)?),
-            RegistryConfig::Kube { kubeconfig, dialect } => {
-                Registry::Kube(Box::new(KubeRegistry::connect(kubeconfig.as_deref(), node, *dialect).await?))
-            }
+            RegistryConfig::Kube { kubeconfig, dialect, peers } => Registry::Kube(Box::new(
+                KubeRegistry::connect(kubeconfig.as_deref(), node, *dialect, *peers).await?,
+            )),
         })
     }
 
@@ -154,6 +157,15 @@ impl Registry {
         match self {
             Registry::File(f) => Ok((f.read(full)?, true)),
             Registry::Kube(k) => k.snapshot().map(|s| (s, k.synced())).ok_or(RegistryError::NotListed),
+        }
+    }
+
+    /// Kubernetes registry: where peers are read from now (`nodes`,
+    /// `feltnodes`, or `undecided`).
+    pub fn peer_source(&self) -> Option<&'static str> {
+        match self {
+            Registry::File(_) => None,
+            Registry::Kube(k) => Some(k.reading()),
         }
     }
 

@@ -24,12 +24,14 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
 use kube::runtime::watcher;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::super::{LabError, control, interrupt};
 use crate::netns;
+use crate::registry::kube::{PeerSource, feltnode_object, feltnode_resource};
 
 /// Requests in flight at once when creating or deleting many Nodes.
 const CONCURRENCY: usize = 16;
@@ -37,6 +39,8 @@ const CONCURRENCY: usize = 16;
 /// What the API server sent while every Node's status was updated.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiTraffic {
+    /// Where the agent read its peers from (`feltnodes` or `nodes`).
+    pub peer_source: String,
     /// Status updates made (one per Node).
     pub status_updates: u32,
     /// Over how long, seconds.
@@ -66,6 +70,8 @@ pub struct ApiTraffic {
 pub(super) struct Side {
     rt: tokio::runtime::Runtime,
     api: Api<Node>,
+    /// The agent's `--peer-source`.
+    pub(super) peers: PeerSource,
     /// The agent's kubeconfig, through its counting proxy.
     pub(super) agent_kubeconfig: PathBuf,
     agent_bytes: Arc<AtomicU64>,
@@ -87,6 +93,7 @@ impl Side {
         ns: &str,
         host: Ipv4Addr,
         bins: &control::Binaries,
+        peers: PeerSource,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Side, LabError> {
         let started = control::start(dir, ns, host, bins, progress)?;
@@ -128,6 +135,7 @@ impl Side {
         let full_synced = Arc::new(AtomicBool::new(false));
         let side = Side {
             api: Api::all(api),
+            peers,
             rt,
             agent_kubeconfig,
             agent_bytes,
@@ -166,31 +174,42 @@ impl Side {
             .map_err(LabError::Invalid)
     }
 
-    /// Creates the agent's Node `node` (pod CIDR `own`) and one per peer, kubelet-shaped.
+    /// Creates the agent's Node `node` (pod CIDR `own`) and one per peer,
+    /// kubelet-shaped, and each peer's FeltNode as its agent would.
     pub(super) fn create(
         &self,
         node: &str,
         own: &str,
         peers: &[felt_proto::NodeRecord],
     ) -> Result<(), LabError> {
-        let mut nodes = vec![kubelet_node(node, own, None)];
+        let mut nodes = vec![(kubelet_node(node, own, None), None)];
         nodes.extend(peers.iter().map(|p| {
             let cidr = p.pod_cidr_v4().map(|c| c.to_string()).unwrap_or_default();
-            kubelet_node(&p.name, &cidr, Some(p))
+            (kubelet_node(&p.name, &cidr, Some(p)), Some(p.clone()))
         }));
         self.call(move |api| async move {
+            let feltnodes = Api::<DynamicObject>::all_with(api.clone().into_client(), &feltnode_resource());
             futures::stream::iter(nodes)
-                .map(|(node, status)| {
-                    let api = api.clone();
+                .map(|((node, status), record)| {
+                    let (api, feltnodes) = (api.clone(), feltnodes.clone());
                     async move {
                         let name = node.metadata.name.clone().unwrap_or_default();
                         let pp = PostParams { field_manager: Some("kubelet".into()), ..Default::default() };
-                        api.create(&pp, &node).await.map_err(|e| format!("creating node {name}: {e}"))?;
+                        let made =
+                            api.create(&pp, &node).await.map_err(|e| format!("creating node {name}: {e}"))?;
                         let params =
                             PatchParams { field_manager: Some("kubelet".into()), ..Default::default() };
                         api.patch_status(&name, &params, &Patch::Merge(&status))
                             .await
                             .map_err(|e| format!("setting node {name}'s status: {e}"))?;
+                        if let Some(record) = record {
+                            let uid = made.metadata.uid.unwrap_or_default();
+                            let object = Patch::Apply(feltnode_object(&record, &uid));
+                            feltnodes
+                                .patch(&name, &PatchParams::apply("felt").force(), &object)
+                                .await
+                                .map_err(|e| format!("applying FeltNode {name}: {e}"))?;
+                        }
                         Ok::<_, String>(())
                     }
                 })
@@ -201,17 +220,39 @@ impl Side {
         })
     }
 
-    /// Sets peer `name`'s public IP; returns when the request left.
+    /// Sets peer `name`'s public IP in its annotations and its FeltNode, as
+    /// its agent would; returns when the request the agent reads left (the
+    /// other one is made first).
     pub(super) fn change(&self, name: &str, to: IpAddr) -> Result<Instant, LabError> {
         let name = name.to_owned();
+        let feltnodes_read = self.peers != PeerSource::Nodes;
         self.call(move |api| async move {
-            let patch =
-                json!({"metadata": {"annotations": {felt_proto::annotations::PUBLIC_IP: to.to_string()}}});
-            let at = Instant::now();
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map(|_| at)
-                .map_err(|e| format!("annotating {name}: {e}"))
+            let feltnodes = Api::<DynamicObject>::all_with(api.clone().into_client(), &feltnode_resource());
+            let annotate = || async {
+                let patch =
+                    json!({"metadata": {"annotations": {felt_proto::annotations::PUBLIC_IP: to.to_string()}}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("annotating {name}: {e}"))
+            };
+            let publish = || async {
+                let patch = json!({"spec": {"publicIP": to.to_string()}});
+                feltnodes
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("changing FeltNode {name}: {e}"))
+            };
+            if feltnodes_read {
+                annotate().await?;
+                let at = Instant::now();
+                publish().await.map(|()| at)
+            } else {
+                publish().await?;
+                let at = Instant::now();
+                annotate().await.map(|()| at)
+            }
         })
     }
 

@@ -34,23 +34,27 @@ use felt_proto::annotations::{self, Dialect};
 use felt_proto::{NetConfig, NodeRecord};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::DynamicObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Client, Config};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Snapshot;
 
 mod node;
+mod records;
 mod watch;
 
 use node::record_from_node_with;
 pub use node::{NodeError, record_from_node};
-use watch::{Denials, Known, PodCidrs, Tracker, restarting_watcher};
+pub use records::{GROUP, PeerSource, object_for as feltnode_object, resource as feltnode_resource};
+use records::{Reading, RecordTracker};
+use watch::{Denials, Events, Known, PodCidrs, Tracker, restarting_watcher};
 
 pub use felt_proto::annotations::{BACKEND_DATA, BACKEND_TYPE, PREFIX, PUBLIC_IP, PUBLIC_IP_OVERWRITE};
 
@@ -160,10 +164,101 @@ async fn list_pod_cidrs(cidrs: &mut PodCidrs, api: &Api<Node>, denied: &Denials)
     }
 }
 
+/// The watch of Node metadata, with the pod CIDRs read per Node object.
+struct NodeWatch {
+    api: Api<Node>,
+    denied: Denials,
+    cidrs: PodCidrs,
+    tracker: Tracker,
+    stream: Events<watch::Meta>,
+    /// When the Nodes waiting for their pod CIDRs are read again.
+    tick: tokio::time::Interval,
+}
+
+/// What the node watch has next.
+enum NodeStep {
+    Event(Box<Result<watcher::Event<watch::Meta>, watcher::Error>>),
+    /// Nodes waiting for their pod CIDRs are due a read.
+    Reread,
+}
+
+impl NodeWatch {
+    /// Reads every Node's pod CIDRs, then starts watching metadata.
+    async fn start(reg: &KubeRegistry) -> Self {
+        let tracker = Tracker {
+            known: reg.known.clone(),
+            node: reg.node.clone(),
+            relist: None,
+            waiting: BTreeMap::new(),
+            synced: reg.synced.clone(),
+            listed: reg.listed.clone(),
+            denied: reg.denied.clone(),
+            dialect: reg.dialect,
+        };
+        let mut cidrs = PodCidrs::default();
+        list_pod_cidrs(&mut cidrs, &reg.api, &reg.denied).await;
+        let mut tick = tokio::time::interval(watch::REREAD_AFTER);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        NodeWatch {
+            api: reg.api.clone(),
+            denied: reg.denied.clone(),
+            cidrs,
+            tracker,
+            stream: restarting_watcher(reg.api.clone()).default_backoff().boxed(),
+            tick,
+        }
+    }
+
+    /// Waits for the next event or re-read (cancel-safe); `None`: the watch ended.
+    async fn next(&mut self) -> Option<NodeStep> {
+        let rereads = !self.tracker.waiting.is_empty() && self.tracker.relist.is_none();
+        tokio::select! {
+            event = self.stream.next() => event.map(|e| NodeStep::Event(Box::new(e))),
+            _ = self.tick.tick(), if rereads => Some(NodeStep::Reread),
+        }
+    }
+
+    /// Handles `step`; whether it changed what felt uses.
+    async fn handle(&mut self, step: NodeStep) -> bool {
+        match step {
+            NodeStep::Event(event) => {
+                let event = *event;
+                // The list at start failed (a server down as the agent
+                // started): try it again before reading Nodes one by one.
+                if let Ok(watcher::Event::Init) = &event
+                    && !self.cidrs.listed
+                {
+                    list_pod_cidrs(&mut self.cidrs, &self.api, &self.denied).await;
+                }
+                if let Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) = &event
+                    && self.cidrs.due(&m.metadata)
+                {
+                    self.cidrs.read(&self.api, &m.metadata, &self.denied).await;
+                }
+                self.tracker.on(event, &mut self.cidrs)
+            }
+            NodeStep::Reread => {
+                let mut woke = false;
+                for metadata in self.tracker.due(&self.cidrs) {
+                    self.cidrs.read(&self.api, &metadata, &self.denied).await;
+                    woke |= self.tracker.apply(&metadata, &self.cidrs);
+                }
+                woke
+            }
+        }
+    }
+}
+
 /// The Kubernetes registry.
 #[derive(Clone)]
 pub struct KubeRegistry {
     api: Api<Node>,
+    /// FeltNodes.
+    feltnodes: Api<DynamicObject>,
+    /// Where peers come from (see `records`).
+    source: PeerSource,
+    /// Whether the FeltNode resource is installed: `None` until known.
+    installed: Arc<Mutex<Option<bool>>>,
     node: String,
     /// What the watch made of every Node.
     known: Arc<Mutex<Known>>,
@@ -184,9 +279,17 @@ impl std::fmt::Debug for KubeRegistry {
 
 impl KubeRegistry {
     /// Connects with `kubeconfig`, or in-cluster / `KUBECONFIG` when `None`.
-    pub async fn connect(kubeconfig: Option<&Path>, node: &str, dialect: Dialect) -> Result<Self, KubeError> {
+    pub async fn connect(
+        kubeconfig: Option<&Path>,
+        node: &str,
+        dialect: Dialect,
+        source: PeerSource,
+    ) -> Result<Self, KubeError> {
         let client = client(kubeconfig).await?;
         Ok(KubeRegistry {
+            feltnodes: Api::all_with(client.clone(), &records::resource()),
+            source,
+            installed: Arc::default(),
             api: Api::all(client),
             node: node.to_owned(),
             known: Arc::default(),
@@ -235,57 +338,236 @@ impl KubeRegistry {
         let (tx, rx) = mpsc::channel(1);
         assert!(!self.watching.swap(true, Ordering::Relaxed), "watch is called once");
         tokio::spawn(self.clone().health(tx.clone()));
-        let mut tracker = Tracker {
-            known: self.known.clone(),
-            node: self.node.clone(),
-            relist: None,
-            waiting: BTreeMap::new(),
-            synced: self.synced.clone(),
-            listed: self.listed.clone(),
-            denied: self.denied.clone(),
-            dialect: self.dialect,
-        };
-        let (api, denied) = (self.api.clone(), self.denied.clone());
-        tokio::spawn(async move {
-            let mut cidrs = PodCidrs::default();
-            list_pod_cidrs(&mut cidrs, &api, &denied).await;
-            let stream = restarting_watcher(api.clone()).default_backoff();
-            futures::pin_mut!(stream);
-            let mut tick = tokio::time::interval(watch::REREAD_AFTER);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let woke = tokio::select! {
-                    event = stream.next() => {
-                        let Some(event) = event else { break };
-                        // The list at start failed (a server down as the agent
-                        // started): try it again before reading Nodes one by one.
-                        if let Ok(watcher::Event::Init) = &event
-                            && !cidrs.listed
-                        {
-                            list_pod_cidrs(&mut cidrs, &api, &denied).await;
-                        }
-                        if let Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) = &event
-                            && cidrs.due(&m.metadata)
-                        {
-                            cidrs.read(&api, &m.metadata, &denied).await;
-                        }
-                        tracker.on(event, &mut cidrs)
-                    }
-                    _ = tick.tick(), if !tracker.waiting.is_empty() && tracker.relist.is_none() => {
-                        let mut woke = false;
-                        for metadata in tracker.due(&cidrs) {
-                            cidrs.read(&api, &metadata, &denied).await;
-                            woke |= tracker.apply(&metadata, &cidrs);
-                        }
-                        woke
-                    }
-                };
-                if woke && tx.try_send(()).is_err() && tx.is_closed() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(self.clone().run(tx));
         rx
+    }
+
+    /// Which source the agent reads its peers from now.
+    pub fn reading(&self) -> &'static str {
+        self.known().reading.name()
+    }
+
+    fn set_reading(&self, reading: Reading) {
+        self.known().reading = reading;
+    }
+
+    /// The watch task: FeltNodes, Node metadata, or FeltNodes after Node
+    /// metadata (see `records`).
+    async fn run(self, tx: mpsc::Sender<()>) {
+        // FeltNodes hold felt's dialect only: a node in Flannel's compat mode reads Nodes.
+        let with_records = self.dialect == Dialect::Felt && self.source != PeerSource::Nodes;
+        let mut records: Events<DynamicObject> = if with_records {
+            let (api, config) = (self.feltnodes.clone(), watcher::Config::default().page_size(100));
+            watch::restarting("FeltNode", move || watcher::watcher(api.clone(), config.clone()).boxed())
+                .default_backoff()
+                .boxed()
+        } else {
+            futures::stream::pending().boxed()
+        };
+        // While FeltNodes are read: this node's own Node (metadata), for its
+        // annotations and an operator's overwrite; its own status updates
+        // alone, not N nodes'.
+        let own_watch = || -> Events<watch::Meta> {
+            let api: Api<watch::Meta> = Api::all(self.api.clone().into_client());
+            let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
+            watch::restarting("own node", move || watcher::watcher(api.clone(), config.clone()).boxed())
+                .default_backoff()
+                .boxed()
+        };
+        let mut own: Events<watch::Meta> = futures::stream::pending().boxed();
+        let mut tracker = RecordTracker::new(self.known.clone(), self.node.clone());
+        let mut nodes = None;
+        if !with_records {
+            nodes = Some(NodeWatch::start(&self).await);
+            self.set_reading(Reading::Nodes);
+        }
+        let decide_by = tokio::time::Instant::now() + watch::LIST_TIMEOUT;
+        let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reading = self.known().reading;
+            let woke = tokio::select! {
+                event = records.next() => {
+                    let Some(event) = event else { break };
+                    match event {
+                        Ok(event) => {
+                            let done = matches!(event, watcher::Event::InitDone);
+                            let changed = tracker.on(event);
+                            if done {
+                                *self.installed.lock().unwrap_or_else(|p| p.into_inner()) = Some(true);
+                                self.denied.allowed("list", "feltnodes");
+                            }
+                            match reading {
+                                Reading::Undecided if done => {
+                                    if self.decide(tracker.listed).await {
+                                        self.read_feltnodes("every node has a FeltNode");
+                                        own = own_watch();
+                                    } else {
+                                        nodes = Some(NodeWatch::start(&self).await);
+                                        self.set_reading(Reading::Nodes);
+                                    }
+                                    true
+                                }
+                                Reading::Feltnodes => {
+                                    if done && !self.synced.swap(true, Ordering::Relaxed) {
+                                        info!("FeltNode list synced");
+                                    }
+                                    changed.records || changed.own
+                                }
+                                // Only whether this node's own FeltNode must be published.
+                                _ => changed.own,
+                            }
+                        }
+                        // 410 Gone: history moved on; the watcher lists again, the store stays whole.
+                        Err(watcher::Error::WatchError(s)) if s.code == hyper::StatusCode::GONE.as_u16() => {
+                            info!(reason = %s.message, "FeltNode watch expired; listing again");
+                            false
+                        }
+                        Err(e) => {
+                            let status = match &e {
+                                watcher::Error::InitialListFailed(kube::Error::Api(s))
+                                | watcher::Error::WatchFailed(kube::Error::Api(s))
+                                | watcher::Error::WatchError(s) => Some(s.clone()),
+                                _ => None,
+                            };
+                            if let Some(s) = &status {
+                                self.denied.answered("list", "feltnodes", s);
+                            }
+                            let code = status.as_ref().map(|s| s.code);
+                            if reading != Reading::Feltnodes && matches!(code, Some(403 | 404)) {
+                                // Not installed, or not allowed: Nodes it is, and no more tries.
+                                if code == Some(404) {
+                                    *self.installed.lock().unwrap_or_else(|p| p.into_inner()) = Some(false);
+                                    warn!("the FeltNode resource (feltnodes.{GROUP}) is not installed: reading peers from Node metadata; apply deploy/felt.yaml's CustomResourceDefinition to cut what each agent receives");
+                                } else {
+                                    warn!("RBAC forbids listing FeltNodes: reading peers from Node metadata");
+                                }
+                                records = futures::stream::pending().boxed();
+                                if nodes.is_none() {
+                                    nodes = Some(NodeWatch::start(&self).await);
+                                    self.set_reading(Reading::Nodes);
+                                }
+                                true
+                            } else if reading == Reading::Feltnodes {
+                                if self.synced.swap(false, Ordering::Relaxed) {
+                                    warn!(error = %crate::util::error_chain(&e), "lost the FeltNode watch; keeping the last known nodes and retrying");
+                                }
+                                true
+                            } else {
+                                debug!(error = %crate::util::error_chain(&e), "FeltNode watch failed; retrying");
+                                false
+                            }
+                        }
+                    }
+                }
+                event = own.next() => match event {
+                    Some(Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m))) => self.note_own(&m.metadata),
+                    Some(Err(e)) => {
+                        debug!(error = %crate::util::error_chain(&e), "watching this node failed; retrying");
+                        false
+                    }
+                    _ => false,
+                },
+                step = async {
+                    match nodes.as_mut() {
+                        Some(n) => n.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(step) = step else { break };
+                    let n = nodes.as_mut().expect("a step comes from the node watch");
+                    n.handle(step).await
+                }
+                _ = check.tick() => match reading {
+                    Reading::Undecided if tokio::time::Instant::now() >= decide_by => {
+                        warn!(after = ?watch::LIST_TIMEOUT, "the FeltNode list did not complete in time; reading peers from Node metadata meanwhile");
+                        nodes = Some(NodeWatch::start(&self).await);
+                        self.set_reading(Reading::Nodes);
+                        true
+                    }
+                    Reading::Nodes if with_records && self.source == PeerSource::Auto && tracker.listed
+                        && self.listed.load(Ordering::Relaxed) && self.synced.load(Ordering::Relaxed) =>
+                    {
+                        let differ = {
+                            let known = self.known();
+                            records::covers(&known.seen, &known.records, &self.node)
+                        };
+                        if differ == 0 {
+                            nodes = None;
+                            self.read_feltnodes("every node with backend data now has a matching FeltNode");
+                            own = own_watch();
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    _ => false,
+                },
+            };
+            if woke && tx.try_send(()).is_err() && tx.is_closed() {
+                break;
+            }
+        }
+    }
+
+    /// Whether to read FeltNodes alone from the start: always with
+    /// `--peer-source feltnodes`; with `auto`, when there are as many
+    /// FeltNodes as Nodes (counting this node's, published soon). If not, the
+    /// agent reads Node metadata until the FeltNodes match them exactly.
+    async fn decide(&self, listed: bool) -> bool {
+        if self.source == PeerSource::Feltnodes {
+            return true;
+        }
+        if !listed {
+            return false;
+        }
+        let (feltnodes, own) = {
+            let known = self.known();
+            (known.records.len(), known.records.contains_key(&self.node))
+        };
+        let meta: Api<watch::Meta> = Api::all(self.api.clone().into_client());
+        let params = ListParams::default().limit(1);
+        let count = self.call("list", "nodes", || "counting nodes".into(), meta.list(&params));
+        match count.await {
+            Ok(list) => {
+                let more = list.metadata.continue_.as_deref().is_some_and(|c| !c.is_empty());
+                let rest = list.metadata.remaining_item_count.and_then(|n| usize::try_from(n).ok());
+                let nodes = match (more, rest) {
+                    (false, _) => list.items.len(),
+                    (true, Some(rest)) => list.items.len() + rest,
+                    (true, None) => return false,
+                };
+                let enough = feltnodes + usize::from(!own) >= nodes;
+                if !enough {
+                    info!(
+                        nodes,
+                        feltnodes,
+                        "not every node has a FeltNode yet: reading peers from Node metadata until they do"
+                    );
+                }
+                enough
+            }
+            Err(e) => {
+                warn!(error = %crate::util::error_chain(&e), "counting nodes failed: reading peers from Node metadata");
+                false
+            }
+        }
+    }
+
+    /// From now on, peers come from FeltNodes only.
+    fn read_feltnodes(&self, why: &str) {
+        let n = {
+            let mut known = self.known();
+            known.reading = Reading::Feltnodes;
+            known.seen.clear();
+            known.records.len()
+        };
+        self.listed.store(true, Ordering::Relaxed);
+        self.synced.store(true, Ordering::Relaxed);
+        info!(
+            feltnodes = n,
+            "{why}: reading peers from FeltNodes only (Node status updates no longer reach this agent)"
+        );
     }
 
     /// Every [`HEALTH_INTERVAL`], a GET of this node bounded by
@@ -308,29 +590,34 @@ impl KubeRegistry {
             if let Ok(r) = &answer {
                 self.denied.note("get", "nodes", r);
             }
-            let changed = match answer {
-                Ok(Ok(_)) => {
-                    let back = !self.synced.swap(true, Ordering::Relaxed);
-                    if back {
-                        info!("the API server answers again; node watch resumed");
-                    }
-                    back
-                }
-                Ok(Err(e)) => {
-                    let lost = self.synced.swap(false, Ordering::Relaxed);
-                    if lost {
-                        warn!(error = %crate::util::error_chain(&e), node = %self.node, "the API server refused a GET of this node; not ready until it answers");
-                    }
-                    lost
-                }
-                Err(_) => {
-                    let lost = self.synced.swap(false, Ordering::Relaxed);
-                    if lost {
-                        warn!(node = %self.node, timeout = ?HEALTH_TIMEOUT, "the API server did not answer a GET of this node in time; not ready until it does");
-                    }
-                    lost
-                }
+            let overwrite = match &answer {
+                Ok(Ok(meta)) => self.note_own(&meta.metadata),
+                _ => false,
             };
+            let changed = overwrite
+                || match answer {
+                    Ok(Ok(_)) => {
+                        let back = !self.synced.swap(true, Ordering::Relaxed);
+                        if back {
+                            info!("the API server answers again; node watch resumed");
+                        }
+                        back
+                    }
+                    Ok(Err(e)) => {
+                        let lost = self.synced.swap(false, Ordering::Relaxed);
+                        if lost {
+                            warn!(error = %crate::util::error_chain(&e), node = %self.node, "the API server refused a GET of this node; not ready until it answers");
+                        }
+                        lost
+                    }
+                    Err(_) => {
+                        let lost = self.synced.swap(false, Ordering::Relaxed);
+                        if lost {
+                            warn!(node = %self.node, timeout = ?HEALTH_TIMEOUT, "the API server did not answer a GET of this node in time; not ready until it does");
+                        }
+                        lost
+                    }
+                };
             if changed {
                 let _ = tx.try_send(());
             }
@@ -343,18 +630,46 @@ impl KubeRegistry {
             return None;
         }
         let mut snap = Snapshot::default();
+        let known = self.known();
+        let (from, kind) = match known.reading {
+            Reading::Feltnodes => (&known.records, "feltnode"),
+            _ => (&known.seen, "node"),
+        };
         // In name order already.
-        for (name, seen) in &self.known().seen {
+        for (name, seen) in from {
             match seen {
                 Ok((r, _)) => snap.records.push(r.clone()),
-                Err(why) => snap.malformed.push((format!("node/{name}"), why.clone())),
+                Err(why) => snap.malformed.push((format!("{kind}/{name}"), why.clone())),
             }
         }
         Some(snap)
     }
 
+    /// This node's Node, whose uid and overwrite are noted.
     async fn own(&self) -> Result<Node, KubeError> {
-        self.call("get", "nodes", || format!("reading node `{}`", self.node), self.api.get(&self.node)).await
+        let node = self
+            .call("get", "nodes", || format!("reading node `{}`", self.node), self.api.get(&self.node))
+            .await?;
+        self.note_own(&node.metadata);
+        Ok(node)
+    }
+
+    /// Notes this node's uid and (when Node metadata is not watched) its
+    /// annotations and `public-ip-overwrite`; returns whether they changed.
+    fn note_own(&self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+        let mut known = self.known();
+        known.own_uid.clone_from(&meta.uid);
+        if known.reading != Reading::Feltnodes {
+            return false;
+        }
+        let annotations = meta.annotations.clone().unwrap_or_default();
+        let overwrite = annotations.get(self.dialect.keys().public_ip_overwrite).cloned();
+        let own = known.own.get_or_insert((None, None));
+        let mut changed = own.1 != overwrite;
+        own.1 = overwrite;
+        changed |= known.own_annotations.as_ref() != Some(&annotations);
+        known.own_annotations = Some(annotations);
+        changed
     }
 
     /// This node's pod CIDRs (`spec.podCIDRs`), checked against the cluster
@@ -388,8 +703,31 @@ impl KubeRegistry {
 
     /// This node's record exactly as published (its own `public-ip`, not an
     /// overwrite), from the store.
+    /// When FeltNodes are read, that is this node's FeltNode (owned by this
+    /// Node object); while Nodes are read, its annotations, and also its
+    /// FeltNode when the resource is watched (`None` when they differ, so
+    /// the agent publishes both).
     pub fn published(&self) -> Option<NodeRecord> {
-        self.known().own.as_ref()?.0.clone()
+        let known = self.known();
+        let feltnode = || match &known.own_feltnode {
+            Some((record, owner)) if known.own_uid.is_none() || *owner == known.own_uid => record.clone(),
+            _ => None,
+        };
+        match known.reading {
+            // The FeltNode, and the annotations saying the same.
+            Reading::Feltnodes => {
+                let record = feltnode()?;
+                let annotated = known.own_annotations.as_ref().is_none_or(|have| {
+                    self.dialect.annotations(&record).iter().all(|(k, v)| have.get(*k) == Some(v))
+                });
+                annotated.then_some(record)
+            }
+            _ => {
+                let annotated = known.own.as_ref()?.0.clone();
+                let watched = *self.installed.lock().unwrap_or_else(|p| p.into_inner()) == Some(true);
+                if watched && feltnode() != annotated { None } else { annotated }
+            }
+        }
     }
 
     /// This node's record exactly as published, read from the API server.
@@ -448,6 +786,52 @@ impl KubeRegistry {
             .await?;
             wrote = true;
         }
+        if let Some(uid) = node.metadata.uid.as_deref() {
+            wrote |= self.publish_feltnode(record, uid).await?;
+        }
         Ok(wrote)
+    }
+
+    /// Applies this node's FeltNode when it differs from `record` (or is
+    /// owned by another Node object), unless the resource is not installed
+    /// or RBAC forbids it (each said once: the agent still publishes its
+    /// annotations, and peers reading Nodes see it). Returns whether it wrote.
+    async fn publish_feltnode(&self, record: &NodeRecord, node_uid: &str) -> Result<bool, KubeError> {
+        if self.dialect != Dialect::Felt
+            || *self.installed.lock().unwrap_or_else(|p| p.into_inner()) == Some(false)
+        {
+            return Ok(false);
+        }
+        let what = || format!("reading FeltNode `{}`", self.node);
+        let have = match self.call("get", "feltnodes", what, self.feltnodes.get_opt(&self.node)).await {
+            Ok(have) => have,
+            Err(KubeError::Api { source: kube::Error::Api(s), .. }) if s.code == 403 => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if let Some(obj) = &have
+            && records::record_of(obj).as_ref() == Ok(record)
+            && records::owner_uid(&obj.metadata).as_deref() == Some(node_uid)
+        {
+            return Ok(false);
+        }
+        let object = Patch::Apply(records::object_for(record, node_uid));
+        let params = PatchParams::apply("felt").force();
+        let what = || format!("applying FeltNode `{}`", self.node);
+        let applied =
+            self.call("patch", "feltnodes", what, self.feltnodes.patch(&self.node, &params, &object));
+        match applied.await {
+            Ok(_) => Ok(true),
+            Err(KubeError::Api { source: kube::Error::Api(s), .. }) if s.code == 403 => Ok(false),
+            Err(KubeError::Api { source: kube::Error::Api(s), .. }) if s.code == 404 => {
+                let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+                if installed.replace(false) != Some(false) {
+                    warn!(
+                        "the FeltNode resource (feltnodes.{GROUP}) is not installed: publishing this node in its annotations only"
+                    );
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

@@ -33,11 +33,11 @@ pub(super) type Meta = PartialObjectMeta<Node>;
 /// How long a list may take before the watcher is started over: a list
 /// whose answer never comes (a lost response, a server that accepted the
 /// request and hung) would otherwise keep the agent "not listed" forever.
-const LIST_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const LIST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Nodes per page of a list (whole ones in the agent's one list of them,
 /// metadata in the watch's).
-const LIST_PAGE: u32 = 100;
+pub(super) const LIST_PAGE: u32 = 100;
 
 /// How often a Node whose pod CIDRs could not be read (or were empty while
 /// it already carried backend data) is read again.
@@ -46,19 +46,25 @@ pub(super) const REREAD_AFTER: Duration = Duration::from_secs(5);
 /// How long one read of a Node may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-type NodeEvents = futures::stream::BoxStream<'static, Result<watcher::Event<Meta>, watcher::Error>>;
+/// A stream of watch events.
+pub(super) type Events<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
 
-/// The Node metadata watcher, started over when a list has not finished
-/// within [`LIST_TIMEOUT`]. A list is due when the watcher starts and after
-/// each error (it may relist, or resume silently); events end the wait.
-pub(super) fn restarting_watcher(
-    api: Api<Node>,
-) -> impl futures::Stream<Item = Result<watcher::Event<Meta>, watcher::Error>> {
+/// The Node metadata watcher, started over when a list hangs (see [`restarting`]).
+pub(super) fn restarting_watcher(api: Api<Node>) -> Events<Meta> {
     let api: Api<Meta> = Api::all(api.into_client());
     // Paged lists (a list at resourceVersion 0 is served whole from the
     // server's cache, however large: one allocation of every Node at once).
     let config = watcher::Config::default().page_size(LIST_PAGE);
-    let make = move || -> NodeEvents { watcher(api.clone(), config.clone()).boxed() };
+    restarting("node", move || watcher(api.clone(), config.clone()).boxed())
+}
+
+/// A watcher made by `make`, started over when a list has not finished
+/// within [`LIST_TIMEOUT`]. A list is due when the watcher starts and after
+/// each error (it may relist, or resume silently); events end the wait.
+pub(super) fn restarting<K: Send + 'static>(
+    what: &'static str,
+    make: impl Fn() -> Events<K> + Send + 'static,
+) -> Events<K> {
     let due = || Some(tokio::time::Instant::now() + LIST_TIMEOUT);
     futures::stream::unfold((make(), due(), make), move |(mut inner, mut deadline, make)| async move {
         loop {
@@ -66,7 +72,7 @@ pub(super) fn restarting_watcher(
                 Some(d) => match tokio::time::timeout_at(d, inner.next()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        warn!(after = ?LIST_TIMEOUT, "the node list did not complete in time; starting the watch over");
+                        warn!(after = ?LIST_TIMEOUT, "the {what} list did not complete in time; starting the watch over");
                         inner = make();
                         deadline = due();
                         continue;
@@ -83,6 +89,7 @@ pub(super) fn restarting_watcher(
             return Some((event, (inner, deadline, make)));
         }
     })
+    .boxed()
 }
 
 /// `spec.podCIDRs` (or `spec.podCIDR`) of a whole Node.
@@ -278,6 +285,16 @@ pub(super) struct Known {
     /// This node's own record as published (its `public-ip`, not an
     /// overwrite), and the operator's overwrite.
     pub(super) own: Option<(Option<NodeRecord>, Option<String>)>,
+    /// Each FeltNode's record (or why it is not one), when FeltNodes are watched.
+    pub(super) records: BTreeMap<String, Seen>,
+    /// This node's own FeltNode: its record and its owner's uid.
+    pub(super) own_feltnode: Option<(Option<NodeRecord>, Option<String>)>,
+    /// This node's Node object's uid, as last read.
+    pub(super) own_uid: Option<String>,
+    /// This node's annotations, as last read (while FeltNodes are read).
+    pub(super) own_annotations: Option<BTreeMap<String, String>>,
+    /// Which of the two the agent's peers come from.
+    pub(super) reading: super::records::Reading,
 }
 
 /// What the watch's events mean to the agent: a wake-up when a record
