@@ -16,6 +16,23 @@ use etherparse::{
 /// The payload of every request, so a capture shows who sent it.
 const PAYLOAD: &[u8; 8] = b"felt-lab";
 
+/// Makes a raw ICMP (`ipv6`: ICMPv6) socket receive echo replies only. A
+/// raw socket gets a copy of every ICMP message its namespace receives: in
+/// a lab of N pods all probing each other at once, N − 1 echo requests
+/// beside the N − 1 replies wanted, which can fill its receive buffer
+/// before the replies are read. `ICMP_FILTER` (`linux/icmp.h`) and
+/// `ICMP6_FILTER` (RFC 3542 §3.2): a set bit blocks that type.
+pub fn receive_echo_replies_only(socket: &impl std::os::fd::AsRawFd, ipv6: bool) -> std::io::Result<()> {
+    if ipv6 {
+        let mut blocked = [u32::MAX; 8];
+        blocked[129 / 32] &= !(1 << (129 % 32));
+        crate::userspace::sys::setsockopt(socket, libc::IPPROTO_ICMPV6, 1, &blocked)
+    } else {
+        let blocked: u32 = !1;
+        crate::userspace::sys::setsockopt(socket, libc::SOL_RAW, 1, &blocked)
+    }
+}
+
 /// An ICMP echo request (RFC 792) with `id`, `seq` and a small payload.
 pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
     let header = Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(IcmpEchoHeader { id, seq }), PAYLOAD);

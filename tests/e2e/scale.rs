@@ -43,6 +43,30 @@ fn a_forty_node_lab_passes_check_and_a_broken_one_fails_in_seconds() {
     lab.finish();
 }
 
+/// The lab at its stated size: 200 nodes (200 agents on this machine's
+/// cores, each probing its 199 peers every 10 s, the lab's interval at this
+/// size) pass `lab check`, every one of 39,800 pod pairs.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn a_two_hundred_node_lab_passes_check() {
+    require_root();
+    let _alone = crate::harness::exclusive();
+    let started = Instant::now();
+    let lab = TestLab::up(200, 1);
+    eprintln!("200-node lab up in {:?}", started.elapsed());
+    let neigh = ip_in(&lab.node_ns("n1"), &["neigh", "show", "dev", "eth0"]);
+    assert_eq!(
+        neigh.lines().filter(|l| l.contains("PERMANENT")).count(),
+        200,
+        "199 nodes and the host:\n{neigh}"
+    );
+    let started = Instant::now();
+    let check = lab.felt(&["lab", "check"]);
+    assert_eq!(check.lines().last(), Some("39800/39800 pod pairs reachable"), "{check}");
+    eprintln!("200-node lab: check of 39,800 pairs took {:?}", started.elapsed());
+    lab.finish();
+}
+
 /// `felt lab bench --control-plane` at a small N, so it cannot rot: every
 /// row measured, a change costs the writes it needs and no more, and the
 /// run leaves nothing behind. (Its figures go to the README, not here.)

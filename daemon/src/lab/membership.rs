@@ -24,7 +24,7 @@ impl Lab {
         let index = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
         let mut node = self.make_node(&state, index, agent)?;
         self.pin_underlay(&state, std::slice::from_ref(&node))?;
-        node.pid = self.start_agent(&state, &node)?;
+        node.pid = self.start_agent(&state, &node, state.nodes.len() + 1)?;
         state.nodes.push(node.clone());
         self.save(&state)?;
         self.wait_leases(&state, Duration::from_secs(30))?;
@@ -152,7 +152,7 @@ impl Lab {
             .position(|n| n.name == node)
             .ok_or_else(|| LabError::Invalid(format!("lab `{}` has no node `{node}`", self.name)))?;
         kill_agent(state.nodes[i].pid, &self.registry_dir(), kill);
-        let pid = self.start_agent(&state, &state.nodes[i])?;
+        let pid = self.start_agent(&state, &state.nodes[i], state.nodes.len())?;
         state.nodes[i].pid = pid;
         self.save(&state)?;
         Ok(pid)
@@ -180,7 +180,7 @@ impl Lab {
         }
         kill_agent(state.nodes[i].pid, &self.registry_dir(), false);
         state.nodes[i].agent = to;
-        let pid = self.start_agent(&state, &state.nodes[i])?;
+        let pid = self.start_agent(&state, &state.nodes[i], state.nodes.len())?;
         state.nodes[i].pid = pid;
         self.save(&state)?;
         Ok(pid)

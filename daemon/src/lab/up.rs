@@ -73,7 +73,7 @@ impl Lab {
         self.pin_underlay(&state, &built)?;
         for mut node in built {
             interrupt::check()?;
-            node.pid = self.start_agent(&state, &node)?;
+            node.pid = self.start_agent(&state, &node, opts.nodes as usize)?;
             let what = match node.agent {
                 NodeAgent::Felt | NodeAgent::FeltOwn => "agent",
                 NodeAgent::Flannel => "flanneld",
@@ -229,17 +229,15 @@ impl Lab {
         format!("felt-lab-{}-{node}", self.name)
     }
 
-    /// Starts node `node`'s agent, felt or flanneld; returns its pid.
-    pub(super) fn start_agent(&self, state: &LabState, node: &NodeState) -> Result<u32, LabError> {
+    /// Starts node `node`'s agent, felt or flanneld, in a lab of `nodes`; returns its pid.
+    pub(super) fn start_agent(
+        &self,
+        state: &LabState,
+        node: &NodeState,
+        nodes: usize,
+    ) -> Result<u32, LabError> {
         match (node.agent, &state.flannel) {
-            (NodeAgent::Felt | NodeAgent::FeltOwn, _) => self.spawn_agent(
-                &state.registry,
-                node.agent.compat(state.dialect()),
-                state.backend_of(node),
-                &node.name,
-                &node.netns,
-                state.underlay_of(node),
-            ),
+            (NodeAgent::Felt | NodeAgent::FeltOwn, _) => self.spawn_agent(state, node, probe_interval(nodes)),
             (NodeAgent::Flannel, Some(bins)) => {
                 self.spawn_flanneld(&state.registry, bins, &node.name, &node.netns)
             }
@@ -279,15 +277,16 @@ impl Lab {
         )
     }
 
+    /// Starts felt on `node` of `state`, probing its peers every `probe_interval`.
     pub(super) fn spawn_agent(
         &self,
-        registry: &LabRegistry,
-        compat: Compat,
-        backend: DataplaneKind,
-        node: &str,
-        netns: &str,
-        underlay: std::net::IpAddr,
+        state: &LabState,
+        node: &NodeState,
+        probe_interval: Duration,
     ) -> Result<u32, LabError> {
+        let (registry, compat, backend) =
+            (&state.registry, node.agent.compat(state.dialect()), state.backend_of(node));
+        let (underlay, netns, node) = (state.underlay_of(node), node.netns.as_str(), node.name.as_str());
         let dir = self.node_dir(node);
         let mut args: Vec<String> = vec!["daemon".into(), "--node-name".into(), node.into()];
         match registry {
@@ -324,7 +323,7 @@ impl Lab {
             "--resync-period".into(),
             "5s".into(),
             "--probe-interval".into(),
-            "1s".into(),
+            format!("{}ms", probe_interval.as_millis()),
         ]);
         // A Flannel lab's net-conf.json is in Flannel's shape; felt in its own
         // conventions reads felt's, whose defaults are the lab's network.
@@ -463,4 +462,12 @@ fn check_flannel(opts: &UpOptions) -> Result<(), LabError> {
         }
     }
     Ok(())
+}
+
+/// How often a lab agent probes each peer: every second in a lab of up to
+/// 20 nodes, then one second more per 20 nodes (10 s at 200), so that all
+/// agents together send at most about 20 × N probes a second on a machine
+/// every node shares (each probes N − 1 peers).
+pub(super) fn probe_interval(nodes: usize) -> Duration {
+    Duration::from_secs(nodes.div_ceil(20).max(1) as u64)
 }

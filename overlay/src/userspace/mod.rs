@@ -11,7 +11,7 @@ mod edge;
 mod engine;
 pub mod keeper;
 pub mod offload;
-mod sys;
+pub(crate) mod sys;
 mod udp;
 pub mod wire;
 mod workers;

@@ -2,7 +2,8 @@
 //! `IFF_VNET_HDR` (every packet carries a `virtio_net_hdr`, so the kernel
 //! can hand over and take TSO super-packets with checksums left to us) and
 //! `TUNSETOFFLOAD` (which offloads the device advertises), descriptors
-//! received over `SCM_RIGHTS`, and the signal that wakes a blocked worker.
+//! received over `SCM_RIGHTS`, the signal that wakes a blocked worker, and
+//! socket options no safe wrapper offers (a raw ICMP socket's type filter).
 //! This is the only module of felt with `unsafe`: four `ioctl(2)` calls,
 //! each on a file descriptor we own, with arguments laid out as
 //! `linux/if_tun.h` says; taking ownership of received descriptors; one
@@ -129,4 +130,19 @@ pub fn ignore_hangup() -> io::Result<()> {
     use nix::sys::signal::{SigHandler, Signal, signal};
     // SAFETY: SIG_IGN installs no handler, so nothing runs in signal context.
     unsafe { signal(Signal::SIGHUP, SigHandler::SigIgn) }.map(drop).map_err(io::Error::from)
+}
+
+/// `setsockopt(2)` of `value` (a plain value or array, as the option's
+/// header lays it out) on `fd`.
+pub(crate) fn setsockopt<T: Copy>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<T>()).expect("a socket option fits a socklen_t");
+    // SAFETY: `fd` is an open descriptor of the caller's; the pointer is to a
+    // live `T` of `len` bytes, which the kernel only reads.
+    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, std::ptr::from_ref(value).cast(), len) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
