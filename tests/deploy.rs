@@ -41,7 +41,14 @@ fn every_document_is_a_valid_object() {
     let kinds: Vec<String> = documents().iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect();
     assert_eq!(
         kinds,
-        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
+        [
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet"
+        ]
     );
     let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
         of_kind("CustomResourceDefinition");
