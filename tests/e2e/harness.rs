@@ -136,6 +136,67 @@ pub struct TestLab {
     finished: bool,
     /// Held for the lab's life by tests that must not share the machine (see [`exclusive`]).
     exclusive: Option<std::sync::MutexGuard<'static, ()>>,
+    /// Every lab's share of the machine, unless its test holds it all (see [`alone`]).
+    _shared: Option<std::sync::RwLockReadGuard<'static, ()>>,
+}
+
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+std::thread_local! {
+    /// Whether this test thread holds [`alone`]'s guard.
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The whole machine for the caller: no other test's lab runs meanwhile
+/// (it waits for those running to finish, and new ones wait for it). For a
+/// 200-node lab, whose load (200 agents, a 39,800-pair check) would starve
+/// any test beside it.
+pub struct Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>);
+
+/// Takes the whole machine (see [`Alone`]).
+pub fn alone() -> Alone {
+    let guard = MACHINE.write().unwrap_or_else(|p| p.into_inner());
+    ALONE.with(|a| a.set(true));
+    Alone(guard)
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.with(|a| a.set(false));
+    }
+}
+
+/// Whether a kernel worker is freeing network namespaces now: its name
+/// says so (`kworker/u8:2+netns`) while it runs the netns work queue (the
+/// queue's idle rescuer is `kworker/R-netns`).
+fn freeing_namespaces() -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.filter_map(Result::ok).any(|p| {
+        std::fs::read_to_string(p.path().join("comm"))
+            .is_ok_and(|c| c.starts_with("kworker") && c.contains("+netns"))
+    })
+}
+
+/// Waits until the kernel has freed a big lab's namespaces: `ip netns del`
+/// returns at once and a kernel worker frees them later in batches, under
+/// the RTNL lock, so after 200 of them every netlink request waits (7 s
+/// measured; the next test's agents stuck in `rtnl_dumpit` meanwhile).
+/// Settled: no worker freeing namespaces, and a namespace with a veth pair
+/// made and removed in under 100 ms, six times in a row 500 ms apart.
+pub fn wait_for_the_kernel_to_settle() {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let ns = format!("settle{}", std::process::id());
+    let mut quiet = 0;
+    while quiet < 6 {
+        let started = Instant::now();
+        run(Command::new("ip").args(["netns", "add", &ns]));
+        run(Command::new("ip").args(["-n", &ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1"]));
+        run(Command::new("ip").args(["netns", "del", &ns]));
+        let fast = started.elapsed() < Duration::from_millis(100);
+        quiet = if fast && !freeing_namespaces() { quiet + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "the kernel is still freeing namespaces after 180 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Runs the caller alone among the tests that take it: those that start a
@@ -179,6 +240,8 @@ impl TestLab {
             root_before: root_snapshot(),
             finished: false,
             exclusive: None,
+            _shared: (!ALONE.with(std::cell::Cell::get))
+                .then(|| MACHINE.read().unwrap_or_else(|p| p.into_inner())),
         }
     }
 
