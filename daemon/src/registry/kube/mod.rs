@@ -347,8 +347,21 @@ impl KubeRegistry {
         self.known().reading.name()
     }
 
-    fn set_reading(&self, reading: Reading) {
-        self.known().reading = reading;
+    /// From now on, peers come from Node metadata: the node watch, started.
+    async fn read_nodes(&self) -> NodeWatch {
+        let watch = NodeWatch::start(self).await;
+        self.known().reading = Reading::Nodes;
+        watch
+    }
+
+    /// Whether the FeltNode resource is installed: `None` until known.
+    fn installed(&self) -> Option<bool> {
+        *self.installed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes whether the FeltNode resource is installed; returns what was known before.
+    fn set_installed(&self, installed: bool) -> Option<bool> {
+        self.installed.lock().unwrap_or_else(|p| p.into_inner()).replace(installed)
     }
 
     /// The watch task: FeltNodes, Node metadata, or FeltNodes after Node
@@ -365,22 +378,11 @@ impl KubeRegistry {
         } else {
             futures::stream::pending().boxed()
         };
-        // While FeltNodes are read: this node's own Node (metadata), for its
-        // annotations and an operator's overwrite; its own status updates
-        // alone, not N nodes'.
-        let own_watch = || -> Events<watch::Meta> {
-            let api: Api<watch::Meta> = Api::all(self.api.clone().into_client());
-            let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
-            watch::restarting("own node", move || watcher::watcher(api.clone(), config.clone()).boxed())
-                .default_backoff()
-                .boxed()
-        };
         let mut own: Events<watch::Meta> = futures::stream::pending().boxed();
         let mut tracker = RecordTracker::new(self.known.clone(), self.node.clone());
         let mut nodes = None;
         if !with_records {
-            nodes = Some(NodeWatch::start(&self).await);
-            self.set_reading(Reading::Nodes);
+            nodes = Some(self.read_nodes().await);
         }
         let decide_by = tokio::time::Instant::now() + watch::LIST_TIMEOUT;
         let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -395,17 +397,15 @@ impl KubeRegistry {
                             let done = matches!(event, watcher::Event::InitDone);
                             let changed = tracker.on(event);
                             if done {
-                                *self.installed.lock().unwrap_or_else(|p| p.into_inner()) = Some(true);
+                                self.set_installed(true);
                                 self.denied.allowed("list", "feltnodes");
                             }
                             match reading {
                                 Reading::Undecided if done => {
                                     if self.decide(tracker.listed).await {
-                                        self.read_feltnodes("every node has a FeltNode");
-                                        own = own_watch();
+                                        own = self.read_feltnodes("every node has a FeltNode");
                                     } else {
-                                        nodes = Some(NodeWatch::start(&self).await);
-                                        self.set_reading(Reading::Nodes);
+                                        nodes = Some(self.read_nodes().await);
                                     }
                                     true
                                 }
@@ -438,15 +438,14 @@ impl KubeRegistry {
                             if reading != Reading::Feltnodes && matches!(code, Some(403 | 404)) {
                                 // Not installed, or not allowed: Nodes it is, and no more tries.
                                 if code == Some(404) {
-                                    *self.installed.lock().unwrap_or_else(|p| p.into_inner()) = Some(false);
+                                    self.set_installed(false);
                                     warn!("the FeltNode resource (feltnodes.{GROUP}) is not installed: reading peers from Node metadata; apply deploy/felt.yaml's CustomResourceDefinition to cut what each agent receives");
                                 } else {
                                     warn!("RBAC forbids listing FeltNodes: reading peers from Node metadata");
                                 }
                                 records = futures::stream::pending().boxed();
                                 if nodes.is_none() {
-                                    nodes = Some(NodeWatch::start(&self).await);
-                                    self.set_reading(Reading::Nodes);
+                                    nodes = Some(self.read_nodes().await);
                                 }
                                 true
                             } else if reading == Reading::Feltnodes {
@@ -482,8 +481,7 @@ impl KubeRegistry {
                 _ = check.tick() => match reading {
                     Reading::Undecided if tokio::time::Instant::now() >= decide_by => {
                         warn!(after = ?watch::LIST_TIMEOUT, "the FeltNode list did not complete in time; reading peers from Node metadata meanwhile");
-                        nodes = Some(NodeWatch::start(&self).await);
-                        self.set_reading(Reading::Nodes);
+                        nodes = Some(self.read_nodes().await);
                         true
                     }
                     Reading::Nodes if with_records && self.source == PeerSource::Auto && tracker.listed
@@ -495,8 +493,7 @@ impl KubeRegistry {
                         };
                         if differ == 0 {
                             nodes = None;
-                            self.read_feltnodes("every node with backend data now has a matching FeltNode");
-                            own = own_watch();
+                            own = self.read_feltnodes("every node with backend data now has a matching FeltNode");
                             true
                         } else {
                             false
@@ -555,8 +552,10 @@ impl KubeRegistry {
         }
     }
 
-    /// From now on, peers come from FeltNodes only.
-    fn read_feltnodes(&self, why: &str) {
+    /// From now on, peers come from FeltNodes only. Returns the watch of this
+    /// node's own Node (metadata, a field selector: its own updates alone,
+    /// not N nodes'), for its annotations and an operator's overwrite.
+    fn read_feltnodes(&self, why: &str) -> Events<watch::Meta> {
         let n = {
             let mut known = self.known();
             known.reading = Reading::Feltnodes;
@@ -569,6 +568,11 @@ impl KubeRegistry {
             feltnodes = n,
             "{why}: reading peers from FeltNodes only (Node status updates no longer reach this agent)"
         );
+        let api: Api<watch::Meta> = Api::all(self.api.clone().into_client());
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
+        watch::restarting("own node", move || watcher::watcher(api.clone(), config.clone()).boxed())
+            .default_backoff()
+            .boxed()
     }
 
     /// Every [`HEALTH_INTERVAL`], a GET of this node bounded by
@@ -725,7 +729,7 @@ impl KubeRegistry {
             }
             _ => {
                 let annotated = known.own.as_ref()?.0.clone();
-                let watched = *self.installed.lock().unwrap_or_else(|p| p.into_inner()) == Some(true);
+                let watched = self.installed() == Some(true);
                 if watched && feltnode() != annotated { None } else { annotated }
             }
         }
@@ -798,9 +802,7 @@ impl KubeRegistry {
     /// or RBAC forbids it (each said once: the agent still publishes its
     /// annotations, and peers reading Nodes see it). Returns whether it wrote.
     async fn publish_feltnode(&self, record: &NodeRecord, node_uid: &str) -> Result<bool, KubeError> {
-        if self.dialect != Dialect::Felt
-            || *self.installed.lock().unwrap_or_else(|p| p.into_inner()) == Some(false)
-        {
+        if self.dialect != Dialect::Felt || self.installed() == Some(false) {
             return Ok(false);
         }
         let what = || format!("reading FeltNode `{}`", self.node);
@@ -824,8 +826,7 @@ impl KubeRegistry {
             Ok(_) => Ok(true),
             Err(KubeError::Api { source: kube::Error::Api(s), .. }) if s.code == 403 => Ok(false),
             Err(KubeError::Api { source: kube::Error::Api(s), .. }) if s.code == 404 => {
-                let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
-                if installed.replace(false) != Some(false) {
+                if self.set_installed(false) != Some(false) {
                     warn!(
                         "the FeltNode resource (feltnodes.{GROUP}) is not installed: publishing this node in its annotations only"
                     );
