@@ -24,7 +24,7 @@ pub mod userspace;
 
 pub use dataplane::{Dataplane, DataplaneKind};
 pub use model::{FdbEntry, Neighbour, Peer, Route};
-pub use plan::{Desired, Observed, ObservedRoute, Op, apply_to, desired, plan};
+pub use plan::{Desired, Held, Observed, ObservedRoute, Op, apply_to, desired, plan};
 
 /// The route protocol number felt tags its routes with (`ip route … proto 76`),
 /// so a resync removes only routes felt added. Unused by the kernel and by

@@ -88,6 +88,16 @@ pub struct Observed {
     pub fdb: Vec<FdbEntry>,
 }
 
+impl Observed {
+    /// Sorted, so that two hold the same entries exactly when equal.
+    pub fn into_sorted(mut self) -> Self {
+        self.routes.sort_by_key(|r| (r.dst, r.gateway, r.on_device, r.onlink, r.ours));
+        self.neighbours.sort();
+        self.fdb.sort();
+        self
+    }
+}
+
 /// The ops that turn `observed` into `desired`, in the order they must run.
 pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     // Hash lookups throughout: a plan of N peers costs N, not N log N or N².
@@ -187,6 +197,123 @@ pub fn apply_to(observed: &mut Observed, applied: &[Op]) {
             Op::SetFdb(f) => observed.fdb.push(*f),
             _ => {}
         }
+    }
+}
+
+/// What the kernel holds, indexed by the keys a peer's entries have: the
+/// state a pass keeps between passes, so that one peer's change costs
+/// lookups, not a walk of every entry. [`Held::apply`] follows the same
+/// rules as [`apply_to`]; [`Held::around`] cuts out what a [`plan`] of a few
+/// peers must see.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    routes: HashMap<IpNet, Vec<ObservedRoute>>,
+    neighbours: HashMap<IpAddr, MacAddr>,
+    fdb: HashMap<MacAddr, Vec<IpAddr>>,
+}
+
+impl From<Observed> for Held {
+    fn from(o: Observed) -> Self {
+        let mut held = Held::default();
+        for r in o.routes {
+            held.routes.entry(r.dst).or_default().push(r);
+        }
+        held.neighbours = o.neighbours.into_iter().map(|n| (n.ip, n.mac)).collect();
+        for f in o.fdb {
+            let dsts = held.fdb.entry(f.mac).or_default();
+            if !dsts.contains(&f.dst) {
+                dsts.push(f.dst);
+            }
+        }
+        held
+    }
+}
+
+impl Held {
+    /// As it is once the kernel took `applied` (in order).
+    pub fn apply(&mut self, applied: &[Op]) {
+        for op in applied {
+            match op {
+                // A replace takes the destination's place, whoever held it.
+                Op::SetRoute(r) => {
+                    let route = ObservedRoute {
+                        dst: r.dst,
+                        gateway: Some(r.gateway),
+                        on_device: true,
+                        onlink: true,
+                        ours: true,
+                    };
+                    self.routes.insert(r.dst, vec![route]);
+                }
+                // A removal takes felt's own route only.
+                Op::DelRoute(dst) => {
+                    if let Some(rs) = self.routes.get_mut(dst) {
+                        rs.retain(|o| !o.ours);
+                        if rs.is_empty() {
+                            self.routes.remove(dst);
+                        }
+                    }
+                }
+                Op::SetNeighbour(n) => {
+                    self.neighbours.insert(n.ip, n.mac);
+                }
+                Op::DelNeighbour(n) => {
+                    self.neighbours.remove(&n.ip);
+                }
+                Op::SetFdb(f) => {
+                    let dsts = self.fdb.entry(f.mac).or_default();
+                    if !dsts.contains(&f.dst) {
+                        dsts.push(f.dst);
+                    }
+                }
+                Op::DelFdb(f) => {
+                    if let Some(dsts) = self.fdb.get_mut(&f.mac) {
+                        dsts.retain(|d| *d != f.dst);
+                        if dsts.is_empty() {
+                            self.fdb.remove(&f.mac);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the kernel holds at the keys of `peers`' entries (their routes'
+    /// destinations, their VTEP addresses, their MACs): all a [`plan`] from
+    /// those peers' old entries to their new ones needs to see.
+    pub fn around<'a>(&self, peers: impl IntoIterator<Item = &'a Peer>) -> Observed {
+        let (mut dsts, mut ips, mut macs) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for p in peers {
+            dsts.extend(p.pod_cidr.map(IpNet::V4).into_iter().chain(p.pod_cidr6.map(IpNet::V6)));
+            ips.extend(p.vtep_ip().map(IpAddr::V4).into_iter().chain(p.vtep_ip6().map(IpAddr::V6)));
+            macs.insert(p.vtep_mac);
+        }
+        Observed {
+            routes: dsts.iter().filter_map(|d| self.routes.get(d)).flatten().copied().collect(),
+            neighbours: ips
+                .iter()
+                .filter_map(|ip| self.neighbours.get(ip).map(|&mac| Neighbour { ip: *ip, mac }))
+                .collect(),
+            fdb: macs
+                .iter()
+                .filter_map(|mac| self.fdb.get(mac).map(|dsts| (mac, dsts)))
+                .flat_map(|(&mac, dsts)| dsts.iter().map(move |&dst| FdbEntry { mac, dst }))
+                .collect(),
+        }
+    }
+
+    /// Everything, sorted (a plan of it is then the same from run to run).
+    pub fn to_observed(&self) -> Observed {
+        Observed {
+            routes: self.routes.values().flatten().copied().collect(),
+            neighbours: self.neighbours.iter().map(|(&ip, &mac)| Neighbour { ip, mac }).collect(),
+            fdb: self
+                .fdb
+                .iter()
+                .flat_map(|(&mac, dsts)| dsts.iter().map(move |&dst| FdbEntry { mac, dst }))
+                .collect(),
+        }
+        .into_sorted()
     }
 }
 

@@ -200,3 +200,88 @@ fn an_ipv6_only_peer_has_an_ipv6_route_neighbour_and_its_fdb_entry_alone() {
         ]
     );
 }
+
+/// Peer `i` in one of a few shapes (`v` moves its subnet, MAC and
+/// underlay address; they stay its own, so peers never clash).
+fn shaped(i: u8, v: u8) -> Peer {
+    Peer {
+        name: format!("n{i}"),
+        pod_cidr: Some(format!("10.{}.{i}.0/24", 244 + v).parse().unwrap()),
+        pod_cidr6: (v % 2 == 1).then(|| format!("fd00:{v}:{i}::/64").parse().unwrap()),
+        vtep_mac: MacAddr([0x02, 0, 0, 0, v, i]),
+        underlay_ip: IpAddr::V4(Ipv4Addr::new(198, 18, v, i)),
+    }
+}
+
+fn programmed_peers(peers: &[Peer]) -> Observed {
+    let d = crate::desired(peers);
+    Observed {
+        routes: d
+            .routes
+            .iter()
+            .map(|r| ObservedRoute {
+                dst: r.dst,
+                gateway: Some(r.gateway),
+                on_device: true,
+                onlink: true,
+                ours: true,
+            })
+            .collect(),
+        neighbours: d.neighbours,
+        fdb: d.fdb,
+    }
+}
+
+proptest::proptest! {
+    /// `Held` keeps what `apply_to` keeps, from any mix of right, stale,
+    /// foreign and missing entries.
+    #[test]
+    fn held_applies_as_apply_to_does(
+        before in proptest::collection::btree_map(0u8..12, 0u8..3, 0..10),
+        after in proptest::collection::btree_map(0u8..12, 0u8..3, 0..10),
+        foreign in proptest::collection::vec(0u8..12, 0..3),
+    ) {
+        let old: Vec<Peer> = before.iter().map(|(&i, &v)| shaped(i, v)).collect();
+        let new: Vec<Peer> = after.iter().map(|(&i, &v)| shaped(i, v)).collect();
+        let mut seen = programmed_peers(&old);
+        for &i in &foreign {
+            seen.routes.push(ObservedRoute { ours: false, on_device: false, ..route_ok(i) });
+        }
+        let ops = plan(&crate::desired(&new), &seen);
+        let mut held = Held::from(seen.clone());
+        held.apply(&ops);
+        apply_to(&mut seen, &ops);
+        proptest::prop_assert_eq!(held.to_observed(), Held::from(seen).to_observed());
+    }
+
+    /// Planning only the changed peers, against what the kernel holds at
+    /// their keys, leaves the kernel as a plan of every peer does.
+    #[test]
+    fn a_plan_of_the_changed_peers_does_what_a_plan_of_all_does(
+        before in proptest::collection::btree_map(0u8..12, 0u8..3, 0..10),
+        changes in proptest::collection::btree_map(0u8..12, proptest::option::of(0u8..3), 0..5),
+    ) {
+        let old: Vec<Peer> = before.iter().map(|(&i, &v)| shaped(i, v)).collect();
+        let mut after = before.clone();
+        for (&i, v) in &changes {
+            match v {
+                Some(v) => after.insert(i, *v),
+                None => after.remove(&i),
+            };
+        }
+        let new: Vec<Peer> = after.iter().map(|(&i, &v)| shaped(i, v)).collect();
+        let held = Held::from(programmed_peers(&old));
+
+        let mut whole = held.clone();
+        whole.apply(&plan(&crate::desired(&new), &whole.to_observed()));
+
+        let was = changes.keys().filter_map(|i| before.get(i).map(|&v| shaped(*i, v)));
+        let now: Vec<Peer> = changes.keys().filter_map(|i| after.get(i).map(|&v| shaped(*i, v))).collect();
+        let around = held.around(was.chain(now.iter().cloned()).collect::<Vec<_>>().iter());
+        let mut part = held.clone();
+        part.apply(&plan(&crate::desired(&now), &around));
+
+        proptest::prop_assert_eq!(part.to_observed(), programmed_peers(&new).into_sorted());
+        proptest::prop_assert_eq!(whole, part);
+    }
+}
