@@ -17,7 +17,7 @@
 //!   VTEP MAC), the one that was already a peer keeps its place (`stable`),
 //!   then the one whose name sorts first; the other is rejected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::HashMap;
 use std::net::IpAddr;
@@ -59,138 +59,374 @@ pub struct View {
 /// already. Costs N log N at most (records come sorted by name, so the
 /// sorts below mostly merge runs), allocating little beyond the peers.
 pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&str) -> bool) -> View {
-    let mut view = View::default();
-    let mut candidates = Vec::new();
-    for r in records.iter().filter(|r| r.name != me.name) {
-        // Only the cluster's families count: (network, the record's CIDR).
-        let (v4, v6) = (net.network.zip(r.pod_cidr_v4()), net.ipv6_network.zip(r.pod_cidr_v6()));
-        // The first family is required: IPv4, or IPv6 in an IPv6-only cluster.
-        let first = if net.network.is_some() { v4.is_some() } else { v6.is_some() };
-        let (true, Some(underlay_ip), Some(data)) = (first, r.public_ip, r.backend_data) else {
-            view.pending.push(r.name.clone());
-            continue;
-        };
-        use RejectReason as R;
-        let why = if r.backend_type != Some(BackendType::Vxlan) {
-            Some((R::Backend, format!("backend type {:?} is not vxlan", r.backend_type)))
-        } else if data.vni != net.backend.vni {
-            Some((R::Vni, format!("VNI {} differs from ours ({})", data.vni, net.backend.vni)))
-        } else if let Some(Err(e)) = v4.map(|(network, cidr)| validate_pod_cidr(cidr, network)) {
-            Some((R::OutsideNetwork, e.to_string()))
-        } else if let Some((c4, ours)) = v4.map(|(_, c)| c).zip(me.pod_cidr).filter(|(c, o)| overlaps(*c, *o))
-        {
-            Some((R::OverlapsOurs, format!("pod CIDR {c4} overlaps ours ({ours})")))
-        } else if let Some(Err(e)) = v6.map(|(network, cidr)| validate_pod_cidr(cidr, network)) {
-            Some((R::OutsideNetwork, e.to_string()))
-        } else if let Some((c6, ours)) =
-            v6.map(|(_, c)| c).zip(me.pod_cidr6).filter(|(c, o)| overlaps(*c, *o))
-        {
-            Some((R::OverlapsOurs, format!("IPv6 pod CIDR {c6} overlaps ours ({ours})")))
-        } else if underlay_ip.is_ipv4() != me.underlay_ip.is_ipv4() {
-            let ours = if me.underlay_ip.is_ipv4() { "IPv4" } else { "IPv6" };
-            Some((
-                R::UnderlayFamily,
-                format!("underlay IP {underlay_ip} is not {ours}, as ours ({}) is", me.underlay_ip),
-            ))
-        } else if underlay_ip == me.underlay_ip {
-            Some((R::ClaimsOurUnderlay, format!("claims our underlay IP {underlay_ip}")))
-        } else if data.vtep_mac == me.vtep_mac {
-            Some((R::ClaimsOurMac, format!("claims our VTEP MAC {}", data.vtep_mac)))
-        } else {
-            None
-        };
-        match why {
-            Some((reason, message)) => {
-                view.rejected.push(Rejection { node: r.name.clone(), reason, message })
-            }
-            None => candidates.push(Peer {
-                name: r.name.clone(),
-                pod_cidr: v4.map(|(_, c)| c),
-                pod_cidr6: v6.map(|(_, c)| c),
-                vtep_mac: data.vtep_mac,
-                underlay_ip,
-            }),
-        }
-    }
-    // Incumbents first, then by name: a newcomer cannot evict a working peer.
-    let mut candidates: Vec<(bool, Peer)> = candidates.into_iter().map(|c| (!stable(&c.name), c)).collect();
-    candidates.sort_by(|(a_new, a), (b_new, b)| (a_new, &a.name).cmp(&(b_new, &b.name)));
-    let mut taken = Taken::default();
-    for (_, c) in candidates {
-        match taken.clash(&c, &view.peers) {
-            Some(message) => {
-                view.rejected.push(Rejection { node: c.name, reason: RejectReason::Clash, message })
-            }
-            None => {
-                taken.insert(&c, view.peers.len());
-                view.peers.push(c);
-            }
-        }
-    }
-    view.peers.sort_by(|a, b| a.name.cmp(&b.name));
-    view.rejected.sort();
-    view
+    Live::build(records, me, net, stable).view()
 }
 
-/// What the peers accepted so far hold, indexed (by their place in the
-/// peer list), so that checking a candidate costs log N, not N: their pod
-/// CIDRs of each family (disjoint, by first address), underlay IPs and
-/// VTEP MACs.
+/// What one record is on its own, before it meets the others.
+enum Class {
+    Pending,
+    Rejected(RejectReason, String),
+    Candidate(Peer),
+}
+
+/// The rules of the module doc that need no other record.
+fn classify(r: &NodeRecord, me: &Me, net: &NetConfig) -> Class {
+    // Only the cluster's families count: (network, the record's CIDR).
+    let (v4, v6) = (net.network.zip(r.pod_cidr_v4()), net.ipv6_network.zip(r.pod_cidr_v6()));
+    // The first family is required: IPv4, or IPv6 in an IPv6-only cluster.
+    let first = if net.network.is_some() { v4.is_some() } else { v6.is_some() };
+    let (true, Some(underlay_ip), Some(data)) = (first, r.public_ip, r.backend_data) else {
+        return Class::Pending;
+    };
+    use RejectReason as R;
+    let why = if r.backend_type != Some(BackendType::Vxlan) {
+        Some((R::Backend, format!("backend type {:?} is not vxlan", r.backend_type)))
+    } else if data.vni != net.backend.vni {
+        Some((R::Vni, format!("VNI {} differs from ours ({})", data.vni, net.backend.vni)))
+    } else if let Some(Err(e)) = v4.map(|(network, cidr)| validate_pod_cidr(cidr, network)) {
+        Some((R::OutsideNetwork, e.to_string()))
+    } else if let Some((c4, ours)) = v4.map(|(_, c)| c).zip(me.pod_cidr).filter(|(c, o)| overlaps(*c, *o)) {
+        Some((R::OverlapsOurs, format!("pod CIDR {c4} overlaps ours ({ours})")))
+    } else if let Some(Err(e)) = v6.map(|(network, cidr)| validate_pod_cidr(cidr, network)) {
+        Some((R::OutsideNetwork, e.to_string()))
+    } else if let Some((c6, ours)) = v6.map(|(_, c)| c).zip(me.pod_cidr6).filter(|(c, o)| overlaps(*c, *o)) {
+        Some((R::OverlapsOurs, format!("IPv6 pod CIDR {c6} overlaps ours ({ours})")))
+    } else if underlay_ip.is_ipv4() != me.underlay_ip.is_ipv4() {
+        let ours = if me.underlay_ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        Some((
+            R::UnderlayFamily,
+            format!("underlay IP {underlay_ip} is not {ours}, as ours ({}) is", me.underlay_ip),
+        ))
+    } else if underlay_ip == me.underlay_ip {
+        Some((R::ClaimsOurUnderlay, format!("claims our underlay IP {underlay_ip}")))
+    } else if data.vtep_mac == me.vtep_mac {
+        Some((R::ClaimsOurMac, format!("claims our VTEP MAC {}", data.vtep_mac)))
+    } else {
+        None
+    };
+    match why {
+        Some((reason, message)) => Class::Rejected(reason, message),
+        None => Class::Candidate(Peer {
+            name: r.name.clone(),
+            pod_cidr: v4.map(|(_, c)| c),
+            pod_cidr6: v6.map(|(_, c)| c),
+            vtep_mac: data.vtep_mac,
+            underlay_ip,
+        }),
+    }
+}
+
+/// One peer that changed: as it was and as it is (`None`: not a peer).
+pub type PeerChange = (Option<Peer>, Option<Peer>);
+
+/// The cluster view, kept: [`Live::build`] makes it from every record,
+/// [`Live::update`] moves it by the records that changed at a cost that
+/// grows with them, not with the cluster (log N each), and gives the same
+/// view a build would (a table test holds the two together).
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Peers by name.
+    peers: BTreeMap<String, Peer>,
+    /// What the peers hold, indexed.
+    taken: Taken,
+    /// Records not yet complete.
+    pending: BTreeSet<String>,
+    /// Records refused, by name.
+    rejected: BTreeMap<String, Rejection>,
+    /// The refused for a clash with a peer, as the peers they would be.
+    clashed: BTreeMap<String, Peer>,
+}
+
+impl Live {
+    /// The view of `records`; `stable` says which names were peers already.
+    pub fn build(records: &[NodeRecord], me: &Me, net: &NetConfig, stable: impl Fn(&str) -> bool) -> Live {
+        let mut live = Live::default();
+        let mut candidates = Vec::new();
+        for r in records.iter().filter(|r| r.name != me.name) {
+            match classify(r, me, net) {
+                Class::Pending => {
+                    live.pending.insert(r.name.clone());
+                }
+                Class::Rejected(reason, message) => {
+                    live.rejected.insert(r.name.clone(), Rejection { node: r.name.clone(), reason, message });
+                }
+                Class::Candidate(p) => candidates.push(p),
+            }
+        }
+        // Incumbents first, then by name: a newcomer cannot evict a working peer.
+        let mut candidates: Vec<(bool, Peer)> =
+            candidates.into_iter().map(|c| (!stable(&c.name), c)).collect();
+        candidates.sort_by(|(a_new, a), (b_new, b)| (a_new, &a.name).cmp(&(b_new, &b.name)));
+        for (_, c) in candidates {
+            match live.taken.clash(&c) {
+                Some(message) => {
+                    let rejection = Rejection { node: c.name.clone(), reason: RejectReason::Clash, message };
+                    live.rejected.insert(c.name.clone(), rejection);
+                    live.clashed.insert(c.name.clone(), c);
+                }
+                None => {
+                    live.taken.insert(&c);
+                    live.peers.insert(c.name.clone(), c);
+                }
+            }
+        }
+        live
+    }
+
+    /// Moves the view by `changed` (each record that changed, by name:
+    /// `None` when it is gone or no longer a record) and says which peers
+    /// changed. `None`, the view untouched, when a change meets a clash
+    /// (two records claiming one subnet, address or MAC), which only
+    /// [`Live::build`] orders right: build again, with today's peers as the
+    /// incumbents.
+    pub fn update(
+        &mut self,
+        changed: &[(String, Option<NodeRecord>)],
+        me: &Me,
+        net: &NetConfig,
+    ) -> Option<Vec<PeerChange>> {
+        let changed: BTreeMap<&str, Option<&NodeRecord>> = changed
+            .iter()
+            .filter(|(name, _)| *name != me.name)
+            .map(|(name, r)| (name.as_str(), r.as_ref()))
+            .collect();
+        // Step out the changed peers, and see what each record is now.
+        let mut was = Vec::new();
+        for name in changed.keys() {
+            if let Some(p) = self.peers.get(*name) {
+                self.taken.remove(p);
+                was.push(p.clone());
+            }
+        }
+        let mut classes = Vec::new();
+        for (&name, r) in &changed {
+            classes.push((name, r.map(|r| classify(r, me, net))));
+        }
+        // Every candidate must fit beside the peers, and a newcomer must not
+        // claim what a refused record claims (the name order decides that).
+        let mut joined = Vec::new();
+        let mut fits = true;
+        for (name, class) in &classes {
+            let Some(Class::Candidate(c)) = class else { continue };
+            let newcomer = !self.peers.contains_key(*name);
+            let blocks = |(n, p): (&String, &Peer)| !changed.contains_key(n.as_str()) && clash_between(c, p);
+            if self.taken.clash(c).is_some() || (newcomer && self.clashed.iter().any(blocks)) {
+                fits = false;
+                break;
+            }
+            self.taken.insert(c);
+            joined.push(c);
+        }
+        // The refused must still be: nothing they clashed with left.
+        let mut still = Vec::new();
+        if fits {
+            for (name, c) in self.clashed.iter().filter(|(n, _)| !changed.contains_key(n.as_str())) {
+                match self.taken.clash(c) {
+                    Some(message) => still.push((name.clone(), message)),
+                    None => {
+                        fits = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if !fits {
+            for c in joined {
+                self.taken.remove(c);
+            }
+            for p in &was {
+                self.taken.insert(p);
+            }
+            return None;
+        }
+        for (name, message) in still {
+            if let Some(r) = self.rejected.get_mut(&name) {
+                r.message = message;
+            }
+        }
+        let mut changes = Vec::new();
+        for (name, class) in classes {
+            let old = self.peers.remove(name);
+            self.pending.remove(name);
+            self.rejected.remove(name);
+            self.clashed.remove(name);
+            let new = match class {
+                None => None,
+                Some(Class::Pending) => {
+                    self.pending.insert(name.to_owned());
+                    None
+                }
+                Some(Class::Rejected(reason, message)) => {
+                    self.rejected
+                        .insert(name.to_owned(), Rejection { node: name.to_owned(), reason, message });
+                    None
+                }
+                Some(Class::Candidate(p)) => {
+                    self.peers.insert(name.to_owned(), p.clone());
+                    Some(p)
+                }
+            };
+            if old != new {
+                changes.push((old, new));
+            }
+        }
+        Some(changes)
+    }
+
+    /// The peers, by name.
+    pub fn peers(&self) -> impl ExactSizeIterator<Item = &Peer> {
+        self.peers.values()
+    }
+
+    /// A peer, by name.
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.get(name)
+    }
+
+    /// Records not yet complete, by name.
+    pub fn pending(&self) -> impl ExactSizeIterator<Item = &String> {
+        self.pending.iter()
+    }
+
+    /// Why `name`'s record is refused, if it is.
+    pub fn rejection(&self, name: &str) -> Option<&Rejection> {
+        self.rejected.get(name)
+    }
+
+    /// Records refused, by name.
+    pub fn rejected(&self) -> impl ExactSizeIterator<Item = &Rejection> {
+        self.rejected.values()
+    }
+
+    /// The view as lists.
+    pub fn view(&self) -> View {
+        View {
+            peers: self.peers.values().cloned().collect(),
+            pending: self.pending.iter().cloned().collect(),
+            rejected: self.rejected.values().cloned().collect(),
+        }
+    }
+
+    /// The peers that differ between `self` and `other`, as [`Live::update`] says them.
+    pub fn changes_to(&self, other: &Live) -> Vec<PeerChange> {
+        let mut changes = Vec::new();
+        let (mut old, mut new) = (self.peers.values().peekable(), other.peers.values().peekable());
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (Some(o), Some(n)) => o.name.cmp(&n.name),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => break,
+            };
+            match order {
+                std::cmp::Ordering::Less => changes.push((old.next().cloned(), None)),
+                std::cmp::Ordering::Greater => changes.push((None, new.next().cloned())),
+                std::cmp::Ordering::Equal => {
+                    let (o, n) = (old.next().expect("peeked"), new.next().expect("peeked"));
+                    if o != n {
+                        changes.push((Some(o.clone()), Some(n.clone())));
+                    }
+                }
+            }
+        }
+        changes
+    }
+}
+
+/// Whether two would-be peers claim a common subnet, address or MAC.
+fn clash_between(a: &Peer, b: &Peer) -> bool {
+    let v4 = a.pod_cidr.zip(b.pod_cidr).is_some_and(|(x, y)| overlaps(x, y));
+    let v6 = a.pod_cidr6.zip(b.pod_cidr6).is_some_and(|(x, y)| overlaps(x, y));
+    v4 || v6 || a.underlay_ip == b.underlay_ip || a.vtep_mac == b.vtep_mac
+}
+
+/// What the peers accepted so far hold, indexed so that checking a
+/// candidate costs log N, not N: their pod CIDRs of each family (disjoint,
+/// by first address), underlay IPs and VTEP MACs; each names its peer by
+/// MAC (peers' MACs are distinct), and the MACs name the peers.
 #[derive(Debug, Default)]
 struct Taken {
-    /// First address → (last address, peer).
-    cidrs: BTreeMap<u32, (u32, usize)>,
+    /// First address → (last address, prefix length, peer).
+    cidrs: BTreeMap<u32, (u32, u8, MacAddr)>,
     /// The same for IPv6 pod CIDRs.
-    cidrs6: BTreeMap<u128, (u128, usize)>,
-    underlay: HashMap<IpAddr, usize>,
-    macs: HashMap<MacAddr, usize>,
+    cidrs6: BTreeMap<u128, (u128, u8, MacAddr)>,
+    underlay: HashMap<IpAddr, MacAddr>,
+    macs: HashMap<MacAddr, String>,
 }
 
-/// The peer whose range in `taken` (disjoint ranges) overlaps
-/// `first..=last`: if any does, the one starting last at or before `last`.
-fn overlapping<T: Ord + Copy>(taken: &BTreeMap<T, (T, usize)>, first: T, last: T) -> Option<usize> {
-    let (_, &(end, i)) = taken.range(..=last).next_back()?;
-    (end >= first).then_some(i)
+/// The range in `taken` (disjoint ranges) that overlaps `first..=last`: if
+/// any does, the one starting last at or before `last`.
+fn overlapping<T: Ord + Copy>(
+    taken: &BTreeMap<T, (T, u8, MacAddr)>,
+    first: T,
+    last: T,
+) -> Option<(T, u8, MacAddr)> {
+    let (&start, &(end, len, mac)) = taken.range(..=last).next_back()?;
+    (end >= first).then_some((start, len, mac))
 }
 
 impl Taken {
-    /// Why `c` cannot join `peers`, the peers taken so far, if it cannot.
-    fn clash(&self, c: &Peer, peers: &[Peer]) -> Option<String> {
+    fn name(&self, mac: MacAddr) -> &str {
+        self.macs.get(&mac).map_or("?", String::as_str)
+    }
+
+    /// Why `c` cannot join the peers taken so far, if it cannot.
+    fn clash(&self, c: &Peer) -> Option<String> {
         if let Some(c4) = c.pod_cidr {
             let (first, last) = (u32::from(c4.network()), u32::from(c4.broadcast()));
-            if let Some(i) = overlapping(&self.cidrs, first, last) {
-                let p = &peers[i];
-                let theirs = p.pod_cidr.map(|c| c.to_string()).unwrap_or_default();
-                return Some(format!("pod CIDR {c4} overlaps peer {} ({theirs})", p.name));
+            if let Some((start, len, mac)) = overlapping(&self.cidrs, first, last) {
+                let theirs = Ipv4Net::new(start.into(), len).map(|c| c.to_string()).unwrap_or_default();
+                return Some(format!("pod CIDR {c4} overlaps peer {} ({theirs})", self.name(mac)));
             }
         }
         if let Some(c6) = c.pod_cidr6 {
             let (first, last) = (u128::from(c6.network()), u128::from(c6.broadcast()));
-            if let Some(i) = overlapping(&self.cidrs6, first, last) {
-                let p = &peers[i];
-                let theirs = p.pod_cidr6.map(|c| c.to_string()).unwrap_or_default();
-                return Some(format!("IPv6 pod CIDR {c6} overlaps peer {} ({theirs})", p.name));
+            if let Some((start, len, mac)) = overlapping(&self.cidrs6, first, last) {
+                let theirs = Ipv6Net::new(start.into(), len).map(|c| c.to_string()).unwrap_or_default();
+                return Some(format!("IPv6 pod CIDR {c6} overlaps peer {} ({theirs})", self.name(mac)));
             }
         }
-        if let Some(&i) = self.underlay.get(&c.underlay_ip) {
-            return Some(format!("underlay IP {} is peer {}'s", c.underlay_ip, peers[i].name));
+        if let Some(&mac) = self.underlay.get(&c.underlay_ip) {
+            return Some(format!("underlay IP {} is peer {}'s", c.underlay_ip, self.name(mac)));
         }
-        if let Some(&i) = self.macs.get(&c.vtep_mac) {
-            return Some(format!("VTEP MAC {} is peer {}'s", c.vtep_mac, peers[i].name));
+        if self.macs.contains_key(&c.vtep_mac) {
+            return Some(format!("VTEP MAC {} is peer {}'s", c.vtep_mac, self.name(c.vtep_mac)));
         }
         None
     }
 
-    /// `p` is taken, at place `i` of the peer list.
-    fn insert(&mut self, p: &Peer, i: usize) {
+    /// `p` is taken.
+    fn insert(&mut self, p: &Peer) {
+        let mac = p.vtep_mac;
         if let Some(c4) = p.pod_cidr {
-            self.cidrs.insert(u32::from(c4.network()), (u32::from(c4.broadcast()), i));
+            self.cidrs.insert(u32::from(c4.network()), (u32::from(c4.broadcast()), c4.prefix_len(), mac));
         }
         if let Some(c6) = p.pod_cidr6 {
-            self.cidrs6.insert(u128::from(c6.network()), (u128::from(c6.broadcast()), i));
+            self.cidrs6.insert(u128::from(c6.network()), (u128::from(c6.broadcast()), c6.prefix_len(), mac));
         }
-        self.underlay.insert(p.underlay_ip, i);
-        self.macs.insert(p.vtep_mac, i);
+        self.underlay.insert(p.underlay_ip, mac);
+        self.macs.insert(mac, p.name.clone());
+    }
+
+    /// `p`, taken, is no longer.
+    fn remove(&mut self, p: &Peer) {
+        let mac = p.vtep_mac;
+        if let Some(c4) = p.pod_cidr {
+            let first = u32::from(c4.network());
+            if self.cidrs.get(&first).is_some_and(|e| e.2 == mac) {
+                self.cidrs.remove(&first);
+            }
+        }
+        if let Some(c6) = p.pod_cidr6 {
+            let first = u128::from(c6.network());
+            if self.cidrs6.get(&first).is_some_and(|e| e.2 == mac) {
+                self.cidrs6.remove(&first);
+            }
+        }
+        if self.underlay.get(&p.underlay_ip) == Some(&mac) {
+            self.underlay.remove(&p.underlay_ip);
+        }
+        self.macs.remove(&mac);
     }
 }
 
@@ -410,12 +646,94 @@ mod tests {
                         || p.underlay_ip == c.underlay_ip
                         || p.vtep_mac == c.vtep_mac
                 });
-                assert_eq!(taken.clash(&c, &accepted).is_some(), scan, "{c:?} against {accepted:?}");
+                assert_eq!(taken.clash(&c).is_some(), scan, "{c:?} against {accepted:?}");
                 if !scan {
-                    taken.insert(&c, accepted.len());
+                    taken.insert(&c);
                     accepted.push(c);
                 }
             }
         }
+    }
+
+    /// `Live::update` gives what a build from every record gives, with the
+    /// peers before the change as incumbents, and says the peers that
+    /// changed; when it declines (a clash), a build is what the agent does.
+    /// Random batches of changes over a few names, subnets (nested and
+    /// overlapping), addresses and MACs, so that clashes, refusals and
+    /// pending records come and go.
+    #[test]
+    fn an_update_gives_what_a_build_gives() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % u64::from(n)) as u32
+        };
+        let cidrs = [
+            "10.244.2.0/24",
+            "10.244.3.0/24",
+            "10.244.2.0/23",
+            "10.244.4.0/24",
+            "10.244.1.0/24",
+            "10.245.0.0/24",
+        ];
+        let net = NetConfig::default();
+        let (mut updated, mut declined) = (0, 0);
+        for _ in 0..300 {
+            let mut records: BTreeMap<String, NodeRecord> = BTreeMap::new();
+            let mut live = Live::default();
+            for _ in 0..30 {
+                let mut batch = Vec::new();
+                for _ in 0..=next(3) {
+                    let name = format!("n{}", next(8));
+                    let r = match next(10) {
+                        0 | 1 => None,
+                        2 => Some(NodeRecord::new(&name)),
+                        _ => Some(rec(
+                            &name,
+                            cidrs[next(cidrs.len() as u32) as usize],
+                            &format!("198.18.7.{}", 11 + next(6)),
+                            1 + next(6) as u8,
+                        )),
+                    };
+                    match &r {
+                        Some(r) => records.insert(name.clone(), r.clone()),
+                        None => records.remove(&name),
+                    };
+                    batch.push((name, r));
+                }
+                // Later changes of one name in a batch win, as in a registry.
+                batch.reverse();
+                let mut seen = BTreeSet::new();
+                batch.retain(|(n, _)| seen.insert(n.clone()));
+                let all: Vec<NodeRecord> = records.values().cloned().collect();
+                let incumbents: BTreeSet<String> = live.peers().map(|p| p.name.clone()).collect();
+                let built = Live::build(&all, &me(), &net, |n| incumbents.contains(n));
+                let want_changes = live.changes_to(&built);
+                match live.update(&batch, &me(), &net) {
+                    Some(changes) => {
+                        updated += 1;
+                        assert_eq!(live.view(), built.view(), "after {batch:?}");
+                        let mut changes = changes;
+                        changes.sort_by(|a, b| {
+                            a.0.as_ref()
+                                .or(a.1.as_ref())
+                                .map(|p| &p.name)
+                                .cmp(&b.0.as_ref().or(b.1.as_ref()).map(|p| &p.name))
+                        });
+                        assert_eq!(changes, want_changes, "after {batch:?}");
+                    }
+                    None => {
+                        declined += 1;
+                        live = built;
+                    }
+                }
+            }
+        }
+        assert!(
+            updated > 5_000 && declined > 100,
+            "both ways taken often: {updated} updates, {declined} builds"
+        );
     }
 }
