@@ -41,7 +41,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-use felt_overlay::Peer;
 use felt_overlay::dataplane::{Dataplane, DataplaneKind, StartError};
 use felt_overlay::kernel::{Kernel, KernelError, Underlay, UnderlayChoice};
 use felt_overlay::userspace::Offloads;
@@ -232,10 +231,16 @@ impl Wakeups {
 
 #[derive(Debug, Default)]
 struct State {
-    peers: Vec<Peer>,
+    /// The cluster view as the last pass left it.
+    live: Option<view::Live>,
+    /// The last pass ran to its end: what it remembers (the view, the
+    /// kernel's entries, the tables) matches what it programmed.
+    complete: bool,
+    /// The documents refused, by name, and why.
+    malformed: BTreeMap<String, String>,
     /// The device's entries as the last pass left them (its index, and the
     /// part felt owns); `None` after a failed write, so the next pass dumps.
-    known: Option<(u32, felt_overlay::Observed)>,
+    known: Option<(u32, felt_overlay::Held)>,
     /// felt's nftables table as the last pass left it; `None` after a failure.
     nft_known: Option<felt_overlay::nft::Table>,
     /// The same for its `ip6` table (the IPv6 masquerade, an IPv6
@@ -244,8 +249,8 @@ struct State {
     /// The `ip6` table was seen right once: when nothing is wanted in it
     /// (an IPv4 cluster on an IPv4 underlay) it is then left alone.
     nft6_checked: bool,
-    /// The peer table last handed to the userspace engine.
-    engine_peers: Option<Vec<Peer>>,
+    /// The userspace engine was handed its first peer table.
+    engine_fed: bool,
     /// What was last logged per bad document or record, so each is said once.
     complaints: BTreeMap<String, String>,
     /// The last publish failed (a refused status patch, say): retry it.

@@ -2,11 +2,12 @@
 //! the node publishes about itself (its record and the subnet file).
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use felt_overlay::kernel::ApplyReport;
-use felt_overlay::{Op, Peer, plan};
+use felt_overlay::{Held, Op, Peer, plan};
 use felt_proto::{BackendData, BackendType, NodeRecord, SubnetFile};
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
@@ -14,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::metrics::{OpLabels, PeerState, PhaseLabel, ReasonLabel, ResultLabel, StateLabel};
 use super::status::{Malformed, ReconcileView, rfc3339};
 use super::{Agent, view};
-use crate::registry::Snapshot;
+use crate::registry::{Changed, Snapshot};
 use crate::util::error_chain;
 use crate::util::write_atomic;
 
@@ -115,19 +116,23 @@ impl Agent {
     async fn reconcile_inner(&mut self, pass: Pass, started: Instant) -> bool {
         let shared = self.shared.clone();
         let mut phase = Phases::new(&shared.metrics);
-        let Some((snap, synced)) = self.read_registry(pass).await else { return false };
-        phase.done("registry");
-        let view = self.accept(&snap, synced);
-        phase.done("view");
-        let Some(index) = self.ensure_device(&view.peers).await else { return false };
-        phase.done("device");
+        // A pass that ended early may have moved the view without the
+        // kernel: the next one starts from nothing it remembers.
+        if !std::mem::replace(&mut self.state.complete, false) {
+            self.forget();
+        }
         // What the last pass left, when only the registry changed since.
-        let known = self.state.known.take().filter(|(i, _)| pass == Pass::Registry && *i == index);
-        let cached = known.is_some();
-        let owned = match known {
-            Some((_, owned)) => owned,
+        let known = self.state.known.take().filter(|_| pass == Pass::Registry);
+        let Some((read, synced)) = self.read_registry(pass).await else { return false };
+        phase.done("registry");
+        let Some(changes) = self.accept(read, synced) else { return false };
+        phase.done("view");
+        let Some(index) = self.ensure_device(!changes.is_empty()).await else { return false };
+        phase.done("device");
+        let (mut held, fresh) = match known.filter(|(i, _)| *i == index) {
+            Some((_, held)) => (held, None),
             None => match self.kernel.observe(index).await {
-                Ok(o) => self.dataplane.owned(o),
+                Ok(o) => (Held::default(), Some(self.dataplane.owned(o))),
                 Err(e) => {
                     self.shared.state().programmed = false;
                     self.fail(format!("cannot read the data plane; will retry: {}", error_chain(&e)));
@@ -136,38 +141,70 @@ impl Agent {
             },
         };
         phase.done("observe");
-        let ops = plan(&self.dataplane.desired(&view.peers), &owned);
-        self.expect(&owned, cached, &ops);
+        let ops = match &fresh {
+            // Only the peers that changed, against what the kernel holds at their keys.
+            None => {
+                let now: Vec<Peer> = changes.iter().filter_map(|(_, now)| now.clone()).collect();
+                let around = held.around(changes.iter().flat_map(|(was, now)| was.iter().chain(now)));
+                plan(&self.dataplane.desired(&now), &around)
+            }
+            Some(observed) => plan(&self.dataplane.desired(&self.all_peers()), observed),
+        };
+        self.expect(fresh.as_ref(), &held, &ops);
         let report = if ops.is_empty() { Default::default() } else { self.kernel.apply(index, &ops).await };
         self.count_applied(&report);
         if report.failed.is_empty() {
-            let mut owned = owned;
-            felt_overlay::apply_to(&mut owned, &report.applied);
-            self.state.known = Some((index, owned));
+            if let Some(observed) = fresh {
+                held = Held::from(observed);
+            }
+            held.apply(&report.applied);
+            self.state.known = Some((index, held));
         } else {
             // Unsure what the device holds: every change wakes the repair.
             *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         phase.done("apply");
-        let egress_ok = self.reconcile_nft(&view.peers, pass);
+        let egress_ok = self.reconcile_nft(&changes, pass);
         phase.done("nftables");
         let in_sync = report.failed.is_empty() && egress_ok;
-        self.report(&view.peers, &report, in_sync, started.elapsed());
-        self.check_limits(view.peers.len());
+        self.report(&report, in_sync, started.elapsed());
+        self.check_limits(self.peer_count());
         phase.done("report");
+        self.state.complete = true;
         in_sync && synced
+    }
+
+    /// Drops what passes remember of the registry, the kernel and the
+    /// tables: the next pass reads all three whole.
+    fn forget(&mut self) {
+        self.state.live = None;
+        self.state.known = None;
+        self.state.nft_known = None;
+        self.state.nft_known6 = None;
+    }
+
+    /// Every peer, by name.
+    fn all_peers(&self) -> Vec<Peer> {
+        self.state.live.as_ref().map(|l| l.peers().cloned().collect()).unwrap_or_default()
+    }
+
+    fn peer_count(&self) -> usize {
+        self.state.live.as_ref().map_or(0, |l| l.peers().len())
     }
 
     /// Tells the change listener what the device will hold once `ops` are
     /// done, before they are sent, so their echoes are recognised: from
-    /// what it already knew when `cached`, else from `owned`, just dumped.
-    fn expect(&self, owned: &felt_overlay::Observed, cached: bool, ops: &[felt_overlay::Op]) {
+    /// what it already knew, or from `fresh`, just dumped.
+    fn expect(&self, fresh: Option<&felt_overlay::Observed>, held: &Held, ops: &[felt_overlay::Op]) {
         use felt_overlay::kernel::echo::Expected;
         let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
-        match expected.as_mut() {
-            Some(e) if cached => e.update(ops),
-            _ => {
-                let mut e = Expected::of(owned);
+        match (expected.as_mut(), fresh) {
+            (Some(e), None) => e.update(ops),
+            (_, fresh) => {
+                let mut e = match fresh {
+                    Some(observed) => Expected::of(observed),
+                    None => Expected::of(&held.to_observed()),
+                };
                 e.update(ops);
                 *expected = Some(e);
             }
@@ -190,16 +227,23 @@ impl Agent {
         }
     }
 
-    /// The registry's records, publishing ours again when it is missing,
-    /// stale or was changed under us; `None` (the data plane kept as it is)
-    /// when the registry cannot be read.
-    async fn read_registry(&mut self, pass: Pass) -> Option<(Snapshot, bool)> {
+    /// What changed in the registry (everything, on a full pass or when it
+    /// cannot say), publishing our record again when it is missing, stale
+    /// or was changed under us; `None` (the data plane kept as it is) when
+    /// the registry cannot be read.
+    async fn read_registry(&mut self, pass: Pass) -> Option<(Read, bool)> {
         let full = pass == Pass::Full;
         if full {
             self.shared.metrics.relists.inc();
         }
-        let (snap, synced) = match self.registry.snapshot(full) {
-            Ok(s) => s,
+        let changes = if full || self.state.live.is_none() { Ok(None) } else { self.registry.changes() };
+        let read = match changes {
+            Ok(Some((changes, synced))) => Ok((Read::Changes(changes), synced)),
+            Ok(None) => self.registry.snapshot(full).map(|(snap, synced)| (Read::Whole(snap), synced)),
+            Err(e) => Err(e),
+        };
+        let (read, synced) = match read {
+            Ok(r) => r,
             Err(e) => {
                 self.shared.metrics.registry_errors.inc();
                 self.shared.state().registry_synced = false;
@@ -210,61 +254,148 @@ impl Agent {
                 return None;
             }
         };
+        let me = self.me.name.as_str();
+        let in_read = match &read {
+            Read::Whole(snap) => Some(snap.records.iter().find(|r| r.name == me).cloned()),
+            Read::Changes(changes) => {
+                changes.iter().find(|c| c.name == me).map(|c| c.now.clone().and_then(Result::ok))
+            }
+        };
         let wanted = self.wanted_record();
-        if synced
-            && (self.state.publish_failed
-                || self.registry.published(&snap, &self.me.name).as_ref() != Some(&wanted))
-        {
+        let stale = self.registry.published(in_read).is_some_and(|p| p.as_ref() != Some(&wanted));
+        if synced && (self.state.publish_failed || stale) {
             self.publish().await;
         }
-        Some((snap, synced))
+        Some((read, synced))
     }
 
-    /// Turns records into peers (see [`view::build`]), says once why each bad
-    /// one is skipped, and shows the result in the metrics and the state.
-    fn accept(&mut self, snap: &Snapshot, synced: bool) -> view::View {
-        let mut live = BTreeSet::new();
-        for (file, why) in &snap.malformed {
-            live.insert(file.clone());
-            self.complain_once(file.clone(), why, "malformed", "ignoring malformed node document");
-        }
-        // The last pass's peers, sorted by name.
-        let was = &self.state.peers;
-        let stable = |name: &str| was.binary_search_by(|p| p.name.as_str().cmp(name)).is_ok();
-        let view = view::build(&snap.records, &self.me, &self.cfg.net, stable);
-        for r in &view.rejected {
-            live.insert(r.node.clone());
-            self.complain_once(r.node.clone(), &r.message, r.reason.label(), "ignoring node record");
-        }
-        self.state.complaints.retain(|k, _| live.contains(k));
-        self.log_peer_changes(&view.peers);
+    /// Moves the view (see [`view::Live`]) by what was read, says once why
+    /// each bad document or record is skipped, and shows the result in the
+    /// metrics and the state; the peers that changed, or `None` when the
+    /// registry cannot be read for a build.
+    fn accept(&mut self, read: Read, synced: bool) -> Option<Vec<view::PeerChange>> {
+        let (changes, whole) = match read {
+            Read::Whole(snap) => (self.rebuild(&snap), true),
+            Read::Changes(docs) => {
+                let records: Vec<(String, Option<NodeRecord>)> =
+                    docs.iter().map(|c| (c.name.clone(), c.now.clone().and_then(Result::ok))).collect();
+                let (me, net) = (&self.me, &self.cfg.net);
+                let updated = self.state.live.as_mut().and_then(|live| live.update(&records, me, net));
+                for doc in docs {
+                    match doc.now {
+                        Some(Err(why)) => {
+                            self.complain_once(doc.document.clone(), &why, "malformed", MALFORMED);
+                            self.state.malformed.insert(doc.document, why);
+                        }
+                        _ => {
+                            self.state.complaints.remove(&doc.document);
+                            self.state.malformed.remove(&doc.document);
+                        }
+                    }
+                }
+                match updated {
+                    Some(changes) => {
+                        self.complain_of(records.iter().map(|(name, _)| name.as_str()));
+                        (changes, false)
+                    }
+                    // A clash: only a build orders it.
+                    None => match self.registry.snapshot(false) {
+                        Ok((snap, _)) => (self.rebuild(&snap), true),
+                        Err(e) => {
+                            self.state.live = None;
+                            self.shared.metrics.registry_errors.inc();
+                            self.fail(format!("cannot read the registry: {}", error_chain(&e)));
+                            return None;
+                        }
+                    },
+                }
+            }
+        };
+        self.log_peer_changes(&changes);
+        let live = self.state.live.as_ref().expect("a view was just built or moved");
         let m = &self.shared.metrics;
-        m.peers.get_or_create(&StateLabel { state: PeerState::desired }).set(view.peers.len() as i64);
-        m.peers.get_or_create(&StateLabel { state: PeerState::rejected }).set(view.rejected.len() as i64);
-        m.peers.get_or_create(&StateLabel { state: PeerState::pending }).set(view.pending.len() as i64);
+        m.peers.get_or_create(&StateLabel { state: PeerState::desired }).set(live.peers().len() as i64);
+        m.peers.get_or_create(&StateLabel { state: PeerState::rejected }).set(live.rejected().len() as i64);
+        m.peers.get_or_create(&StateLabel { state: PeerState::pending }).set(live.pending().len() as i64);
         let mut st = self.shared.state();
         st.registry_synced = synced;
         st.forbidden = self.registry.forbidden();
         st.peer_source = self.registry.peer_source();
-        st.peers = view.peers.clone();
-        st.pending = view.pending.clone();
-        st.rejected = view.rejected.clone();
-        st.malformed = snap
+        if whole {
+            st.peers = live.peers().cloned().collect();
+        } else {
+            patch(&mut st.peers, &changes);
+        }
+        st.pending = live.pending().cloned().collect();
+        st.rejected = live.rejected().cloned().collect();
+        st.malformed = self
+            .state
             .malformed
             .iter()
             .map(|(document, error)| Malformed { document: document.clone(), error: error.clone() })
             .collect();
         drop(st);
-        view
+        Some(changes)
     }
 
-    /// Hands the engine its peers (the first table too, even empty: the
-    /// userspace workers wait for it) and creates or repairs the device;
+    /// Builds the view from every record, with today's peers as the
+    /// incumbents (see [`view::build`]), and says every complaint again.
+    fn rebuild(&mut self, snap: &Snapshot) -> Vec<view::PeerChange> {
+        let old = self.state.live.take();
+        let stable = |name: &str| old.as_ref().is_some_and(|l| l.peer(name).is_some());
+        let new = view::Live::build(&snap.records, &self.me, &self.cfg.net, stable);
+        let changes = match &old {
+            Some(old) => old.changes_to(&new),
+            None => new.peers().map(|p| (None, Some(p.clone()))).collect(),
+        };
+        let rejected: Vec<_> = new.rejected().cloned().collect();
+        self.state.live = Some(new);
+        let mut live = BTreeSet::new();
+        for (file, why) in &snap.malformed {
+            live.insert(file.clone());
+            self.complain_once(file.clone(), why, "malformed", MALFORMED);
+        }
+        for r in rejected {
+            live.insert(r.node.clone());
+            self.complain_once(r.node, &r.message, r.reason.label(), REJECTED);
+        }
+        self.state.complaints.retain(|k, _| live.contains(k));
+        self.state.malformed = snap.malformed.iter().cloned().collect();
+        changes
+    }
+
+    /// Says once why each of `names` is refused, forgets those that are not
+    /// any more, and says again why each record refused for a clash is (the
+    /// peer it clashes with may have changed).
+    fn complain_of<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
+        let Some(live) = self.state.live.as_ref() else { return };
+        let mut now = Vec::new();
+        let mut gone = Vec::new();
+        for name in names {
+            match live.rejection(name) {
+                Some(r) => now.push(r.clone()),
+                None => gone.push(name.to_owned()),
+            }
+        }
+        // Said again only when it changed (see `complain_once`).
+        let clashes = live.rejected().filter(|r| r.reason == view::RejectReason::Clash);
+        now.extend(clashes.cloned().collect::<Vec<_>>());
+        for name in gone {
+            self.state.complaints.remove(&name);
+        }
+        for r in now {
+            self.complain_once(r.node, &r.message, r.reason.label(), REJECTED);
+        }
+    }
+
+    /// Hands the engine its peers when they changed (the first table too,
+    /// even empty: the userspace workers wait for it) and creates or
+    /// repairs the device;
     /// its index, or `None` when it cannot be set up.
-    async fn ensure_device(&mut self, peers: &[Peer]) -> Option<u32> {
-        if self.dataplane.engine().is_some() && self.state.engine_peers.as_deref() != Some(peers) {
-            self.dataplane.set_peers(peers);
-            self.state.engine_peers = Some(peers.to_vec());
+    async fn ensure_device(&mut self, peers_changed: bool) -> Option<u32> {
+        if self.dataplane.engine().is_some() && (peers_changed || !self.state.engine_fed) {
+            self.dataplane.set_peers(&self.all_peers());
+            self.state.engine_fed = true;
         }
         self.shared.refresh_engine_metrics();
         match self.dataplane.ensure_device(&self.kernel, self.me.pod_cidr, self.me.pod_cidr6).await {
@@ -297,12 +428,14 @@ impl Agent {
     }
 
     /// The pass's outcome in the metrics, the state and the log.
-    fn report(&self, peers: &[Peer], report: &ApplyReport, in_sync: bool, elapsed: Duration) {
-        let programmed_peers = if in_sync {
-            peers.len()
-        } else {
-            peers.iter().filter(|p| !report.failed.iter().any(|(op, _)| concerns(op, p))).count()
+    fn report(&self, report: &ApplyReport, in_sync: bool, elapsed: Duration) {
+        let peers = self.state.live.as_ref().map(|l| l.peers());
+        let programmed_peers = match peers {
+            None => 0,
+            Some(peers) if in_sync => peers.len(),
+            Some(peers) => peers.filter(|p| !report.failed.iter().any(|(op, _)| concerns(op, p))).count(),
         };
+        let peers = self.peer_count();
         let m = &self.shared.metrics;
         m.peers.get_or_create(&StateLabel { state: PeerState::programmed }).set(programmed_peers as i64);
         if in_sync {
@@ -321,9 +454,9 @@ impl Agent {
             });
         }
         if applied + failed == 0 {
-            debug!(peers = peers.len(), ?elapsed, "in sync");
+            debug!(peers, ?elapsed, "in sync");
         } else {
-            info!(peers = peers.len(), applied, failed, ?elapsed, "reconciled");
+            info!(peers, applied, failed, ?elapsed, "reconciled");
         }
     }
 
@@ -331,57 +464,95 @@ impl Agent {
     /// CIDRs, the VXLAN port lock (kernel mode), and every node's underlay
     /// address in their set (see `felt_overlay::nft`): table `ip felt`, and
     /// `ip6 felt` for the IPv6 masquerade and an IPv6 underlay's lock;
-    /// `false` on failure. A registry pass plans against the table the last
-    /// pass left; others read it (and the port lock's drop counter) from the
-    /// kernel.
-    fn reconcile_nft(&mut self, peers: &[Peer], pass: Pass) -> bool {
-        use felt_overlay::nft::{Family, Table};
+    /// `false` on failure. A registry pass moves the set the last pass left
+    /// by the peers that changed; others read the table (and the port
+    /// lock's drop counter) from the kernel.
+    fn reconcile_nft(&mut self, changes: &[view::PeerChange], pass: Pass) -> bool {
+        use felt_overlay::nft::Family;
         let locked = self.cfg.vxlan_port_lock && self.dataplane.engine().is_none();
         let ipv6 = self.underlay.ip.is_ipv6();
-        let ours = self.underlay.ip;
-        let nodes = |v6: bool| {
-            peers.iter().map(|p| p.underlay_ip).chain([ours]).filter(|ip| ip.is_ipv6() == v6).collect()
-        };
         let masq = self.cfg.net.ip_masq;
-        let want = Table {
-            masquerade: self.cfg.net.network.map(IpNet::V4).filter(|_| masq),
-            port_lock: (locked && !ipv6).then_some(self.dataplane.spec().port),
-            nodes: nodes(false),
-        };
-        let ok = self.reconcile_table(Family::Ipv4, want, pass);
-        let want6 = Table {
+        let port = self.dataplane.spec().port;
+        let ok = self.reconcile_table(
+            Family::Ipv4,
+            Shape {
+                masquerade: self.cfg.net.network.map(IpNet::V4).filter(|_| masq),
+                port_lock: (locked && !ipv6).then_some(port),
+            },
+            changes,
+            pass,
+        );
+        let shape6 = Shape {
             masquerade: self.cfg.net.ipv6_network.map(IpNet::V6).filter(|_| masq),
-            port_lock: (locked && ipv6).then_some(self.dataplane.spec().port),
-            nodes: nodes(true),
+            port_lock: (locked && ipv6).then_some(port),
         };
         // An empty ip6 table is checked once (a leftover goes) and then left alone.
-        if want6.is_empty() && self.state.nft6_checked {
+        if shape6.masquerade.is_none() && shape6.port_lock.is_none() && self.state.nft6_checked {
             return ok;
         }
-        let ok6 = self.reconcile_table(Family::Ipv6, want6, pass);
+        let ok6 = self.reconcile_table(Family::Ipv6, shape6, changes, pass);
         self.state.nft6_checked |= ok6;
         ok && ok6
+    }
+
+    /// Every node's underlay address of `family`'s table, ours included.
+    fn nodes_of(&self, family: felt_overlay::nft::Family) -> BTreeSet<IpAddr> {
+        let v6 = family == felt_overlay::nft::Family::Ipv6;
+        let peers = self.state.live.iter().flat_map(|l| l.peers()).map(|p| p.underlay_ip);
+        peers.chain([self.underlay.ip]).filter(|ip| ip.is_ipv6() == v6).collect()
     }
 
     /// One table of [`Self::reconcile_nft`].
     fn reconcile_table(
         &mut self,
         family: felt_overlay::nft::Family,
-        want: felt_overlay::nft::Table,
+        shape: Shape,
+        changes: &[view::PeerChange],
         pass: Pass,
     ) -> bool {
-        use felt_overlay::nft::{self, Family, Nft};
+        use felt_overlay::nft::{self, Family, Nft, Plan, Table};
         let known_slot =
             if family == Family::Ipv6 { &mut self.state.nft_known6 } else { &mut self.state.nft_known };
         let known = known_slot.take().filter(|_| pass == Pass::Registry);
+        // A registry pass, the table's shape as it was: the set moves by the
+        // peers that changed, and that is the plan.
+        let (want, moved) = match known {
+            Some(mut k) if k.masquerade == shape.masquerade && k.port_lock == shape.port_lock => {
+                let v6 = family == Family::Ipv6;
+                let of = |p: &Option<Peer>| p.as_ref().map(|p| p.underlay_ip).filter(|ip| ip.is_ipv6() == v6);
+                let went: BTreeSet<IpAddr> = changes.iter().filter_map(|(was, _)| of(was)).collect();
+                let came: BTreeSet<IpAddr> = changes.iter().filter_map(|(_, now)| of(now)).collect();
+                let add: Vec<IpAddr> = came.iter().filter(|ip| !k.nodes.contains(ip)).copied().collect();
+                let del: Vec<IpAddr> = went.difference(&came).copied().collect();
+                for ip in &del {
+                    k.nodes.remove(ip);
+                }
+                k.nodes.extend(add.iter().copied());
+                let plan = if add.is_empty() && del.is_empty() {
+                    Plan::Nothing
+                } else {
+                    Plan::Elements { add, del }
+                };
+                (k, Some(plan))
+            }
+            k => {
+                let want = Table {
+                    masquerade: shape.masquerade,
+                    port_lock: shape.port_lock,
+                    nodes: self.nodes_of(family),
+                };
+                let plan = k.map(|k| nft::plan(Some(&want), &nft::Observed::built(&k)));
+                (want, plan)
+            }
+        };
         let socket = if family == Family::Ipv6 { &mut self.nft6 } else { &mut self.nft };
         let result = (|| {
             let n = match socket {
                 Some(n) => n,
                 None => socket.insert(Nft::open_for(family)?),
             };
-            let (p, locked_out) = match &known {
-                Some(k) => (nft::plan(Some(&want), &nft::Observed::built(k)), None),
+            let (p, locked_out) = match moved {
+                Some(p) => (p, None),
                 None => {
                     let seen = n.observe()?;
                     (nft::plan(Some(&want), &seen), Some(seen.locked_out.unwrap_or(0)))
@@ -438,30 +609,52 @@ impl Agent {
         }
     }
 
-    /// Says who joined, changed and left: a merge of the old and new peer
-    /// lists, both sorted by name.
-    fn log_peer_changes(&mut self, peers: &[Peer]) {
-        let joined = |p: &Peer| info!(peer = %p.name, pod_cidrs = %p.pod_cidrs(), underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer joined");
-        let left = |p: &Peer| info!(peer = %p.name, "peer left");
-        let (mut old, mut new) = (self.state.peers.iter().peekable(), peers.iter().peekable());
-        loop {
-            match (old.peek(), new.peek()) {
-                (Some(o), Some(n)) => match o.name.cmp(&n.name) {
-                    std::cmp::Ordering::Less => left(old.next().expect("peeked")),
-                    std::cmp::Ordering::Greater => joined(new.next().expect("peeked")),
-                    std::cmp::Ordering::Equal => {
-                        let (o, n) = (old.next().expect("peeked"), new.next().expect("peeked"));
-                        if o != n {
-                            info!(peer = %n.name, pod_cidrs = %n.pod_cidrs(), underlay = %n.underlay_ip, vtep_mac = %n.vtep_mac, "peer changed");
-                        }
-                    }
-                },
-                (Some(_), None) => left(old.next().expect("peeked")),
-                (None, Some(_)) => joined(new.next().expect("peeked")),
-                (None, None) => break,
+    /// Says who joined, changed and left.
+    fn log_peer_changes(&self, changes: &[view::PeerChange]) {
+        for change in changes {
+            match change {
+                (None, Some(p)) => {
+                    info!(peer = %p.name, pod_cidrs = %p.pod_cidrs(), underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer joined")
+                }
+                (Some(_), Some(p)) => {
+                    info!(peer = %p.name, pod_cidrs = %p.pod_cidrs(), underlay = %p.underlay_ip, vtep_mac = %p.vtep_mac, "peer changed")
+                }
+                (Some(p), None) => info!(peer = %p.name, "peer left"),
+                (None, None) => {}
             }
         }
-        self.state.peers = peers.to_vec();
+    }
+}
+
+/// What felt's nftables table holds besides the node set.
+struct Shape {
+    masquerade: Option<IpNet>,
+    port_lock: Option<u16>,
+}
+
+/// What a pass read of the registry.
+enum Read {
+    /// Every document: a full pass, or the registry cannot say what changed.
+    Whole(Snapshot),
+    /// The documents that changed since the last read.
+    Changes(Vec<Changed>),
+}
+
+const MALFORMED: &str = "ignoring malformed node document";
+const REJECTED: &str = "ignoring node record";
+
+/// Moves `peers` (sorted by name) by `changes`.
+fn patch(peers: &mut Vec<Peer>, changes: &[view::PeerChange]) {
+    for (was, now) in changes {
+        let Some(name) = was.as_ref().or(now.as_ref()).map(|p| p.name.clone()) else { continue };
+        match (peers.binary_search_by(|p| p.name.cmp(&name)), now) {
+            (Ok(i), Some(p)) => peers[i] = p.clone(),
+            (Ok(i), None) => {
+                peers.remove(i);
+            }
+            (Err(i), Some(p)) => peers.insert(i, p.clone()),
+            (Err(_), None) => {}
+        }
     }
 }
 

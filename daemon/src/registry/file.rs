@@ -150,6 +150,28 @@ impl FileRegistry {
         Ok(snapshot_of(&cache.docs))
     }
 
+    /// The documents the watch named since the last read, read again;
+    /// `None` when it cannot name them (see [`FileRegistry::read`]).
+    pub fn changes(&self) -> Result<Option<Vec<super::Changed>>, FileRegistryError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.full {
+            return Ok(None);
+        }
+        let mut changes = Vec::new();
+        for file in std::mem::take(&mut cache.dirty) {
+            let Some(stem) = node_file_stem(&file) else { continue };
+            let now = self.read_doc(&file);
+            let was = match &now {
+                Some(doc) => cache.docs.insert(file.clone(), doc.clone()),
+                None => cache.docs.remove(&file),
+            };
+            if was != now {
+                changes.push(super::Changed { name: stem.to_owned(), document: file, now });
+            }
+        }
+        Ok(Some(changes))
+    }
+
     /// Every document in the directory, by file name.
     fn read_all(&self) -> Result<BTreeMap<String, Result<NodeRecord, String>>, FileRegistryError> {
         let mut docs = BTreeMap::new();

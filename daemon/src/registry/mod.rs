@@ -25,6 +25,17 @@ pub struct Snapshot {
     pub malformed: Vec<(String, String)>,
 }
 
+/// One registry document that changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed {
+    /// The node it is about.
+    pub name: String,
+    /// The document, as a complaint names it (as in [`Snapshot::malformed`]).
+    pub document: String,
+    /// Its record now, or why it is not one; `None`: gone.
+    pub now: Option<Result<NodeRecord, String>>,
+}
+
 /// This node's pod subnets: one per family the cluster has (at least one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -160,6 +171,16 @@ impl Registry {
         }
     }
 
+    /// The documents that changed since the last [`Registry::snapshot`] or
+    /// call of this, and whether the registry is in sync; `None` when the
+    /// registry cannot say which (then read a snapshot).
+    pub fn changes(&self) -> Result<Option<(Vec<Changed>, bool)>, RegistryError> {
+        Ok(match self {
+            Registry::File(f) => f.changes()?.map(|c| (c, true)),
+            Registry::Kube(k) => k.changes().map(|c| (c, k.synced())),
+        })
+    }
+
     /// Kubernetes registry: where peers are read from now (`nodes`,
     /// `feltnodes`, or `undecided`).
     pub fn peer_source(&self) -> Option<&'static str> {
@@ -199,11 +220,13 @@ impl Registry {
         Some(record?.backend_data?.vtep_mac)
     }
 
-    /// This node's record as it was last published, if the registry has it.
-    pub fn published(&self, snapshot: &Snapshot, node: &str) -> Option<NodeRecord> {
+    /// This node's record as it was last published (`Some(None)`: not at
+    /// all), when it may have changed: `in_read` is what a read of the
+    /// registry found of it, `None` when the read did not name it.
+    pub fn published(&self, in_read: Option<Option<NodeRecord>>) -> Option<Option<NodeRecord>> {
         match self {
-            Registry::File(_) => snapshot.records.iter().find(|r| r.name == node).cloned(),
-            Registry::Kube(k) => k.published(),
+            Registry::File(_) => in_read,
+            Registry::Kube(k) => Some(k.published()),
         }
     }
 

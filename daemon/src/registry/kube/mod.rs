@@ -350,7 +350,10 @@ impl KubeRegistry {
     /// From now on, peers come from Node metadata: the node watch, started.
     async fn read_nodes(&self) -> NodeWatch {
         let watch = NodeWatch::start(self).await;
-        self.known().reading = Reading::Nodes;
+        let mut known = self.known();
+        known.reading = Reading::Nodes;
+        known.touch_all();
+        drop(known);
         watch
     }
 
@@ -560,6 +563,7 @@ impl KubeRegistry {
             let mut known = self.known();
             known.reading = Reading::Feltnodes;
             known.seen.clear();
+            known.touch_all();
             known.records.len()
         };
         self.listed.store(true, Ordering::Relaxed);
@@ -635,11 +639,10 @@ impl KubeRegistry {
             return None;
         }
         let mut snap = Snapshot::default();
-        let known = self.known();
-        let (from, kind) = match known.reading {
-            Reading::Feltnodes => (&known.records, "feltnode"),
-            _ => (&known.seen, "node"),
-        };
+        let mut known = self.known();
+        known.dirty_all = false;
+        known.dirty.clear();
+        let (from, kind) = known.source();
         // In name order already.
         for (name, seen) in from {
             match seen {
@@ -648,6 +651,30 @@ impl KubeRegistry {
             }
         }
         Some(snap)
+    }
+
+    /// The records that changed since the last [`KubeRegistry::snapshot`]
+    /// or call of this; `None` when it cannot say (nothing listed yet, a
+    /// relist, a change of source): read a snapshot.
+    pub fn changes(&self) -> Option<Vec<super::Changed>> {
+        if !self.listed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut known = self.known();
+        if known.dirty_all {
+            return None;
+        }
+        let dirty = std::mem::take(&mut known.dirty);
+        let (from, kind) = known.source();
+        let changes = dirty
+            .into_iter()
+            .map(|name| {
+                let now =
+                    from.get(&name).map(|seen| seen.as_ref().map(|(r, _)| r.clone()).map_err(Clone::clone));
+                super::Changed { document: format!("{kind}/{name}"), name, now }
+            })
+            .collect();
+        Some(changes)
     }
 
     /// This node's Node, whose uid and overwrite are noted.

@@ -218,6 +218,7 @@ impl RecordTracker {
                     known.own_feltnode = None;
                 }
                 known.records = records;
+                known.touch_all();
                 drop(known);
                 self.listed = true;
                 Changed { records: true, own: true }
@@ -226,13 +227,18 @@ impl RecordTracker {
                 let own = self.own(&obj, false);
                 let name = obj.metadata.name.clone().unwrap_or_default();
                 let now = seen(&obj);
-                let records = self.known().records.insert(name, now.clone()).as_ref() != Some(&now);
+                let mut known = self.known();
+                known.touch(&name);
+                let records = known.records.insert(name, now.clone()).as_ref() != Some(&now);
+                drop(known);
                 Changed { records, own }
             }
             watcher::Event::Delete(obj) => {
                 let own = self.own(&obj, true);
                 let name = obj.metadata.name.clone().unwrap_or_default();
-                Changed { records: self.known().records.remove(&name).is_some(), own }
+                let mut known = self.known();
+                known.touch(&name);
+                Changed { records: known.records.remove(&name).is_some(), own }
             }
         }
     }

@@ -295,6 +295,35 @@ pub(super) struct Known {
     pub(super) own_annotations: Option<BTreeMap<String, String>>,
     /// Which of the two the agent's peers come from.
     pub(super) reading: super::records::Reading,
+    /// Names whose record (of either source) changed since the agent last
+    /// read them, for [`super::KubeRegistry::changes`].
+    pub(super) dirty: std::collections::BTreeSet<String>,
+    /// Everything may have changed (a relist, a change of source): the
+    /// agent reads a whole snapshot next.
+    pub(super) dirty_all: bool,
+}
+
+impl Known {
+    /// The records the agent reads now, and what their documents are called.
+    pub(super) fn source(&self) -> (&BTreeMap<String, Seen>, &'static str) {
+        match self.reading {
+            super::records::Reading::Feltnodes => (&self.records, "feltnode"),
+            _ => (&self.seen, "node"),
+        }
+    }
+
+    /// `name`'s record may have changed.
+    pub(super) fn touch(&mut self, name: &str) {
+        if !self.dirty_all {
+            self.dirty.insert(name.to_owned());
+        }
+    }
+
+    /// Any record may have changed.
+    pub(super) fn touch_all(&mut self) {
+        self.dirty_all = true;
+        self.dirty.clear();
+    }
 }
 
 /// What the watch's events mean to the agent: a wake-up when a record
@@ -403,7 +432,10 @@ impl Tracker {
                 cidrs.retain(&uids);
                 self.waiting.retain(|_, m| m.uid.as_ref().is_some_and(|u| uids.contains(u)));
                 let n = seen.len();
-                self.known().seen = seen;
+                let mut known = self.known();
+                known.seen = seen;
+                known.touch_all();
+                drop(known);
                 self.listed.store(true, Ordering::Relaxed);
                 if !self.synced.swap(true, Ordering::Relaxed) {
                     info!(nodes = n, "node list synced");
@@ -421,7 +453,9 @@ impl Tracker {
                 if name == self.node {
                     self.known().own = None;
                 }
-                self.known().seen.remove(&name).is_some()
+                let mut known = self.known();
+                known.touch(&name);
+                known.seen.remove(&name).is_some()
             }
             // 410 Gone: history moved on; the watcher lists again. Routine, and the store stays whole.
             Err(watcher::Error::WatchError(status)) if status.code == hyper::StatusCode::GONE.as_u16() => {
@@ -449,10 +483,13 @@ impl Tracker {
     /// A Node as it is now; whether that changed what felt uses.
     pub(super) fn apply(&mut self, meta: &ObjectMeta, cidrs: &PodCidrs) -> bool {
         let name = meta.name.clone().unwrap_or_default();
-        match self.reduce(meta, cidrs) {
-            Some(seen) => self.known().seen.insert(name, seen.clone()).as_ref() != Some(&seen),
+        let seen = self.reduce(meta, cidrs);
+        let mut known = self.known();
+        known.touch(&name);
+        match seen {
+            Some(seen) => known.seen.insert(name, seen.clone()).as_ref() != Some(&seen),
             // A new object under a known name: the old one is gone.
-            None => self.known().seen.remove(&name).is_some(),
+            None => known.seen.remove(&name).is_some(),
         }
     }
 
