@@ -192,10 +192,14 @@ pub fn state(shared: &Shared, observed: Result<Observed, String>) -> debug::Stat
     let not_ready = shared.not_ready();
     let backend = shared.backend();
     let observed = observed.map(|o| dataplane::owned(backend, o));
+    // Indexed once: each peer then looks only at its own keys (a plan of
+    // one peer against every entry, per peer, was quadratic).
+    let held = observed.as_ref().ok().map(|o| felt_overlay::Held::from(o.clone()));
     let peer_state = |p: &Peer| {
         let want = desired(std::slice::from_ref(p));
-        let programmed = observed.as_ref().ok().map(|o| {
-            let missing = plan(&dataplane::desired(backend, std::slice::from_ref(p)), o);
+        let programmed = held.as_ref().map(|held| {
+            let around = held.around(std::slice::from_ref(p));
+            let missing = plan(&dataplane::desired(backend, std::slice::from_ref(p)), &around);
             // Only Set ops concern this peer alone, plus removal of extra
             // remotes for its MAC; other peers' entries show up as Del ops.
             let lacks = |f: &dyn Fn(&Op) -> bool| missing.iter().any(f);
