@@ -32,6 +32,10 @@ pub(super) async fn start(
     let in_force = reload::at_start(&cfg)?;
     let kernel = Kernel::connect()?.with_route_tag(cfg.compat.route_tag());
     let registry = Registry::open(&cfg.registry, &cfg.node_name).await?;
+    // Watch before the first list, so no change falls between the two; and
+    // from the start, so the list (the most of a cold start through the
+    // API server at scale) runs while the underlay and lease are found.
+    let registry_events = registry.watch()?;
     let mut view = config_view(&cfg);
     reload::show(&mut view, &in_force);
     let shared = Arc::new(Shared::new(cfg.node_name.clone(), view, Metrics::new(cfg.backend.name())));
@@ -83,9 +87,7 @@ pub(super) async fn start(
         shared.set_engine(engine.clone());
     }
 
-    // Watch before the first list, so no change falls between the two.
     let ifindex = Arc::new(AtomicU32::new(0));
-    let registry_events = registry.watch()?;
     let expected = Arc::default();
     let netlink_events = change_events(ifindex.clone(), cfg.compat.route_tag(), Arc::clone(&expected))?;
     if let Err(e) = probe::spawn(shared.clone()) {
