@@ -139,6 +139,16 @@ pub struct Metrics {
     /// `felt_neighbour_table_shortfall`: entries the peers need that the
     /// neighbour table cannot hold (0: enough).
     pub neighbour_shortfall: Gauge,
+    /// `felt_peer_source{source}` (Kubernetes registry): 1 for where peers
+    /// are read from now (`nodes`, `feltnodes`, `undecided`), 0 for the others.
+    pub peer_source: Family<SourceLabel, Gauge>,
+}
+
+/// Labels `{source}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Where peers are read from.
+    pub source: &'static str,
 }
 
 impl Metrics {
@@ -167,6 +177,7 @@ impl Metrics {
             outsider_drops: Counter::default(),
             reloads: Family::default(),
             neighbour_shortfall: Gauge::default(),
+            peer_source: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers by state: desired, programmed, rejected, pending", m.peers.clone());
@@ -244,6 +255,11 @@ impl Metrics {
             "neighbour_table_shortfall",
             "Neighbour (ARP) entries the peers need beyond net.ipv4.neigh.default.gc_thresh3 (0: enough)",
             m.neighbour_shortfall.clone(),
+        );
+        registry.register(
+            "peer_source",
+            "Kubernetes registry: 1 for where peers are read from now (nodes, feltnodes, undecided)",
+            m.peer_source.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), backend }).set(1);

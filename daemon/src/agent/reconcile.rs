@@ -12,7 +12,7 @@ use felt_proto::{BackendData, BackendType, NodeRecord, SubnetFile};
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use super::metrics::{OpLabels, PeerState, PhaseLabel, ReasonLabel, ResultLabel, StateLabel};
+use super::metrics::{OpLabels, PeerState, PhaseLabel, ReasonLabel, ResultLabel, SourceLabel, StateLabel};
 use super::status::{Malformed, ReconcileView, rfc3339};
 use super::{Agent, view};
 use crate::registry::{Changed, Snapshot};
@@ -317,10 +317,14 @@ impl Agent {
         m.peers.get_or_create(&StateLabel { state: PeerState::desired }).set(live.peers().len() as i64);
         m.peers.get_or_create(&StateLabel { state: PeerState::rejected }).set(live.rejected().len() as i64);
         m.peers.get_or_create(&StateLabel { state: PeerState::pending }).set(live.pending().len() as i64);
+        let source = self.registry.peer_source();
+        for s in source.iter().flat_map(|_| ["nodes", "feltnodes", "undecided"]) {
+            m.peer_source.get_or_create(&SourceLabel { source: s }).set(i64::from(source == Some(s)));
+        }
         let mut st = self.shared.state();
         st.registry_synced = synced;
         st.forbidden = self.registry.forbidden();
-        st.peer_source = self.registry.peer_source();
+        st.peer_source = source;
         if whole {
             st.peers = live.peers().cloned().collect();
         } else {

@@ -320,7 +320,11 @@ impl<'a> Bench<'a> {
         let after = self.agent_counters()?;
         let per_minute = |b: u64| b as f64 * 60.0 / took.as_secs_f64();
         let (node_bytes, metadata_bytes, managed_fields_bytes) = k.sizes(&peer_name(n - 1))?;
-        let peer_source = self.agent_json("/debug/state")?["peer_source"].as_str().unwrap_or("?").to_owned();
+        // From the metrics: a /debug/state of N peers would weigh on the
+        // agent's peak memory, which this bench measures.
+        let sources = by_label(&self.agent_get("/metrics")?, "felt_peer_source", "source");
+        let peer_source =
+            sources.iter().find(|(_, v)| **v == 1.0).map_or("?", |(s, _)| s.as_str()).to_owned();
         Ok(Some(ApiTraffic {
             peer_source,
             status_updates: names.len() as u32,
@@ -456,12 +460,6 @@ impl<'a> Bench<'a> {
             cpu_seconds: cpu_seconds(pid)?,
             api,
         })
-    }
-
-    /// The agent's answer at `path` of its debug endpoint, as JSON.
-    fn agent_json(&self, path: &'static str) -> Result<serde_json::Value, LabError> {
-        let body = self.agent_get(path)?;
-        serde_json::from_str(&body).map_err(|e| LabError::Invalid(format!("the agent's {path}: {e}")))
     }
 
     /// The agent's answer at `path` of its debug endpoint.
