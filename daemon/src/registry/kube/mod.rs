@@ -374,7 +374,8 @@ impl KubeRegistry {
         let with_records = self.dialect == Dialect::Felt && self.source != PeerSource::Nodes;
         let mut records: Events<DynamicObject> = if with_records {
             // FeltNodes are small (under 1 KB): 500 a page, as the client's default.
-            let (api, config) = (self.feltnodes.clone(), watcher::Config::default().page_size(500));
+            let (api, config) =
+                (self.feltnodes.clone(), watcher::Config::default().page_size(500).any_semantic());
             watch::restarting("FeltNode", move || watcher::watcher(api.clone(), config.clone()).boxed())
                 .default_backoff()
                 .boxed()
