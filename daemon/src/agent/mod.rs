@@ -1,11 +1,12 @@
 //! The node agent: lease, publish, watch, program — and keep it programmed.
 //!
 //! One task owns the reconcile. It wakes on a registry change, a netlink
-//! change on felt's device, or the resync timer, and each time plans the
-//! whole fabric: observe → plan → apply. A pass woken by the registry reads
-//! only the records that changed and plans against the kernel entries the
-//! last pass left (see `reconcile::Pass`); every other wake-up re-reads the
-//! registry and dumps the device, a full resync.
+//! change on felt's device, or the resync timer: observe → plan → apply. A
+//! pass woken by the registry reads only the records that changed, moves
+//! the view it keeps by them and plans only the peers that changed, against
+//! the kernel entries the last pass left (see `reconcile::Pass`): its cost
+//! does not grow with the cluster. Every other wake-up re-reads the
+//! registry, dumps the device and plans the whole fabric, a full resync.
 //! [`start`] brings the agent up (underlay, lease, data plane, watches);
 //! [`reconcile`] is one pass; this module holds the config and the loop. What it
 //! promises:

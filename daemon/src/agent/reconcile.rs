@@ -19,9 +19,10 @@ use crate::registry::{Changed, Snapshot};
 use crate::util::error_chain;
 use crate::util::write_atomic;
 
-/// How much a pass re-reads. Every pass plans the whole fabric; one woken
-/// by the registry reads only what changed there and trusts what it knows
-/// of the kernel (anything else that changes the kernel wakes a full pass).
+/// How much a pass re-reads. A full pass reads and plans the whole fabric;
+/// one woken by the registry reads only what changed there, plans only the
+/// peers that changed and trusts what it knows of the kernel (anything else
+/// that changes the kernel wakes a full pass).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
     /// Re-read everything: the start, the resync timer, a netlink change, a reload.
