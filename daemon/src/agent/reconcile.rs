@@ -245,6 +245,12 @@ impl Agent {
         };
         let (read, synced) = match read {
             Ok(r) => r,
+            // Starting: the watch has not listed yet, and wakes the loop when it has.
+            Err(crate::registry::RegistryError::NotListed) => {
+                debug!("waiting for the registry's first list");
+                self.shared.state().registry_synced = false;
+                return None;
+            }
             Err(e) => {
                 self.shared.metrics.registry_errors.inc();
                 self.shared.state().registry_synced = false;

@@ -37,7 +37,7 @@ pub(super) const LIST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Nodes per page of a list (whole ones in the agent's one list of them,
 /// metadata in the watch's).
-pub(super) const LIST_PAGE: u32 = 100;
+const LIST_PAGE: u32 = 100;
 
 /// How often a Node whose pod CIDRs could not be read (or were empty while
 /// it already carried backend data) is read again.
