@@ -399,6 +399,9 @@ impl KubeRegistry {
                     match event {
                         Ok(event) => {
                             let done = matches!(event, watcher::Event::InitDone);
+                            if matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
+                                self.denied.allowed("watch", "feltnodes");
+                            }
                             let changed = tracker.on(event);
                             if done {
                                 self.set_installed(true);
@@ -429,16 +432,11 @@ impl KubeRegistry {
                             false
                         }
                         Err(e) => {
-                            let status = match &e {
-                                watcher::Error::InitialListFailed(kube::Error::Api(s))
-                                | watcher::Error::WatchFailed(kube::Error::Api(s))
-                                | watcher::Error::WatchError(s) => Some(s.clone()),
-                                _ => None,
-                            };
-                            if let Some(s) = &status {
-                                self.denied.answered("list", "feltnodes", s);
+                            let refused = watch::refusal(&e);
+                            if let Some((verb, s)) = refused {
+                                self.denied.answered(verb, "feltnodes", s);
                             }
-                            let code = status.as_ref().map(|s| s.code);
+                            let code = refused.map(|(_, s)| s.code);
                             if reading != Reading::Feltnodes && matches!(code, Some(403 | 404)) {
                                 // Not installed, or not allowed: Nodes it is, and no more tries.
                                 if code == Some(404) {

@@ -276,6 +276,18 @@ impl Denials {
     }
 }
 
+/// The API server's answer inside a watcher's error, with the verb that
+/// got it (`list` or `watch`), when the server answered at all.
+pub(super) fn refusal(e: &watcher::Error) -> Option<(&'static str, &kube::core::Status)> {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) => Some(("list", s)),
+        watcher::Error::WatchFailed(kube::Error::Api(s)) | watcher::Error::WatchError(s) => {
+            Some(("watch", s))
+        }
+        _ => None,
+    }
+}
+
 /// What every Node means to felt, shared by the watch task (which writes)
 /// and the agent (which reads).
 #[derive(Debug, Default)]
@@ -463,14 +475,8 @@ impl Tracker {
                 false
             }
             Err(e) => {
-                match &e {
-                    watcher::Error::InitialListFailed(kube::Error::Api(s)) => {
-                        self.denied.answered("list", "nodes", s)
-                    }
-                    watcher::Error::WatchFailed(kube::Error::Api(s)) | watcher::Error::WatchError(s) => {
-                        self.denied.answered("watch", "nodes", s)
-                    }
-                    _ => {}
+                if let Some((verb, s)) = refusal(&e) {
+                    self.denied.answered(verb, "nodes", s);
                 }
                 if self.synced.swap(false, Ordering::Relaxed) {
                     warn!(error = %crate::util::error_chain(&e), "lost the node watch; keeping the last known nodes and retrying");
