@@ -373,7 +373,9 @@ impl KubeRegistry {
         // FeltNodes hold felt's dialect only: a node in Flannel's compat mode reads Nodes.
         let with_records = self.dialect == Dialect::Felt && self.source != PeerSource::Nodes;
         let mut records: Events<DynamicObject> = if with_records {
-            // FeltNodes are small (under 1 KB): 500 a page, as the client's default.
+            // From the API server's watch cache, as informers list: no etcd read. The
+            // cache answers whole (it ignores the page size); the page size
+            // holds when a server serves it from etcd. FeltNodes are under 1 KB.
             let (api, config) =
                 (self.feltnodes.clone(), watcher::Config::default().page_size(500).any_semantic());
             watch::restarting("FeltNode", move || watcher::watcher(api.clone(), config.clone()).boxed())
