@@ -390,7 +390,7 @@ impl Agent {
         }
         // Said again only when it changed (see `complain_once`).
         let clashes = live.rejected().filter(|r| r.reason == view::RejectReason::Clash);
-        now.extend(clashes.cloned().collect::<Vec<_>>());
+        now.extend(clashes.cloned());
         for name in gone {
             self.state.complaints.remove(&name);
         }
@@ -490,26 +490,28 @@ impl Agent {
     /// by the peers that changed; others read the table (and the port
     /// lock's drop counter) from the kernel.
     fn reconcile_nft(&mut self, changes: &[view::PeerChange], pass: Pass) -> bool {
-        use felt_overlay::nft::Family;
+        use felt_overlay::nft::{Family, Table};
         let locked = self.cfg.vxlan_port_lock && self.dataplane.engine().is_none();
         let ipv6 = self.underlay.ip.is_ipv6();
         let masq = self.cfg.net.ip_masq;
         let port = self.dataplane.spec().port;
         let ok = self.reconcile_table(
             Family::Ipv4,
-            Shape {
+            Table {
                 masquerade: self.cfg.net.network.map(IpNet::V4).filter(|_| masq),
                 port_lock: (locked && !ipv6).then_some(port),
+                nodes: BTreeSet::new(),
             },
             changes,
             pass,
         );
-        let shape6 = Shape {
+        let shape6 = Table {
             masquerade: self.cfg.net.ipv6_network.map(IpNet::V6).filter(|_| masq),
             port_lock: (locked && ipv6).then_some(port),
+            nodes: BTreeSet::new(),
         };
         // An empty ip6 table is checked once (a leftover goes) and then left alone.
-        if shape6.masquerade.is_none() && shape6.port_lock.is_none() && self.state.nft6_checked {
+        if shape6.is_empty() && self.state.nft6_checked {
             return ok;
         }
         let ok6 = self.reconcile_table(Family::Ipv6, shape6, changes, pass);
@@ -524,11 +526,12 @@ impl Agent {
         peers.chain([self.underlay.ip]).filter(|ip| ip.is_ipv6() == v6).collect()
     }
 
-    /// One table of [`Self::reconcile_nft`].
+    /// One table of [`Self::reconcile_nft`]: `shape` is what it holds but
+    /// the node set, which this fills.
     fn reconcile_table(
         &mut self,
         family: felt_overlay::nft::Family,
-        shape: Shape,
+        shape: felt_overlay::nft::Table,
         changes: &[view::PeerChange],
         pass: Pass,
     ) -> bool {
@@ -558,11 +561,7 @@ impl Agent {
                 (k, Some(plan))
             }
             k => {
-                let want = Table {
-                    masquerade: shape.masquerade,
-                    port_lock: shape.port_lock,
-                    nodes: self.nodes_of(family),
-                };
+                let want = Table { nodes: self.nodes_of(family), ..shape };
                 let plan = k.map(|k| nft::plan(Some(&want), &nft::Observed::built(&k)));
                 (want, plan)
             }
@@ -660,12 +659,6 @@ impl Agent {
             }
         }
     }
-}
-
-/// What felt's nftables table holds besides the node set.
-struct Shape {
-    masquerade: Option<IpNet>,
-    port_lock: Option<u16>,
 }
 
 /// What a pass read of the registry.
