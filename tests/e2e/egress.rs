@@ -7,17 +7,9 @@ use std::time::{Duration, Instant};
 
 use felt_overlay::nft::{self, Nft, Plan, Table};
 
-use crate::harness::{TestLab, require_root, run, wait_until};
-
-/// A bare network namespace, deleted on drop.
-struct Netns(String);
+use crate::harness::{Netns, TestLab, require_root, run, wait_until};
 
 impl Netns {
-    fn new() -> Netns {
-        let name = format!("{}-nft", TestLab::unique_name());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        Netns(name)
-    }
     fn nft(&self, args: &[&str]) -> String {
         let out = run(Command::new("ip").args(["netns", "exec", &self.0, "nft"]).args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -28,12 +20,6 @@ impl Netns {
             f(&mut Nft::open().expect("nf_tables socket"))
         })
         .expect("entering the namespace")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
     }
 }
 
@@ -59,7 +45,7 @@ fn reconcile(ns: &Netns, w: Option<Table>) -> Plan {
 #[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn masquerade_table_is_built_kept_repaired_and_removed() {
     require_root();
-    let ns = Netns::new();
+    let ns = Netns::new("nft");
     // Someone else's table, which felt must never touch.
     ns.nft(&["add", "table", "ip", "host"]);
     ns.nft(&["add", "chain", "ip", "host", "post", "{ type nat hook postrouting priority 100; }"]);
@@ -128,7 +114,7 @@ fn masquerade_table_is_built_kept_repaired_and_removed() {
 #[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn a_table_of_twenty_thousand_nodes_is_built_and_changed_whole() {
     require_root();
-    let ns = Netns::new();
+    let ns = Netns::new("nft");
     let nodes = |from: u32, to: u32| -> BTreeSet<std::net::IpAddr> {
         (from..to)
             .map(|i| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i).into())

@@ -85,6 +85,24 @@ pub fn nft_in(ns: &str, args: &[&str]) -> String {
 }
 
 /// Polls `f` every 5 ms until it is true or `timeout` passes; returns how long it took.
+/// A bare network namespace, deleted on drop (a panic too).
+pub struct Netns(pub String);
+
+impl Netns {
+    /// A new namespace, its name unique to this run and ending in `-what`.
+    pub fn new(what: &str) -> Netns {
+        let name = format!("{}-{what}", TestLab::unique_name());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {

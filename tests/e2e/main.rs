@@ -467,3 +467,71 @@ fn ctrl_c_during_up_removes_what_was_built() {
     // No agent, no namespace, the root namespace as it was.
     lab.finish();
 }
+
+/// `Kernel::apply` keeps dozens of requests queued ahead of their answers:
+/// the kernel must still run them in order (a route set, deleted and set
+/// again through another gateway ends through that one; a neighbour deleted
+/// before it exists counts as gone) and every answer must come back.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn pipelined_netlink_writes_run_in_order_and_every_one_is_answered() {
+    use felt_overlay::kernel::{Kernel, VxlanSpec};
+    use felt_overlay::{FdbEntry, Neighbour, Op, Route};
+    use felt_proto::MacAddr;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    require_root();
+    let ns = harness::Netns::new("nl");
+    let ip = |args: &[&str]| run(Command::new("ip").args(["-n", &ns.0]).args(args));
+    ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
+    ip(&["addr", "add", "198.18.250.1/24", "dev", "ul0"]);
+    ip(&["link", "set", "ul0", "up"]);
+    const PEERS: u8 = 200;
+    let (applied, failed, ops, routes) = netns::run_in(&netns::named(&ns.0), || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let k = Kernel::connect().unwrap();
+            let ul = k.link("ul0").await.unwrap().unwrap();
+            let spec = VxlanSpec {
+                name: "felt.1".into(),
+                vni: 1,
+                port: 8472,
+                local: IpAddr::V4(Ipv4Addr::new(198, 18, 250, 1)),
+                underlay_index: ul.index,
+                mtu: 1450,
+                mac: "02:aa:00:00:00:01".parse().unwrap(),
+            };
+            let (ifindex, _) =
+                k.ensure_device(&spec, Some(Ipv4Addr::new(10, 199, 0, 0)), None).await.unwrap();
+            let mut ops = Vec::new();
+            for i in 1..=PEERS {
+                let mac: MacAddr = format!("02:bb:00:00:00:{i:02x}").parse().unwrap();
+                let (first, second) =
+                    (IpAddr::V4(Ipv4Addr::new(10, 198, i, 0)), IpAddr::V4(Ipv4Addr::new(10, 197, i, 0)));
+                let dst = format!("10.196.{i}.0/24").parse().unwrap();
+                ops.extend([
+                    Op::DelNeighbour(Neighbour { ip: first, mac }),
+                    Op::SetNeighbour(Neighbour { ip: first, mac }),
+                    Op::SetNeighbour(Neighbour { ip: second, mac }),
+                    Op::SetFdb(FdbEntry { mac, dst: IpAddr::V4(Ipv4Addr::new(198, 18, 251, i)) }),
+                    Op::SetRoute(Route { dst, gateway: first }),
+                    Op::DelRoute(dst),
+                    Op::SetRoute(Route { dst, gateway: second }),
+                ]);
+            }
+            let report = k.apply(ifindex, &ops).await;
+            let seen = k.observe(ifindex).await.unwrap();
+            let routes: Vec<(String, Option<IpAddr>)> =
+                seen.routes.iter().filter(|r| r.ours).map(|r| (r.dst.to_string(), r.gateway)).collect();
+            (report.applied, report.failed, ops, routes)
+        })
+    })
+    .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(applied, ops, "every op answered, in order");
+    assert_eq!(routes.len(), usize::from(PEERS), "{routes:?}");
+    for (dst, gw) in &routes {
+        let i = dst.split('.').nth(2).unwrap();
+        assert_eq!(gw.map(|g| g.to_string()), Some(format!("10.197.{i}.0")), "{dst} kept an earlier gateway");
+    }
+}

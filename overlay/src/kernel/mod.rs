@@ -130,9 +130,30 @@ impl Kernel {
         &self,
         req: netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.start(req).await
+    }
+
+    /// Queues one request on the connection now (requests reach the kernel,
+    /// and run there, in the order they are queued); the future collects
+    /// its answers.
+    fn start(
+        &self,
+        req: netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>,
+    ) -> impl Future<Output = io::Result<Vec<RouteNetlinkMessage>>> + use<> {
         let mut handle = self.handle.clone();
-        let mut stream =
-            handle.request(req).map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+        let queued =
+            handle.request(req).map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()));
+        async move {
+            let mut stream = queued?;
+            Self::collect(&mut stream).await
+        }
+    }
+
+    async fn collect(
+        stream: &mut (
+                 impl futures::Stream<Item = netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>> + Unpin
+             ),
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         let collect = async {
             let mut out = Vec::new();
             while let Some(msg) = stream.next().await {
@@ -482,11 +503,21 @@ impl Kernel {
         })
     }
 
-    /// Runs `ops` in order on device `ifindex`, past failures.
+    /// Runs `ops` in order on device `ifindex`, past failures. Up to
+    /// [`IN_FLIGHT`] requests are queued before their answers are read: the
+    /// kernel still runs them in order (one socket), and a cold start's
+    /// 15,000 writes do not wait on 15,000 round trips through the connection task.
     pub async fn apply(&self, ifindex: u32, ops: &[Op]) -> ApplyReport {
         let mut report = ApplyReport::default();
-        for op in ops {
-            match self.send(msg::op_request(ifindex, op, self.route_tag)).await {
+        let answers = futures::stream::iter(ops)
+            .map(|op| {
+                let answer = self.start(msg::op_request(ifindex, op, self.route_tag));
+                async move { (op, answer.await) }
+            })
+            .buffered(IN_FLIGHT);
+        let mut answers = std::pin::pin!(answers);
+        while let Some((op, answer)) = answers.next().await {
+            match answer {
                 Ok(_) => report.applied.push(*op),
                 // Already gone (no such entry, or route: ESRCH): the goal of a removal is met.
                 Err(e) if op.is_removal() && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
@@ -498,6 +529,11 @@ impl Kernel {
         report
     }
 }
+
+/// Requests [`Kernel::apply`] keeps queued ahead of their answers: well
+/// inside what the socket's receive buffer holds of answers (~200 acks of
+/// the default 208 KiB), so none is dropped.
+const IN_FLIGHT: usize = 64;
 
 /// A stream of "something changed on felt's device" signals, coalesced: at
 /// most one is pending at a time. `ifindex` may be updated when the device is
