@@ -67,12 +67,41 @@ fn kubectl(lab: &TestLab, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// The audit log's events of `user`: (verb, resource[/subresource], decision).
-fn requests_of(lab: &TestLab, user: &str) -> Vec<(String, String, String)> {
+/// The audit log's events of `user`, as JSON.
+fn audit_of(lab: &TestLab, user: &str) -> Vec<Value> {
     let log = std::fs::read_to_string(lab.lab_dir().join("control-plane").join("audit.log")).unwrap();
     log.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["user"]["username"] == user)
+        .collect()
+}
+
+const AGENT: &str = "system:serviceaccount:kube-system:felt";
+
+/// The agents' reads of every FeltNode: (lists, watches that streamed a list
+/// with `sendInitialEvents=true`, those refused), each counted once.
+fn feltnode_reads(lab: &TestLab) -> (usize, usize, usize) {
+    let events = audit_of(lab, AGENT);
+    let of = |e: &&Value| e["objectRef"]["resource"] == "feltnodes" && e["objectRef"]["name"].is_null();
+    let streams = |e: &&Value| {
+        e["verb"] == "watch" && e["requestURI"].as_str().is_some_and(|u| u.contains("sendInitialEvents=true"))
+    };
+    let lists = events.iter().filter(of).filter(|e| e["verb"] == "list").count();
+    let streamed =
+        events.iter().filter(of).filter(streams).filter(|e| e["stage"] == "ResponseStarted").count();
+    let refused = events
+        .iter()
+        .filter(of)
+        .filter(streams)
+        .filter(|e| e["stage"] == "ResponseComplete" && e["responseStatus"]["code"].as_u64() >= Some(400))
+        .count();
+    (lists, streamed, refused)
+}
+
+/// The audit log's events of `user`: (verb, resource[/subresource], decision).
+fn requests_of(lab: &TestLab, user: &str) -> Vec<(String, String, String)> {
+    audit_of(lab, user)
+        .into_iter()
         .map(|e| {
             let r = &e["objectRef"];
             let resource = match r["subresource"].as_str() {
@@ -127,7 +156,7 @@ fn a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more() {
 
     // Least privilege: every request the agents made was allowed, under the
     // felt ServiceAccount, and the ClusterRole grants nothing they never used.
-    let requests = requests_of(&lab, "system:serviceaccount:kube-system:felt");
+    let requests = requests_of(&lab, AGENT);
     assert!(requests.len() >= 6, "the agents' requests are in the audit log: {requests:?}");
     let denied: Vec<_> = requests.iter().filter(|(_, _, d)| d != "allow").collect();
     assert!(denied.is_empty(), "denied: {denied:?}");
@@ -136,6 +165,12 @@ fn a_real_control_plane_carries_the_lab_with_deploys_rbac_and_no_more() {
     // A server-side apply that creates is audited as `patch` and needs `create` too.
     assert!(used.contains(&("patch".into(), "feltnodes".into())), "no FeltNode applied: {used:?}");
     used.insert(("create".into(), "feltnodes".into()));
+    // The agents stream their FeltNode list (a watch); they list FeltNodes
+    // only on a server that refuses that (see the WatchList test below).
+    let (lists, streamed, refused) = feltnode_reads(&lab);
+    assert_eq!((lists, refused), (0, 0), "{used:?}");
+    assert!(streamed >= 3, "{streamed} streamed lists");
+    used.insert(("list".into(), "feltnodes".into()));
     let (ok, role, err) = kubectl(&lab, &["get", "clusterrole", "felt", "-o", "json"]);
     assert!(ok, "{err}");
     let role: Value = serde_json::from_str(&role).unwrap();
@@ -280,11 +315,10 @@ fn after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing
     let all_ready = || nodes.iter().all(|n| readyz(&lab, n) == 200);
     assert!(crate::harness::wait_until(Duration::from_secs(10), all_ready).is_some());
     let before = writes(&lab, &nodes);
+    // Listed, or streamed as a watch's first events.
     let lists = || {
-        requests_of(&lab, "system:serviceaccount:kube-system:felt")
-            .iter()
-            .filter(|(v, r, _)| v == "list" && r == "feltnodes")
-            .count()
+        let (lists, streamed, _) = feltnode_reads(&lab);
+        lists + streamed
     };
     let lists_before = lists();
 
@@ -298,31 +332,7 @@ fn after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing
     let compacted = etcd(&lab, "/v3/kv/compaction", &serde_json::json!({"revision": rev, "physical": true}));
     assert!(compacted.get("header").is_some(), "{compacted}");
 
-    // Stop it as the kubelet stops a static pod (SIGTERM; SIGKILL after a
-    // grace period: its graceful shutdown waits for watches that never end)
-    // and start it again with the same flags.
-    let pid = control_pid(&lab, "kube-apiserver");
-    let cmdline = felt::process::cmdline(pid).expect("kube-apiserver runs");
-    let gone = || felt::process::is_zombie_or_gone(pid);
-    signal(pid, nix::sys::signal::Signal::SIGTERM);
-    if crate::harness::wait_until(Duration::from_secs(10), gone).is_none() {
-        signal(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-    assert!(
-        crate::harness::wait_until(Duration::from_secs(10), gone).is_some(),
-        "kube-apiserver did not stop"
-    );
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(lab.lab_dir().join("control-plane").join("kube-apiserver.log"))
-        .unwrap();
-    let mut restarted = Command::new("ip")
-        .args(["netns", "exec", &format!("{}-ul", lab.name)])
-        .args(&cmdline)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("restarting kube-apiserver");
+    let mut restarted = restart_api_server(&lab, &[]);
 
     // Every agent lists FeltNodes again (its watch broke), writes nothing, and is ready.
     let relisted =
@@ -343,6 +353,82 @@ fn after_compaction_a_restarted_api_server_makes_agents_relist_and_write_nothing
     assert!(expired >= 1, "no agent resumed its watch into a 410");
     lab.finish();
     // `lab down` stopped it with the rest of the lab's namespace.
+    let _ = restarted.wait();
+}
+
+/// Stops the lab's kube-apiserver as the kubelet stops a static pod
+/// (SIGTERM; SIGKILL after a grace period: its graceful shutdown waits for
+/// watches that never end) and starts it again with the same flags and
+/// `extra`. `lab down` stops the new one with the rest of the namespace.
+fn restart_api_server(lab: &TestLab, extra: &[&str]) -> std::process::Child {
+    use std::time::Duration;
+    let pid = control_pid(lab, "kube-apiserver");
+    let cmdline = felt::process::cmdline(pid).expect("kube-apiserver runs");
+    let gone = || felt::process::is_zombie_or_gone(pid);
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    if crate::harness::wait_until(Duration::from_secs(10), gone).is_none() {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(10), gone).is_some(),
+        "kube-apiserver did not stop"
+    );
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(lab.lab_dir().join("control-plane").join("kube-apiserver.log"))
+        .unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", &format!("{}-ul", lab.name)])
+        .args(&cmdline)
+        .args(extra)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("restarting kube-apiserver")
+}
+
+/// An API server without WatchList (Kubernetes 1.33 ships it off) refuses
+/// a watch that streams its list: agents, running or starting, list
+/// FeltNodes instead, keep their peers and write nothing for it.
+#[test]
+#[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
+fn without_watchlist_agents_list_feltnodes_instead_and_keep_their_peers() {
+    use std::time::Duration;
+
+    use crate::harness::wait_until;
+    require_root();
+    let lab = real_lab(2, 0);
+    let nodes = ["n1", "n2"];
+    let on_feltnodes =
+        |n: &str| readyz(&lab, n) == 200 && lab.debug_state(n).peer_source.as_deref() == Some("feltnodes");
+    assert!(wait_until(Duration::from_secs(20), || nodes.iter().all(|n| on_feltnodes(n))).is_some());
+    let (lists, streamed, refused) = feltnode_reads(&lab);
+    assert_eq!((lists, refused), (0, 0), "with WatchList on, nothing is listed ({streamed} streamed)");
+    let fallback = "cannot stream its list";
+    assert!(!lab.log("n2").contains(fallback), "{}", lab.log("n2"));
+    let peers = |n: &str| crate::harness::ip_in(&lab.node_ns(n), &["route", "show", "dev", "felt.1"]);
+    let n2_before = peers("n2");
+    assert_eq!(n2_before.lines().count(), 1, "{n2_before}");
+    let n2_writes = writes(&lab, &["n2"]);
+
+    let mut restarted = restart_api_server(&lab, &["--feature-gates=WatchList=false"]);
+    // n2's watch broke with the old server and resumes (or, history gone,
+    // is refused a streamed list and lists).
+    let n2_back = wait_until(Duration::from_secs(60), || on_feltnodes("n2"));
+    assert!(n2_back.is_some(), "{}", lab.log("n2"));
+    // n1 starts against it.
+    let from = lab.kill_and_restart("n1");
+    let n1_fell_back = wait_until(Duration::from_secs(30), || {
+        lab.log("n1")[from..].contains(fallback) && on_feltnodes("n1")
+    });
+    assert!(n1_fell_back.is_some(), "{}", &lab.log("n1")[from..]);
+    let (lists, _, refused) = feltnode_reads(&lab);
+    assert!(refused >= 1, "the server refused {refused} streamed lists");
+    assert!(lists >= 1, "{lists} lists");
+    assert_eq!(peers("n1").lines().count(), 1, "{}", peers("n1"));
+    assert_eq!(peers("n2"), n2_before);
+    assert_eq!(writes(&lab, &["n2"]), n2_writes, "the relist caused data-plane writes on n2");
+    lab.finish();
     let _ = restarted.wait();
 }
 

@@ -36,7 +36,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::DynamicObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Client, Config};
@@ -52,8 +51,8 @@ mod watch;
 
 use node::record_from_node_with;
 pub use node::{NodeError, record_from_node};
+use records::{FeltNodeObject, Reading, RecordTracker};
 pub use records::{GROUP, PeerSource, object_for as feltnode_object, resource as feltnode_resource};
-use records::{Reading, RecordTracker};
 use watch::{Denials, Events, Known, PodCidrs, Tracker, restarting_watcher};
 
 pub use felt_proto::annotations::{BACKEND_DATA, BACKEND_TYPE, PREFIX, PUBLIC_IP, PUBLIC_IP_OVERWRITE};
@@ -254,7 +253,7 @@ impl NodeWatch {
 pub struct KubeRegistry {
     api: Api<Node>,
     /// FeltNodes.
-    feltnodes: Api<DynamicObject>,
+    feltnodes: Api<FeltNodeObject>,
     /// Where peers come from (see `records`).
     source: PeerSource,
     /// Whether the FeltNode resource is installed: `None` until known.
@@ -287,7 +286,7 @@ impl KubeRegistry {
     ) -> Result<Self, KubeError> {
         let client = client(kubeconfig).await?;
         Ok(KubeRegistry {
-            feltnodes: Api::all_with(client.clone(), &records::resource()),
+            feltnodes: Api::all(client.clone()),
             source,
             installed: Arc::default(),
             api: Api::all(client),
@@ -372,18 +371,11 @@ impl KubeRegistry {
     async fn run(self, tx: mpsc::Sender<()>) {
         // FeltNodes hold felt's dialect only: a node in Flannel's compat mode reads Nodes.
         let with_records = self.dialect == Dialect::Felt && self.source != PeerSource::Nodes;
-        let mut records: Events<DynamicObject> = if with_records {
-            // From the API server's watch cache, as informers list: no etcd read. The
-            // cache answers whole (it ignores the page size); the page size
-            // holds when a server serves it from etcd. FeltNodes are under 1 KB.
-            let (api, config) =
-                (self.feltnodes.clone(), watcher::Config::default().page_size(500).any_semantic());
-            watch::restarting("FeltNode", move || watcher::watcher(api.clone(), config.clone()).boxed())
-                .default_backoff()
-                .boxed()
-        } else {
-            futures::stream::pending().boxed()
-        };
+        let mut records: Events<FeltNodeObject> =
+            if with_records { self.watch_feltnodes(true) } else { futures::stream::pending().boxed() };
+        // Whether the FeltNode watch may still stream its list: a server that
+        // refuses it makes it list for good (see `watch_feltnodes`).
+        let mut streaming = with_records;
         let mut own: Events<watch::Meta> = futures::stream::pending().boxed();
         let mut tracker = RecordTracker::new(self.known.clone(), self.node.clone());
         let mut nodes = None;
@@ -435,6 +427,12 @@ impl KubeRegistry {
                         }
                         Err(e) => {
                             let refused = watch::refusal(&e);
+                            // Invalid or bad request: a server without WatchList.
+                            if streaming && refused.is_some_and(|(_, s)| matches!(s.code, 400 | 422)) {
+                                streaming = false;
+                                info!(error = %crate::util::error_chain(&e), "the FeltNode watch cannot stream its list (an API server without WatchList, such as Kubernetes 1.33, refuses it); listing FeltNodes instead");
+                                records = self.watch_feltnodes(false);
+                            }
                             if let Some((verb, s)) = refused {
                                 self.denied.answered(verb, "feltnodes", s);
                             }
@@ -510,6 +508,31 @@ impl KubeRegistry {
                 break;
             }
         }
+    }
+
+    /// The FeltNode watch. With `stream`, its list comes as watch events
+    /// (`sendInitialEvents`, Kubernetes' WatchList, on by default in 1.32 and
+    /// 1.34+): from the API server's watch cache, each object parsed as it
+    /// arrives. Measured at 5,000 FeltNodes: 0.11-0.17 s to the last, as
+    /// fast as one whole list (0.11-0.21 s) and without its 4 MB reply held
+    /// and parsed at once; 11 pages of 500 took 0.6 s. A watch that started
+    /// over after a list timed out lists. Without `stream`, one list at
+    /// resourceVersion 0, from the watch cache too (unpaged: the client drops
+    /// resourceVersion=0 from a list with a limit, which pages it from etcd).
+    fn watch_feltnodes(&self, stream: bool) -> Events<FeltNodeObject> {
+        let listed = watcher::Config { page_size: None, ..watcher::Config::default().any_semantic() };
+        let first = AtomicBool::new(stream);
+        let api = self.feltnodes.clone();
+        watch::restarting("FeltNode", move || {
+            let config = if first.swap(false, Ordering::Relaxed) {
+                listed.clone().streaming_lists()
+            } else {
+                listed.clone()
+            };
+            watcher::watcher(api.clone(), config).boxed()
+        })
+        .default_backoff()
+        .boxed()
     }
 
     /// Whether to read FeltNodes alone from the start: always with

@@ -20,9 +20,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use std::borrow::Cow;
+
 use felt_proto::NodeRecord;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::{ApiResource, DynamicObject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::core::{ApiResource, ClusterResourceScope};
 use kube::runtime::watcher;
 use serde_json::json;
 
@@ -39,6 +41,66 @@ pub fn resource() -> ApiResource {
         api_version: format!("{GROUP}/v1"),
         kind: "FeltNode".into(),
         plural: "feltnodes".into(),
+    }
+}
+
+/// A FeltNode as the agent reads it: the metadata it uses and the spec.
+/// Leaner than a `FeltNodeObject`: `managedFields` (three quarters of a
+/// FeltNode's metadata) and every other field are skipped as they are parsed,
+/// never held, so an unpaged list of thousands costs its body and little more.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct FeltNodeObject {
+    /// Name, resource version and owner references only.
+    #[serde(deserialize_with = "lean_meta", default)]
+    pub metadata: ObjectMeta,
+    /// The node record, less its name (the object's). Any JSON here parses;
+    /// [`record_of`] says what is wrong with it, so one bad FeltNode cannot
+    /// fail a list of good ones.
+    #[serde(default)]
+    pub spec: Option<serde_json::Value>,
+}
+
+/// The metadata fields felt reads of a FeltNode (the watcher needs the
+/// resource version).
+fn lean_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Lean {
+        name: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        owner_references: Option<Vec<OwnerReference>>,
+    }
+    let Lean { name, uid, resource_version, owner_references } = serde::Deserialize::deserialize(d)?;
+    Ok(ObjectMeta { name, uid, resource_version, owner_references, ..ObjectMeta::default() })
+}
+
+impl kube::Resource for FeltNodeObject {
+    type DynamicType = ();
+    type Scope = ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "FeltNode".into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        GROUP.into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        "feltnodes".into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }
 
@@ -93,9 +155,9 @@ impl Reading {
 }
 
 /// The record a FeltNode holds, or why it holds none.
-pub(super) fn record_of(obj: &DynamicObject) -> Result<NodeRecord, String> {
+pub(super) fn record_of(obj: &FeltNodeObject) -> Result<NodeRecord, String> {
     let name = obj.metadata.name.clone().unwrap_or_default();
-    let mut spec = match obj.data.get("spec") {
+    let mut spec = match &obj.spec {
         Some(serde_json::Value::Object(spec)) => spec.clone(),
         Some(_) => return Err("its spec is not an object".into()),
         None => return Err("it has no spec".into()),
@@ -184,7 +246,7 @@ impl RecordTracker {
     }
 
     /// Notes `obj` if it is this node's own; returns whether that changed.
-    fn own(&self, obj: &DynamicObject, deleted: bool) -> bool {
+    fn own(&self, obj: &FeltNodeObject, deleted: bool) -> bool {
         if obj.metadata.name.as_deref() != Some(self.node.as_str()) {
             return false;
         }
@@ -196,8 +258,8 @@ impl RecordTracker {
     }
 
     /// What `event` changed.
-    pub(super) fn on(&mut self, event: watcher::Event<DynamicObject>) -> Changed {
-        let seen = |obj: &DynamicObject| -> Seen { record_of(obj).map(|r| (r, None)) };
+    pub(super) fn on(&mut self, event: watcher::Event<FeltNodeObject>) -> Changed {
+        let seen = |obj: &FeltNodeObject| -> Seen { record_of(obj).map(|r| (r, None)) };
         match event {
             watcher::Event::Init => {
                 self.relist = Some(BTreeMap::new());
@@ -261,8 +323,9 @@ mod tests {
         .unwrap()
     }
 
-    fn dynamic(value: serde_json::Value) -> DynamicObject {
-        serde_json::from_value(value).unwrap()
+    /// As the watch parses one: from the text.
+    fn dynamic(value: serde_json::Value) -> FeltNodeObject {
+        serde_json::from_slice(&serde_json::to_vec(&value).unwrap()).unwrap()
     }
 
     #[test]
@@ -280,6 +343,41 @@ mod tests {
         assert_eq!(owner_uid(&other.metadata), None);
         let ar: ApiResource = resource();
         assert_eq!((ar.api_version.as_str(), ar.plural.as_str()), ("felt.network/v1", "feltnodes"));
+    }
+
+    #[test]
+    fn a_feltnode_is_read_without_what_felt_does_not_use() {
+        let r = record("n2", "10.244.2.0/24", "02:00:00:00:00:02");
+        let mut obj = object_for(&r, "uid-2");
+        let meta = obj["metadata"].as_object_mut().unwrap();
+        meta.insert("uid".into(), json!("f-uid"));
+        meta.insert("resourceVersion".into(), json!("42"));
+        meta.insert("generation".into(), json!(1));
+        meta.insert("creationTimestamp".into(), json!("2026-12-01T00:00:00Z"));
+        meta.insert("labels".into(), json!({"a": "b"}));
+        meta.insert(
+            "managedFields".into(),
+            json!([{"apiVersion": "felt.network/v1", "fieldsType": "FieldsV1", "manager": "felt",
+                    "operation": "Apply", "fieldsV1": {"f:spec": {"f:podCIDRs": {}}}}]),
+        );
+        let lean = dynamic(obj.clone());
+        assert_eq!(lean.metadata.name.as_deref(), Some("n2"));
+        assert_eq!(lean.metadata.uid.as_deref(), Some("f-uid"));
+        assert_eq!(lean.metadata.resource_version.as_deref(), Some("42"), "the watcher resumes from it");
+        assert_eq!(owner_uid(&lean.metadata).as_deref(), Some("uid-2"));
+        assert_eq!(lean.metadata.managed_fields, None, "never held");
+        assert_eq!(lean.metadata.labels, None);
+        assert_eq!(record_of(&lean), Ok(r.clone()));
+        // Inside a watch event, whichever key comes first (the spec is parsed
+        // into a value, not kept as raw text, which a buffered event could not hold).
+        for line in [
+            json!({"type": "MODIFIED", "object": obj}).to_string(),
+            format!(r#"{{"object":{obj},"type":"MODIFIED"}}"#),
+        ] {
+            let event: kube::core::WatchEvent<FeltNodeObject> = serde_json::from_str(&line).unwrap();
+            let kube::core::WatchEvent::Modified(o) = event else { panic!("{line}") };
+            assert_eq!(record_of(&o), Ok(r.clone()));
+        }
     }
 
     #[test]

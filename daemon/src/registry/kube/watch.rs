@@ -281,9 +281,9 @@ impl Denials {
 pub(super) fn refusal(e: &watcher::Error) -> Option<(&'static str, &kube::core::Status)> {
     match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s)) => Some(("list", s)),
-        watcher::Error::WatchFailed(kube::Error::Api(s)) | watcher::Error::WatchError(s) => {
-            Some(("watch", s))
-        }
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => Some(("watch", s)),
         _ => None,
     }
 }
