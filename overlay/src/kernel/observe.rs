@@ -109,51 +109,49 @@ impl VxlanSpec {
     }
 }
 
+/// A main-table route (IPv4 or IPv6) that leaves through `ifindex` or that
+/// `tag` owns; `None` for any other.
+pub fn route(m: &RouteMessage, ifindex: u32, tag: RouteTag) -> Option<ObservedRoute> {
+    if !matches!(m.header.address_family, AddressFamily::Inet | AddressFamily::Inet6) {
+        return None;
+    }
+    let table = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table));
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let mut dst_addr = match m.header.address_family {
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let (mut gateway, mut oif) = (None, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst_addr = route_ip(d).unwrap_or(dst_addr),
+            RouteAttribute::Gateway(g) => gateway = route_ip(g),
+            RouteAttribute::Oif(o) => oif = Some(*o),
+            _ => {}
+        }
+    }
+    let on_device = oif == Some(ifindex);
+    let ours = tag.owns(u8::from(m.header.protocol), on_device);
+    if !ours && !on_device {
+        return None;
+    }
+    let dst = IpNet::new(dst_addr, m.header.destination_prefix_length).ok()?;
+    Some(ObservedRoute { dst, gateway, on_device, onlink: m.header.flags.contains(RouteFlags::Onlink), ours })
+}
+
 /// Main-table routes (IPv4 and IPv6) that leave through `ifindex` or that
 /// `tag` owns.
 pub fn routes(msgs: &[RouteMessage], ifindex: u32, tag: RouteTag) -> Vec<ObservedRoute> {
-    msgs.iter()
-        .filter(|m| matches!(m.header.address_family, AddressFamily::Inet | AddressFamily::Inet6))
-        .filter_map(|m| {
-            let table = m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(m.header.table));
-            if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-                return None;
-            }
-            let mut dst_addr = match m.header.address_family {
-                AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            };
-            let (mut gateway, mut oif) = (None, None);
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(d) => dst_addr = route_ip(d).unwrap_or(dst_addr),
-                    RouteAttribute::Gateway(g) => gateway = route_ip(g),
-                    RouteAttribute::Oif(o) => oif = Some(*o),
-                    _ => {}
-                }
-            }
-            let on_device = oif == Some(ifindex);
-            let ours = tag.owns(u8::from(m.header.protocol), on_device);
-            if !ours && !on_device {
-                return None;
-            }
-            let dst = IpNet::new(dst_addr, m.header.destination_prefix_length).ok()?;
-            Some(ObservedRoute {
-                dst,
-                gateway,
-                on_device,
-                onlink: m.header.flags.contains(RouteFlags::Onlink),
-                ours,
-            })
-        })
-        .collect()
+    msgs.iter().filter_map(|m| route(m, ifindex, tag)).collect()
 }
 
 fn lladdr(m: &NeighbourMessage) -> Option<MacAddr> {
@@ -170,30 +168,28 @@ fn destination(m: &NeighbourMessage) -> Option<IpAddr> {
     })
 }
 
+/// A permanent neighbour (IPv4 or IPv6) on `ifindex`; `None` for any other.
+pub fn neighbour(m: &NeighbourMessage, ifindex: u32) -> Option<Neighbour> {
+    let ours = matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6)
+        && m.header.ifindex == ifindex
+        && m.header.state == NeighbourState::Permanent;
+    ours.then(|| Some(Neighbour { ip: destination(m)?, mac: lladdr(m)? })).flatten()
+}
+
 /// Permanent neighbours (IPv4 and IPv6) on `ifindex`.
 pub fn neighbours(msgs: &[NeighbourMessage], ifindex: u32) -> Vec<Neighbour> {
-    msgs.iter()
-        .filter(|m| {
-            matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6)
-                && m.header.ifindex == ifindex
-                && m.header.state == NeighbourState::Permanent
-        })
-        .filter_map(|m| {
-            let ip = m.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(d) => neighbour_ip(d),
-                _ => None,
-            })?;
-            Some(Neighbour { ip, mac: lladdr(m)? })
-        })
-        .collect()
+    msgs.iter().filter_map(|m| neighbour(m, ifindex)).collect()
+}
+
+/// An FDB entry with a remote (IPv4 or IPv6) on `ifindex`; `None` for any other.
+pub fn fdb_entry(m: &NeighbourMessage, ifindex: u32) -> Option<FdbEntry> {
+    let ours = m.header.family == AddressFamily::Bridge && m.header.ifindex == ifindex;
+    ours.then(|| Some(FdbEntry { mac: lladdr(m)?, dst: destination(m)? })).flatten()
 }
 
 /// FDB entries with a remote (IPv4 or IPv6) on `ifindex`.
 pub fn fdb(msgs: &[NeighbourMessage], ifindex: u32) -> Vec<FdbEntry> {
-    msgs.iter()
-        .filter(|m| m.header.family == AddressFamily::Bridge && m.header.ifindex == ifindex)
-        .filter_map(|m| Some(FdbEntry { mac: lladdr(m)?, dst: destination(m)? }))
-        .collect()
+    msgs.iter().filter_map(|m| fdb_entry(m, ifindex)).collect()
 }
 
 #[cfg(test)]
