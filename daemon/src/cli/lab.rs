@@ -356,7 +356,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             let opts = lab::scale::ScaleOptions { peers, changes, removals, registry, status_seconds };
-            bench_control_plane(&lab, opts, json)?
+            return bench_control_plane(&lab, opts, json);
         }
         LabCommand::Bench { lab, mode, seconds, json, .. } => bench(&lab, mode, seconds, json)?,
         LabCommand::Soak { lab, datagrams, max_seconds, json } => {
@@ -533,15 +533,29 @@ fn bench(lab: &LabName, mode: Option<Mode>, seconds: f64, json: bool) -> anyhow:
     Ok(())
 }
 
-/// `felt lab bench --control-plane`.
-fn bench_control_plane(lab: &LabName, opts: lab::scale::ScaleOptions, json: bool) -> anyhow::Result<()> {
-    let report = open_lab(lab)?.bench_control_plane(&opts, &mut progress)?;
+/// `felt lab bench --control-plane`. Ctrl-C (SIGTERM, SIGHUP) stops it at
+/// the next step, and its guard removes what it built (the namespace, the
+/// agent, etcd and kube-apiserver); without the handler the signal killed
+/// it with all of them left running.
+fn bench_control_plane(
+    lab: &LabName,
+    opts: lab::scale::ScaleOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    lab::interrupt::catch()?;
+    let report = match open_lab(lab)?.bench_control_plane(&opts, &mut progress) {
+        Err(LabError::Interrupted) => {
+            eprintln!("felt lab: interrupted; what the bench had built is removed");
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         render::scale(&report);
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `felt lab soak`: fails unless every datagram is accounted for and the

@@ -180,7 +180,7 @@ pub fn soak(r: &lab::soak::SoakReport) {
 pub fn scale(report: &lab::scale::ScaleReport) {
     println!("control plane, {} registry: one agent, N synthetic peers, real netlink", report.registry);
     println!(
-        "{:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7}",
+        "{:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7} {:>8}",
         "PEERS",
         "COLD MS",
         "IDLE %",
@@ -191,11 +191,12 @@ pub fn scale(report: &lab::scale::ScaleReport) {
         "PASSES",
         "RM MS",
         "RSS MIB",
-        "CPU S"
+        "CPU S",
+        "READY MS"
     );
     for r in &report.rows {
         println!(
-            "{:>6} {:>9.1} {:>7.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>7.2} {:>9.1} {:>8.1} {:>7.2}",
+            "{:>6} {:>9.1} {:>7.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>7.2} {:>9.1} {:>8.1} {:>7.2} {:>8.1}",
             r.peers,
             r.cold_ms,
             r.idle_cpu_percent,
@@ -206,7 +207,8 @@ pub fn scale(report: &lab::scale::ScaleReport) {
             r.passes_per_change,
             r.removal_ms,
             r.rss_peak_mib,
-            r.cpu_seconds
+            r.cpu_seconds,
+            r.readiness_probe_max_ms
         );
     }
     let phases: Vec<&String> =
@@ -226,7 +228,9 @@ pub fn scale(report: &lab::scale::ScaleReport) {
     }
     println!("\nCHG: one peer's address rewritten in the registry → its FDB entry rewritten (ms);");
     println!("WRITES/PASSES: netlink writes and reconcile passes per change; RM: the removal of");
-    println!("min(N, --removals) peers at once, until the last of their routes is gone (ms).");
+    println!("min(N, --removals) peers at once, until the last of their routes is gone (ms);");
+    println!("RSS and CPU with /readyz asked every 5 s, as the DaemonSet's readinessProbe does;");
+    println!("READY: its slowest answer (ms).");
     if report.rows.iter().all(|r| r.api.is_none()) {
         return;
     }

@@ -14,7 +14,10 @@
 //!   the netlink writes and reconcile passes each cost the agent;
 //! - **removal**: `removals` peers deleted at once → the last of their
 //!   routes gone;
-//! - the agent's peak RSS and CPU seconds over the whole run.
+//! - the agent's peak RSS and CPU seconds over the whole run, with its
+//!   `/readyz` asked every 5 s throughout, as `deploy/felt.yaml`'s
+//!   readinessProbe has the kubelet do (each a dump of the device and a
+//!   plan of every peer), and the slowest answer.
 //!
 //! Peers: pod subnets /24 of [`NETWORK`], underlay addresses in
 //! [`PEER_UNDERLAY`], both only ever inside the namespace. Everything is
@@ -122,6 +125,8 @@ pub struct ScaleRow {
     pub rss_peak_mib: f64,
     /// The agent's CPU over the whole run, seconds.
     pub cpu_seconds: f64,
+    /// The slowest of the readiness probes answered over the run, ms.
+    pub readiness_probe_max_ms: f64,
     /// `kube`: what the API server sent while every Node's status was updated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiTraffic>,
@@ -356,6 +361,7 @@ impl<'a> Bench<'a> {
         let events = Events::open(&netns::named(&self.ns))?;
         let started = Instant::now();
         let pid = self.spawn_agent()?;
+        let prober = ReadinessProber::start(&self.ns);
         let mut seen = Seen::default();
         let want = n as usize;
         let timeout = Duration::from_secs(60) + Duration::from_millis(20) * n;
@@ -458,6 +464,7 @@ impl<'a> Bench<'a> {
             removal_ms: ms(removed.duration_since(at)),
             rss_peak_mib: peak_rss_kib(pid)? as f64 / 1024.0,
             cpu_seconds: cpu_seconds(pid)?,
+            readiness_probe_max_ms: prober.stop().iter().copied().map(ms).fold(0.0, f64::max),
             api,
         })
     }
@@ -485,6 +492,56 @@ impl<'a> Bench<'a> {
             phases: by_label(&body, "felt_reconcile_phase_seconds_total", "phase"),
             wakeups: by_label(&body, "felt_wakeups_total", "cause"),
         })
+    }
+}
+
+/// The kubelet's readiness probe: `/readyz` every [`ReadinessProber::PERIOD`]
+/// until stopped (or dropped), each answer's time kept.
+struct ReadinessProber {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Duration>>>,
+}
+
+impl ReadinessProber {
+    /// `periodSeconds` of deploy/felt.yaml's readinessProbe.
+    const PERIOD: Duration = Duration::from_secs(5);
+
+    fn start(ns: &str) -> ReadinessProber {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (path, stopping) = (netns::named(ns), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, DEBUG_PORT));
+            let mut answered = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let got =
+                    netns::run_in(&path, move || crate::http::get(addr, "/readyz", Duration::from_secs(10)));
+                // Refused before the endpoint listens: not an answer.
+                if matches!(got, Ok(Ok(_))) {
+                    answered.push(at.elapsed());
+                }
+                while at.elapsed() < Self::PERIOD && !stopping.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            answered
+        });
+        ReadinessProber { stop, thread: Some(thread) }
+    }
+
+    /// Stops probing; the time of each answer.
+    fn stop(mut self) -> Vec<Duration> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for ReadinessProber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
