@@ -399,7 +399,8 @@ impl KubeRegistry {
                             let changed = tracker.on(event);
                             if done {
                                 self.set_installed(true);
-                                self.denied.allowed("list", "feltnodes");
+                                // A streamed list is a watch.
+                                self.denied.allowed(if streaming { "watch" } else { "list" }, "feltnodes");
                             }
                             match reading {
                                 Reading::Undecided if done => {
