@@ -85,6 +85,48 @@ pub fn nft_in(ns: &str, args: &[&str]) -> String {
 }
 
 /// Polls `f` every 5 ms until it is true or `timeout` passes; returns how long it took.
+/// A process started with its stderr collected line by line as it runs
+/// (to wait for a progress line, then signal it).
+pub struct Talking {
+    pub child: std::process::Child,
+    said: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Talking {
+    pub fn spawn(cmd: &mut Command) -> Talking {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = said.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Talking { child, said, reader: Some(reader) }
+    }
+
+    /// What it said so far.
+    pub fn said(&self) -> String {
+        self.said.lock().unwrap().clone()
+    }
+
+    /// Its exit status and all it said.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().expect("waiting for the process");
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        (status, self.said())
+    }
+}
+
 /// A bare network namespace, deleted on drop (a panic too).
 pub struct Netns(pub String);
 

@@ -433,31 +433,22 @@ fn remove_node_with_another_agent_down_removes_what_it_owns_and_says_who_lags() 
 #[test]
 #[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn ctrl_c_during_up_removes_what_was_built() {
-    use std::io::BufRead;
     require_root();
     let lab = TestLab::unbuilt(&TestLab::unique_name());
-    let mut up = lab
-        .felt_command(&["lab", "up", "--nodes", "8", "--pods-per-node", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting felt lab up");
-    let stderr = up.stderr.take().unwrap();
-    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = said.clone();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let up = harness::Talking::spawn(&mut lab.felt_command(&[
+        "lab",
+        "up",
+        "--nodes",
+        "8",
+        "--pods-per-node",
+        "2",
+    ]));
     // Interrupt once there is something to roll back: agents running, namespaces made.
-    let started = wait_until(Duration::from_secs(30), || said.lock().unwrap().contains("node n2 ("));
-    assert!(started.is_some(), "up never started a second node: {}", said.lock().unwrap());
+    let started = wait_until(Duration::from_secs(30), || up.said().contains("node n2 ("));
+    assert!(started.is_some(), "up never started a second node: {}", up.said());
     assert!(lab.namespaces().len() >= 3, "nothing built yet: {:?}", lab.namespaces());
-    run(Command::new("kill").args(["-INT", &up.id().to_string()]));
-    let status = up.wait().unwrap();
-    reader.join().unwrap();
-    let said = said.lock().unwrap().clone();
+    run(Command::new("kill").args(["-INT", &up.child.id().to_string()]));
+    let (status, said) = up.wait();
     assert_eq!(status.code(), Some(130), "{said}");
     assert!(said.contains("SIGINT received; stopping and removing what was built"), "{said}");
     assert!(said.contains("interrupted; what `up` had built is removed"), "{said}");

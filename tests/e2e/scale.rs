@@ -191,45 +191,32 @@ fn the_control_plane_bench_through_a_real_api_server_measures_watch_bytes() {
 #[test]
 #[ignore = "needs root: run as root with `cargo test -- --include-ignored` (CI does)"]
 fn ctrl_c_during_the_control_plane_bench_removes_what_it_built() {
-    use std::io::BufRead;
-    use std::process::Stdio;
     require_root();
     let _alone = crate::harness::exclusive();
     let lab = TestLab::unbuilt(&TestLab::unique_name());
     let bin = crate::harness::control_plane_bin();
     let args = ["lab", "bench", "--control-plane", "--registry", "kube", "--k8s-bin", bin.to_str().unwrap()];
-    let mut bench = lab
-        .felt_command(&args)
-        .args(["--peers", "40", "--changes", "5000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the bench");
-    let stderr = bench.stderr.take().unwrap();
-    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = said.clone();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let bench =
+        crate::harness::Talking::spawn(lab.felt_command(&args).args(["--peers", "40", "--changes", "5000"]));
     let timing = crate::harness::wait_until(Duration::from_secs(90), || {
-        said.lock().unwrap().contains("changes, one at a time")
+        bench.said().contains("changes, one at a time")
     });
-    assert!(timing.is_some(), "the bench never reached its changes: {}", said.lock().unwrap());
+    assert!(timing.is_some(), "the bench never reached its changes: {}", bench.said());
     let ns = felt::netns::named(&format!("{}-cp", lab.name));
     let running: Vec<u32> = felt::process::pids().filter(|p| felt::process::in_netns(*p, &ns)).collect();
     let names: Vec<String> = running.iter().filter_map(|p| felt::process::comm(*p)).collect();
     for want in ["etcd", "kube-apiserver", "felt"] {
         assert!(names.iter().any(|n| n == want), "no {want} running in the bench: {names:?}");
     }
-    crate::harness::run(std::process::Command::new("kill").args(["-INT", &bench.id().to_string()]));
-    let status = bench.wait().unwrap();
-    reader.join().unwrap();
-    let said = said.lock().unwrap().clone();
+    crate::harness::run(std::process::Command::new("kill").args(["-INT", &bench.child.id().to_string()]));
+    let (status, said) = bench.wait();
     assert_eq!(status.code(), Some(130), "{said}");
     assert!(said.contains("interrupted; what the bench had built is removed"), "{said}");
-    let left: Vec<u32> = running.into_iter().filter(|p| !felt::process::is_zombie_or_gone(*p)).collect();
+    let left: Vec<(u32, Option<String>)> = running
+        .into_iter()
+        .filter(|p| !felt::process::is_zombie_or_gone(*p))
+        .map(|p| (p, felt::process::comm(p)))
+        .collect();
     assert!(left.is_empty(), "still running: {left:?}");
     assert!(lab.namespaces().is_empty(), "left behind: {:?}", lab.namespaces());
     assert!(!lab.lab_dir().exists(), "{} left behind", lab.lab_dir().display());

@@ -270,7 +270,8 @@ pub fn tx_checksum_offload(ns: &str, on: bool) -> Result<(), LabError> {
 }
 
 /// Stops every process still inside named namespace `ns` (a stopped
-/// agent's keeper, say): SIGTERM, then SIGKILL after a second. Returns how many.
+/// agent's keeper, say): SIGTERM, then SIGKILL after a second, then waits (5 s at
+/// most) until they are gone. Returns how many.
 pub fn kill_processes_in(ns: &str) -> usize {
     let netns = crate::netns::named(ns);
     if !netns.exists() {
@@ -292,6 +293,12 @@ pub fn kill_processes_in(ns: &str) -> usize {
         if let Ok(raw) = i32::try_from(*pid) {
             let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
         }
+    }
+    // Killed is not yet gone: a kube-apiserver with hundreds of threads takes
+    // a moment to exit, and the caller deletes the namespace next.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| inside(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
     pids.len()
 }
