@@ -34,9 +34,8 @@ use crate::{Observed, Op, RouteTag};
 pub use msg::VxlanSpec;
 pub use observe::LinkFacts;
 
-/// The answers to one request, as the connection hands them over.
-type Answers =
-    dyn futures::Stream<Item = netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>> + Unpin + Send;
+/// One answer to a request, as the connection hands it over.
+type Answer = netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>;
 
 /// What went wrong talking to the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -144,23 +143,22 @@ impl Kernel {
         &self,
         req: netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>,
     ) -> impl Future<Output = io::Result<Vec<RouteNetlinkMessage>>> + use<> {
-        let mut handle = self.handle.clone();
-        let queued =
-            handle.request(req).map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()));
-        async move {
-            let mut stream = queued?;
-            Self::collect(&mut stream).await
-        }
+        let queued = self.queue(req);
+        async move { Self::collect(&mut queued?, Some).await }
     }
 
-    async fn collect(stream: &mut Answers) -> io::Result<Vec<RouteNetlinkMessage>> {
-        Self::collect_map(stream, Some).await
+    /// Queues one request; the stream of its answers.
+    fn queue(
+        &self,
+        req: netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>,
+    ) -> io::Result<impl futures::Stream<Item = Answer> + Unpin + Send + use<>> {
+        self.handle.clone().request(req).map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
     }
 
     /// The answers, each kept only as what `keep` makes of it as it
     /// arrives: a dump of thousands of entries is never held whole.
-    async fn collect_map<T>(
-        stream: &mut Answers,
+    async fn collect<T>(
+        stream: &mut (impl futures::Stream<Item = Answer> + Unpin),
         mut keep: impl FnMut(RouteNetlinkMessage) -> Option<T>,
     ) -> io::Result<Vec<T>> {
         let collect = async {
@@ -181,7 +179,7 @@ impl Kernel {
     }
 
     async fn dump(&self, inner: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.send(msg::request(inner, NLM_F_REQUEST | NLM_F_DUMP)).await
+        self.dump_map(inner, Some).await
     }
 
     /// Every link.
@@ -491,11 +489,7 @@ impl Kernel {
         inner: RouteNetlinkMessage,
         keep: impl FnMut(RouteNetlinkMessage) -> Option<T>,
     ) -> io::Result<Vec<T>> {
-        let mut handle = self.handle.clone();
-        let mut stream = handle
-            .request(msg::request(inner, NLM_F_REQUEST | NLM_F_DUMP))
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
-        Self::collect_map(&mut stream, keep).await
+        Self::collect(&mut self.queue(msg::request(inner, NLM_F_REQUEST | NLM_F_DUMP))?, keep).await
     }
 
     /// What the kernel holds on device `ifindex`, IPv4 and IPv6. Each dumped
