@@ -84,7 +84,6 @@ pub fn nft_in(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `f` every 5 ms until it is true or `timeout` passes; returns how long it took.
 /// A process started with its stderr collected line by line as it runs
 /// (to wait for a progress line, then signal it).
 pub struct Talking {
@@ -145,6 +144,7 @@ impl Drop for Netns {
     }
 }
 
+/// Polls `f` every 5 ms until it is true or `timeout` passes; returns how long it took.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {

@@ -531,6 +531,10 @@ impl ReadinessProber {
 
     /// Stops probing; the time of each answer.
     fn stop(mut self) -> Vec<Duration> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Vec<Duration> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
     }
@@ -538,10 +542,7 @@ impl ReadinessProber {
 
 impl Drop for ReadinessProber {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.halt();
     }
 }
 

@@ -371,11 +371,14 @@ impl KubeRegistry {
     async fn run(self, tx: mpsc::Sender<()>) {
         // FeltNodes hold felt's dialect only: a node in Flannel's compat mode reads Nodes.
         let with_records = self.dialect == Dialect::Felt && self.source != PeerSource::Nodes;
-        let mut records: Events<FeltNodeObject> =
-            if with_records { self.watch_feltnodes(true) } else { futures::stream::pending().boxed() };
-        // Whether the FeltNode watch may still stream its list: a server that
-        // refuses it makes it list for good (see `watch_feltnodes`).
-        let mut streaming = with_records;
+        // Whether the FeltNode watch streams its list: a server that refuses
+        // it makes it list for good (see `watch_feltnodes`).
+        let streaming = Arc::new(AtomicBool::new(with_records));
+        let mut records: Events<FeltNodeObject> = if with_records {
+            self.watch_feltnodes(streaming.clone())
+        } else {
+            futures::stream::pending().boxed()
+        };
         let mut own: Events<watch::Meta> = futures::stream::pending().boxed();
         let mut tracker = RecordTracker::new(self.known.clone(), self.node.clone());
         let mut nodes = None;
@@ -400,7 +403,8 @@ impl KubeRegistry {
                             if done {
                                 self.set_installed(true);
                                 // A streamed list is a watch.
-                                self.denied.allowed(if streaming { "watch" } else { "list" }, "feltnodes");
+                                let verb = if streaming.load(Ordering::Relaxed) { "watch" } else { "list" };
+                                self.denied.allowed(verb, "feltnodes");
                             }
                             match reading {
                                 Reading::Undecided if done => {
@@ -429,10 +433,12 @@ impl KubeRegistry {
                         Err(e) => {
                             let refused = watch::refusal(&e);
                             // Invalid or bad request: a server without WatchList.
-                            if streaming && refused.is_some_and(|(_, s)| matches!(s.code, 400 | 422)) {
-                                streaming = false;
+                            if streaming.load(Ordering::Relaxed)
+                                && refused.is_some_and(|(_, s)| matches!(s.code, 400 | 422))
+                            {
+                                streaming.store(false, Ordering::Relaxed);
                                 info!(error = %crate::util::error_chain(&e), "the FeltNode watch cannot stream its list (an API server without WatchList, such as Kubernetes 1.33, refuses it); listing FeltNodes instead");
-                                records = self.watch_feltnodes(false);
+                                records = self.watch_feltnodes(streaming.clone());
                             }
                             if let Some((verb, s)) = refused {
                                 self.denied.answered(verb, "feltnodes", s);
@@ -511,21 +517,24 @@ impl KubeRegistry {
         }
     }
 
-    /// The FeltNode watch. With `stream`, its list comes as watch events
+    /// The FeltNode watch. While `streaming`, its list comes as watch events
     /// (`sendInitialEvents`, Kubernetes' WatchList, on by default in 1.32 and
     /// 1.34+): from the API server's watch cache, each object parsed as it
     /// arrives. Measured at 5,000 FeltNodes: 0.11-0.17 s to the last, as
     /// fast as one whole list (0.11-0.21 s) and without its 4 MB reply held
-    /// and parsed at once; 11 pages of 500 took 0.6 s. A watch that started
-    /// over after a list timed out lists. Without `stream`, one list at
-    /// resourceVersion 0, from the watch cache too (unpaged: the client drops
-    /// resourceVersion=0 from a list with a limit, which pages it from etcd).
-    fn watch_feltnodes(&self, stream: bool) -> Events<FeltNodeObject> {
+    /// and parsed at once; 11 pages of 500 took 0.6 s. A watch started over
+    /// after its list timed out lists, and clears `streaming`. Otherwise, one
+    /// list at resourceVersion 0, from the watch cache too (unpaged: the client
+    /// drops resourceVersion=0 from a list with a limit, which pages it from etcd).
+    fn watch_feltnodes(&self, streaming: Arc<AtomicBool>) -> Events<FeltNodeObject> {
         let listed = watcher::Config { page_size: None, ..watcher::Config::default().any_semantic() };
-        let first = AtomicBool::new(stream);
+        let started = AtomicBool::new(false);
         let api = self.feltnodes.clone();
         watch::restarting("FeltNode", move || {
-            let config = if first.swap(false, Ordering::Relaxed) {
+            if started.swap(true, Ordering::Relaxed) {
+                streaming.store(false, Ordering::Relaxed);
+            }
+            let config = if streaming.load(Ordering::Relaxed) {
                 listed.clone().streaming_lists()
             } else {
                 listed.clone()

@@ -17,10 +17,9 @@
 //! before, so a cluster upgraded node by node, or with flanneld nodes,
 //! never loses a peer. See [`covers`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-
-use std::borrow::Cow;
 
 use felt_proto::NodeRecord;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -33,19 +32,14 @@ use super::watch::{Known, Seen};
 /// The API group of felt's own objects.
 pub const GROUP: &str = "felt.network";
 
-/// The FeltNode resource (`feltnodes.felt.network/v1`, cluster-scoped).
+/// The FeltNode resource (`feltnodes.felt.network/v1`, cluster-scoped), as
+/// [`FeltNodeObject`] names it.
 pub fn resource() -> ApiResource {
-    ApiResource {
-        group: GROUP.into(),
-        version: "v1".into(),
-        api_version: format!("{GROUP}/v1"),
-        kind: "FeltNode".into(),
-        plural: "feltnodes".into(),
-    }
+    ApiResource::erase::<FeltNodeObject>(&())
 }
 
 /// A FeltNode as the agent reads it: the metadata it uses and the spec.
-/// Leaner than a `FeltNodeObject`: `managedFields` (three quarters of a
+/// Leaner than a `DynamicObject`: `managedFields` (three quarters of a
 /// FeltNode's metadata) and every other field are skipped as they are parsed,
 /// never held, so an unpaged list of thousands costs its body and little more.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -324,7 +318,7 @@ mod tests {
     }
 
     /// As the watch parses one: from the text.
-    fn dynamic(value: serde_json::Value) -> FeltNodeObject {
+    fn parsed(value: serde_json::Value) -> FeltNodeObject {
         serde_json::from_slice(&serde_json::to_vec(&value).unwrap()).unwrap()
     }
 
@@ -334,7 +328,7 @@ mod tests {
         let obj = object_for(&r, "uid-2");
         assert_eq!(obj["spec"]["backendData"]["vtepMAC"], "02:00:00:00:00:02");
         assert!(obj["spec"].get("name").is_none(), "the name is the object's");
-        let obj = dynamic(obj);
+        let obj = parsed(obj);
         assert_eq!(record_of(&obj), Ok(r));
         assert_eq!(owner_uid(&obj.metadata).as_deref(), Some("uid-2"));
         // Another kind's owner reference is not the Node's.
@@ -360,7 +354,7 @@ mod tests {
             json!([{"apiVersion": "felt.network/v1", "fieldsType": "FieldsV1", "manager": "felt",
                     "operation": "Apply", "fieldsV1": {"f:spec": {"f:podCIDRs": {}}}}]),
         );
-        let lean = dynamic(obj.clone());
+        let lean = parsed(obj.clone());
         assert_eq!(lean.metadata.name.as_deref(), Some("n2"));
         assert_eq!(lean.metadata.uid.as_deref(), Some("f-uid"));
         assert_eq!(lean.metadata.resource_version.as_deref(), Some("42"), "the watcher resumes from it");
@@ -394,7 +388,7 @@ mod tests {
             if !spec.is_null() {
                 obj["spec"] = spec;
             }
-            let why = record_of(&dynamic(obj)).unwrap_err();
+            let why = record_of(&parsed(obj)).unwrap_err();
             assert!(why.contains(want), "{why} lacks {want}");
         }
     }
